@@ -1,0 +1,182 @@
+//! Global cepstral mean and variance normalisation: statistics accumulated over a whole
+//! corpus, then applied to every utterance as `(x - mean) / std` per feature dimension.
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Variance floor, as in Kaldi's `apply-cmvn`: a dimension that never varies (a filter
+/// that only ever saw the log floor, say) is centred but not blown up.
+const VAR_FLOOR: f64 = 1e-10;
+
+/// Running sums over any number of `[T, D]` feature matrices. Accumulators from
+/// different threads combine with [`CmvnStats::merge`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CmvnStats {
+    /// Frames seen.
+    pub frames: u64,
+    /// Per-dimension sum of values, `[D]`.
+    pub sum: Vec<f64>,
+    /// Per-dimension sum of squared values, `[D]`.
+    pub sum_sq: Vec<f64>,
+}
+
+impl CmvnStats {
+    /// Empty statistics for `dim`-wide features.
+    pub fn new(dim: usize) -> Self {
+        CmvnStats {
+            frames: 0,
+            sum: vec![0.0; dim],
+            sum_sq: vec![0.0; dim],
+        }
+    }
+
+    /// Feature width.
+    pub fn dim(&self) -> usize {
+        self.sum.len()
+    }
+
+    /// Adds every frame of `feats` `[T, D]`.
+    pub fn accumulate(&mut self, feats: ArrayView2<f32>) -> Result<()> {
+        if feats.ncols() != self.dim() {
+            return Err(Error::Config(format!(
+                "CMVN statistics are {}-wide, features are [{} x {}]",
+                self.dim(),
+                feats.nrows(),
+                feats.ncols()
+            )));
+        }
+        for row in feats.rows() {
+            for ((s, q), &x) in self.sum.iter_mut().zip(&mut self.sum_sq).zip(row) {
+                let x = f64::from(x);
+                *s += x;
+                *q += x * x;
+            }
+        }
+        self.frames += feats.nrows() as u64;
+        Ok(())
+    }
+
+    /// Combines two accumulators (for a parallel reduce).
+    pub fn merge(mut self, other: &CmvnStats) -> Result<Self> {
+        if other.dim() != self.dim() {
+            return Err(Error::Config(format!(
+                "cannot merge {}-wide CMVN statistics into {}-wide ones",
+                other.dim(),
+                self.dim()
+            )));
+        }
+        self.frames += other.frames;
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (a, b) in self.sum_sq.iter_mut().zip(&other.sum_sq) {
+            *a += b;
+        }
+        Ok(self)
+    }
+
+    /// Mean and standard deviation; fails when no frame was seen.
+    pub fn finish(&self) -> Result<Cmvn> {
+        if self.frames == 0 {
+            return Err(Error::Config(
+                "CMVN statistics saw no frames: nothing to normalise with".into(),
+            ));
+        }
+        let n = self.frames as f64;
+        let mut mean = Vec::with_capacity(self.dim());
+        let mut std = Vec::with_capacity(self.dim());
+        for (&s, &q) in self.sum.iter().zip(&self.sum_sq) {
+            let m = s / n;
+            let var = (q / n - m * m).max(VAR_FLOOR);
+            mean.push(m as f32);
+            std.push(var.sqrt() as f32);
+        }
+        Ok(Cmvn {
+            frames: self.frames,
+            mean,
+            std,
+        })
+    }
+}
+
+/// Finished normalisation statistics, serialised with the model's feature config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cmvn {
+    /// Frames the statistics were computed from (for the record).
+    pub frames: u64,
+    /// Per-dimension mean, `[D]`.
+    pub mean: Vec<f32>,
+    /// Per-dimension standard deviation, `[D]`, floored.
+    pub std: Vec<f32>,
+}
+
+impl Cmvn {
+    /// Feature width.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// Normalises `feats` `[T, D]` in place.
+    pub fn apply(&self, mut feats: ArrayViewMut2<f32>) -> Result<()> {
+        if feats.ncols() != self.dim() || self.std.len() != self.dim() {
+            return Err(Error::Config(format!(
+                "CMVN is {}-wide (std {}-wide), features are [{} x {}]",
+                self.dim(),
+                self.std.len(),
+                feats.nrows(),
+                feats.ncols()
+            )));
+        }
+        let inv: Vec<f32> = self.std.iter().map(|s| 1.0 / s).collect();
+        for mut row in feats.rows_mut() {
+            for ((x, m), i) in row.iter_mut().zip(&self.mean).zip(&inv) {
+                *x = (*x - m) * i;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{array, Array2};
+
+    #[test]
+    fn normalised_corpus_has_zero_mean_unit_variance() {
+        let a = Array2::from_shape_fn((50, 3), |(t, d)| (t as f32 * 0.37 + d as f32 * 5.0).sin() * (d + 1) as f32 + d as f32);
+        let b = Array2::from_shape_fn((70, 3), |(t, d)| (t as f32 * 0.11).cos() * 2.0 - d as f32);
+        let mut s1 = CmvnStats::new(3);
+        s1.accumulate(a.view()).unwrap();
+        let mut s2 = CmvnStats::new(3);
+        s2.accumulate(b.view()).unwrap();
+        let cmvn = s1.merge(&s2).unwrap().finish().unwrap();
+        assert_eq!(cmvn.frames, 120);
+        let mut all = ndarray::concatenate(ndarray::Axis(0), &[a.view(), b.view()]).unwrap();
+        cmvn.apply(all.view_mut()).unwrap();
+        for d in 0..3 {
+            let col = all.column(d);
+            let mean = col.sum() / 120.0;
+            let var = col.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 120.0;
+            assert!(mean.abs() < 1e-5, "dim {d} mean {mean}");
+            assert!((var - 1.0).abs() < 1e-4, "dim {d} var {var}");
+        }
+    }
+
+    #[test]
+    fn constant_dimension_and_mismatches() {
+        let mut s = CmvnStats::new(2);
+        s.accumulate(array![[1.0, 5.0], [2.0, 5.0]].view()).unwrap();
+        let c = s.finish().unwrap();
+        let mut x = array![[1.5f32, 5.0]];
+        c.apply(x.view_mut()).unwrap();
+        assert_eq!(x, array![[0.0, 0.0]]);
+        assert!(s.accumulate(Array2::zeros((1, 3)).view()).is_err());
+        assert!(CmvnStats::new(2).finish().is_err());
+        assert!(c.apply(Array2::zeros((1, 3)).view_mut()).is_err());
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Cmvn>(&json).unwrap(), c);
+    }
+}

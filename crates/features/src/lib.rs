@@ -1,0 +1,179 @@
+//! # lasr-features
+//!
+//! Everything between an audio file and the normalised log-mel matrix the model eats:
+//! decoding ([`audio`]), resampling ([`resample`]), Kaldi-compatible filterbanks
+//! ([`fbank`]), global CMVN ([`cmvn`]) and SpecAugment ([`specaug`]).
+//!
+//! Layout convention for the whole workspace: feature matrices are time-major,
+//! `[T, D]` row-major (one row per 10 ms frame).
+//!
+//! ```no_run
+//! use lasr_features::{FrontEnd, FrontEndConfig};
+//! let mut front = FrontEnd::new(FrontEndConfig::default())?;
+//! let feats = front.file_features("utt.flac")?; // [T, 80]
+//! # Ok::<(), lasr_features::Error>(())
+//! ```
+
+pub mod audio;
+pub mod cmvn;
+pub mod error;
+pub mod fbank;
+pub mod resample;
+pub mod specaug;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use audio::{decode, load, load_at_rate, Audio};
+pub use cmvn::{Cmvn, CmvnStats};
+pub use error::{AudioErrorKind, Error, Result};
+pub use fbank::{Fbank, FeatureConfig, WindowType};
+pub use resample::Resampler;
+pub use specaug::{spec_augment, SpecAugmentConfig};
+
+/// Format version of [`FrontEndConfig`] as serialised; bumped on incompatible change.
+pub const FRONT_END_VERSION: u32 = 1;
+
+/// Everything needed to turn audio into model input: the filterbank settings and the
+/// corpus normalisation. Travels inside every model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontEndConfig {
+    /// [`FRONT_END_VERSION`] at the time of writing.
+    pub version: u32,
+    /// Filterbank settings.
+    pub features: FeatureConfig,
+    /// Global normalisation; `None` leaves features raw.
+    pub cmvn: Option<Cmvn>,
+}
+
+impl Default for FrontEndConfig {
+    fn default() -> Self {
+        FrontEndConfig {
+            version: FRONT_END_VERSION,
+            features: FeatureConfig::default(),
+            cmvn: None,
+        }
+    }
+}
+
+impl FrontEndConfig {
+    /// Checks version, feature settings and that CMVN matches the feature width.
+    pub fn validate(&self) -> Result<()> {
+        if self.version != FRONT_END_VERSION {
+            return Err(Error::Config(format!(
+                "front-end config version {} is not the supported version {FRONT_END_VERSION}",
+                self.version
+            )));
+        }
+        self.features.validate()?;
+        if let Some(c) = &self.cmvn {
+            if c.dim() != self.features.num_mel_bins || c.std.len() != c.dim() {
+                return Err(Error::Config(format!(
+                    "CMVN is {}-wide but features have {} mel bins",
+                    c.dim(),
+                    self.features.num_mel_bins
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Audio file to normalised features, with its plans and buffers kept across calls.
+/// One per thread.
+#[derive(Debug, Clone)]
+pub struct FrontEnd {
+    config: FrontEndConfig,
+    fbank: Fbank,
+}
+
+impl FrontEnd {
+    /// Validates `config` and plans the filterbank.
+    pub fn new(config: FrontEndConfig) -> Result<Self> {
+        config.validate()?;
+        let fbank = Fbank::new(&config.features)?;
+        Ok(FrontEnd { config, fbank })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &FrontEndConfig {
+        &self.config
+    }
+
+    /// Features `[T, num_mel_bins]` of audio at any rate (resampled as needed), CMVN
+    /// applied when configured.
+    pub fn audio_features(&mut self, audio: Audio) -> Result<Array2<f32>> {
+        let audio = audio.resampled(self.config.features.sample_rate)?;
+        let mut feats = self.fbank.compute(&audio.samples)?;
+        if let Some(cmvn) = &self.config.cmvn {
+            cmvn.apply(feats.view_mut())?;
+        }
+        Ok(feats)
+    }
+
+    /// Features `[T, num_mel_bins]` of a WAV or FLAC file; errors name the file.
+    pub fn file_features(&mut self, path: impl AsRef<Path>) -> Result<Array2<f32>> {
+        let path = path.as_ref();
+        let audio = load(path)?;
+        self.audio_features(audio).map_err(|e| e.in_file(path))
+    }
+}
+
+/// Features of many files in parallel on the rayon pool, one [`FrontEnd`] per worker
+/// thread. Results come back in the order of `paths`; a bad file yields its own error
+/// and does not stop the others.
+pub fn extract_files(paths: &[PathBuf], config: &FrontEndConfig) -> Result<Vec<Result<Array2<f32>>>> {
+    let front = FrontEnd::new(config.clone())?;
+    Ok(paths
+        .par_iter()
+        .map_init(|| front.clone(), |front, path| front.file_features(path))
+        .collect())
+}
+
+/// Global CMVN statistics of many files, in parallel. Files that fail are returned with
+/// their errors, and left out of the statistics; `on_file` is called once per file (for
+/// progress bars).
+pub fn corpus_cmvn_stats(
+    paths: &[PathBuf],
+    features: &FeatureConfig,
+    on_file: &(dyn Fn() + Sync),
+) -> Result<(CmvnStats, Vec<Error>)> {
+    let front = FrontEnd::new(FrontEndConfig {
+        features: features.clone(),
+        ..FrontEndConfig::default()
+    })?;
+    let dim = features.num_mel_bins;
+    let (stats, errors) = paths
+        .par_iter()
+        .map_init(
+            || front.clone(),
+            |front, path| {
+                let r = front.file_features(path);
+                on_file();
+                r
+            },
+        )
+        .fold(
+            || (CmvnStats::new(dim), Vec::new()),
+            |(mut stats, mut errors), r| {
+                match r.and_then(|f| stats.accumulate(f.view())) {
+                    Ok(()) => {}
+                    Err(e) => errors.push(e),
+                }
+                (stats, errors)
+            },
+        )
+        .reduce(
+            || (CmvnStats::new(dim), Vec::new()),
+            |(a, mut ea), (b, eb)| {
+                ea.extend(eb);
+                // Both accumulators are `dim` wide by construction.
+                (a.merge(&b).unwrap_or_else(|_| unreachable!()), ea)
+            },
+        );
+    Ok((stats, errors))
+}
