@@ -24,6 +24,9 @@ pub enum Error {
     /// Samples handed over in memory are too few for a single analysis frame.
     #[error("{samples} samples are fewer than one analysis frame ({frame} samples)")]
     TooShort { samples: usize, frame: usize },
+    /// No resampler can be built between these rates.
+    #[error("cannot resample from {from} Hz to {to} Hz: {reason}")]
+    Resample { from: u32, to: u32, reason: String },
     /// A configuration value is out of its valid range.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -37,6 +40,13 @@ impl Error {
             Error::TooShort { samples, frame } => Error::Audio {
                 path: path.into(),
                 kind: AudioErrorKind::TooShort { samples, frame },
+            },
+            Error::Resample { from, to, reason } => Error::Audio {
+                path: path.into(),
+                kind: AudioErrorKind::UnsupportedRate {
+                    rate: from,
+                    reason: format!("cannot resample it to {to} Hz: {reason}"),
+                },
             },
             other => other,
         }
@@ -85,6 +95,8 @@ pub enum AudioErrorKind {
     ZeroChannels,
     /// The header declares a sample rate of zero.
     ZeroSampleRate,
+    /// A sample rate lasr cannot use.
+    UnsupportedRate { rate: u32, reason: String },
     /// A well-formed file with no samples in it.
     NoSamples,
     /// Fewer samples than one analysis frame, after resampling to the feature rate.
@@ -116,6 +128,7 @@ impl fmt::Display for AudioErrorKind {
             CorruptData { format, reason } => write!(f, "corrupt {format} audio data: {reason}"),
             ZeroChannels => write!(f, "header declares zero channels"),
             ZeroSampleRate => write!(f, "header declares a sample rate of 0 Hz"),
+            UnsupportedRate { rate, reason } => write!(f, "sample rate {rate} Hz: {reason}"),
             NoSamples => write!(f, "contains no audio samples"),
             TooShort { samples, frame } => write!(
                 f,

@@ -8,17 +8,14 @@
 //! [`Fbank`] plans the FFT and builds the window and filters once; computing a frame
 //! allocates nothing.
 
-use std::sync::Arc;
-
 use ndarray::Array2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::specaug::SpecAugmentConfig;
+use crate::spectrum::PowerSpectrum;
 
 /// Analysis window applied to each frame before the FFT (Kaldi's `--window-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -197,8 +194,11 @@ impl FeatureConfig {
                 self.low_freq, self.high_freq
             ));
         }
-        if !(self.log_floor > 0.0 && self.log_floor.is_finite()) {
-            return bad(format!("log_floor = {} must be positive", self.log_floor));
+        if !(self.log_floor >= f32::MIN_POSITIVE && self.log_floor.is_finite()) {
+            return bad(format!(
+                "log_floor = {} must be a positive normal number",
+                self.log_floor
+            ));
         }
         self.spec_augment.validate()
     }
@@ -273,14 +273,13 @@ impl MelBanks {
     }
 
     /// `out[m] = sum_k spectrum[k] * filter_m[k]`.
-    #[inline]
+    #[inline(always)]
     fn apply(&self, spectrum: &[f32], out: &mut [f32]) {
         for (m, o) in out.iter_mut().enumerate() {
             let first = self.first[m];
             let len = self.len[m];
             let w = &self.weights[self.offset[m]..self.offset[m] + len];
-            let s = &spectrum[first..first + len];
-            *o = w.iter().zip(s).map(|(a, b)| a * b).sum();
+            *o = dot(w, &spectrum[first..first + len]);
         }
     }
 }
@@ -315,12 +314,16 @@ pub struct Fbank {
     frame_shift: usize,
     window: Vec<f32>,
     banks: MelBanks,
-    fft: Arc<dyn RealToComplex<f32>>,
-    fft_in: Vec<f32>,
-    fft_out: Vec<Complex<f32>>,
-    scratch: Vec<Complex<f32>>,
+    fft: PowerSpectrum,
+    /// A frame copied out of the signal, when it cannot be read in place.
+    frame: Vec<f32>,
+    /// The prepared frame, for FFT plans that do not take it densely.
+    prepared: Vec<f32>,
     spectrum: Vec<f32>,
     rng: ChaCha8Rng,
+    /// The CPU runs AVX2 and FMA: use the build of the frame loop compiled for them.
+    #[cfg(target_arch = "x86_64")]
+    avx2: bool,
 }
 
 impl std::fmt::Debug for Fbank {
@@ -331,19 +334,19 @@ impl std::fmt::Debug for Fbank {
 
 impl Clone for Fbank {
     fn clone(&self) -> Self {
-        // Plans are shared behind an Arc; scratch buffers must not be.
         Fbank {
             config: self.config.clone(),
             frame_length: self.frame_length,
             frame_shift: self.frame_shift,
             window: self.window.clone(),
             banks: self.banks.clone(),
-            fft: Arc::clone(&self.fft),
-            fft_in: self.fft_in.clone(),
-            fft_out: self.fft_out.clone(),
-            scratch: self.scratch.clone(),
+            fft: self.fft.clone(),
+            frame: self.frame.clone(),
+            prepared: self.prepared.clone(),
             spectrum: self.spectrum.clone(),
             rng: self.rng.clone(),
+            #[cfg(target_arch = "x86_64")]
+            avx2: self.avx2,
         }
     }
 }
@@ -352,23 +355,21 @@ impl Fbank {
     /// Validates `config`, plans the FFT, builds the window and the mel filters.
     pub fn new(config: &FeatureConfig) -> Result<Self> {
         config.validate()?;
-        let padded = config.padded_length();
-        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(padded);
-        let fft_in = fft.make_input_vec();
-        let fft_out = fft.make_output_vec();
-        let scratch = fft.make_scratch_vec();
+        let fft = PowerSpectrum::new(config.padded_length());
         Ok(Fbank {
             config: config.clone(),
             frame_length: config.frame_length(),
             frame_shift: config.frame_shift(),
             window: window_function(config),
             banks: MelBanks::new(config)?,
-            spectrum: vec![0.0; fft_out.len()],
+            spectrum: vec![0.0; fft.bins()],
+            frame: vec![0.0; config.frame_length()],
+            prepared: vec![0.0; config.frame_length()],
             fft,
-            fft_in,
-            fft_out,
-            scratch,
             rng: ChaCha8Rng::seed_from_u64(config.dither_seed),
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"),
         })
     }
 
@@ -420,24 +421,58 @@ impl Fbank {
                 frames * dim
             )));
         }
-        for (t, row) in out.chunks_exact_mut(dim).enumerate() {
-            self.load_frame(samples, t);
-            self.frame_to_mels(row);
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: the CPU was checked for AVX2 and FMA when `self` was built.
+            unsafe { self.frames_avx2(samples, out) };
+            return Ok(frames);
         }
+        self.frames(samples, out);
         Ok(frames)
     }
 
-    /// Copies frame `t` into the FFT input, reflecting at the ends when not snipping.
+    /// [`Fbank::frames`] compiled for AVX2 and FMA. LLVM does not fuse separate
+    /// multiplies and adds on its own, so results are bit-identical to the baseline build.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn frames_avx2(&mut self, samples: &[f32], out: &mut [f32]) {
+        self.frames(samples, out)
+    }
+
+    /// The frame loop: `out` is `[num_frames * num_mel_bins]`, checked by the caller.
+    #[inline(always)]
+    fn frames(&mut self, samples: &[f32], out: &mut [f32]) {
+        let dim = self.dim();
+        for (t, row) in out.chunks_exact_mut(dim).enumerate() {
+            let len = self.frame_length;
+            // Frames that lie inside the signal are read in place; reflected or dithered
+            // ones are assembled in `frame` first.
+            let start = t * self.frame_shift;
+            let copy = !self.config.snip_edges || self.config.dither > 0.0;
+            if copy {
+                self.load_frame(samples, t);
+                if self.config.dither > 0.0 {
+                    add_gaussian(&mut self.rng, &mut self.frame, self.config.dither);
+                }
+                let frame = std::mem::take(&mut self.frame);
+                self.frame_to_mels(&frame, row);
+                self.frame = frame;
+            } else {
+                self.frame_to_mels(&samples[start..start + len], row);
+            }
+        }
+    }
+
+    /// Copies frame `t` into `frame`, reflecting at the ends when not snipping.
     fn load_frame(&mut self, samples: &[f32], t: usize) {
         let len = self.frame_length;
-        let frame = &mut self.fft_in[..len];
         if self.config.snip_edges {
             let start = t * self.frame_shift;
-            frame.copy_from_slice(&samples[start..start + len]);
+            self.frame.copy_from_slice(&samples[start..start + len]);
         } else {
             let n = samples.len() as isize;
             let start = (t * self.frame_shift + self.frame_shift / 2) as isize - (len / 2) as isize;
-            for (j, x) in frame.iter_mut().enumerate() {
+            for (j, x) in self.frame.iter_mut().enumerate() {
                 let mut s = start + j as isize;
                 // Kaldi's reflection (x[-1] = x[0]); loop for signals shorter than the
                 // reflection distance.
@@ -449,46 +484,123 @@ impl Fbank {
         }
     }
 
-    /// Turns the raw frame in `fft_in[..frame_length]` into `num_mel_bins` features.
-    fn frame_to_mels(&mut self, out: &mut [f32]) {
+    /// Turns one raw frame `[frame_length]` into `[num_mel_bins]` features.
+    #[inline(always)]
+    fn frame_to_mels(&mut self, frame: &[f32], out: &mut [f32]) {
         let len = self.frame_length;
-        let frame = &mut self.fft_in[..len];
-        if self.config.dither > 0.0 {
-            add_gaussian(&mut self.rng, frame, self.config.dither);
-        }
-        if self.config.remove_dc_offset {
-            let mean = frame.iter().sum::<f32>() / len as f32;
-            frame.iter_mut().for_each(|x| *x -= mean);
-        }
-        let k = self.config.preemphasis;
-        if k != 0.0 {
-            for i in (1..len).rev() {
-                frame[i] -= k * frame[i - 1];
-            }
-            frame[0] -= k * frame[0];
-        }
-        for (x, w) in frame.iter_mut().zip(&self.window) {
-            *x *= w;
-        }
-        // realfft uses its input as scratch, so the padding is rewritten every frame.
-        self.fft_in[len..].fill(0.0);
-        self.fft
-            .process_with_scratch(&mut self.fft_in, &mut self.fft_out, &mut self.scratch)
-            .expect("buffers were made by the plan");
-        if self.config.use_power {
-            for (p, c) in self.spectrum.iter_mut().zip(&self.fft_out) {
-                *p = c.re * c.re + c.im * c.im;
-            }
+        let mean = if self.config.remove_dc_offset {
+            sum(frame) / len as f32
         } else {
-            for (p, c) in self.spectrum.iter_mut().zip(&self.fft_out) {
-                *p = (c.re * c.re + c.im * c.im).sqrt();
+            0.0
+        };
+        let k = self.config.preemphasis;
+        if self.fft.input_stride() == 1 {
+            let input = self.fft.input();
+            prepare(frame, &self.window, mean, k, &mut input[..len]);
+            // The FFT works in place, so the padding is rewritten every frame.
+            input[len..].fill(0.0);
+        } else {
+            prepare(frame, &self.window, mean, k, &mut self.prepared);
+            let input = self.fft.input();
+            input.fill(0.0);
+            for (i, &v) in self.prepared.iter().enumerate() {
+                input[2 * i] = v;
             }
         }
+        self.fft.compute(&mut self.spectrum, self.config.use_power);
         self.banks.apply(&self.spectrum, out);
         if self.config.use_log {
             let floor = self.config.log_floor;
-            out.iter_mut().for_each(|v| *v = v.max(floor).ln());
+            for v in out.iter_mut() {
+                // Not `max`: it would turn a NaN into the floor and hide it.
+                *v = ln(if *v < floor { floor } else { *v });
+            }
         }
+    }
+}
+
+/// DC removal, pre-emphasis and window fused into one pass that reads the original
+/// samples, so every lane is independent and the loop vectorises:
+/// `y[i] = ((x[i] - mean) - k (x[i-1] - mean)) w[i]`, with `x[-1] = x[0]` (Kaldi).
+#[inline(always)]
+fn prepare(frame: &[f32], window: &[f32], mean: f32, k: f32, dst: &mut [f32]) {
+    let len = frame.len();
+    dst[0] = ((frame[0] - mean) - k * (frame[0] - mean)) * window[0];
+    for (((y, &x), &prev), &w) in dst[1..]
+        .iter_mut()
+        .zip(&frame[1..])
+        .zip(&frame[..len - 1])
+        .zip(&window[1..])
+    {
+        *y = ((x - mean) - k * (prev - mean)) * w;
+    }
+}
+
+/// Sum with eight independent accumulators: the plain left fold is one long
+/// dependency chain that the compiler may not reorder, and so cannot vectorise.
+#[inline(always)]
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Dot product with eight independent accumulators (see [`sum`]).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Natural log for the positive normal floats the filterbank produces (inputs are
+/// floored at `log_floor` > 0 first). Cephes' `logf` polynomial: within 2 ulp of
+/// `f32::ln` over the whole normal range, written without table look-ups or branches
+/// so that the 80-wide loop over mel bins vectorises. NaN and infinity pass through.
+#[inline(always)]
+pub(crate) fn ln(x: f32) -> f32 {
+    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
+    // Mantissa in [0.5, 1).
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
+    let small = m < SQRT_HALF;
+    e -= small as i32;
+    m = if small { m + m } else { m };
+    let t = m - 1.0;
+    let z = t * t;
+    let mut y = 7.037_683_6e-2;
+    y = y * t - 1.151_461_1e-1;
+    y = y * t + 1.167_699_9e-1;
+    y = y * t - 1.242_014_1e-1;
+    y = y * t + 1.424_932_3e-1;
+    y = y * t - 1.666_805_8e-1;
+    y = y * t + 2.000_071_5e-1;
+    y = y * t - 2.499_999_4e-1;
+    y = y * t + 3.333_333_1e-1;
+    y *= t * z;
+    let ef = e as f32;
+    y += -2.121_944_4e-4 * ef;
+    y += -0.5 * z;
+    let r = t + y + 0.693_359_4 * ef;
+    // NaN and infinity pass through (NaN < inf is false), so a corrupt input shows.
+    if x < f32::INFINITY {
+        r
+    } else {
+        x
     }
 }
 
@@ -500,5 +612,116 @@ fn add_gaussian(rng: &mut ChaCha8Rng, frame: &mut [f32], sigma: f32) {
         let u2 = rng.next_u32() as f64 / (u32::MAX as f64 + 1.0);
         let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
         *x += sigma * z as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_ln_is_within_a_few_ulp_of_the_exact_log() {
+        let mut x = f32::MIN_POSITIVE;
+        let mut worst = 0.0f64;
+        while x < 1e38 {
+            for y in [x, x * 1.000_001, x * 1.3, x * std::f32::consts::SQRT_2, x * 1.9] {
+                let exact = f64::from(y).ln();
+                let err = (f64::from(ln(y)) - exact).abs() / exact.abs().max(1.0);
+                worst = worst.max(err);
+            }
+            x *= 1.37;
+        }
+        assert!(worst < 3.0 * f64::from(f32::EPSILON), "worst relative error {worst}");
+        assert_eq!(ln(1.0), 0.0);
+        assert_eq!(ln(f32::INFINITY), f32::INFINITY);
+        assert!(ln(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn accumulating_helpers_match_plain_loops() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.3).cos()).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-5);
+        assert!((sum(&a) - a.iter().sum::<f32>()).abs() < 1e-5);
+        assert_eq!(dot(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn nan_samples_show_up_as_nan_features() {
+        let mut fb = Fbank::new(&FeatureConfig::default()).unwrap();
+        let mut x = vec![100.0f32; 800];
+        x[500] = f32::NAN;
+        let f = fb.compute(&x).unwrap();
+        assert!(f.row(0).iter().all(|v| v.is_finite()));
+        assert!(f.row(2).iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn silence_gives_the_log_floor_and_frame_counts_follow_kaldi() {
+        let config = FeatureConfig::default();
+        let mut fb = Fbank::new(&config).unwrap();
+        let f = fb.compute(&vec![0.0; 16000]).unwrap();
+        assert_eq!(f.nrows(), 98);
+        assert!(f.iter().all(|&v| v == f32::EPSILON.ln()));
+        assert_eq!(config.num_frames(399), 0);
+        assert_eq!(config.num_frames(400), 1);
+        assert_eq!(config.num_frames(559), 1);
+        assert_eq!(config.num_frames(560), 2);
+        let no_snip = FeatureConfig { snip_edges: false, ..config.clone() };
+        assert_eq!(no_snip.num_frames(79), 0);
+        assert_eq!(no_snip.num_frames(80), 1);
+        assert_eq!(no_snip.num_frames(16000), 100);
+        assert!(matches!(fb.compute(&[1.0; 399]), Err(Error::TooShort { samples: 399, frame: 400 })));
+        // Even one sample gives a (reflected) frame when edges are not snipped.
+        let mut fb = Fbank::new(&FeatureConfig { snip_edges: false, ..config }).unwrap();
+        assert_eq!(fb.compute(&[5.0; 80]).unwrap().nrows(), 1);
+    }
+
+    #[test]
+    fn invalid_configs_are_refused_with_the_field_named() {
+        let bad = [
+            FeatureConfig { num_mel_bins: 0, ..Default::default() },
+            FeatureConfig { low_freq: 9000.0, ..Default::default() },
+            FeatureConfig { high_freq: 9000.0, ..Default::default() },
+            FeatureConfig { frame_shift_ms: 0.0, ..Default::default() },
+            FeatureConfig { frame_length_ms: f32::NAN, ..Default::default() },
+            FeatureConfig { preemphasis: 1.5, ..Default::default() },
+            FeatureConfig { log_floor: 0.0, ..Default::default() },
+            FeatureConfig { dither: -1.0, ..Default::default() },
+            FeatureConfig { sample_rate: 0, ..Default::default() },
+        ];
+        for c in bad {
+            let err = Fbank::new(&c).unwrap_err().to_string();
+            assert!(err.starts_with("invalid configuration"), "{err}");
+        }
+        // 200 mel bins cannot all get an FFT bin from a 512-point FFT.
+        let err = Fbank::new(&FeatureConfig { num_mel_bins: 200, ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("covers no FFT bin"), "{err}");
+    }
+
+    #[test]
+    fn dither_is_seeded_and_changes_the_output() {
+        // Broadband noise of ~580 LSB rms, so no filter is near-empty.
+        let x: Vec<f32> = (0..4000u64).map(|i| ((i * 2_654_435_761) % 2000) as f32 - 1000.0).collect();
+        let c = FeatureConfig { dither: 1.0, dither_seed: 7, ..Default::default() };
+        let a = Fbank::new(&c).unwrap().compute(&x).unwrap();
+        let b = Fbank::new(&c).unwrap().compute(&x).unwrap();
+        let plain = Fbank::new(&FeatureConfig::default()).unwrap().compute(&x).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, plain);
+        // Noise of 1 LSB on 580 LSB rms moves features a little on average.
+        let diff = (&a - &plain).mapv(f32::abs).mean().unwrap();
+        assert!(diff > 1e-6 && diff < 1e-2, "dither moved features by {diff} on average");
+    }
+
+    #[test]
+    fn config_round_trips_through_json_and_rejects_unknown_fields() {
+        let c = FeatureConfig { num_mel_bins: 40, window: WindowType::Hamming, ..Default::default() };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains("\"window\":\"hamming\""));
+        assert_eq!(serde_json::from_str::<FeatureConfig>(&json).unwrap(), c);
+        assert!(serde_json::from_str::<FeatureConfig>(r#"{"num_mel_bin": 40}"#).is_err());
+        assert_eq!(serde_json::from_str::<FeatureConfig>("{}").unwrap(), FeatureConfig::default());
     }
 }

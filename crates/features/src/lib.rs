@@ -20,6 +20,7 @@ pub mod error;
 pub mod fbank;
 pub mod resample;
 pub mod specaug;
+mod spectrum;
 
 use std::path::{Path, PathBuf};
 

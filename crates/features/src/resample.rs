@@ -10,6 +10,8 @@
 //! before and after would give.
 
 use crate::error::{Error, Result};
+use crate::fbank::dot;
+
 
 /// Fraction of the lower Nyquist frequency that passes untouched. The transition band
 /// runs from here to the Nyquist frequency of the slower rate, so nothing aliases.
@@ -20,6 +22,10 @@ const KAISER_BETA: f64 = 8.6;
 /// Rates whose reduced ratio needs more phases than this are refused: no audio rate
 /// in use gets anywhere near (44.1 kHz -> 16 kHz needs 160).
 const MAX_PHASES: usize = 4096;
+/// Largest filter (phases x taps) we agree to build: 4 M coefficients, 16 MB. Ordinary
+/// ratios need a few tens of thousands; absurd ones (from a corrupt header) would
+/// otherwise ask for gigabytes.
+const MAX_COEFFICIENTS: usize = 1 << 22;
 
 /// Converts whole signals from one sample rate to another. Build once, reuse.
 #[derive(Debug, Clone)]
@@ -62,24 +68,26 @@ fn bessel_i0(x: f64) -> f64 {
 impl Resampler {
     /// A converter from `from` Hz to `to` Hz.
     pub fn new(from: u32, to: u32) -> Result<Self> {
+        let fail = |reason: String| Err(Error::Resample { from, to, reason });
         if from == 0 || to == 0 {
-            return Err(Error::Config(format!(
-                "cannot resample from {from} Hz to {to} Hz: rates must be positive"
-            )));
+            return fail("rates must be positive".into());
         }
         let g = gcd(u64::from(from), u64::from(to));
         let up = (u64::from(to) / g) as usize;
         let down = (u64::from(from) / g) as usize;
         if up > MAX_PHASES {
-            return Err(Error::Config(format!(
-                "cannot resample from {from} Hz to {to} Hz: the ratio {up}/{down} needs too many filter phases"
-            )));
+            return fail(format!("the ratio {up}/{down} needs too many filter phases"));
         }
         // Cutoff in cycles per input sample, relative to the input Nyquist.
         let cutoff = ROLLOFF * (f64::from(to) / f64::from(from)).min(1.0);
         let half_width = ZERO_CROSSINGS / cutoff; // in input samples
         let half = half_width.ceil() as usize;
         let taps = 2 * half;
+        if taps.saturating_mul(up) > MAX_COEFFICIENTS {
+            return fail(format!(
+                "the ratio {up}/{down} needs a {up} x {taps} filter, over the {MAX_COEFFICIENTS}-coefficient limit"
+            ));
+        }
         let mut phases = vec![0f32; up * taps];
         let norm = bessel_i0(KAISER_BETA);
         for p in 0..up {
@@ -145,14 +153,12 @@ impl Resampler {
             let first = (base + 1) as isize - half as isize;
             let j0 = (-first).max(0) as usize;
             let j1 = ((input.len() as isize - first).max(0) as usize).min(self.taps);
-            let mut acc = 0f32;
-            if j0 < j1 {
+            let acc = if j0 < j1 {
                 let start = (first + j0 as isize) as usize;
-                let x = &input[start..start + (j1 - j0)];
-                for (a, b) in x.iter().zip(&row[j0..j1]) {
-                    acc += a * b;
-                }
-            }
+                dot(&input[start..start + (j1 - j0)], &row[j0..j1])
+            } else {
+                0.0
+            };
             out.push(acc);
         }
         out
