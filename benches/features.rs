@@ -45,10 +45,58 @@ fn resample(c: &mut Criterion) {
     for from in [8000u32, 44100] {
         let audio = signal(seconds, from as usize);
         let r = Resampler::new(from, 16000).unwrap();
-        group.bench_function(BenchmarkId::new(format!("from_{from}"), "60s"), |b| b.iter(|| r.process(&audio)));
+        group.bench_function(BenchmarkId::new(format!("from_{from}"), "60s"), |b| {
+            b.iter(|| r.process(&audio))
+        });
     }
     group.finish();
 }
 
-criterion_group!(benches, fbank, resample);
+/// The same audio as a 16-bit WAV and as a FLAC file, in memory.
+fn encoded(audio: &[f32]) -> (Vec<u8>, Vec<u8>) {
+    use flacenc::component::BitRepr;
+    use flacenc::error::Verify;
+    let ints: Vec<i32> = audio
+        .iter()
+        .map(|&v| v.round().clamp(-32768.0, 32767.0) as i32)
+        .collect();
+    let mut wav = std::io::Cursor::new(Vec::new());
+    {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::new(&mut wav, spec).unwrap();
+        for &v in &ints {
+            w.write_sample(v as i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+    let config = flacenc::config::Encoder::default().into_verified().unwrap();
+    let source = flacenc::source::MemSource::from_samples(&ints, 1, 16, 16000);
+    let stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size).unwrap();
+    let mut sink = flacenc::bitsink::ByteSink::new();
+    stream.write(&mut sink).unwrap();
+    (wav.into_inner(), sink.as_slice().to_vec())
+}
+
+fn decode(c: &mut Criterion) {
+    let seconds = 60;
+    let (wav, flac) = encoded(&signal(seconds, 16000));
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(seconds as u64));
+    group.sample_size(20);
+    let path = std::path::Path::new("bench");
+    group.bench_function(BenchmarkId::new("wav_16bit_16k", "60s"), |b| {
+        b.iter(|| lasr_features::decode(&wav, path).unwrap())
+    });
+    group.bench_function(BenchmarkId::new("flac_16bit_16k", "60s"), |b| {
+        b.iter(|| lasr_features::decode(&flac, path).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fbank, resample, decode);
 criterion_main!(benches);

@@ -1,1 +1,353 @@
-fn main(){}
+//! `lasr`: the command-line face of the lasr speech recogniser. Each command parses its
+//! arguments and calls the libraries; nothing numerical happens here.
+
+mod plot;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lasr_features::{collect_audio_files, load, FrontEnd, FrontEndConfig};
+use rayon::prelude::*;
+
+#[derive(Parser)]
+#[command(
+    name = "lasr",
+    version,
+    about = "Listen, Attend and Spell speech recognition on a plain CPU",
+    long_about = "Listen, Attend and Spell speech recognition on a plain CPU.\n\n\
+        Audio may be WAV (8/16/24/32-bit integer or 32-bit float, any channel count) or \
+        FLAC, at any sample rate: it is downmixed to mono and resampled to 16 kHz.",
+    after_help = "Examples:\n  \
+        lasr features assets/sample.wav --out sample.npy --plot sample.png\n  \
+        lasr cmvn /data/LibriSpeech/train-clean-100 --out frontend.json\n  \
+        lasr features utt.flac --config frontend.json --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute log-mel filterbank features of audio files, to inspect or to save as .npy.
+    Features(FeaturesArgs),
+    /// Accumulate global mean/variance statistics over a corpus and write a front-end
+    /// config that normalises with them.
+    Cmvn(CmvnArgs),
+    /// Print the default front-end configuration as JSON, to edit and pass with --config.
+    Config,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    lasr features speech.wav                       # summary table\n  \
+    lasr features speech.wav -o feats.npy --plot feats.png\n  \
+    lasr features corpus/ --out-dir feats/ --json   # one .npy per file, JSON lines\n\n\
+    The .npy holds float32 [frames, mel bins], one row per 10 ms; numpy.load reads it.")]
+struct FeaturesArgs {
+    /// Audio files, or directories searched recursively for .wav and .flac files.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// Save the features of the (single) input as .npy.
+    #[arg(short, long, value_name = "NPY", conflicts_with = "out_dir")]
+    out: Option<PathBuf>,
+    /// Save one <name>.npy per input into this directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Draw the features of the (single) input as a PNG heat map.
+    #[arg(long, value_name = "PNG")]
+    plot: Option<PathBuf>,
+    /// Front-end config JSON (from `lasr config` or `lasr cmvn`). Default: Kaldi-
+    /// compatible 80-bin log-mel filterbank at 16 kHz, no normalisation.
+    #[arg(short, long, value_name = "JSON")]
+    config: Option<PathBuf>,
+    /// Print one JSON object per input (file, frames, dim, statistics, or error).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[command(after_help = "Example:\n  \
+    lasr cmvn LibriSpeech/train-clean-100 --out frontend.json\n  \
+    lasr features utt.flac --config frontend.json -o utt.npy\n\n\
+    Files that cannot be read are reported and left out of the statistics.")]
+struct CmvnArgs {
+    /// Audio files, or directories searched recursively for .wav and .flac files.
+    #[arg(value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// Also take audio paths from this file, one per line (first tab-separated column;
+    /// `#` comments; relative paths are relative to the list's directory).
+    #[arg(long, value_name = "FILE")]
+    list: Option<PathBuf>,
+    /// Where to write the front-end config (feature settings plus statistics).
+    #[arg(short, long, value_name = "JSON")]
+    out: PathBuf,
+    /// Feature settings to use (any CMVN already in the file is replaced).
+    #[arg(short, long, value_name = "JSON")]
+    config: Option<PathBuf>,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Features(a) => features(a),
+        Command::Cmvn(a) => cmvn(a),
+        Command::Config => print_config(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_config(path: Option<&Path>) -> Result<FrontEndConfig> {
+    let Some(path) = path else {
+        return Ok(FrontEndConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let config: FrontEndConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a lasr front-end config", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(config)
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    if len < 2 || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} files, {per_sec}, eta {eta}")
+            .expect("template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so an interrupted
+/// run never leaves a half-written file where a good one was.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+struct FileReport {
+    file: PathBuf,
+    result: Result<Summary>,
+}
+
+struct Summary {
+    sample_rate: u32,
+    duration_s: f64,
+    frames: usize,
+    dim: usize,
+    min: f32,
+    mean: f32,
+    max: f32,
+    npy: Option<PathBuf>,
+}
+
+fn features(args: FeaturesArgs) -> Result<ExitCode> {
+    let config = read_config(args.config.as_deref())?;
+    let files = collect_audio_files(&args.inputs)?;
+    if files.is_empty() {
+        bail!("no .wav or .flac files found in {:?}", args.inputs);
+    }
+    if files.len() > 1 && (args.out.is_some() || args.plot.is_some()) {
+        bail!(
+            "--out and --plot take a single input, but {} files were given; use --out-dir for many",
+            files.len()
+        );
+    }
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    }
+    let front = FrontEnd::new(config)?;
+    let bar = progress(files.len(), "features");
+    let reports: Vec<FileReport> = files
+        .par_iter()
+        .map_init(
+            || front.clone(),
+            |front, file| {
+                let result = one_file(front, file, &args);
+                bar.inc(1);
+                FileReport {
+                    file: file.clone(),
+                    result,
+                }
+            },
+        )
+        .collect();
+    bar.finish_and_clear();
+
+    let mut failed = 0;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !args.json {
+        writeln!(
+            out,
+            "{:>7} {:>9} {:>7} {:>4} {:>8} {:>8} {:>8}  file",
+            "rate", "seconds", "frames", "dim", "min", "mean", "max"
+        )?;
+    }
+    for r in &reports {
+        match &r.result {
+            Ok(s) if args.json => {
+                let v = serde_json::json!({
+                    "file": r.file, "sample_rate": s.sample_rate, "duration_s": s.duration_s,
+                    "frames": s.frames, "dim": s.dim, "min": s.min, "mean": s.mean, "max": s.max,
+                    "npy": s.npy,
+                });
+                writeln!(out, "{v}")?;
+            }
+            Ok(s) => writeln!(
+                out,
+                "{:>7} {:>9.3} {:>7} {:>4} {:>8.3} {:>8.3} {:>8.3}  {}",
+                s.sample_rate,
+                s.duration_s,
+                s.frames,
+                s.dim,
+                s.min,
+                s.mean,
+                s.max,
+                r.file.display(),
+            )?,
+            Err(e) => {
+                failed += 1;
+                if args.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"file": r.file, "error": format!("{e:#}")})
+                    )?;
+                }
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} files failed", reports.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn one_file(front: &mut FrontEnd, file: &Path, args: &FeaturesArgs) -> Result<Summary> {
+    let audio = load(file)?;
+    let (sample_rate, duration_s) = (audio.sample_rate, audio.duration_secs());
+    let feats = front.audio_features(audio).map_err(|e| e.in_file(file))?;
+    let npy = match (&args.out, &args.out_dir) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(dir)) => {
+            let stem = file.file_stem().unwrap_or(file.as_os_str());
+            Some(dir.join(stem).with_extension("npy"))
+        }
+        _ => None,
+    };
+    if let Some(p) = &npy {
+        let mut bytes = Vec::new();
+        ndarray_npy::WriteNpyExt::write_npy(&feats, &mut bytes)
+            .with_context(|| format!("{}: cannot encode .npy", p.display()))?;
+        write_atomic(p, &bytes)?;
+    }
+    if let Some(p) = &args.plot {
+        plot::write_heatmap(feats.view(), p, 2)?;
+    }
+    let n = feats.len() as f64;
+    Ok(Summary {
+        sample_rate,
+        duration_s,
+        frames: feats.nrows(),
+        dim: feats.ncols(),
+        min: feats.iter().copied().fold(f32::INFINITY, f32::min),
+        mean: (feats.iter().map(|&v| f64::from(v)).sum::<f64>() / n) as f32,
+        max: feats.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        npy,
+    })
+}
+
+/// Paths from a list file: first tab-separated column, `#` comments and blank lines
+/// skipped, relative paths taken from the list's directory.
+fn read_list(list: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(list)
+        .with_context(|| format!("{}: cannot read", list.display()))?;
+    let base = list.parent().unwrap_or(Path::new("."));
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let p = PathBuf::from(l.split('\t').next().unwrap_or(l));
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        })
+        .collect())
+}
+
+fn cmvn(args: CmvnArgs) -> Result<ExitCode> {
+    let mut config = read_config(args.config.as_deref())?;
+    let mut files = collect_audio_files(&args.inputs)?;
+    if let Some(list) = &args.list {
+        files.extend(read_list(list)?);
+    }
+    if files.is_empty() {
+        bail!("no audio given: pass files, directories or --list");
+    }
+    let bar = progress(files.len(), "cmvn");
+    let (stats, errors) =
+        lasr_features::corpus_cmvn_stats(&files, &config.features, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    for e in &errors {
+        eprintln!("skipped: {e}");
+    }
+    let cmvn = stats
+        .finish()
+        .context("no file could be read, so there are no statistics")?;
+    config.cmvn = Some(cmvn);
+    let json = serde_json::to_string_pretty(&config)?;
+    write_atomic(&args.out, json.as_bytes())?;
+    let used = files.len() - errors.len();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"out": args.out, "files": used, "skipped": errors.len(), "frames": stats.frames})
+        );
+    } else {
+        println!(
+            "wrote {}: statistics of {} frames ({:.2} h) from {used} files, {} skipped",
+            args.out.display(),
+            stats.frames,
+            stats.frames as f64 * f64::from(config.features.frame_shift_ms) / 3.6e6,
+            errors.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_config() -> Result<ExitCode> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&FrontEndConfig::default())?
+    );
+    Ok(ExitCode::SUCCESS)
+}

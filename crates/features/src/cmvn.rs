@@ -146,7 +146,9 @@ mod tests {
 
     #[test]
     fn normalised_corpus_has_zero_mean_unit_variance() {
-        let a = Array2::from_shape_fn((50, 3), |(t, d)| (t as f32 * 0.37 + d as f32 * 5.0).sin() * (d + 1) as f32 + d as f32);
+        let a = Array2::from_shape_fn((50, 3), |(t, d)| {
+            (t as f32 * 0.37 + d as f32 * 5.0).sin() * (d + 1) as f32 + d as f32
+        });
         let b = Array2::from_shape_fn((70, 3), |(t, d)| (t as f32 * 0.11).cos() * 2.0 - d as f32);
         let mut s1 = CmvnStats::new(3);
         s1.accumulate(a.view()).unwrap();

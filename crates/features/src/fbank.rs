@@ -162,29 +162,41 @@ impl FeatureConfig {
         if self.sample_rate == 0 {
             return bad("sample_rate must be positive".into());
         }
-        if !(self.frame_length_ms > 0.0) || self.frame_length() < 2 {
+        if self.frame_length_ms.is_nan() || self.frame_length_ms <= 0.0 || self.frame_length() < 2 {
             return bad(format!(
                 "frame_length_ms = {} gives fewer than 2 samples per frame",
                 self.frame_length_ms
             ));
         }
-        if !(self.frame_shift_ms > 0.0) || self.frame_shift() == 0 {
+        if self.frame_shift_ms.is_nan() || self.frame_shift_ms <= 0.0 || self.frame_shift() == 0 {
             return bad(format!(
                 "frame_shift_ms = {} gives a shift of 0 samples",
                 self.frame_shift_ms
             ));
         }
         if self.frame_length() > 1 << 20 {
-            return bad(format!("frame_length_ms = {} is absurdly long", self.frame_length_ms));
+            return bad(format!(
+                "frame_length_ms = {} is absurdly long",
+                self.frame_length_ms
+            ));
         }
         if !(self.dither >= 0.0 && self.dither.is_finite()) {
-            return bad(format!("dither = {} must be a finite value >= 0", self.dither));
+            return bad(format!(
+                "dither = {} must be a finite value >= 0",
+                self.dither
+            ));
         }
         if !(0.0..=1.0).contains(&self.preemphasis) {
-            return bad(format!("preemphasis = {} must lie in [0, 1]", self.preemphasis));
+            return bad(format!(
+                "preemphasis = {} must lie in [0, 1]",
+                self.preemphasis
+            ));
         }
         if self.num_mel_bins < 1 || self.num_mel_bins > 1024 {
-            return bad(format!("num_mel_bins = {} must lie in 1..=1024", self.num_mel_bins));
+            return bad(format!(
+                "num_mel_bins = {} must lie in 1..=1024",
+                self.num_mel_bins
+            ));
         }
         let nyquist = 0.5 * self.sample_rate as f32;
         let high = self.resolved_high_freq();
@@ -328,7 +340,9 @@ pub struct Fbank {
 
 impl std::fmt::Debug for Fbank {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fbank").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Fbank")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -557,7 +571,12 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -590,7 +609,7 @@ pub(crate) fn ln(x: f32) -> f32 {
     y = y * t - 1.666_805_8e-1;
     y = y * t + 2.000_071_5e-1;
     y = y * t - 2.499_999_4e-1;
-    y = y * t + 3.333_333_1e-1;
+    y = y * t + 0.333_333_3;
     y *= t * z;
     let ef = e as f32;
     y += -2.121_944_4e-4 * ef;
@@ -624,14 +643,23 @@ mod tests {
         let mut x = f32::MIN_POSITIVE;
         let mut worst = 0.0f64;
         while x < 1e38 {
-            for y in [x, x * 1.000_001, x * 1.3, x * std::f32::consts::SQRT_2, x * 1.9] {
+            for y in [
+                x,
+                x * 1.000_001,
+                x * 1.3,
+                x * std::f32::consts::SQRT_2,
+                x * 1.9,
+            ] {
                 let exact = f64::from(y).ln();
                 let err = (f64::from(ln(y)) - exact).abs() / exact.abs().max(1.0);
                 worst = worst.max(err);
             }
             x *= 1.37;
         }
-        assert!(worst < 3.0 * f64::from(f32::EPSILON), "worst relative error {worst}");
+        assert!(
+            worst < 3.0 * f64::from(f32::EPSILON),
+            "worst relative error {worst}"
+        );
         assert_eq!(ln(1.0), 0.0);
         assert_eq!(ln(f32::INFINITY), f32::INFINITY);
         assert!(ln(f32::NAN).is_nan());
@@ -668,60 +696,123 @@ mod tests {
         assert_eq!(config.num_frames(400), 1);
         assert_eq!(config.num_frames(559), 1);
         assert_eq!(config.num_frames(560), 2);
-        let no_snip = FeatureConfig { snip_edges: false, ..config.clone() };
+        let no_snip = FeatureConfig {
+            snip_edges: false,
+            ..config.clone()
+        };
         assert_eq!(no_snip.num_frames(79), 0);
         assert_eq!(no_snip.num_frames(80), 1);
         assert_eq!(no_snip.num_frames(16000), 100);
-        assert!(matches!(fb.compute(&[1.0; 399]), Err(Error::TooShort { samples: 399, frame: 400 })));
+        assert!(matches!(
+            fb.compute(&[1.0; 399]),
+            Err(Error::TooShort {
+                samples: 399,
+                frame: 400
+            })
+        ));
         // Even one sample gives a (reflected) frame when edges are not snipped.
-        let mut fb = Fbank::new(&FeatureConfig { snip_edges: false, ..config }).unwrap();
+        let mut fb = Fbank::new(&FeatureConfig {
+            snip_edges: false,
+            ..config
+        })
+        .unwrap();
         assert_eq!(fb.compute(&[5.0; 80]).unwrap().nrows(), 1);
     }
 
     #[test]
     fn invalid_configs_are_refused_with_the_field_named() {
         let bad = [
-            FeatureConfig { num_mel_bins: 0, ..Default::default() },
-            FeatureConfig { low_freq: 9000.0, ..Default::default() },
-            FeatureConfig { high_freq: 9000.0, ..Default::default() },
-            FeatureConfig { frame_shift_ms: 0.0, ..Default::default() },
-            FeatureConfig { frame_length_ms: f32::NAN, ..Default::default() },
-            FeatureConfig { preemphasis: 1.5, ..Default::default() },
-            FeatureConfig { log_floor: 0.0, ..Default::default() },
-            FeatureConfig { dither: -1.0, ..Default::default() },
-            FeatureConfig { sample_rate: 0, ..Default::default() },
+            FeatureConfig {
+                num_mel_bins: 0,
+                ..Default::default()
+            },
+            FeatureConfig {
+                low_freq: 9000.0,
+                ..Default::default()
+            },
+            FeatureConfig {
+                high_freq: 9000.0,
+                ..Default::default()
+            },
+            FeatureConfig {
+                frame_shift_ms: 0.0,
+                ..Default::default()
+            },
+            FeatureConfig {
+                frame_length_ms: f32::NAN,
+                ..Default::default()
+            },
+            FeatureConfig {
+                preemphasis: 1.5,
+                ..Default::default()
+            },
+            FeatureConfig {
+                log_floor: 0.0,
+                ..Default::default()
+            },
+            FeatureConfig {
+                dither: -1.0,
+                ..Default::default()
+            },
+            FeatureConfig {
+                sample_rate: 0,
+                ..Default::default()
+            },
         ];
         for c in bad {
             let err = Fbank::new(&c).unwrap_err().to_string();
             assert!(err.starts_with("invalid configuration"), "{err}");
         }
         // 200 mel bins cannot all get an FFT bin from a 512-point FFT.
-        let err = Fbank::new(&FeatureConfig { num_mel_bins: 200, ..Default::default() }).unwrap_err();
+        let err = Fbank::new(&FeatureConfig {
+            num_mel_bins: 200,
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("covers no FFT bin"), "{err}");
     }
 
     #[test]
     fn dither_is_seeded_and_changes_the_output() {
         // Broadband noise of ~580 LSB rms, so no filter is near-empty.
-        let x: Vec<f32> = (0..4000u64).map(|i| ((i * 2_654_435_761) % 2000) as f32 - 1000.0).collect();
-        let c = FeatureConfig { dither: 1.0, dither_seed: 7, ..Default::default() };
+        let x: Vec<f32> = (0..4000u64)
+            .map(|i| ((i * 2_654_435_761) % 2000) as f32 - 1000.0)
+            .collect();
+        let c = FeatureConfig {
+            dither: 1.0,
+            dither_seed: 7,
+            ..Default::default()
+        };
         let a = Fbank::new(&c).unwrap().compute(&x).unwrap();
         let b = Fbank::new(&c).unwrap().compute(&x).unwrap();
-        let plain = Fbank::new(&FeatureConfig::default()).unwrap().compute(&x).unwrap();
+        let plain = Fbank::new(&FeatureConfig::default())
+            .unwrap()
+            .compute(&x)
+            .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, plain);
         // Noise of 1 LSB on 580 LSB rms moves features a little on average.
         let diff = (&a - &plain).mapv(f32::abs).mean().unwrap();
-        assert!(diff > 1e-6 && diff < 1e-2, "dither moved features by {diff} on average");
+        assert!(
+            diff > 1e-6 && diff < 1e-2,
+            "dither moved features by {diff} on average"
+        );
     }
 
     #[test]
     fn config_round_trips_through_json_and_rejects_unknown_fields() {
-        let c = FeatureConfig { num_mel_bins: 40, window: WindowType::Hamming, ..Default::default() };
+        let c = FeatureConfig {
+            num_mel_bins: 40,
+            window: WindowType::Hamming,
+            ..Default::default()
+        };
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"window\":\"hamming\""));
         assert_eq!(serde_json::from_str::<FeatureConfig>(&json).unwrap(), c);
         assert!(serde_json::from_str::<FeatureConfig>(r#"{"num_mel_bin": 40}"#).is_err());
-        assert_eq!(serde_json::from_str::<FeatureConfig>("{}").unwrap(), FeatureConfig::default());
+        assert_eq!(
+            serde_json::from_str::<FeatureConfig>("{}").unwrap(),
+            FeatureConfig::default()
+        );
     }
 }

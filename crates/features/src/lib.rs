@@ -28,7 +28,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub use audio::{decode, load, load_at_rate, Audio};
+pub use audio::{collect_audio_files, decode, load, load_at_rate, Audio};
 pub use cmvn::{Cmvn, CmvnStats};
 pub use error::{AudioErrorKind, Error, Result};
 pub use fbank::{Fbank, FeatureConfig, WindowType};
@@ -127,7 +127,10 @@ impl FrontEnd {
 /// Features of many files in parallel on the rayon pool, one [`FrontEnd`] per worker
 /// thread. Results come back in the order of `paths`; a bad file yields its own error
 /// and does not stop the others.
-pub fn extract_files(paths: &[PathBuf], config: &FrontEndConfig) -> Result<Vec<Result<Array2<f32>>>> {
+pub fn extract_files(
+    paths: &[PathBuf],
+    config: &FrontEndConfig,
+) -> Result<Vec<Result<Array2<f32>>>> {
     let front = FrontEnd::new(config.clone())?;
     Ok(paths
         .par_iter()

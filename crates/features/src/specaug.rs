@@ -50,7 +50,9 @@ impl SpecAugmentConfig {
             )));
         }
         if !self.mask_value.is_finite() {
-            return Err(Error::Config("spec_augment.mask_value must be finite".into()));
+            return Err(Error::Config(
+                "spec_augment.mask_value must be finite".into(),
+            ));
         }
         Ok(())
     }
@@ -63,7 +65,11 @@ fn uniform(rng: &mut impl Rng, max: usize) -> usize {
 
 /// Masks `feats` `[T, D]` in place. The same `rng` state gives the same masks, so a
 /// seeded generator makes training runs repeatable.
-pub fn spec_augment(feats: &mut ArrayViewMut2<f32>, config: &SpecAugmentConfig, rng: &mut impl Rng) {
+pub fn spec_augment(
+    feats: &mut ArrayViewMut2<f32>,
+    config: &SpecAugmentConfig,
+    rng: &mut impl Rng,
+) {
     let (frames, dim) = feats.dim();
     for _ in 0..config.freq_masks {
         let width = uniform(rng, config.max_freq_width.min(dim));
@@ -99,9 +105,17 @@ mod tests {
         let mut masked_any = false;
         for seed in 0..50 {
             let mut a = orig.clone();
-            spec_augment(&mut a.view_mut(), &cfg, &mut ChaCha8Rng::seed_from_u64(seed));
+            spec_augment(
+                &mut a.view_mut(),
+                &cfg,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
             let mut b = orig.clone();
-            spec_augment(&mut b.view_mut(), &cfg, &mut ChaCha8Rng::seed_from_u64(seed));
+            spec_augment(
+                &mut b.view_mut(),
+                &cfg,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
             assert_eq!(a, b, "same seed, same masks");
             // Every changed cell holds the mask value; masked columns are whole columns
             // or masked rows whole rows.
@@ -126,7 +140,10 @@ mod tests {
                 }
             }
             assert!(cols <= 2 * 27, "{cols} masked bins");
-            assert!(rows <= 2 * 60, "{rows} masked frames (cap is 0.2 * 300 = 60 each)");
+            assert!(
+                rows <= 2 * 60,
+                "{rows} masked frames (cap is 0.2 * 300 = 60 each)"
+            );
             masked_any |= cols > 0 && rows > 0;
         }
         assert!(masked_any);

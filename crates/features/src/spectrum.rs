@@ -41,7 +41,7 @@ impl Clone for PowerSpectrum {
 impl PowerSpectrum {
     /// Plans for `n`-point frames (`n >= 2`).
     pub(crate) fn new(n: usize) -> Self {
-        let even = n % 2 == 0;
+        let even = n.is_multiple_of(2);
         let len = if even { n / 2 } else { n };
         let fft = FftPlanner::<f32>::new().plan_fft_forward(len);
         let scratch = vec![Complex::default(); fft.get_inplace_scratch_len()];
@@ -74,7 +74,7 @@ impl PowerSpectrum {
 
     /// 1 when the frame fills `input()` densely, 2 when it goes in the real parts only.
     pub(crate) fn input_stride(&self) -> usize {
-        if self.n % 2 == 0 {
+        if self.n.is_multiple_of(2) {
             1
         } else {
             2
@@ -85,7 +85,8 @@ impl PowerSpectrum {
     /// `power` is false) for `k` in `0..=n/2` into `out` `[n/2 + 1]`.
     #[inline(always)]
     pub(crate) fn compute(&mut self, out: &mut [f32], power: bool) {
-        self.fft.process_with_scratch(&mut self.buf, &mut self.scratch);
+        self.fft
+            .process_with_scratch(&mut self.buf, &mut self.scratch);
         let half = self.n / 2;
         if self.n % 2 == 1 {
             for (o, c) in out.iter_mut().zip(&self.buf[..=half]) {
@@ -144,7 +145,9 @@ mod tests {
     #[test]
     fn matches_a_direct_dft_for_even_and_odd_lengths() {
         for n in [2usize, 8, 400, 512, 401, 7] {
-            let x: Vec<f32> = (0..n).map(|i| ((i * 7919 + 13) % 101) as f32 - 50.0 + (i as f32 * 0.3).sin() * 20.0).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 + 13) % 101) as f32 - 50.0 + (i as f32 * 0.3).sin() * 20.0)
+                .collect();
             let mut ps = PowerSpectrum::new(n);
             let stride = ps.input_stride();
             let input = ps.input();
@@ -157,7 +160,10 @@ mod tests {
             let want = dft_power(&x);
             let peak = want.iter().cloned().fold(0.0, f64::max);
             for (k, (&got, &w)) in out.iter().zip(&want).enumerate() {
-                assert!((f64::from(got) - w).abs() <= 1e-5 * peak, "n={n} k={k}: {got} vs {w}");
+                assert!(
+                    (f64::from(got) - w).abs() <= 1e-5 * peak,
+                    "n={n} k={k}: {got} vs {w}"
+                );
             }
             // Magnitude mode is the square root.
             let input = ps.input();

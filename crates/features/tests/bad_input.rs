@@ -11,7 +11,9 @@ fn kind_of(bytes: &[u8], name: &str) -> AudioErrorKind {
     let err = decode(bytes, Path::new(name)).expect_err("must be rejected");
     let msg = err.to_string();
     assert!(msg.contains(name), "error {msg:?} does not name the file");
-    err.audio_kind().cloned().unwrap_or_else(|| panic!("not an audio error: {err:?}"))
+    err.audio_kind()
+        .cloned()
+        .unwrap_or_else(|| panic!("not an audio error: {err:?}"))
 }
 
 fn good_wav() -> Vec<u8> {
@@ -32,7 +34,11 @@ fn truncated_headers() {
     let wav = good_wav();
     for cut in [2, 4, 11, 20, 30, 40] {
         let k = kind_of(&wav[..cut], "cut.wav");
-        assert_eq!(k, AudioErrorKind::TruncatedHeader { format: "WAV" }, "cut at {cut}");
+        assert_eq!(
+            k,
+            AudioErrorKind::TruncatedHeader { format: "WAV" },
+            "cut at {cut}"
+        );
     }
     let flac = good_flac();
     for cut in [3, 6, 20, 41] {
@@ -58,7 +64,10 @@ fn truncated_data() {
     );
     // Cut in the middle of a sample.
     let k = kind_of(&wav[..44 + 3001], "odd.wav");
-    assert!(matches!(k, AudioErrorKind::TruncatedData { found: 1500, .. }), "{k:?}");
+    assert!(
+        matches!(k, AudioErrorKind::TruncatedData { found: 1500, .. }),
+        "{k:?}"
+    );
     let flac = good_flac();
     let k = kind_of(&flac[..flac.len() / 2], "short.flac");
     assert!(
@@ -70,17 +79,26 @@ fn truncated_data() {
 #[test]
 fn not_audio_at_all() {
     let k = kind_of(b"hello, this is a text file\n", "notes.wav");
-    assert!(matches!(k, AudioErrorKind::UnknownFormat { ref magic } if magic.contains("hello")), "{k:?}");
+    assert!(
+        matches!(k, AudioErrorKind::UnknownFormat { ref magic } if magic.contains("hello")),
+        "{k:?}"
+    );
     let k = kind_of(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "picture.flac");
     assert!(matches!(k, AudioErrorKind::UnknownFormat { .. }), "{k:?}");
     // A RIFF container of something else.
     let mut avi = good_wav();
     avi[8..12].copy_from_slice(b"AVI ");
-    assert!(matches!(kind_of(&avi, "movie.wav"), AudioErrorKind::UnknownFormat { .. }));
+    assert!(matches!(
+        kind_of(&avi, "movie.wav"),
+        AudioErrorKind::UnknownFormat { .. }
+    ));
     // Compressed WAV (format tag 0x55, MP3) is valid but not ours to read.
     let mut mp3 = good_wav();
     mp3[20..22].copy_from_slice(&0x55u16.to_le_bytes());
-    assert!(matches!(kind_of(&mp3, "mp3.wav"), AudioErrorKind::Unsupported { .. } | AudioErrorKind::BadHeader { .. }));
+    assert!(matches!(
+        kind_of(&mp3, "mp3.wav"),
+        AudioErrorKind::Unsupported { .. } | AudioErrorKind::BadHeader { .. }
+    ));
 }
 
 #[test]
@@ -98,12 +116,18 @@ fn absurd_header_sizes_do_not_allocate_or_panic() {
     // "fmt " chunk claiming 4 GiB.
     let mut wav = good_wav();
     wav[16..20].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
-    assert!(matches!(kind_of(&wav, "hugefmt.wav"), AudioErrorKind::BadHeader { .. }));
+    assert!(matches!(
+        kind_of(&wav, "hugefmt.wav"),
+        AudioErrorKind::BadHeader { .. }
+    ));
     // "data" chunk claiming 4 GiB of samples in a 8 kB file.
     let mut wav = good_wav();
     wav[40..44].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
     let k = kind_of(&wav, "hugedata.wav");
-    assert!(matches!(k, AudioErrorKind::TruncatedData { found: 4000, .. }), "{k:?}");
+    assert!(
+        matches!(k, AudioErrorKind::TruncatedData { found: 4000, .. }),
+        "{k:?}"
+    );
     // RIFF size field lying.
     let mut wav = good_wav();
     wav[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -114,7 +138,10 @@ fn absurd_header_sizes_do_not_allocate_or_panic() {
     flac[21] |= 0x0f;
     flac[22..26].copy_from_slice(&[0xff; 4]);
     let k = kind_of(&flac, "hugecount.flac");
-    assert!(matches!(k, AudioErrorKind::TruncatedData { found: 20000, .. }), "{k:?}");
+    assert!(
+        matches!(k, AudioErrorKind::TruncatedData { found: 20000, .. }),
+        "{k:?}"
+    );
     // FLAC metadata block claiming 16 MiB.
     let mut flac = good_flac();
     flac[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
@@ -136,7 +163,13 @@ fn audio_shorter_than_one_frame() {
     std::fs::write(&p, wav_int(&[test_signal(399, 16000, 0)], 16000, 16)).unwrap();
     let err = front.file_features(&p).unwrap_err();
     assert!(err.to_string().contains("blip.wav"), "{err}");
-    assert_eq!(err.audio_kind(), Some(&AudioErrorKind::TooShort { samples: 399, frame: 400 }));
+    assert_eq!(
+        err.audio_kind(),
+        Some(&AudioErrorKind::TooShort {
+            samples: 399,
+            frame: 400
+        })
+    );
     // 200 samples at 8 kHz become exactly 400 at 16 kHz: one frame, accepted.
     let p = dir.path().join("ok8k.wav");
     std::fs::write(&p, wav_int(&[test_signal(200, 8000, 0)], 8000, 16)).unwrap();
@@ -145,7 +178,13 @@ fn audio_shorter_than_one_frame() {
     let p = dir.path().join("short8k.wav");
     std::fs::write(&p, wav_int(&[test_signal(199, 8000, 0)], 8000, 16)).unwrap();
     let err = front.file_features(&p).unwrap_err();
-    assert_eq!(err.audio_kind(), Some(&AudioErrorKind::TooShort { samples: 398, frame: 400 }));
+    assert_eq!(
+        err.audio_kind(),
+        Some(&AudioErrorKind::TooShort {
+            samples: 398,
+            frame: 400
+        })
+    );
 }
 
 #[test]
@@ -164,7 +203,11 @@ fn a_bad_file_in_a_batch_is_reported_and_the_rest_still_come_back() {
         if i == 3 {
             std::fs::write(&p, b"garbage").unwrap();
         } else {
-            std::fs::write(&p, wav_int(&[test_signal(1600 * (i + 1), 16000, i as u32)], 16000, 16)).unwrap();
+            std::fs::write(
+                &p,
+                wav_int(&[test_signal(1600 * (i + 1), 16000, i as u32)], 16000, 16),
+            )
+            .unwrap();
         }
         paths.push(p);
     }
@@ -175,7 +218,10 @@ fn a_bad_file_in_a_batch_is_reported_and_the_rest_still_come_back() {
             assert!(r.as_ref().unwrap_err().to_string().contains("utt3.wav"));
         } else {
             // 1600 (i + 1) samples -> 1 + (1600 (i + 1) - 400) / 160 frames, in order.
-            assert_eq!(r.as_ref().unwrap().nrows(), 1 + (1600 * (i + 1) - 400) / 160);
+            assert_eq!(
+                r.as_ref().unwrap().nrows(),
+                1 + (1600 * (i + 1) - 400) / 160
+            );
         }
     }
 }
@@ -193,7 +239,16 @@ impl XorShift {
 
 #[test]
 fn mutated_and_truncated_files_never_panic() {
-    let seeds = [good_wav(), good_flac(), wav_int(&[test_signal(500, 8000, 2), test_signal(500, 8000, 3)], 8000, 24), wav_float(&[vec![0.1; 300]], 48000)];
+    let seeds = [
+        good_wav(),
+        good_flac(),
+        wav_int(
+            &[test_signal(500, 8000, 2), test_signal(500, 8000, 3)],
+            8000,
+            24,
+        ),
+        wav_float(&[vec![0.1; 300]], 48000),
+    ];
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut errors = 0;
     for seed in &seeds {
@@ -201,11 +256,15 @@ fn mutated_and_truncated_files_never_panic() {
             let mut b = seed.clone();
             // Flip 1-4 bytes, mostly in the header where the structure lives.
             for _ in 0..1 + rng.next() % 4 {
-                let span = if rng.next() % 4 == 0 { b.len() } else { b.len().min(64) };
+                let span = if rng.next().is_multiple_of(4) {
+                    b.len()
+                } else {
+                    b.len().min(64)
+                };
                 let i = (rng.next() as usize) % span;
                 b[i] = rng.next() as u8;
             }
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 let keep = (rng.next() as usize) % b.len();
                 b.truncate(keep);
             }
@@ -220,7 +279,10 @@ fn mutated_and_truncated_files_never_panic() {
             }
         }
     }
-    assert!(errors > 1000, "the mutations should break most files, broke {errors}");
+    assert!(
+        errors > 1000,
+        "the mutations should break most files, broke {errors}"
+    );
 }
 
 #[test]
@@ -235,7 +297,10 @@ fn absurd_sample_rates_are_refused_without_building_a_huge_filter() {
         wav[28..32].copy_from_slice(&(rate * 2).to_le_bytes());
         std::fs::write(&p, wav).unwrap();
         let err = front.file_features(&p).unwrap_err();
-        assert!(err.to_string().contains(&format!("rate{rate}.wav")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("rate{rate}.wav")),
+            "{err}"
+        );
         assert!(
             matches!(err.audio_kind(), Some(AudioErrorKind::UnsupportedRate { rate: r, .. }) if *r == rate),
             "{rate} Hz: {err}"

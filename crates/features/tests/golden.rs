@@ -27,10 +27,17 @@ fn fbank_matches_torchaudio_kaldi_on_every_element() {
         let config: FeatureConfig = serde_json::from_value(case["config"].clone()).unwrap();
         let audio = load(golden_dir().join(format!("{name}.wav"))).unwrap();
         assert_eq!(audio.sample_rate, 16000);
-        assert_eq!(audio.samples.len() as u64, case["samples"].as_u64().unwrap());
+        assert_eq!(
+            audio.samples.len() as u64,
+            case["samples"].as_u64().unwrap()
+        );
         let expected: Array2<f32> = read_npy(golden_dir().join(format!("{name}.npy"))).unwrap();
         let mut fbank = Fbank::new(&config).unwrap();
-        assert_eq!(config.num_frames(audio.samples.len()), expected.nrows(), "{name}: frame count");
+        assert_eq!(
+            config.num_frames(audio.samples.len()),
+            expected.nrows(),
+            "{name}: frame count"
+        );
         let got = fbank.compute(&audio.samples).unwrap();
         assert_eq!(got.dim(), expected.dim(), "{name}: shape");
         let mut worst = (0.0f32, 0, 0);
@@ -40,7 +47,13 @@ fn fbank_matches_torchaudio_kaldi_on_every_element() {
                 worst = (d, t, m);
             }
         }
-        eprintln!("{name}: {:?}, max |diff| {:.2e} at frame {} bin {}", got.dim(), worst.0, worst.1, worst.2);
+        eprintln!(
+            "{name}: {:?}, max |diff| {:.2e} at frame {} bin {}",
+            got.dim(),
+            worst.0,
+            worst.1,
+            worst.2
+        );
         assert!(
             worst.0 <= TOLERANCE,
             "{name}: frame {} bin {}: lasr {} vs torchaudio {} (|diff| {:.2e})",
@@ -51,6 +64,10 @@ fn fbank_matches_torchaudio_kaldi_on_every_element() {
             worst.0
         );
         // Reusing the planned extractor must give the same features again.
-        assert_eq!(fbank.compute(&audio.samples).unwrap(), got, "{name}: second call differs");
+        assert_eq!(
+            fbank.compute(&audio.samples).unwrap(),
+            got,
+            "{name}: second call differs"
+        );
     }
 }

@@ -77,7 +77,8 @@ pub fn flac(channels: &[Vec<i32>], rate: u32, bits: usize) -> Vec<u8> {
         }
     }
     let config = flacenc::config::Encoder::default().into_verified().unwrap();
-    let source = flacenc::source::MemSource::from_samples(&interleaved, channels.len(), bits, rate as usize);
+    let source =
+        flacenc::source::MemSource::from_samples(&interleaved, channels.len(), bits, rate as usize);
     let stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size).unwrap();
     let mut sink = flacenc::bitsink::ByteSink::new();
     stream.write(&mut sink).unwrap();

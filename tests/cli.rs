@@ -1,0 +1,232 @@
+//! End-to-end tests of the `lasr` binary: what a user types, what they get back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lasr_features::{load, Fbank, FeatureConfig, FrontEndConfig};
+use ndarray::Array2;
+use ndarray_npy::read_npy;
+
+fn lasr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lasr"))
+        .args(args)
+        .output()
+        .expect("the lasr binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Writes a 16-bit WAV with a few harmonics and some noise, `seconds` long.
+fn write_wav(path: &Path, seconds: f64, rate: u32, seed: u64) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    for i in 0..(seconds * f64::from(rate)) as usize {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let noise = ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 2000.0;
+        let t = i as f64 / f64::from(rate);
+        let v: f64 = (1..6)
+            .map(|h| 3000.0 / h as f64 * (2.0 * std::f64::consts::PI * 150.0 * h as f64 * t).sin())
+            .sum();
+        w.write_sample((v + noise) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn features_writes_the_same_npy_the_library_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("a.wav");
+    write_wav(&wav, 1.3, 16000, 1);
+    let npy = dir.path().join("a.npy");
+    let png = dir.path().join("a.png");
+    let out = lasr(&[
+        "features",
+        wav.to_str().unwrap(),
+        "-o",
+        npy.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: Array2<f32> = read_npy(&npy).unwrap();
+    let want = Fbank::new(&FeatureConfig::default())
+        .unwrap()
+        .compute(&load(&wav).unwrap().samples)
+        .unwrap();
+    assert_eq!(got, want);
+    let png_bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&png_bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(text(&out.stdout).contains("a.wav"));
+}
+
+#[test]
+fn json_output_is_one_parseable_object_per_file_and_errors_are_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    write_wav(&dir.path().join("one.wav"), 0.5, 16000, 2);
+    write_wav(&dir.path().join("two.wav"), 0.7, 8000, 3);
+    std::fs::write(dir.path().join("broken.wav"), b"RIFF\x10\0\0\0WAVEfmt ").unwrap();
+    let outdir = dir.path().join("feats");
+    let out = lasr(&[
+        "features",
+        dir.path().to_str().unwrap(),
+        "--out-dir",
+        outdir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed file makes the exit status non-zero"
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("broken.wav") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let by_name = |n: &str| {
+        lines
+            .iter()
+            .find(|v| v["file"].as_str().unwrap().ends_with(n))
+            .unwrap()
+    };
+    assert!(by_name("broken.wav")["error"]
+        .as_str()
+        .unwrap()
+        .contains("broken.wav"));
+    assert_eq!(by_name("one.wav")["frames"], 48);
+    assert_eq!(by_name("two.wav")["sample_rate"], 8000);
+    // 0.7 s at 8 kHz is 11200 samples at 16 kHz: 1 + (11200 - 400) / 160 = 68 frames.
+    assert_eq!(by_name("two.wav")["frames"], 68);
+    let two: Array2<f32> = read_npy(outdir.join("two.npy")).unwrap();
+    assert_eq!(two.dim(), (68, 80));
+    assert!(!outdir.join("broken.npy").exists());
+}
+
+#[test]
+fn cmvn_config_normalises_the_corpus_it_was_computed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(corpus.join("spk1")).unwrap();
+    write_wav(&corpus.join("spk1/u1.wav"), 1.0, 16000, 4);
+    write_wav(&corpus.join("spk1/u2.wav"), 2.0, 16000, 5);
+    std::fs::write(corpus.join("spk1/bad.flac"), b"fLaC\0\0").unwrap();
+    let cfg = dir.path().join("frontend.json");
+    let out = lasr(&[
+        "cmvn",
+        corpus.to_str().unwrap(),
+        "-o",
+        cfg.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("bad.flac"));
+    let summary: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["files"], 2);
+    assert_eq!(summary["skipped"], 1);
+    let config: FrontEndConfig =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(config.cmvn.as_ref().unwrap().frames, 98 + 198);
+    // Features of the whole corpus under that config: zero mean, unit variance per bin.
+    let outdir = dir.path().join("feats");
+    let out = lasr(&[
+        "features",
+        corpus.join("spk1/u1.wav").to_str().unwrap(),
+        corpus.join("spk1/u2.wav").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out-dir",
+        outdir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let a: Array2<f32> = read_npy(outdir.join("u1.npy")).unwrap();
+    let b: Array2<f32> = read_npy(outdir.join("u2.npy")).unwrap();
+    let all = ndarray::concatenate(ndarray::Axis(0), &[a.view(), b.view()]).unwrap();
+    for col in all.columns() {
+        let mean = col.mean().unwrap();
+        let var = col.mapv(|v| (v - mean).powi(2)).mean().unwrap();
+        assert!(
+            mean.abs() < 1e-3 && (var - 1.0).abs() < 1e-2,
+            "mean {mean} var {var}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_say_what_to_do() {
+    let out = lasr(&["features"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("<INPUT>"));
+    let dir = tempfile::tempdir().unwrap();
+    write_wav(&dir.path().join("x.wav"), 0.2, 16000, 6);
+    write_wav(&dir.path().join("y.wav"), 0.2, 16000, 7);
+    let out = lasr(&[
+        "features",
+        dir.path().to_str().unwrap(),
+        "-o",
+        "/tmp/never.npy",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--out-dir"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad_cfg = dir.path().join("cfg.json");
+    std::fs::write(
+        &bad_cfg,
+        r#"{"version": 1, "features": {"num_mel_bins": 0}, "cmvn": null}"#,
+    )
+    .unwrap();
+    let out = lasr(&[
+        "features",
+        dir.path().join("x.wav").to_str().unwrap(),
+        "--config",
+        bad_cfg.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(e.contains("cfg.json") && e.contains("num_mel_bins"), "{e}");
+    let out = lasr(&["features", "/no/such/file.wav"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/no/such/file.wav"));
+}
+
+#[test]
+fn default_config_printed_by_the_tool_reads_back_as_the_default() {
+    let out = lasr(&["config"]);
+    assert!(out.status.success());
+    let c: FrontEndConfig = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c, FrontEndConfig::default());
+}
+
+#[test]
+fn the_shipped_sample_decodes() {
+    let out = lasr(&[
+        "features",
+        repo().join("assets/sample.wav").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["dim"], 80);
+    assert!(v["frames"].as_u64().unwrap() > 100);
+}
