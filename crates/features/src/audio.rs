@@ -221,7 +221,7 @@ fn decode_wav(bytes: &[u8]) -> std::result::Result<Audio, AudioErrorKind> {
                     found: n as u64,
                 });
             }
-            if n % channels != 0 {
+            if !n.is_multiple_of(channels) {
                 return Err(AudioErrorKind::BadHeader {
                     format: FORMAT,
                     reason: format!("{n} samples do not divide into {channels} channels"),
