@@ -90,6 +90,9 @@ impl FrontEndConfig {
 pub struct FrontEnd {
     config: FrontEndConfig,
     fbank: Fbank,
+    /// The converter from the last input rate seen: corpora come at one rate, and
+    /// designing the filter costs about a millisecond.
+    resampler: Option<Resampler>,
 }
 
 impl FrontEnd {
@@ -97,7 +100,11 @@ impl FrontEnd {
     pub fn new(config: FrontEndConfig) -> Result<Self> {
         config.validate()?;
         let fbank = Fbank::new(&config.features)?;
-        Ok(FrontEnd { config, fbank })
+        Ok(FrontEnd {
+            config,
+            fbank,
+            resampler: None,
+        })
     }
 
     /// The configuration in use.
@@ -108,8 +115,21 @@ impl FrontEnd {
     /// Features `[T, num_mel_bins]` of audio at any rate (resampled as needed), CMVN
     /// applied when configured.
     pub fn audio_features(&mut self, audio: Audio) -> Result<Array2<f32>> {
-        let audio = audio.resampled(self.config.features.sample_rate)?;
-        let mut feats = self.fbank.compute(&audio.samples)?;
+        let rate = self.config.features.sample_rate;
+        let samples = if audio.sample_rate == rate {
+            audio.samples
+        } else {
+            let cached = self
+                .resampler
+                .as_ref()
+                .is_some_and(|r| r.from_rate() == audio.sample_rate);
+            if !cached {
+                self.resampler = Some(Resampler::new(audio.sample_rate, rate)?);
+            }
+            let resampler = self.resampler.as_ref().expect("set just above");
+            resampler.process(&audio.samples)
+        };
+        let mut feats = self.fbank.compute(&samples)?;
         if let Some(cmvn) = &self.config.cmvn {
             cmvn.apply(feats.view_mut())?;
         }
