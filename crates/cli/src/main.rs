@@ -46,6 +46,7 @@ enum Command {
 #[command(after_help = "Examples:\n  \
     lasr features speech.wav                       # summary table\n  \
     lasr features speech.wav -o feats.npy --plot feats.png\n  \
+    lasr features speech.wav --plot masked.png --spec-augment 1\n  \
     lasr features corpus/ --out-dir feats/ --json   # one .npy per file, JSON lines\n\n\
     The .npy holds float32 [frames, mel bins], one row per 10 ms; numpy.load reads it.")]
 struct FeaturesArgs {
@@ -61,13 +62,16 @@ struct FeaturesArgs {
     /// Draw the features of the (single) input as a PNG heat map.
     #[arg(long, value_name = "PNG")]
     plot: Option<PathBuf>,
-    /// Front-end config JSON (from `lasr config` or `lasr cmvn`). Default: Kaldi-
-    /// compatible 80-bin log-mel filterbank at 16 kHz, no normalisation.
+    /// Front-end config JSON (from `lasr config` or `lasr cmvn`). Default: an 80-bin
+    /// Kaldi-compatible log-mel filterbank at 16 kHz, no normalisation.
     #[arg(short, long, value_name = "JSON")]
     config: Option<PathBuf>,
     /// Print one JSON object per input (file, frames, dim, statistics, or error).
     #[arg(long)]
     json: bool,
+    /// Apply the config's SpecAugment masks with this seed, to see what training sees.
+    #[arg(long, value_name = "SEED")]
+    spec_augment: Option<u64>,
 }
 
 #[derive(Args)]
@@ -252,7 +256,11 @@ fn features(args: FeaturesArgs) -> Result<ExitCode> {
 fn one_file(front: &mut FrontEnd, file: &Path, args: &FeaturesArgs) -> Result<Summary> {
     let audio = load(file)?;
     let (sample_rate, duration_s) = (audio.sample_rate, audio.duration_secs());
-    let feats = front.audio_features(audio).map_err(|e| e.in_file(file))?;
+    let mut feats = front.audio_features(audio).map_err(|e| e.in_file(file))?;
+    if let Some(seed) = args.spec_augment {
+        let config = &front.config().features.spec_augment;
+        lasr_features::spec_augment_seeded(&mut feats.view_mut(), config, seed);
+    }
     let npy = match (&args.out, &args.out_dir) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(dir)) => {

@@ -33,7 +33,7 @@ pub use cmvn::{Cmvn, CmvnStats};
 pub use error::{AudioErrorKind, Error, Result};
 pub use fbank::{Fbank, FeatureConfig, WindowType};
 pub use resample::Resampler;
-pub use specaug::{spec_augment, SpecAugmentConfig};
+pub use specaug::{spec_augment, spec_augment_seeded, SpecAugmentConfig};
 
 /// Format version of [`FrontEndConfig`] as serialised; bumped on incompatible change.
 pub const FRONT_END_VERSION: u32 = 1;

@@ -88,6 +88,14 @@ pub fn spec_augment(
     }
 }
 
+/// [`spec_augment`] with a fresh ChaCha8 generator seeded with `seed`: the same seed
+/// gives the same masks on every platform and in every version of `rand`.
+pub fn spec_augment_seeded(feats: &mut ArrayViewMut2<f32>, config: &SpecAugmentConfig, seed: u64) {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    spec_augment(feats, config, &mut rng);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
