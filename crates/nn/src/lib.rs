@@ -1,0 +1,30 @@
+//! # lasr-nn
+//!
+//! Layers with explicit forward and backward passes, in the style of llm.c: each
+//! layer's backward sits next to its forward, the cache holds exactly what backward
+//! needs, and gradients are added into a gradient value of the layer's own type
+//! ([`Module::zeros_like`]). Every layer is checked against finite differences
+//! ([`gradcheck`]).
+//!
+//! Conventions: `f32`; sequences are time-major `[T, B, D]`; parameter names follow
+//! PyTorch (`weight_ih_l0`, `bias_hh_l0_reverse`, gate order `i, f, g, o`). This crate
+//! depends on no other lasr crate.
+
+pub mod embedding;
+pub mod error;
+pub mod gradcheck;
+pub mod init;
+pub mod linalg;
+pub mod linear;
+pub mod loss;
+pub mod lstm;
+pub mod module;
+pub mod pyramid;
+
+pub use embedding::Embedding;
+pub use error::{Error, Result};
+pub use linear::Linear;
+pub use loss::{softmax_cross_entropy, CrossEntropy};
+pub use lstm::{BiLstm, BiLstmCache, Lstm, LstmCache};
+pub use module::Module;
+pub use pyramid::{pyramid_lengths, pyramid_reduce, pyramid_reduce_backward};

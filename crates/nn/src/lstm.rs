@@ -1,0 +1,463 @@
+//! LSTM over whole sequences, one direction, with backpropagation through time
+//! (PyTorch's `nn.LSTM` layer: gates packed `i, f, g, o`, zero initial state).
+//!
+//! Shapes are time-major: input `[T, B, I]`, output `[T, B, H]`.
+//!
+//! Variable lengths: step `t` of sequence `b` is live when `t < lengths[b]`. A dead
+//! step outputs zero and hands a zero state on, so the reverse direction starts every
+//! sequence from zero at its own last frame, as PyTorch's packed sequences do.
+
+use ndarray::{s, Array1, Array2, Array3, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
+use rand::Rng;
+
+use crate::error::{check_shape, Error, Result};
+use crate::linalg::matmul;
+use crate::module::{join, Module};
+
+/// One direction of one LSTM layer. `weight_ih` `[4H, I]`, `weight_hh` `[4H, H]`,
+/// `bias_ih`, `bias_hh` `[4H]`, rows in gate order input, forget, cell, output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lstm {
+    pub weight_ih: Array2<f32>,
+    pub weight_hh: Array2<f32>,
+    pub bias_ih: Array1<f32>,
+    pub bias_hh: Array1<f32>,
+    /// Runs from the last frame to the first.
+    pub reverse: bool,
+    /// Appended to parameter names, as PyTorch does: `_l0`, `_l0_reverse`.
+    pub suffix: String,
+}
+
+/// What [`Lstm::backward`] needs from the forward pass.
+#[derive(Debug, Clone)]
+pub struct LstmCache {
+    /// Input `[T, B, I]`.
+    x: Array3<f32>,
+    /// Gate activations after their non-linearities, `[T, B, 4H]`.
+    gates: Array3<f32>,
+    /// Cell state `[T, B, H]` (zero at dead steps).
+    c: Array3<f32>,
+    /// Output `[T, B, H]` (zero at dead steps).
+    h: Array3<f32>,
+    /// Live steps `[T, B]`, when lengths were given.
+    live: Option<Array2<bool>>,
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl Lstm {
+    /// PyTorch's initialisation: every parameter uniform in `±1/sqrt(H)`.
+    pub fn new(
+        input: usize,
+        hidden: usize,
+        reverse: bool,
+        suffix: &str,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let b = 1.0 / (hidden as f32).sqrt();
+        Lstm {
+            weight_ih: crate::init::uniform((4 * hidden, input), b, rng),
+            weight_hh: crate::init::uniform((4 * hidden, hidden), b, rng),
+            bias_ih: crate::init::uniform(4 * hidden, b, rng),
+            bias_hh: crate::init::uniform(4 * hidden, b, rng),
+            reverse,
+            suffix: suffix.to_string(),
+        }
+    }
+
+    /// Hidden width `H`.
+    pub fn hidden(&self) -> usize {
+        self.weight_hh.ncols()
+    }
+
+    /// Input width `I`.
+    pub fn input_dim(&self) -> usize {
+        self.weight_ih.ncols()
+    }
+
+    fn name(&self) -> String {
+        format!("LSTM{}", self.suffix)
+    }
+
+    /// Processing order of time steps, and each step's predecessor.
+    fn order(&self, steps: usize) -> Vec<(usize, Option<usize>)> {
+        if self.reverse {
+            (0..steps)
+                .rev()
+                .map(|t| (t, (t + 1 < steps).then_some(t + 1)))
+                .collect()
+        } else {
+            (0..steps).map(|t| (t, t.checked_sub(1))).collect()
+        }
+    }
+
+    /// Runs the layer over `x` `[T, B, I]`; returns the output `[T, B, H]` and the cache
+    /// for [`Lstm::backward`]. `lengths` `[B]`, each at most `T`, marks live steps.
+    pub fn forward(
+        &self,
+        x: ArrayView3<f32>,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Array3<f32>, LstmCache)> {
+        check_shape(
+            &self.name(),
+            "input",
+            x.shape(),
+            &[None, None, Some(self.input_dim())],
+        )?;
+        let (steps, batch, input) = x.dim();
+        let live = live_mask(&self.name(), steps, batch, lengths)?;
+        let hd = self.hidden();
+        let x = x.as_standard_layout().into_owned();
+        // Input projections of every step in one product, both biases folded in.
+        let mut gates = Array3::zeros((steps, batch, 4 * hd));
+        {
+            let bias = &self.bias_ih + &self.bias_hh;
+            let mut g2 = gates
+                .view_mut()
+                .into_shape_with_order((steps * batch, 4 * hd))
+                .expect("contiguous");
+            g2.assign(
+                &bias
+                    .broadcast((steps * batch, 4 * hd))
+                    .expect("bias is [4H]"),
+            );
+            let x2 = x
+                .view()
+                .into_shape_with_order((steps * batch, input))
+                .expect("contiguous");
+            matmul(g2, x2, self.weight_ih.t(), true);
+        }
+        let mut c = Array3::zeros((steps, batch, hd));
+        let mut h = Array3::zeros((steps, batch, hd));
+        let mut c_prev = Array2::<f32>::zeros((batch, hd));
+        for (t, prev) in self.order(steps) {
+            let mut g = gates.slice_mut(s![t, .., ..]);
+            if let Some(p) = prev {
+                matmul(
+                    g.view_mut(),
+                    h.slice(s![p, .., ..]),
+                    self.weight_hh.t(),
+                    true,
+                );
+            }
+            for b in 0..batch {
+                let alive = live.as_ref().is_none_or(|l| l[(t, b)]);
+                let mut gr = g.row_mut(b);
+                let gr = gr.as_slice_mut().expect("gate rows are contiguous");
+                let (gi, rest) = gr.split_at_mut(hd);
+                let (gf, rest) = rest.split_at_mut(hd);
+                let (gg, go) = rest.split_at_mut(hd);
+                let mut cr = c.slice_mut(s![t, b, ..]);
+                let mut hr = h.slice_mut(s![t, b, ..]);
+                let cp = c_prev.row(b);
+                for j in 0..hd {
+                    let i = sigmoid(gi[j]);
+                    let f = sigmoid(gf[j]);
+                    let gc = gg[j].tanh();
+                    let o = sigmoid(go[j]);
+                    gi[j] = i;
+                    gf[j] = f;
+                    gg[j] = gc;
+                    go[j] = o;
+                    let cn = f * cp[j] + i * gc;
+                    if alive {
+                        cr[j] = cn;
+                        hr[j] = o * cn.tanh();
+                    }
+                }
+            }
+            c_prev.assign(&c.slice(s![t, .., ..]));
+        }
+        let cache = LstmCache {
+            x,
+            gates,
+            c,
+            h: h.clone(),
+            live,
+        };
+        Ok((h, cache))
+    }
+
+    /// Adds this layer's parameter gradients into `grads` and returns `dL/dx`
+    /// `[T, B, I]`, given `dy` = `dL/d output` `[T, B, H]`.
+    pub fn backward(
+        &self,
+        cache: &LstmCache,
+        dy: ArrayView3<f32>,
+        grads: &mut Lstm,
+    ) -> Result<Array3<f32>> {
+        let (steps, batch, input) = cache.x.dim();
+        let hd = self.hidden();
+        check_shape(
+            &self.name(),
+            "output gradient",
+            dy.shape(),
+            &[Some(steps), Some(batch), Some(hd)],
+        )?;
+        let mut dgates = Array3::<f32>::zeros((steps, batch, 4 * hd));
+        let mut dh_carry = Array2::<f32>::zeros((batch, hd));
+        let mut dc_carry = Array2::<f32>::zeros((batch, hd));
+        let order = self.order(steps);
+        for &(t, prev) in order.iter().rev() {
+            for b in 0..batch {
+                let alive = cache.live.as_ref().is_none_or(|l| l[(t, b)]);
+                let mut dgr = dgates.slice_mut(s![t, b, ..]);
+                let mut dhc = dh_carry.row_mut(b);
+                let mut dcc = dc_carry.row_mut(b);
+                if !alive {
+                    // A dead step's state was forced to zero: nothing flows through it.
+                    dhc.fill(0.0);
+                    dcc.fill(0.0);
+                    continue;
+                }
+                let gr = cache.gates.slice(s![t, b, ..]);
+                let gr = gr.as_slice().expect("contiguous");
+                let dgr = dgr.as_slice_mut().expect("contiguous");
+                for j in 0..hd {
+                    let (i, f, g, o) = (gr[j], gr[hd + j], gr[2 * hd + j], gr[3 * hd + j]);
+                    let cn = cache.c[(t, b, j)];
+                    let cp = prev.map_or(0.0, |p| cache.c[(p, b, j)]);
+                    let tc = cn.tanh();
+                    let dh = dy[(t, b, j)] + dhc[j];
+                    let d_o = dh * tc;
+                    let dc = dcc[j] + dh * o * (1.0 - tc * tc);
+                    dgr[j] = dc * g * i * (1.0 - i);
+                    dgr[hd + j] = dc * cp * f * (1.0 - f);
+                    dgr[2 * hd + j] = dc * i * (1.0 - g * g);
+                    dgr[3 * hd + j] = d_o * o * (1.0 - o);
+                    dcc[j] = dc * f;
+                }
+            }
+            if prev.is_some() {
+                matmul(
+                    dh_carry.view_mut(),
+                    dgates.slice(s![t, .., ..]),
+                    self.weight_hh.view(),
+                    false,
+                );
+            }
+        }
+        // Parameter gradients over all steps at once.
+        let n = steps * batch;
+        let dg2 = dgates
+            .view()
+            .into_shape_with_order((n, 4 * hd))
+            .expect("contiguous");
+        let x2 = cache
+            .x
+            .view()
+            .into_shape_with_order((n, input))
+            .expect("contiguous");
+        matmul(grads.weight_ih.view_mut(), dg2.t(), x2, true);
+        let mut h_prev = Array3::<f32>::zeros((steps, batch, hd));
+        for &(t, prev) in &order {
+            if let Some(p) = prev {
+                h_prev
+                    .slice_mut(s![t, .., ..])
+                    .assign(&cache.h.slice(s![p, .., ..]));
+            }
+        }
+        let hp2 = h_prev
+            .view()
+            .into_shape_with_order((n, hd))
+            .expect("contiguous");
+        matmul(grads.weight_hh.view_mut(), dg2.t(), hp2, true);
+        let db = dg2.sum_axis(Axis(0));
+        grads.bias_ih += &db;
+        grads.bias_hh += &db;
+        let mut dx = Array3::<f32>::zeros((steps, batch, input));
+        {
+            let dx2 = dx
+                .view_mut()
+                .into_shape_with_order((n, input))
+                .expect("contiguous");
+            matmul(dx2, dg2, self.weight_ih.view(), false);
+        }
+        Ok(dx)
+    }
+}
+
+/// `[T, B]` liveness from lengths, or `None` when every step is live.
+pub(crate) fn live_mask(
+    layer: &str,
+    steps: usize,
+    batch: usize,
+    lengths: Option<&[usize]>,
+) -> Result<Option<Array2<bool>>> {
+    let Some(lengths) = lengths else {
+        return Ok(None);
+    };
+    if lengths.len() != batch {
+        return Err(Error::Lengths {
+            layer: layer.to_string(),
+            reason: format!("{} lengths for a batch of {batch}", lengths.len()),
+        });
+    }
+    if let Some(&l) = lengths.iter().find(|&&l| l > steps) {
+        return Err(Error::Lengths {
+            layer: layer.to_string(),
+            reason: format!("length {l} is longer than the {steps} steps given"),
+        });
+    }
+    Ok(Some(Array2::from_shape_fn((steps, batch), |(t, b)| {
+        t < lengths[b]
+    })))
+}
+
+impl Module for Lstm {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
+        let sfx = &self.suffix;
+        f(
+            join(prefix, &format!("weight_ih{sfx}")),
+            self.weight_ih.view().into_dyn(),
+        );
+        f(
+            join(prefix, &format!("weight_hh{sfx}")),
+            self.weight_hh.view().into_dyn(),
+        );
+        f(
+            join(prefix, &format!("bias_ih{sfx}")),
+            self.bias_ih.view().into_dyn(),
+        );
+        f(
+            join(prefix, &format!("bias_hh{sfx}")),
+            self.bias_hh.view().into_dyn(),
+        );
+    }
+
+    fn visit_mut<'a>(
+        &'a mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
+    ) {
+        let sfx = self.suffix.clone();
+        f(
+            join(prefix, &format!("weight_ih{sfx}")),
+            self.weight_ih.view_mut().into_dyn(),
+        );
+        f(
+            join(prefix, &format!("weight_hh{sfx}")),
+            self.weight_hh.view_mut().into_dyn(),
+        );
+        f(
+            join(prefix, &format!("bias_ih{sfx}")),
+            self.bias_ih.view_mut().into_dyn(),
+        );
+        f(
+            join(prefix, &format!("bias_hh{sfx}")),
+            self.bias_hh.view_mut().into_dyn(),
+        );
+    }
+
+    fn zeros_like(&self) -> Self {
+        Lstm {
+            weight_ih: Array2::zeros(self.weight_ih.raw_dim()),
+            weight_hh: Array2::zeros(self.weight_hh.raw_dim()),
+            bias_ih: Array1::zeros(self.bias_ih.raw_dim()),
+            bias_hh: Array1::zeros(self.bias_hh.raw_dim()),
+            reverse: self.reverse,
+            suffix: self.suffix.clone(),
+        }
+    }
+}
+
+/// A bidirectional LSTM layer: both directions read the input, outputs are
+/// concatenated forward-first, `[T, B, 2H]` (PyTorch's `bidirectional=True`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BiLstm {
+    pub forward: Lstm,
+    pub backward: Lstm,
+}
+
+/// What [`BiLstm::backward`] needs.
+#[derive(Debug, Clone)]
+pub struct BiLstmCache {
+    forward: LstmCache,
+    backward: LstmCache,
+}
+
+impl BiLstm {
+    /// Layer `layer` of a stack (names `weight_ih_l{layer}` and `..._reverse`).
+    pub fn new(input: usize, hidden: usize, layer: usize, rng: &mut impl Rng) -> Self {
+        BiLstm {
+            forward: Lstm::new(input, hidden, false, &format!("_l{layer}"), rng),
+            backward: Lstm::new(input, hidden, true, &format!("_l{layer}_reverse"), rng),
+        }
+    }
+
+    /// `x` `[T, B, I]` -> `[T, B, 2H]`.
+    pub fn forward(
+        &self,
+        x: ArrayView3<f32>,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Array3<f32>, BiLstmCache)> {
+        let (yf, cf) = self.forward.forward(x, lengths)?;
+        let (yb, cb) = self.backward.forward(x, lengths)?;
+        let (steps, batch, hd) = yf.dim();
+        // Built row-major (concatenate would keep the inputs' layout), so callers can
+        // flatten it to [T * B, 2H] without a copy.
+        let mut y = Array3::zeros((steps, batch, 2 * hd));
+        y.slice_mut(s![.., .., ..hd]).assign(&yf);
+        y.slice_mut(s![.., .., hd..]).assign(&yb);
+        Ok((
+            y,
+            BiLstmCache {
+                forward: cf,
+                backward: cb,
+            },
+        ))
+    }
+
+    /// `dy` `[T, B, 2H]` -> `dx` `[T, B, I]`, gradients added into `grads`.
+    pub fn backward(
+        &self,
+        cache: &BiLstmCache,
+        dy: ArrayView3<f32>,
+        grads: &mut BiLstm,
+    ) -> Result<Array3<f32>> {
+        let hd = self.forward.hidden();
+        check_shape(
+            "BiLSTM",
+            "output gradient",
+            dy.shape(),
+            &[None, None, Some(2 * hd)],
+        )?;
+        let mut dx = self.forward.backward(
+            &cache.forward,
+            dy.slice(s![.., .., ..hd]),
+            &mut grads.forward,
+        )?;
+        dx += &self.backward.backward(
+            &cache.backward,
+            dy.slice(s![.., .., hd..]),
+            &mut grads.backward,
+        )?;
+        Ok(dx)
+    }
+}
+
+impl Module for BiLstm {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
+        self.forward.visit(prefix, f);
+        self.backward.visit(prefix, f);
+    }
+
+    fn visit_mut<'a>(
+        &'a mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
+    ) {
+        self.forward.visit_mut(prefix, f);
+        self.backward.visit_mut(prefix, f);
+    }
+
+    fn zeros_like(&self) -> Self {
+        BiLstm {
+            forward: self.forward.zeros_like(),
+            backward: self.backward.zeros_like(),
+        }
+    }
+}

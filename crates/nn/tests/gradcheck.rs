@@ -1,0 +1,383 @@
+//! Every layer's backward against central finite differences.
+
+use lasr_nn::gradcheck::{check_input, check_params, projection, Discrepancy};
+use lasr_nn::{
+    pyramid_reduce, pyramid_reduce_backward, softmax_cross_entropy, BiLstm, Embedding, Linear,
+    Lstm, Module,
+};
+use ndarray::{Array2, Array3, ArrayD, Ix2, Ix3};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+const EPS: f32 = 1e-2;
+/// Gradients below this magnitude are compared absolutely.
+const FLOOR: f64 = 1e-3;
+const TOL: f64 = 1e-2;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random3(shape: (usize, usize, usize), seed: u64) -> Array3<f32> {
+    lasr_nn::init::uniform(shape, 1.0, &mut rng(seed))
+}
+
+fn assert_close(reports: &[Discrepancy], what: &str) {
+    assert!(!reports.is_empty());
+    for r in reports {
+        eprintln!(
+            "{what}: {} worst rel err {:.2e} (analytic {:.5}, numeric {:.5})",
+            r.tensor, r.error, r.analytic, r.numeric
+        );
+        assert!(r.error < TOL, "{what}: {r:?}");
+    }
+}
+
+#[test]
+fn linear() {
+    let layer = Linear::new(6, 4, true, &mut rng(1));
+    let x = lasr_nn::init::uniform((5, 6), 1.0, &mut rng(2));
+    let r = lasr_nn::init::uniform((5, 4), 1.0, &mut rng(3));
+    let mut grads = layer.zeros_like();
+    let dx = layer.backward(x.view(), r.view(), &mut grads).unwrap();
+    let loss = |m: &Linear| {
+        projection(
+            r.view().into_dyn(),
+            m.forward(x.view()).unwrap().view().into_dyn(),
+        )
+    };
+    assert_close(
+        &check_params(&layer, &grads, &loss, EPS, 100, FLOOR),
+        "Linear",
+    );
+    let loss_x = |x: &ArrayD<f32>| {
+        let x = x.view().into_dimensionality::<Ix2>().unwrap();
+        projection(
+            r.view().into_dyn(),
+            layer.forward(x).unwrap().view().into_dyn(),
+        )
+    };
+    assert_close(
+        &[check_input(
+            &x.clone().into_dyn(),
+            &dx.into_dyn(),
+            &loss_x,
+            EPS,
+            100,
+            FLOOR,
+        )],
+        "Linear input",
+    );
+    // Gradients accumulate: a second backward doubles them.
+    let once = grads.clone();
+    layer.backward(x.view(), r.view(), &mut grads).unwrap();
+    assert!((grads.weight - &once.weight * 2.0)
+        .iter()
+        .all(|v| v.abs() < 1e-5));
+}
+
+#[test]
+fn embedding() {
+    let layer = Embedding::new(7, 3, &mut rng(4));
+    let ids = [2usize, 5, 2, 0];
+    let r = lasr_nn::init::uniform((4, 3), 1.0, &mut rng(5));
+    let mut grads = layer.zeros_like();
+    layer.backward(&ids, r.view(), &mut grads).unwrap();
+    let loss = |m: &Embedding| {
+        projection(
+            r.view().into_dyn(),
+            m.forward(&ids).unwrap().view().into_dyn(),
+        )
+    };
+    assert_close(
+        &check_params(&layer, &grads, &loss, EPS, 100, FLOOR),
+        "Embedding",
+    );
+    assert!(layer.forward(&[7]).is_err());
+}
+
+fn lstm_case(reverse: bool, lengths: Option<&[usize]>, seed: u64) {
+    let layer = Lstm::new(5, 4, reverse, "_l0", &mut rng(seed));
+    let x = random3((6, 3, 5), seed + 1);
+    let r = random3((6, 3, 4), seed + 2);
+    let (_, cache) = layer.forward(x.view(), lengths).unwrap();
+    let mut grads = layer.zeros_like();
+    let dx = layer.backward(&cache, r.view(), &mut grads).unwrap();
+    let loss = |m: &Lstm| {
+        projection(
+            r.view().into_dyn(),
+            m.forward(x.view(), lengths).unwrap().0.view().into_dyn(),
+        )
+    };
+    let what = format!("LSTM reverse={reverse} lengths={lengths:?}");
+    assert_close(&check_params(&layer, &grads, &loss, EPS, 60, FLOOR), &what);
+    let loss_x = |x: &ArrayD<f32>| {
+        let x = x.view().into_dimensionality::<Ix3>().unwrap();
+        projection(
+            r.view().into_dyn(),
+            layer.forward(x, lengths).unwrap().0.view().into_dyn(),
+        )
+    };
+    assert_close(
+        &[check_input(
+            &x.clone().into_dyn(),
+            &dx.into_dyn(),
+            &loss_x,
+            EPS,
+            90,
+            FLOOR,
+        )],
+        &what,
+    );
+}
+
+#[test]
+fn lstm_forward_direction() {
+    lstm_case(false, None, 10);
+}
+
+#[test]
+fn lstm_reverse_direction() {
+    lstm_case(true, None, 20);
+}
+
+#[test]
+fn lstm_with_padding_both_directions() {
+    lstm_case(false, Some(&[6, 3, 1]), 30);
+    lstm_case(true, Some(&[4, 6, 2]), 40);
+}
+
+#[test]
+fn bilstm() {
+    let layer = BiLstm::new(3, 4, 0, &mut rng(50));
+    let x = random3((5, 2, 3), 51);
+    let r = random3((5, 2, 8), 52);
+    let lengths = [5usize, 3];
+    let (_, cache) = layer.forward(x.view(), Some(&lengths)).unwrap();
+    let mut grads = layer.zeros_like();
+    layer.backward(&cache, r.view(), &mut grads).unwrap();
+    let loss = |m: &BiLstm| {
+        projection(
+            r.view().into_dyn(),
+            m.forward(x.view(), Some(&lengths))
+                .unwrap()
+                .0
+                .view()
+                .into_dyn(),
+        )
+    };
+    let reports = check_params(&layer, &grads, &loss, EPS, 40, FLOOR);
+    let names: Vec<&str> = reports.iter().map(|r| r.tensor.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "weight_ih_l0",
+            "weight_hh_l0",
+            "bias_ih_l0",
+            "bias_hh_l0",
+            "weight_ih_l0_reverse",
+            "weight_hh_l0_reverse",
+            "bias_ih_l0_reverse",
+            "bias_hh_l0_reverse"
+        ]
+    );
+    assert_close(&reports, "BiLSTM");
+}
+
+#[test]
+fn padded_sequences_match_the_same_sequences_run_alone() {
+    let layer = BiLstm::new(3, 5, 0, &mut rng(60));
+    let x = random3((7, 3, 3), 61);
+    let lengths = [7usize, 4, 2];
+    let (y, _) = layer.forward(x.view(), Some(&lengths)).unwrap();
+    for (b, &len) in lengths.iter().enumerate() {
+        let alone = x.slice(ndarray::s![..len, b..b + 1, ..]);
+        let (ya, _) = layer.forward(alone, None).unwrap();
+        let diff = (&y.slice(ndarray::s![..len, b..b + 1, ..]) - &ya)
+            .mapv(f32::abs)
+            .fold(0.0f32, |m, v| m.max(*v));
+        assert!(
+            diff < 1e-6,
+            "sequence {b}: padded and alone differ by {diff}"
+        );
+        assert!(
+            y.slice(ndarray::s![len.., b, ..]).iter().all(|&v| v == 0.0),
+            "padding outputs zero"
+        );
+    }
+}
+
+#[test]
+fn pyramid_backward_is_the_adjoint_of_forward() {
+    // <dy, P x> == <P^T dy, x> for any x and dy, odd length included.
+    for steps in [6usize, 7] {
+        let x = random3((steps, 2, 3), 70);
+        let y = pyramid_reduce(x.view());
+        assert_eq!(y.dim(), (steps / 2, 2, 6));
+        assert_eq!(y[(1, 1, 4)], x[(3, 1, 1)]);
+        let dy = random3(y.dim(), 71);
+        let dx = pyramid_reduce_backward(dy.view(), steps);
+        let lhs = projection(dy.view().into_dyn(), y.view().into_dyn());
+        let rhs = projection(dx.view().into_dyn(), x.view().into_dyn());
+        assert!((lhs - rhs).abs() < 1e-9, "{lhs} vs {rhs}");
+        if steps % 2 == 1 {
+            assert!(dx
+                .slice(ndarray::s![steps - 1, .., ..])
+                .iter()
+                .all(|&v| v == 0.0));
+        }
+    }
+}
+
+#[test]
+fn softmax_cross_entropy_gradient_and_value() {
+    let logits = lasr_nn::init::uniform((4, 5), 3.0, &mut rng(80));
+    let targets = [Some(1), None, Some(4), Some(0)];
+    let ce = softmax_cross_entropy(logits.view(), &targets).unwrap();
+    assert_eq!(ce.count, 3);
+    assert!(
+        ce.grad.row(1).iter().all(|&v| v == 0.0),
+        "ignored row has no gradient"
+    );
+    // Each counted row of the gradient sums to zero (softmax minus one-hot).
+    for r in [0, 2, 3] {
+        assert!(ce.grad.row(r).sum().abs() < 1e-6);
+    }
+    let x = logits.clone().into_dyn();
+    let loss = |l: &ArrayD<f32>| {
+        softmax_cross_entropy(l.view().into_dimensionality::<Ix2>().unwrap(), &targets)
+            .unwrap()
+            .mean()
+    };
+    assert_close(
+        &[check_input(
+            &x,
+            &ce.grad.clone().into_dyn(),
+            &loss,
+            1e-2,
+            100,
+            1e-4,
+        )],
+        "cross-entropy",
+    );
+    // Uniform logits give log(V).
+    let flat = softmax_cross_entropy(Array2::zeros((2, 5)).view(), &[Some(0), Some(3)]).unwrap();
+    assert!((flat.mean() - 5f64.ln()).abs() < 1e-6);
+    // Huge logits do not overflow.
+    let big = softmax_cross_entropy(ndarray::array![[1e30f32, 0.0]].view(), &[Some(1)]).unwrap();
+    assert!(big.sum.is_finite() && big.grad.iter().all(|v| v.is_finite()));
+}
+
+/// A two-level pyramid listener with an output layer and cross-entropy: gradients
+/// flowing through every layer type at once.
+#[derive(Clone)]
+struct MiniListener {
+    l0: BiLstm,
+    l1: BiLstm,
+    out: Linear,
+}
+
+impl MiniListener {
+    fn loss(
+        &self,
+        x: &Array3<f32>,
+        lengths: &[usize],
+        targets: &[Option<usize>],
+    ) -> (f64, MiniListener, Array3<f32>) {
+        let (h0, c0) = self.l0.forward(x.view(), Some(lengths)).unwrap();
+        let p = pyramid_reduce(h0.view());
+        let lengths1 = lasr_nn::pyramid_lengths(lengths);
+        let (h1, c1) = self.l1.forward(p.view(), Some(&lengths1)).unwrap();
+        let (t, b, d) = h1.dim();
+        let flat = h1.view().into_shape_with_order((t * b, d)).unwrap();
+        let logits = self.out.forward(flat).unwrap();
+        let ce = softmax_cross_entropy(logits.view(), targets).unwrap();
+        let mut g = MiniListener {
+            l0: self.l0.zeros_like(),
+            l1: self.l1.zeros_like(),
+            out: self.out.zeros_like(),
+        };
+        let dflat = self.out.backward(flat, ce.grad.view(), &mut g.out).unwrap();
+        let dh1 = dflat.into_shape_with_order((t, b, d)).unwrap();
+        let dp = self.l1.backward(&c1, dh1.view(), &mut g.l1).unwrap();
+        let dh0 = pyramid_reduce_backward(dp.view(), x.dim().0);
+        let dx = self.l0.backward(&c0, dh0.view(), &mut g.l0).unwrap();
+        (ce.mean(), g, dx)
+    }
+}
+
+impl Module for MiniListener {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ndarray::ArrayViewD<'a, f32>)) {
+        self.l0.visit(&lasr_nn::module::join(prefix, "l0"), f);
+        self.l1.visit(&lasr_nn::module::join(prefix, "l1"), f);
+        self.out.visit(&lasr_nn::module::join(prefix, "out"), f);
+    }
+    fn visit_mut<'a>(
+        &'a mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(String, ndarray::ArrayViewMutD<'a, f32>),
+    ) {
+        self.l0.visit_mut(&lasr_nn::module::join(prefix, "l0"), f);
+        self.l1.visit_mut(&lasr_nn::module::join(prefix, "l1"), f);
+        self.out.visit_mut(&lasr_nn::module::join(prefix, "out"), f);
+    }
+    fn zeros_like(&self) -> Self {
+        MiniListener {
+            l0: self.l0.zeros_like(),
+            l1: self.l1.zeros_like(),
+            out: self.out.zeros_like(),
+        }
+    }
+}
+
+#[test]
+fn a_small_pyramid_listener_end_to_end() {
+    let mut g = rng(90);
+    let model = MiniListener {
+        l0: BiLstm::new(3, 4, 0, &mut g),
+        l1: BiLstm::new(16, 4, 0, &mut g),
+        out: Linear::new(8, 6, true, &mut g),
+    };
+    let x = random3((9, 2, 3), 91);
+    let lengths = [9usize, 6];
+    // 4 reduced frames x 2 sequences; the second has 3 live frames.
+    let targets = [
+        Some(1),
+        Some(5),
+        Some(0),
+        Some(2),
+        Some(3),
+        Some(3),
+        Some(4),
+        None,
+    ];
+    let (_, grads, dx) = model.loss(&x, &lengths, &targets);
+    assert_eq!(model.num_params(), grads.num_params());
+    let loss = |m: &MiniListener| m.loss(&x, &lengths, &targets).0;
+    // The mean loss is ~1.8, so f32 rounding of the forward pass puts ~5e-6 of noise
+    // on each numeric gradient: compare gradients under 1e-3 absolutely.
+    assert_close(
+        &check_params(&model, &grads, &loss, EPS, 30, FLOOR),
+        "mini listener",
+    );
+    let loss_x = |xx: &ArrayD<f32>| {
+        model
+            .loss(
+                &xx.clone().into_dimensionality::<Ix3>().unwrap(),
+                &lengths,
+                &targets,
+            )
+            .0
+    };
+    assert_close(
+        &[check_input(
+            &x.clone().into_dyn(),
+            &dx.into_dyn(),
+            &loss_x,
+            EPS,
+            60,
+            FLOOR,
+        )],
+        "mini listener input",
+    );
+}
