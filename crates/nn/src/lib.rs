@@ -28,3 +28,5 @@ pub use loss::{softmax_cross_entropy, CrossEntropy};
 pub use lstm::{BiLstm, BiLstmCache, Lstm, LstmCache};
 pub use module::Module;
 pub use pyramid::{pyramid_lengths, pyramid_reduce, pyramid_reduce_backward};
+pub mod activation;
+mod simd;

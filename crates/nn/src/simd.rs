@@ -1,0 +1,12 @@
+//! Run-time CPU feature checks, made once.
+
+use std::sync::OnceLock;
+
+/// The CPU runs AVX2 and FMA, so loops compiled for them may be called.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
+}
