@@ -10,6 +10,7 @@
 //! PyTorch (`weight_ih_l0`, `bias_hh_l0_reverse`, gate order `i, f, g, o`). This crate
 //! depends on no other lasr crate.
 
+pub mod attention;
 pub mod embedding;
 pub mod error;
 pub mod gradcheck;
@@ -21,11 +22,12 @@ pub mod lstm;
 pub mod module;
 pub mod pyramid;
 
+pub use attention::{AdditiveAttention, AttentionCache};
 pub use embedding::Embedding;
 pub use error::{Error, Result};
 pub use linear::Linear;
 pub use loss::{softmax_cross_entropy, CrossEntropy};
-pub use lstm::{BiLstm, BiLstmCache, Lstm, LstmCache};
+pub use lstm::{BiLstm, BiLstmCache, Lstm, LstmCache, LstmCell, LstmCellCache, PreparedLstmCell};
 pub use module::Module;
 pub use pyramid::{pyramid_lengths, pyramid_reduce, pyramid_reduce_backward};
 pub mod activation;

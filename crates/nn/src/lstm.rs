@@ -7,7 +7,7 @@
 //! step outputs zero and hands a zero state on, so the reverse direction starts every
 //! sequence from zero at its own last frame, as PyTorch's packed sequences do.
 
-use ndarray::{s, Array1, Array2, Array3, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
 use rand::Rng;
 
 use crate::activation as act;
@@ -571,6 +571,218 @@ impl Module for BiLstm {
         BiLstm {
             forward: self.forward.zeros_like(),
             backward: self.backward.zeros_like(),
+        }
+    }
+}
+
+/// One LSTM step at a time, for decoders whose next input depends on their last
+/// output (PyTorch's `nn.LSTMCell`: `weight_ih` `[4H, I]`, `weight_hh` `[4H, H]`,
+/// `bias_ih`, `bias_hh` `[4H]`, gates `i, f, g, o`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LstmCell {
+    pub weight_ih: Array2<f32>,
+    pub weight_hh: Array2<f32>,
+    pub bias_ih: Array1<f32>,
+    pub bias_hh: Array1<f32>,
+}
+
+/// An [`LstmCell`] with its weights transposed for fast steps. Build it once per batch
+/// (weights must not change while it is in use).
+#[derive(Debug, Clone)]
+pub struct PreparedLstmCell {
+    w_ih_t: Array2<f32>,
+    w_hh_t: Array2<f32>,
+    bias: Array1<f32>,
+}
+
+/// What [`LstmCell::backward`] needs from one step.
+#[derive(Debug, Clone)]
+pub struct LstmCellCache {
+    x: Array2<f32>,
+    h_prev: Array2<f32>,
+    c_prev: Array2<f32>,
+    gates: Array2<f32>,
+    c: Array2<f32>,
+}
+
+impl LstmCell {
+    /// PyTorch's initialisation: uniform in `±1/sqrt(H)`.
+    pub fn new(input: usize, hidden: usize, rng: &mut impl Rng) -> Self {
+        let b = 1.0 / (hidden as f32).sqrt();
+        LstmCell {
+            weight_ih: crate::init::uniform((4 * hidden, input), b, rng),
+            weight_hh: crate::init::uniform((4 * hidden, hidden), b, rng),
+            bias_ih: crate::init::uniform(4 * hidden, b, rng),
+            bias_hh: crate::init::uniform(4 * hidden, b, rng),
+        }
+    }
+
+    /// Hidden width `H`.
+    pub fn hidden(&self) -> usize {
+        self.weight_hh.ncols()
+    }
+
+    /// Input width `I`.
+    pub fn input_dim(&self) -> usize {
+        self.weight_ih.ncols()
+    }
+
+    /// Transposed weights and summed bias for [`LstmCell::forward`].
+    pub fn prepare(&self) -> PreparedLstmCell {
+        PreparedLstmCell {
+            w_ih_t: transpose(self.weight_ih.view()),
+            w_hh_t: transpose(self.weight_hh.view()),
+            bias: &self.bias_ih + &self.bias_hh,
+        }
+    }
+
+    /// One step: `x` `[B, I]`, state `h_prev`, `c_prev` `[B, H]` -> new `h`, `c`
+    /// `[B, H]` and the cache. `prepared` must come from this cell's current weights.
+    pub fn forward(
+        &self,
+        prepared: &PreparedLstmCell,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+        c_prev: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, Array2<f32>, LstmCellCache)> {
+        let hd = self.hidden();
+        check_shape(
+            "LSTMCell",
+            "input",
+            x.shape(),
+            &[None, Some(self.input_dim())],
+        )?;
+        let batch = x.nrows();
+        check_shape(
+            "LSTMCell",
+            "h_prev",
+            h_prev.shape(),
+            &[Some(batch), Some(hd)],
+        )?;
+        check_shape(
+            "LSTMCell",
+            "c_prev",
+            c_prev.shape(),
+            &[Some(batch), Some(hd)],
+        )?;
+        let mut gates = Array2::zeros((batch, 4 * hd));
+        gates.assign(
+            &prepared
+                .bias
+                .broadcast((batch, 4 * hd))
+                .expect("bias is [4H]"),
+        );
+        matmul(gates.view_mut(), x, prepared.w_ih_t.view(), true);
+        matmul(gates.view_mut(), h_prev, prepared.w_hh_t.view(), true);
+        let c_prev = c_prev.as_standard_layout().into_owned();
+        let mut c = Array2::zeros((batch, hd));
+        let mut h = Array2::zeros((batch, hd));
+        for b in 0..batch {
+            let mut g = gates.row_mut(b);
+            let mut cr = c.row_mut(b);
+            let mut hr = h.row_mut(b);
+            cell_forward(
+                g.as_slice_mut().expect("contiguous"),
+                c_prev.row(b).as_slice().expect("contiguous"),
+                cr.as_slice_mut().expect("contiguous"),
+                hr.as_slice_mut().expect("contiguous"),
+            );
+        }
+        let cache = LstmCellCache {
+            x: x.to_owned(),
+            h_prev: h_prev.to_owned(),
+            c_prev,
+            gates,
+            c: c.clone(),
+        };
+        Ok((h, c, cache))
+    }
+
+    /// Gradients of one step: given `dh`, `dc` `[B, H]` (the gradient reaching the new
+    /// state from everything after it), adds parameter gradients into `grads` and
+    /// returns `(dx [B, I], dh_prev [B, H], dc_prev [B, H])`.
+    pub fn backward(
+        &self,
+        cache: &LstmCellCache,
+        dh: ArrayView2<f32>,
+        dc: ArrayView2<f32>,
+        grads: &mut LstmCell,
+    ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>)> {
+        let hd = self.hidden();
+        let batch = cache.x.nrows();
+        check_shape("LSTMCell", "dh", dh.shape(), &[Some(batch), Some(hd)])?;
+        check_shape("LSTMCell", "dc", dc.shape(), &[Some(batch), Some(hd)])?;
+        let dh = dh.as_standard_layout();
+        let mut dc_prev = dc.as_standard_layout().into_owned();
+        let zeros = vec![0f32; hd];
+        let mut dgates = Array2::<f32>::zeros((batch, 4 * hd));
+        for b in 0..batch {
+            let mut dcc = dc_prev.row_mut(b);
+            let mut dg = dgates.row_mut(b);
+            cell_backward(
+                cache.gates.row(b).as_slice().expect("contiguous"),
+                cache.c.row(b).as_slice().expect("contiguous"),
+                cache.c_prev.row(b).as_slice().expect("contiguous"),
+                dh.row(b).as_slice().expect("contiguous"),
+                &zeros,
+                dcc.as_slice_mut().expect("contiguous"),
+                dg.as_slice_mut().expect("contiguous"),
+            );
+        }
+        matmul(grads.weight_ih.view_mut(), dgates.t(), cache.x.view(), true);
+        matmul(
+            grads.weight_hh.view_mut(),
+            dgates.t(),
+            cache.h_prev.view(),
+            true,
+        );
+        let db = dgates.sum_axis(Axis(0));
+        grads.bias_ih += &db;
+        grads.bias_hh += &db;
+        let mut dx = Array2::zeros((batch, self.input_dim()));
+        matmul(dx.view_mut(), dgates.view(), self.weight_ih.view(), false);
+        let mut dh_prev = Array2::zeros((batch, hd));
+        matmul(
+            dh_prev.view_mut(),
+            dgates.view(),
+            self.weight_hh.view(),
+            false,
+        );
+        Ok((dx, dh_prev, dc_prev))
+    }
+}
+
+impl Module for LstmCell {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
+        f(join(prefix, "weight_ih"), self.weight_ih.view().into_dyn());
+        f(join(prefix, "weight_hh"), self.weight_hh.view().into_dyn());
+        f(join(prefix, "bias_ih"), self.bias_ih.view().into_dyn());
+        f(join(prefix, "bias_hh"), self.bias_hh.view().into_dyn());
+    }
+
+    fn visit_mut<'a>(
+        &'a mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
+    ) {
+        f(
+            join(prefix, "weight_ih"),
+            self.weight_ih.view_mut().into_dyn(),
+        );
+        f(
+            join(prefix, "weight_hh"),
+            self.weight_hh.view_mut().into_dyn(),
+        );
+        f(join(prefix, "bias_ih"), self.bias_ih.view_mut().into_dyn());
+        f(join(prefix, "bias_hh"), self.bias_hh.view_mut().into_dyn());
+    }
+
+    fn zeros_like(&self) -> Self {
+        LstmCell {
+            weight_ih: Array2::zeros(self.weight_ih.raw_dim()),
+            weight_hh: Array2::zeros(self.weight_hh.raw_dim()),
+            bias_ih: Array1::zeros(self.bias_ih.raw_dim()),
+            bias_hh: Array1::zeros(self.bias_hh.raw_dim()),
         }
     }
 }

@@ -381,3 +381,204 @@ fn a_small_pyramid_listener_end_to_end() {
         "mini listener input",
     );
 }
+
+/// Three steps of an LSTM cell fed back its own state; loss on every step's output.
+fn cell_unrolled(
+    cell: &lasr_nn::LstmCell,
+    xs: &[Array2<f32>],
+    rs: &[Array2<f32>],
+) -> (f64, lasr_nn::LstmCell, Vec<Array2<f32>>) {
+    let prepared = cell.prepare();
+    let batch = xs[0].nrows();
+    let hd = cell.hidden();
+    let mut h = Array2::zeros((batch, hd));
+    let mut c = Array2::from_elem((batch, hd), 0.3f32);
+    let mut caches = Vec::new();
+    let mut loss = 0.0;
+    for (x, r) in xs.iter().zip(rs) {
+        let (h2, c2, cache) = cell
+            .forward(&prepared, x.view(), h.view(), c.view())
+            .unwrap();
+        loss += projection(r.view().into_dyn(), h2.view().into_dyn());
+        caches.push(cache);
+        h = h2;
+        c = c2;
+    }
+    let mut grads = cell.zeros_like();
+    let mut dh_next = Array2::<f32>::zeros((batch, hd));
+    let mut dc_next = Array2::<f32>::zeros((batch, hd));
+    let mut dxs = vec![Array2::zeros((0, 0)); xs.len()];
+    for t in (0..xs.len()).rev() {
+        let dh = &rs[t] + &dh_next;
+        let (dx, dhp, dcp) = cell
+            .backward(&caches[t], dh.view(), dc_next.view(), &mut grads)
+            .unwrap();
+        dxs[t] = dx;
+        dh_next = dhp;
+        dc_next = dcp;
+    }
+    (loss, grads, dxs)
+}
+
+#[test]
+fn lstm_cell_unrolled_over_three_steps() {
+    let cell = lasr_nn::LstmCell::new(5, 4, &mut rng(100));
+    let xs: Vec<Array2<f32>> = (0..3)
+        .map(|i| lasr_nn::init::uniform((2, 5), 1.0, &mut rng(101 + i)))
+        .collect();
+    let rs: Vec<Array2<f32>> = (0..3)
+        .map(|i| lasr_nn::init::uniform((2, 4), 1.0, &mut rng(111 + i)))
+        .collect();
+    let (_, grads, dxs) = cell_unrolled(&cell, &xs, &rs);
+    let names: Vec<String> = {
+        let mut v = Vec::new();
+        cell.visit("cell0", &mut |n, _| v.push(n));
+        v
+    };
+    assert_eq!(
+        names,
+        [
+            "cell0.weight_ih",
+            "cell0.weight_hh",
+            "cell0.bias_ih",
+            "cell0.bias_hh"
+        ]
+    );
+    let loss = |m: &lasr_nn::LstmCell| cell_unrolled(m, &xs, &rs).0;
+    assert_close(
+        &check_params(&cell, &grads, &loss, EPS, 60, FLOOR),
+        "LSTMCell",
+    );
+    // The first step's input gradient reaches through all three steps.
+    let loss_x = |x0: &ArrayD<f32>| {
+        let mut xs2 = xs.clone();
+        xs2[0] = x0.clone().into_dimensionality::<Ix2>().unwrap();
+        cell_unrolled(&cell, &xs2, &rs).0
+    };
+    assert_close(
+        &[check_input(
+            &xs[0].clone().into_dyn(),
+            &dxs[0].clone().into_dyn(),
+            &loss_x,
+            EPS,
+            20,
+            FLOOR,
+        )],
+        "LSTMCell input",
+    );
+}
+
+/// Keys once, two decoder steps, loss on both contexts.
+fn attend(
+    att: &lasr_nn::AdditiveAttention,
+    h: &Array3<f32>,
+    ss: &[Array2<f32>],
+    rs: &[Array2<f32>],
+    lengths: &[usize],
+) -> (
+    f64,
+    lasr_nn::AdditiveAttention,
+    Array3<f32>,
+    Vec<Array2<f32>>,
+) {
+    let keys = att.keys(h.view()).unwrap();
+    let mut loss = 0.0;
+    let mut caches = Vec::new();
+    for (s, r) in ss.iter().zip(rs) {
+        let (ctx, cache) = att
+            .step(h.view(), keys.view(), s.view(), Some(lengths))
+            .unwrap();
+        loss += projection(r.view().into_dyn(), ctx.view().into_dyn());
+        for (b, &len) in lengths.iter().enumerate() {
+            let a = cache.alpha();
+            assert!((a.row(b).sum() - 1.0).abs() < 1e-5);
+            assert!(
+                a.row(b).iter().skip(len).all(|&w| w == 0.0),
+                "no weight beyond the length"
+            );
+        }
+        caches.push(cache);
+    }
+    let mut grads = att.zeros_like();
+    let mut dh = Array3::zeros(h.raw_dim());
+    let mut dkeys = Array3::zeros(keys.raw_dim());
+    let mut dss = Vec::new();
+    for (cache, r) in caches.iter().zip(rs) {
+        dss.push(
+            att.step_backward(
+                cache,
+                h.view(),
+                r.view(),
+                dh.view_mut(),
+                dkeys.view_mut(),
+                &mut grads,
+            )
+            .unwrap(),
+        );
+    }
+    dh += &att
+        .keys_backward(h.view(), dkeys.view(), &mut grads)
+        .unwrap();
+    (loss, grads, dh, dss)
+}
+
+#[test]
+fn additive_attention() {
+    let att = lasr_nn::AdditiveAttention::new(6, 5, 4, &mut rng(120));
+    let h = random3((7, 2, 6), 121);
+    let ss: Vec<Array2<f32>> = (0..2)
+        .map(|i| lasr_nn::init::uniform((2, 5), 1.0, &mut rng(122 + i)))
+        .collect();
+    let rs: Vec<Array2<f32>> = (0..2)
+        .map(|i| lasr_nn::init::uniform((2, 6), 1.0, &mut rng(130 + i)))
+        .collect();
+    let lengths = [7usize, 4];
+    let (_, grads, dh, dss) = attend(&att, &h, &ss, &rs, &lengths);
+    let loss = |m: &lasr_nn::AdditiveAttention| attend(m, &h, &ss, &rs, &lengths).0;
+    let reports = check_params(&att, &grads, &loss, EPS, 40, FLOOR);
+    let names: Vec<&str> = reports.iter().map(|r| r.tensor.as_str()).collect();
+    assert_eq!(
+        names,
+        ["att_h.weight", "att_h.bias", "att_s.weight", "att_v.weight"]
+    );
+    assert_close(&reports, "attention");
+    let loss_h = |hh: &ArrayD<f32>| {
+        attend(
+            &att,
+            &hh.clone().into_dimensionality::<Ix3>().unwrap(),
+            &ss,
+            &rs,
+            &lengths,
+        )
+        .0
+    };
+    assert_close(
+        &[check_input(
+            &h.clone().into_dyn(),
+            &dh.clone().into_dyn(),
+            &loss_h,
+            EPS,
+            84,
+            FLOOR,
+        )],
+        "attention listener states",
+    );
+    // Positions beyond a sequence's length get no gradient.
+    assert!(dh.slice(ndarray::s![4.., 1, ..]).iter().all(|&v| v == 0.0));
+    let loss_s = |s0: &ArrayD<f32>| {
+        let mut s2 = ss.clone();
+        s2[0] = s0.clone().into_dimensionality::<Ix2>().unwrap();
+        attend(&att, &h, &s2, &rs, &lengths).0
+    };
+    assert_close(
+        &[check_input(
+            &ss[0].clone().into_dyn(),
+            &dss[0].clone().into_dyn(),
+            &loss_s,
+            EPS,
+            10,
+            FLOOR,
+        )],
+        "attention decoder state",
+    );
+}
