@@ -15,6 +15,22 @@ pub enum Error {
     /// Sequence lengths do not fit the batch.
     #[error("{layer}: {reason}")]
     Lengths { layer: String, reason: String },
+    /// A gradient or parameter became NaN or infinite: training must stop.
+    #[error("non-finite value in {tensor}: training diverged")]
+    NonFinite { tensor: String },
+    /// A checkpoint file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint file is not a valid checkpoint for this model.
+    #[error("{}: {reason}", path.display())]
+    Checkpoint {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// Result alias of this crate.

@@ -11,6 +11,7 @@
 //! depends on no other lasr crate.
 
 pub mod attention;
+pub mod checkpoint;
 pub mod embedding;
 pub mod error;
 pub mod gradcheck;
@@ -20,6 +21,7 @@ pub mod linear;
 pub mod loss;
 pub mod lstm;
 pub mod module;
+pub mod optim;
 pub mod pyramid;
 
 pub use attention::{AdditiveAttention, AttentionCache};
@@ -29,6 +31,7 @@ pub use linear::Linear;
 pub use loss::{softmax_cross_entropy, CrossEntropy};
 pub use lstm::{BiLstm, BiLstmCache, Lstm, LstmCache, LstmCell, LstmCellCache, PreparedLstmCell};
 pub use module::Module;
+pub use optim::{clip_grad_norm, grad_norm, Adam, Sgd};
 pub use pyramid::{pyramid_lengths, pyramid_reduce, pyramid_reduce_backward};
 pub mod activation;
 mod simd;

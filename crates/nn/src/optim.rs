@@ -1,0 +1,145 @@
+//! Optimisers and gradient clipping over any [`Module`].
+//!
+//! Gradients and optimiser state are values of the model's own type, so they are
+//! walked in the same order as the parameters and carry the same names (the optimiser
+//! state can be checkpointed like a model).
+
+use ndarray::{ArrayViewD, ArrayViewMutD};
+
+use crate::error::{Error, Result};
+use crate::module::Module;
+
+/// Global L2 norm of all gradients (f64 accumulation).
+pub fn grad_norm<M: Module>(grads: &M) -> f64 {
+    let mut sum = 0f64;
+    grads.visit("", &mut |_, t| {
+        sum += t.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+    });
+    sum.sqrt()
+}
+
+/// Scales all gradients so their global norm is at most `max_norm`; returns the norm
+/// before clipping. A NaN or infinite gradient is an error naming the first tensor that
+/// holds one, so training stops loudly instead of writing NaNs into the model.
+pub fn clip_grad_norm<M: Module>(grads: &mut M, max_norm: f32) -> Result<f64> {
+    let norm = grad_norm(grads);
+    if !norm.is_finite() {
+        let mut bad = None;
+        grads.visit("", &mut |name, t| {
+            if bad.is_none() && t.iter().any(|v| !v.is_finite()) {
+                bad = Some(name);
+            }
+        });
+        return Err(Error::NonFinite {
+            tensor: bad.unwrap_or_else(|| "gradients (norm overflow)".into()),
+        });
+    }
+    if norm > f64::from(max_norm) {
+        let scale = (f64::from(max_norm) / norm) as f32;
+        grads.visit_mut("", &mut |_, mut t| t.mapv_inplace(|v| v * scale));
+    }
+    Ok(norm)
+}
+
+/// Adam (Kingma & Ba), with PyTorch's defaults and update rule
+/// (`torch.optim.Adam`, no amsgrad, L2 weight decay added to the gradient).
+#[derive(Debug, Clone)]
+pub struct Adam<M: Module> {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Steps taken so far.
+    pub t: u64,
+    /// First-moment estimates, shaped and named like the model.
+    pub m: M,
+    /// Second-moment estimates.
+    pub v: M,
+}
+
+impl<M: Module> Adam<M> {
+    /// Fresh state for `model`; betas 0.9 and 0.999, eps 1e-8.
+    pub fn new(model: &M, lr: f32) -> Self {
+        Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            t: 0,
+            m: model.zeros_like(),
+            v: model.zeros_like(),
+        }
+    }
+
+    /// One update of `params` from `grads`.
+    pub fn step(&mut self, params: &mut M, grads: &M) {
+        self.t += 1;
+        let t = self.t as i32;
+        let (b1, b2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        let step = self.lr / bc1;
+        let mut gs: Vec<ArrayViewD<f32>> = Vec::new();
+        grads.visit("", &mut |_, g| gs.push(g));
+        let mut ms: Vec<ArrayViewMutD<f32>> = Vec::new();
+        self.m.visit_mut("", &mut |_, m| ms.push(m));
+        let mut vs: Vec<ArrayViewMutD<f32>> = Vec::new();
+        self.v.visit_mut("", &mut |_, v| vs.push(v));
+        let mut k = 0;
+        params.visit_mut("", &mut |_, mut p| {
+            let (g, m, v) = (&gs[k], &mut ms[k], &mut vs[k]);
+            ndarray::Zip::from(&mut p)
+                .and(g)
+                .and(m)
+                .and(v)
+                .for_each(|p, &g, m, v| {
+                    let g = g + wd * *p;
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *p -= step * *m / ((*v / bc2).sqrt() + eps);
+                });
+            k += 1;
+        });
+    }
+}
+
+/// Plain stochastic gradient descent with optional momentum (PyTorch's rule).
+#[derive(Debug, Clone)]
+pub struct Sgd<M: Module> {
+    pub lr: f32,
+    pub momentum: f32,
+    /// Velocity, shaped and named like the model.
+    pub velocity: M,
+}
+
+impl<M: Module> Sgd<M> {
+    pub fn new(model: &M, lr: f32, momentum: f32) -> Self {
+        Sgd {
+            lr,
+            momentum,
+            velocity: model.zeros_like(),
+        }
+    }
+
+    /// One update of `params` from `grads`.
+    pub fn step(&mut self, params: &mut M, grads: &M) {
+        let (lr, mu) = (self.lr, self.momentum);
+        let mut gs: Vec<ArrayViewD<f32>> = Vec::new();
+        grads.visit("", &mut |_, g| gs.push(g));
+        let mut bs: Vec<ArrayViewMutD<f32>> = Vec::new();
+        self.velocity.visit_mut("", &mut |_, b| bs.push(b));
+        let mut k = 0;
+        params.visit_mut("", &mut |_, mut p| {
+            ndarray::Zip::from(&mut p)
+                .and(&gs[k])
+                .and(&mut bs[k])
+                .for_each(|p, &g, b| {
+                    *b = mu * *b + g;
+                    *p -= lr * *b;
+                });
+            k += 1;
+        });
+    }
+}

@@ -1,0 +1,273 @@
+//! Optimisers, clipping and checkpoints, and a small model that actually learns.
+
+use std::collections::HashMap;
+
+use lasr_nn::checkpoint;
+use lasr_nn::{
+    clip_grad_norm, grad_norm, softmax_cross_entropy, Adam, BiLstm, Error, Linear, Module, Sgd,
+};
+use ndarray::{Array1, Array2, Array3};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+#[test]
+fn adam_follows_pytorchs_update_rule() {
+    let mut p = Linear::new(3, 2, true, &mut rng(1));
+    let start = p.clone();
+    let mut opt = Adam::new(&p, 0.01);
+    opt.weight_decay = 0.1;
+    let grads: Vec<Linear> = (0..5)
+        .map(|i| {
+            let mut g = p.zeros_like();
+            g.weight = lasr_nn::init::uniform((2, 3), 1.0, &mut rng(10 + i));
+            g.bias = Some(lasr_nn::init::uniform(2, 1.0, &mut rng(20 + i)));
+            g
+        })
+        .collect();
+    for g in &grads {
+        opt.step(&mut p, g);
+    }
+    // Independent f64 replay of torch.optim.Adam for one weight.
+    let (mut x, mut m, mut v) = (f64::from(start.weight[(1, 2)]), 0f64, 0f64);
+    for (t, g) in grads.iter().enumerate() {
+        let t = (t + 1) as i32;
+        let g = f64::from(g.weight[(1, 2)]) + 0.1 * x;
+        m = 0.9 * m + 0.1 * g;
+        v = 0.999 * v + 0.001 * g * g;
+        let mhat = m / (1.0 - 0.9f64.powi(t));
+        let vhat = v / (1.0 - 0.999f64.powi(t));
+        x -= 0.01 * mhat / (vhat.sqrt() + 1e-8);
+    }
+    assert!(
+        (f64::from(p.weight[(1, 2)]) - x).abs() < 1e-6,
+        "{} vs {x}",
+        p.weight[(1, 2)]
+    );
+    assert_eq!(opt.t, 5);
+}
+
+#[test]
+fn adams_first_step_moves_every_parameter_by_the_learning_rate() {
+    let mut p = Linear::new(4, 3, true, &mut rng(2));
+    let start = p.clone();
+    let mut g = p.zeros_like();
+    g.weight = lasr_nn::init::uniform((3, 4), 5.0, &mut rng(3));
+    g.bias = Some(Array1::from_vec(vec![1e-3, -2.0, 40.0]));
+    Adam::new(&p, 0.05).step(&mut p, &g);
+    for (a, b) in p.weight.iter().zip(start.weight.iter()) {
+        assert!(((a - b).abs() - 0.05).abs() < 1e-4, "moved {}", a - b);
+    }
+}
+
+#[test]
+fn sgd_with_momentum() {
+    let mut p = Linear::new(2, 1, false, &mut rng(4));
+    let w0 = p.weight[(0, 0)];
+    let mut g = p.zeros_like();
+    g.weight.fill(1.0);
+    let mut opt = Sgd::new(&p, 0.1, 0.9);
+    opt.step(&mut p, &g);
+    opt.step(&mut p, &g);
+    // Velocity 1 then 1.9: total step 0.1 * 2.9.
+    assert!((p.weight[(0, 0)] - (w0 - 0.29)).abs() < 1e-6);
+}
+
+#[test]
+fn clipping_scales_to_the_limit_and_refuses_nan() {
+    let mut g = Linear::new(3, 2, true, &mut rng(5));
+    g.weight.fill(3.0);
+    g.bias = Some(Array1::from_elem(2, 4.0));
+    let before = grad_norm(&g);
+    assert!((before - (6.0 * 9.0 + 2.0 * 16.0f64).sqrt()).abs() < 1e-6);
+    let reported = clip_grad_norm(&mut g, 1.0).unwrap();
+    assert!((reported - before).abs() < 1e-9);
+    assert!((grad_norm(&g) - 1.0).abs() < 1e-5);
+    // Below the limit nothing changes.
+    let snapshot = g.clone();
+    clip_grad_norm(&mut g, 10.0).unwrap();
+    assert_eq!(g, snapshot);
+    g.bias.as_mut().unwrap()[1] = f32::NAN;
+    match clip_grad_norm(&mut g, 1.0) {
+        Err(Error::NonFinite { tensor }) => assert_eq!(tensor, "bias"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_bilstm_tagger_learns_to_count_ones_seen_so_far() {
+    // Label at step t: parity of the number of ones in x[..=t] (needs memory).
+    let mut g = rng(6);
+    let (steps, batch) = (12, 16);
+    let x = Array3::from_shape_fn((steps, batch, 1), |_| {
+        (rand::Rng::next_u32(&mut g) & 1) as f32
+    });
+    let mut targets = Vec::new();
+    for t in 0..steps {
+        for b in 0..batch {
+            let ones: f32 = (0..=t).map(|u| x[(u, b, 0)]).sum();
+            targets.push(Some(ones as usize % 2));
+        }
+    }
+    #[derive(Clone)]
+    struct Tagger {
+        rnn: BiLstm,
+        out: Linear,
+    }
+    impl Module for Tagger {
+        fn visit<'a>(&'a self, p: &str, f: &mut dyn FnMut(String, ndarray::ArrayViewD<'a, f32>)) {
+            self.rnn.visit(&lasr_nn::module::join(p, "rnn"), f);
+            self.out.visit(&lasr_nn::module::join(p, "out"), f);
+        }
+        fn visit_mut<'a>(
+            &'a mut self,
+            p: &str,
+            f: &mut dyn FnMut(String, ndarray::ArrayViewMutD<'a, f32>),
+        ) {
+            self.rnn.visit_mut(&lasr_nn::module::join(p, "rnn"), f);
+            self.out.visit_mut(&lasr_nn::module::join(p, "out"), f);
+        }
+        fn zeros_like(&self) -> Self {
+            Tagger {
+                rnn: self.rnn.zeros_like(),
+                out: self.out.zeros_like(),
+            }
+        }
+    }
+    let mut model = Tagger {
+        rnn: BiLstm::new(1, 16, 0, &mut g),
+        out: Linear::new(32, 2, true, &mut g),
+    };
+    let mut opt = Adam::new(&model, 0.02);
+    let mut losses = Vec::new();
+    for _ in 0..150 {
+        let (h, cache) = model.rnn.forward(x.view(), None).unwrap();
+        let flat = h.view().into_shape_with_order((steps * batch, 32)).unwrap();
+        let logits = model.out.forward(flat).unwrap();
+        let ce = softmax_cross_entropy(logits.view(), &targets).unwrap();
+        losses.push(ce.mean());
+        let mut grads = model.zeros_like();
+        let dflat = model
+            .out
+            .backward(flat, ce.grad.view(), &mut grads.out)
+            .unwrap();
+        let dh = dflat.into_shape_with_order((steps, batch, 32)).unwrap();
+        model
+            .rnn
+            .backward(&cache, dh.view(), &mut grads.rnn)
+            .unwrap();
+        clip_grad_norm(&mut grads, 5.0).unwrap();
+        opt.step(&mut model, &grads);
+    }
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(
+        (first - 2f64.ln()).abs() < 0.1,
+        "starts near chance: {first}"
+    );
+    assert!(last < 0.1 * first, "loss went from {first} to {last}");
+}
+
+fn metadata() -> HashMap<String, String> {
+    HashMap::from([
+        ("lasr.format".to_string(), "1".to_string()),
+        ("config".to_string(), "{\"hidden\": 4}".to_string()),
+    ])
+}
+
+#[test]
+fn checkpoints_round_trip_and_are_plain_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let model = BiLstm::new(3, 4, 0, &mut rng(7));
+    checkpoint::save(&path, &model, &metadata()).unwrap();
+    // Nothing but the checkpoint is left in the directory.
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1);
+    let mut other = BiLstm::new(3, 4, 0, &mut rng(8));
+    assert_ne!(other, model);
+    let meta = checkpoint::load(&path, &mut other).unwrap();
+    assert_eq!(other, model);
+    assert_eq!(meta, metadata());
+    // Readable by the reference safetensors implementation, with PyTorch's names.
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("weight_hh_l0_reverse").unwrap();
+    assert_eq!(t.shape(), &[16, 4]);
+    let first = f32::from_le_bytes(t.data()[..4].try_into().unwrap());
+    assert_eq!(first, model.backward.weight_hh[(0, 0)]);
+}
+
+#[test]
+fn bad_checkpoints_are_refused_naming_the_file_and_tensor_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ck.safetensors");
+    let model = Linear::new(3, 2, true, &mut rng(9));
+    checkpoint::save(&path, &model, &HashMap::new()).unwrap();
+    let mut target = Linear::new(3, 2, true, &mut rng(10));
+    let before = target.clone();
+    let err_of = |target: &mut Linear, p: &std::path::Path| {
+        checkpoint::load(p, target).unwrap_err().to_string()
+    };
+
+    let mut wrong_shape = Linear::new(4, 2, true, &mut rng(11));
+    let e = checkpoint::load(&path, &mut wrong_shape)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ck.safetensors") && e.contains("weight") && e.contains("[2, 3]"),
+        "{e}"
+    );
+
+    let mut no_bias = Linear::new(3, 2, false, &mut rng(12));
+    let e = checkpoint::load(&path, &mut no_bias)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bias") && e.contains("does not have"), "{e}");
+
+    let bias_only = dir.path().join("partial.safetensors");
+    checkpoint::save(
+        &bias_only,
+        &Linear::new(3, 2, false, &mut rng(13)),
+        &HashMap::new(),
+    )
+    .unwrap();
+    let e = err_of(&mut target, &bias_only);
+    assert!(
+        e.contains("partial.safetensors") && e.contains("bias is missing"),
+        "{e}"
+    );
+    assert_eq!(target, before, "a failed load leaves the model as it was");
+
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 5]).unwrap();
+    let e = err_of(&mut target, &cut);
+    assert!(
+        e.contains("cut.safetensors") && e.contains("not a safetensors file"),
+        "{e}"
+    );
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+    assert!(err_of(&mut target, &junk).contains("junk.safetensors"));
+    let e = err_of(&mut target, &dir.path().join("missing.safetensors"));
+    assert!(e.contains("missing.safetensors"), "{e}");
+    assert_eq!(target, before);
+}
+
+#[test]
+fn optimiser_state_checkpoints_like_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Linear::new(3, 2, true, &mut rng(14));
+    let mut opt = Adam::new(&model, 0.01);
+    let mut g = model.zeros_like();
+    g.weight = Array2::from_elem((2, 3), 0.5);
+    opt.step(&mut model, &g);
+    let p = dir.path().join("adam_m.safetensors");
+    checkpoint::save(&p, &opt.m, &HashMap::new()).unwrap();
+    let mut m = model.zeros_like();
+    checkpoint::load(&p, &mut m).unwrap();
+    assert_eq!(m, opt.m);
+}
