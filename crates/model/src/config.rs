@@ -1,0 +1,89 @@
+//! Model sizes. The defaults are the LAS paper's, as in the PyTorch reference
+//! (../shared/reference): 13,599,264 parameters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Feature width (mel bins).
+    pub input_dim: usize,
+    /// Listener LSTM width per direction; listener outputs are twice this.
+    pub listener_hidden: usize,
+    /// Pyramid BiLSTM layers after the first BiLSTM; time shrinks by 2 per layer.
+    pub pyramid_layers: usize,
+    /// Character embedding width.
+    pub embedding_dim: usize,
+    /// Speller LSTM cell width (both cells).
+    pub speller_hidden: usize,
+    /// Attention projection width.
+    pub attention_dim: usize,
+    /// Output symbols, specials included.
+    pub vocab_size: usize,
+    /// Token fed at the first decoder step.
+    pub sos: usize,
+    /// Token that ends a transcript.
+    pub eos: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            input_dim: 80,
+            listener_hidden: 256,
+            pyramid_layers: 3,
+            embedding_dim: 256,
+            speller_hidden: 512,
+            attention_dim: 256,
+            vocab_size: 32,
+            sos: 1,
+            eos: 2,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Input frames per listener output frame: `2^pyramid_layers`.
+    pub fn reduction(&self) -> usize {
+        1 << self.pyramid_layers
+    }
+
+    /// Listener output width.
+    pub fn listener_dim(&self) -> usize {
+        2 * self.listener_hidden
+    }
+
+    /// Checks every size.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("input_dim", self.input_dim),
+            ("listener_hidden", self.listener_hidden),
+            ("embedding_dim", self.embedding_dim),
+            ("speller_hidden", self.speller_hidden),
+            ("attention_dim", self.attention_dim),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config(format!("{name} must be positive")));
+        }
+        if self.pyramid_layers > 8 {
+            return Err(Error::Config(format!(
+                "pyramid_layers = {} would shrink time {}-fold",
+                self.pyramid_layers,
+                self.reduction()
+            )));
+        }
+        if self.vocab_size < 3
+            || self.sos >= self.vocab_size
+            || self.eos >= self.vocab_size
+            || self.sos == self.eos
+        {
+            return Err(Error::Config(format!(
+                "vocab_size {} with sos {} and eos {}: need distinct sos and eos inside the vocabulary",
+                self.vocab_size, self.sos, self.eos
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,503 @@
+//! Listen, Attend and Spell (Chan et al., 2016), as the PyTorch reference builds it:
+//!
+//! - listener: BiLSTM over features, then `pyramid_layers` x [join frame pairs ->
+//!   BiLSTM]; output `[U, B, 2H]` with `U = T / 2^pyramid_layers`;
+//! - speller, per output step: `LSTMCell0([embed(y_prev); context_prev])`,
+//!   `LSTMCell1`, additive attention queried by cell 1's output, and
+//!   `logits = Linear([s; context])`.
+//!
+//! Training is teacher-forced: the decoder reads `<sos> y_1 .. y_n` and is scored on
+//! `y_1 .. y_n <eos>`; the loss is the mean cross-entropy per scored token. Everything
+//! is time-major. Parameter names match the reference's `state_dict()`.
+
+use ndarray::{concatenate, s, Array2, Array3, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
+use rand::Rng;
+
+use lasr_nn::module::join;
+use lasr_nn::{
+    pyramid_lengths, pyramid_reduce, pyramid_reduce_backward, softmax_cross_entropy,
+    AdditiveAttention, AttentionCache, BiLstm, BiLstmCache, Embedding, Linear, LstmCell,
+    LstmCellCache, Module,
+};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// A batch of utterances, time-major.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Features `[T, B, F]`, anything beyond each utterance's length is ignored.
+    pub feats: Array3<f32>,
+    /// Frames of each utterance `[B]`.
+    pub lengths: Vec<usize>,
+    /// Token ids of each transcript, without `<sos>`/`<eos>`.
+    pub targets: Vec<Vec<usize>>,
+}
+
+/// The encoder: BiLSTM, then pyramid BiLSTMs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub l0: BiLstm,
+    pub pyr: Vec<BiLstm>,
+}
+
+/// What [`Listener::backward`] needs.
+#[derive(Debug, Clone)]
+pub struct ListenerCache {
+    l0: BiLstmCache,
+    /// Frames before each reduction, and each pyramid layer's cache.
+    pyr: Vec<(usize, BiLstmCache)>,
+}
+
+impl Listener {
+    fn new(c: &ModelConfig, rng: &mut impl Rng) -> Self {
+        let h = c.listener_hidden;
+        Listener {
+            l0: BiLstm::new(c.input_dim, h, 0, rng),
+            pyr: (0..c.pyramid_layers)
+                .map(|_| BiLstm::new(4 * h, h, 0, rng))
+                .collect(),
+        }
+    }
+
+    /// `x` `[T, B, F]`, `lengths` `[B]` -> states `[U, B, 2H]`, their lengths, cache.
+    pub fn forward(
+        &self,
+        x: ArrayView3<f32>,
+        lengths: &[usize],
+    ) -> Result<(Array3<f32>, Vec<usize>, ListenerCache)> {
+        let (mut h, l0) = self.l0.forward(x, Some(lengths))?;
+        let mut lengths = lengths.to_vec();
+        let mut pyr = Vec::with_capacity(self.pyr.len());
+        for layer in &self.pyr {
+            let steps = h.dim().0;
+            let joined = pyramid_reduce(h.view());
+            lengths = pyramid_lengths(&lengths);
+            let (y, cache) = layer.forward(joined.view(), Some(&lengths))?;
+            pyr.push((steps, cache));
+            h = y;
+        }
+        Ok((h, lengths, ListenerCache { l0, pyr }))
+    }
+
+    /// `dy` `[U, B, 2H]` -> `dx` `[T, B, F]`, gradients added into `grads`.
+    pub fn backward(
+        &self,
+        cache: &ListenerCache,
+        dy: ArrayView3<f32>,
+        grads: &mut Listener,
+    ) -> Result<Array3<f32>> {
+        let mut d = dy.to_owned();
+        for ((layer, (steps, c)), g) in self.pyr.iter().zip(&cache.pyr).zip(&mut grads.pyr).rev() {
+            let dj = layer.backward(c, d.view(), g)?;
+            d = pyramid_reduce_backward(dj.view(), *steps);
+        }
+        Ok(self.l0.backward(&cache.l0, d.view(), &mut grads.l0)?)
+    }
+}
+
+impl Module for Listener {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
+        self.l0.visit(&join(prefix, "l0"), f);
+        for (i, l) in self.pyr.iter().enumerate() {
+            l.visit(&join(prefix, &format!("pyr.{i}")), f);
+        }
+    }
+
+    fn visit_mut<'a>(
+        &'a mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
+    ) {
+        self.l0.visit_mut(&join(prefix, "l0"), f);
+        for (i, l) in self.pyr.iter_mut().enumerate() {
+            l.visit_mut(&join(prefix, &format!("pyr.{i}")), f);
+        }
+    }
+
+    fn zeros_like(&self) -> Self {
+        Listener {
+            l0: self.l0.zeros_like(),
+            pyr: self.pyr.iter().map(Module::zeros_like).collect(),
+        }
+    }
+}
+
+/// The attending decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speller {
+    pub emb: Embedding,
+    pub cell0: LstmCell,
+    pub cell1: LstmCell,
+    pub attention: AdditiveAttention,
+    pub out: Linear,
+}
+
+/// One decoder step's caches.
+#[derive(Debug, Clone)]
+struct StepCache {
+    cell0: LstmCellCache,
+    cell1: LstmCellCache,
+    attention: AttentionCache,
+    /// `[s; context]` `[B, S + D]`, the output layer's input.
+    out_in: Array2<f32>,
+}
+
+/// What [`Speller::backward`] needs.
+#[derive(Debug, Clone)]
+pub struct SpellerCache {
+    keys: Array3<f32>,
+    /// Decoder input tokens, `[L][B]`.
+    inputs: Vec<Vec<usize>>,
+    steps: Vec<StepCache>,
+}
+
+impl SpellerCache {
+    /// Attention weights of every step, `[L, B, U]` (for alignment plots).
+    pub fn attention(&self) -> Array3<f32> {
+        let views: Vec<_> = self
+            .steps
+            .iter()
+            .map(|s| s.attention.alpha().insert_axis(Axis(0)))
+            .collect();
+        concatenate(Axis(0), &views).expect("every step has the same [B, U]")
+    }
+}
+
+impl Speller {
+    fn new(c: &ModelConfig, rng: &mut impl Rng) -> Self {
+        let d = c.listener_dim();
+        Speller {
+            emb: Embedding::new(c.vocab_size, c.embedding_dim, rng),
+            cell0: LstmCell::new(c.embedding_dim + d, c.speller_hidden, rng),
+            cell1: LstmCell::new(c.speller_hidden, c.speller_hidden, rng),
+            attention: AdditiveAttention::new(d, c.speller_hidden, c.attention_dim, rng),
+            out: Linear::new(c.speller_hidden + d, c.vocab_size, true, rng),
+        }
+    }
+
+    /// Teacher-forced decoding: listener states `h` `[U, B, D]` (live lengths
+    /// `lengths`), decoder inputs `inputs` `[L][B]` -> logits `[L, B, V]` and the cache.
+    pub fn forward(
+        &self,
+        h: ArrayView3<f32>,
+        lengths: &[usize],
+        inputs: &[Vec<usize>],
+    ) -> Result<(Array3<f32>, SpellerCache)> {
+        let (_, batch, d) = h.dim();
+        let sh = self.cell1.hidden();
+        let vocab = self.out.output_dim();
+        let keys = self.attention.keys(h)?;
+        let p0 = self.cell0.prepare();
+        let p1 = self.cell1.prepare();
+        let (mut h0, mut c0) = (Array2::zeros((batch, sh)), Array2::zeros((batch, sh)));
+        let (mut h1, mut c1) = (Array2::zeros((batch, sh)), Array2::zeros((batch, sh)));
+        let mut ctx = Array2::<f32>::zeros((batch, d));
+        let mut logits = Array3::zeros((inputs.len(), batch, vocab));
+        let mut steps = Vec::with_capacity(inputs.len());
+        for (t, tokens) in inputs.iter().enumerate() {
+            let e = self.emb.forward(tokens)?;
+            let in0 = concatenate(Axis(1), &[e.view(), ctx.view()]).expect("same batch");
+            let (nh0, nc0, cache0) = self.cell0.forward(&p0, in0.view(), h0.view(), c0.view())?;
+            let (nh1, nc1, cache1) = self.cell1.forward(&p1, nh0.view(), h1.view(), c1.view())?;
+            let (nctx, att) = self
+                .attention
+                .step(h, keys.view(), nh1.view(), Some(lengths))?;
+            let out_in = concatenate(Axis(1), &[nh1.view(), nctx.view()]).expect("same batch");
+            logits
+                .slice_mut(s![t, .., ..])
+                .assign(&self.out.forward(out_in.view())?);
+            steps.push(StepCache {
+                cell0: cache0,
+                cell1: cache1,
+                attention: att,
+                out_in,
+            });
+            (h0, c0, h1, c1, ctx) = (nh0, nc0, nh1, nc1, nctx);
+        }
+        Ok((
+            logits,
+            SpellerCache {
+                keys,
+                inputs: inputs.to_vec(),
+                steps,
+            },
+        ))
+    }
+
+    /// Backpropagation through the decoder: `dlogits` `[L, B, V]` -> `dL/dh`
+    /// `[U, B, D]`, parameter gradients added into `grads`.
+    pub fn backward(
+        &self,
+        cache: &SpellerCache,
+        h: ArrayView3<f32>,
+        dlogits: ArrayView3<f32>,
+        grads: &mut Speller,
+    ) -> Result<Array3<f32>> {
+        let (_, batch, d) = h.dim();
+        let sh = self.cell1.hidden();
+        let e = self.emb.weight.ncols();
+        let mut dh = Array3::<f32>::zeros(h.raw_dim());
+        let mut dkeys = Array3::<f32>::zeros(cache.keys.raw_dim());
+        let (mut dh0, mut dc0) = (
+            Array2::<f32>::zeros((batch, sh)),
+            Array2::<f32>::zeros((batch, sh)),
+        );
+        let (mut dh1, mut dc1) = (
+            Array2::<f32>::zeros((batch, sh)),
+            Array2::<f32>::zeros((batch, sh)),
+        );
+        // Gradient reaching this step's context from the next step's cell-0 input.
+        let mut dctx_next = Array2::<f32>::zeros((batch, d));
+        for (t, step) in cache.steps.iter().enumerate().rev() {
+            let dout_in = self.out.backward(
+                step.out_in.view(),
+                dlogits.slice(s![t, .., ..]),
+                &mut grads.out,
+            )?;
+            let dctx = &dout_in.slice(s![.., sh..]) + &dctx_next;
+            let ds = self.attention.step_backward(
+                &step.attention,
+                h,
+                dctx.view(),
+                dh.view_mut(),
+                dkeys.view_mut(),
+                &mut grads.attention,
+            )?;
+            let dnh1 = &dout_in.slice(s![.., ..sh]) + &ds + &dh1;
+            let (dx1, dh1_prev, dc1_prev) =
+                self.cell1
+                    .backward(&step.cell1, dnh1.view(), dc1.view(), &mut grads.cell1)?;
+            let dnh0 = dx1 + &dh0;
+            let (dx0, dh0_prev, dc0_prev) =
+                self.cell0
+                    .backward(&step.cell0, dnh0.view(), dc0.view(), &mut grads.cell0)?;
+            self.emb
+                .backward(&cache.inputs[t], dx0.slice(s![.., ..e]), &mut grads.emb)?;
+            dctx_next = dx0.slice(s![.., e..]).to_owned();
+            (dh0, dc0, dh1, dc1) = (dh0_prev, dc0_prev, dh1_prev, dc1_prev);
+        }
+        dh += &self
+            .attention
+            .keys_backward(h, dkeys.view(), &mut grads.attention)?;
+        Ok(dh)
+    }
+}
+
+impl Module for Speller {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
+        self.emb.visit(&join(prefix, "emb"), f);
+        self.cell0.visit(&join(prefix, "cell0"), f);
+        self.cell1.visit(&join(prefix, "cell1"), f);
+        self.attention.visit(prefix, f);
+        self.out.visit(&join(prefix, "out"), f);
+    }
+
+    fn visit_mut<'a>(
+        &'a mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
+    ) {
+        self.emb.visit_mut(&join(prefix, "emb"), f);
+        self.cell0.visit_mut(&join(prefix, "cell0"), f);
+        self.cell1.visit_mut(&join(prefix, "cell1"), f);
+        self.attention.visit_mut(prefix, f);
+        self.out.visit_mut(&join(prefix, "out"), f);
+    }
+
+    fn zeros_like(&self) -> Self {
+        Speller {
+            emb: self.emb.zeros_like(),
+            cell0: self.cell0.zeros_like(),
+            cell1: self.cell1.zeros_like(),
+            attention: self.attention.zeros_like(),
+            out: self.out.zeros_like(),
+        }
+    }
+}
+
+/// The whole model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Las {
+    pub config: ModelConfig,
+    pub listener: Listener,
+    pub speller: Speller,
+}
+
+/// Loss of a batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Sum of per-token cross-entropy (nats).
+    pub loss_sum: f64,
+    /// Scored tokens (transcript characters plus one `<eos>` per utterance).
+    pub tokens: usize,
+}
+
+impl StepStats {
+    /// Mean cross-entropy per token.
+    pub fn mean(&self) -> f64 {
+        self.loss_sum / self.tokens.max(1) as f64
+    }
+}
+
+/// Everything a backward pass needs, plus the attention weights.
+#[derive(Debug, Clone)]
+pub struct LasCache {
+    listener: ListenerCache,
+    speller: SpellerCache,
+    h: Array3<f32>,
+    /// `dL/dlogits` of the mean loss, `[L, B, V]`.
+    dlogits: Array3<f32>,
+}
+
+impl LasCache {
+    /// Attention weights `[L, B, U]`.
+    pub fn attention(&self) -> Array3<f32> {
+        self.speller.attention()
+    }
+}
+
+impl Las {
+    /// A freshly initialised model (PyTorch's default initialisation for every layer).
+    pub fn new(config: ModelConfig, rng: &mut impl Rng) -> Result<Self> {
+        config.validate()?;
+        Ok(Las {
+            listener: Listener::new(&config, rng),
+            speller: Speller::new(&config, rng),
+            config,
+        })
+    }
+
+    fn check(&self, batch: &Batch) -> Result<()> {
+        let (steps, b, f) = batch.feats.dim();
+        let c = &self.config;
+        if f != c.input_dim {
+            return Err(Error::Batch(format!(
+                "features are {f} wide, the model reads {}",
+                c.input_dim
+            )));
+        }
+        if batch.lengths.len() != b || batch.targets.len() != b {
+            return Err(Error::Batch(format!(
+                "{b} feature sequences, {} lengths, {} transcripts",
+                batch.lengths.len(),
+                batch.targets.len()
+            )));
+        }
+        for (i, &l) in batch.lengths.iter().enumerate() {
+            if l > steps || l < c.reduction() {
+                return Err(Error::Batch(format!(
+                    "utterance {i} has {l} frames: need between {} (one listener frame) and {steps}",
+                    c.reduction()
+                )));
+            }
+        }
+        for (i, t) in batch.targets.iter().enumerate() {
+            if let Some(&bad) = t.iter().find(|&&tok| tok >= c.vocab_size) {
+                return Err(Error::Batch(format!(
+                    "transcript {i} holds token {bad}, outside the vocabulary of {}",
+                    c.vocab_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decoder inputs `[L][B]` (`<sos> y..`, padded with `<eos>`) and scored targets
+    /// `[L * B]` in `[t][b]` order (`y.. <eos>`, `None` past the end).
+    fn teacher_forcing(&self, targets: &[Vec<usize>]) -> (Vec<Vec<usize>>, Vec<Option<usize>>) {
+        let c = &self.config;
+        let steps = targets.iter().map(|t| t.len() + 1).max().unwrap_or(1);
+        let mut inputs = vec![vec![c.eos; targets.len()]; steps];
+        let mut scored = vec![None; steps * targets.len()];
+        for (b, t) in targets.iter().enumerate() {
+            for step in 0..=t.len() {
+                inputs[step][b] = if step == 0 { c.sos } else { t[step - 1] };
+                scored[step * targets.len() + b] =
+                    Some(if step < t.len() { t[step] } else { c.eos });
+            }
+        }
+        (inputs, scored)
+    }
+
+    /// Teacher-forced logits `[L, B, V]` of a batch.
+    pub fn logits(&self, batch: &Batch) -> Result<Array3<f32>> {
+        self.check(batch)?;
+        let (h, lengths, _) = self.listener.forward(batch.feats.view(), &batch.lengths)?;
+        let (inputs, _) = self.teacher_forcing(&batch.targets);
+        Ok(self.speller.forward(h.view(), &lengths, &inputs)?.0)
+    }
+
+    /// Forward pass and loss; the cache feeds [`Las::backward`].
+    pub fn forward(&self, batch: &Batch) -> Result<(StepStats, LasCache)> {
+        self.check(batch)?;
+        let (h, lengths, listener) = self.listener.forward(batch.feats.view(), &batch.lengths)?;
+        let (inputs, scored) = self.teacher_forcing(&batch.targets);
+        let (logits, speller) = self.speller.forward(h.view(), &lengths, &inputs)?;
+        let (steps, b, v) = logits.dim();
+        let flat = logits
+            .view()
+            .into_shape_with_order((steps * b, v))
+            .expect("row-major");
+        let ce = softmax_cross_entropy(flat, &scored)?;
+        let dlogits = ce
+            .grad
+            .into_shape_with_order((steps, b, v))
+            .expect("row-major");
+        Ok((
+            StepStats {
+                loss_sum: ce.sum,
+                tokens: ce.count,
+            },
+            LasCache {
+                listener,
+                speller,
+                h,
+                dlogits,
+            },
+        ))
+    }
+
+    /// Adds the gradient of the mean loss into `grads`; returns `dL/dfeats` `[T, B, F]`.
+    pub fn backward(&self, cache: &LasCache, grads: &mut Las) -> Result<Array3<f32>> {
+        let dh = self.speller.backward(
+            &cache.speller,
+            cache.h.view(),
+            cache.dlogits.view(),
+            &mut grads.speller,
+        )?;
+        self.listener
+            .backward(&cache.listener, dh.view(), &mut grads.listener)
+    }
+
+    /// Forward and backward: the loss of `batch`, gradients added into `grads`.
+    pub fn train_step(&self, batch: &Batch, grads: &mut Las) -> Result<StepStats> {
+        let (stats, cache) = self.forward(batch)?;
+        self.backward(&cache, grads)?;
+        Ok(stats)
+    }
+}
+
+impl Module for Las {
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
+        self.listener.visit(&join(prefix, "listener"), f);
+        self.speller.visit(&join(prefix, "speller"), f);
+    }
+
+    fn visit_mut<'a>(
+        &'a mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
+    ) {
+        self.listener.visit_mut(&join(prefix, "listener"), f);
+        self.speller.visit_mut(&join(prefix, "speller"), f);
+    }
+
+    fn zeros_like(&self) -> Self {
+        Las {
+            config: self.config.clone(),
+            listener: self.listener.zeros_like(),
+            speller: self.speller.zeros_like(),
+        }
+    }
+}

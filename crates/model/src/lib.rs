@@ -1,0 +1,14 @@
+//! # lasr-model
+//!
+//! The Listen, Attend and Spell network built from `lasr-nn` layers: the pyramid
+//! BiLSTM listener, the attending speller, the teacher-forced loss and its gradient.
+//! Sizes come from [`ModelConfig`]; parameter names match the PyTorch reference's
+//! `state_dict()` so checkpoints move between the two.
+
+pub mod config;
+pub mod error;
+pub mod las;
+
+pub use config::ModelConfig;
+pub use error::{Error, Result};
+pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};

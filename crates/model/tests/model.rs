@@ -1,0 +1,188 @@
+//! The whole LAS model: structure, gradients, padding, and that it learns.
+
+use lasr_model::{Batch, Las, ModelConfig};
+use lasr_nn::gradcheck::{check_input, check_params};
+use lasr_nn::{clip_grad_norm, Adam, Module};
+use ndarray::{s, Array3, ArrayD, Ix3};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn tiny() -> ModelConfig {
+    ModelConfig {
+        input_dim: 3,
+        listener_hidden: 3,
+        pyramid_layers: 2,
+        embedding_dim: 4,
+        speller_hidden: 5,
+        attention_dim: 4,
+        vocab_size: 7,
+        sos: 1,
+        eos: 2,
+    }
+}
+
+fn tiny_batch(seed: u64) -> Batch {
+    Batch {
+        feats: lasr_nn::init::uniform((13, 2, 3), 1.0, &mut rng(seed)),
+        lengths: vec![13, 9],
+        targets: vec![vec![3, 4, 5], vec![6]],
+    }
+}
+
+#[test]
+fn default_model_has_the_reference_size_and_names() {
+    let las = Las::new(ModelConfig::default(), &mut rng(0)).unwrap();
+    assert_eq!(las.num_params(), 13_599_264);
+    assert_eq!(las.listener.num_params(), 8_568_832);
+    assert_eq!(las.speller.num_params(), 5_030_432);
+    let mut names = Vec::new();
+    las.visit("", &mut |n, t| names.push((n, t.shape().to_vec())));
+    let has = |n: &str, shape: &[usize]| names.iter().any(|(m, s)| m == n && s == shape);
+    // As in the reference's state_dict().
+    assert!(has("listener.l0.weight_ih_l0", &[1024, 80]));
+    assert!(has("listener.l0.weight_hh_l0_reverse", &[1024, 256]));
+    assert!(has("listener.pyr.2.weight_ih_l0", &[1024, 1024]));
+    assert!(has("speller.emb.weight", &[32, 256]));
+    assert!(has("speller.cell0.weight_ih", &[2048, 768]));
+    assert!(has("speller.cell1.bias_hh", &[2048]));
+    assert!(has("speller.att_h.weight", &[256, 512]));
+    assert!(has("speller.att_h.bias", &[256]));
+    assert!(has("speller.att_s.weight", &[256, 512]));
+    assert!(has("speller.att_v.weight", &[1, 256]));
+    assert!(has("speller.out.weight", &[32, 1024]));
+    // 4 BiLSTMs x 8; embedding 1, two cells x 4, attention 4, output 2.
+    assert_eq!(names.len(), 4 * 8 + 1 + 8 + 4 + 2);
+}
+
+#[test]
+fn whole_model_gradients_match_finite_differences() {
+    let las = Las::new(tiny(), &mut rng(1)).unwrap();
+    let batch = tiny_batch(2);
+    let (stats, cache) = las.forward(&batch).unwrap();
+    assert_eq!(stats.tokens, 3 + 1 + 1 + 1);
+    let mut grads = las.zeros_like();
+    let dx = las.backward(&cache, &mut grads).unwrap();
+    let loss = |m: &Las| m.forward(&batch).unwrap().0.mean();
+    let reports = check_params(&las, &grads, &loss, 2e-2, 12, 1e-3);
+    assert_eq!(reports.len(), 3 * 8 + 1 + 8 + 4 + 2, "every tensor checked");
+    for r in &reports {
+        eprintln!(
+            "{}: rel err {:.2e} (analytic {:.5}, numeric {:.5})",
+            r.tensor, r.error, r.analytic, r.numeric
+        );
+        assert!(r.error < 1e-2, "{r:?}");
+    }
+    let loss_x = |x: &ArrayD<f32>| {
+        let mut b = batch.clone();
+        b.feats = x.clone().into_dimensionality::<Ix3>().unwrap();
+        las.forward(&b).unwrap().0.mean()
+    };
+    let r = check_input(
+        &batch.feats.clone().into_dyn(),
+        &dx.clone().into_dyn(),
+        &loss_x,
+        1e-2,
+        40,
+        1e-3,
+    );
+    assert!(r.error < 1e-2, "{r:?}");
+    // Frames beyond an utterance's length do not influence anything.
+    assert!(dx.slice(s![9.., 1, ..]).iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn a_padded_batch_scores_each_utterance_as_if_alone() {
+    let las = Las::new(tiny(), &mut rng(3)).unwrap();
+    let batch = tiny_batch(4);
+    let (both, _) = las.forward(&batch).unwrap();
+    let mut sum = 0.0;
+    for b in 0..2 {
+        let len = batch.lengths[b];
+        let alone = Batch {
+            feats: batch.feats.slice(s![..len, b..b + 1, ..]).to_owned(),
+            lengths: vec![len],
+            targets: vec![batch.targets[b].clone()],
+        };
+        sum += las.forward(&alone).unwrap().0.loss_sum;
+    }
+    assert!(
+        (both.loss_sum - sum).abs() < 1e-5,
+        "{} vs {sum}",
+        both.loss_sum
+    );
+}
+
+#[test]
+fn bad_batches_are_refused_with_the_reason() {
+    let las = Las::new(tiny(), &mut rng(5)).unwrap();
+    let mut b = tiny_batch(6);
+    b.lengths = vec![13, 3];
+    assert!(las
+        .forward(&b)
+        .unwrap_err()
+        .to_string()
+        .contains("3 frames"));
+    let mut b = tiny_batch(6);
+    b.targets[1] = vec![7];
+    assert!(las.forward(&b).unwrap_err().to_string().contains("token 7"));
+    let mut b = tiny_batch(6);
+    b.feats = Array3::zeros((13, 2, 4));
+    assert!(las.forward(&b).unwrap_err().to_string().contains("4 wide"));
+    let mut b = tiny_batch(6);
+    b.lengths.pop();
+    assert!(las.forward(&b).is_err());
+    assert!(Las::new(ModelConfig { sos: 2, ..tiny() }, &mut rng(7)).is_err());
+}
+
+#[test]
+fn the_model_learns_a_toy_task() {
+    // Two "words" whose feature patterns differ; the model must spell the right one.
+    let cfg = ModelConfig {
+        input_dim: 4,
+        listener_hidden: 8,
+        pyramid_layers: 1,
+        embedding_dim: 8,
+        speller_hidden: 16,
+        attention_dim: 8,
+        vocab_size: 8,
+        sos: 1,
+        eos: 2,
+    };
+    let mut las = Las::new(cfg, &mut rng(8)).unwrap();
+    let mut feats = Array3::<f32>::zeros((10, 4, 4));
+    let mut targets = Vec::new();
+    for b in 0..4 {
+        let word = b % 2;
+        for t in 0..10 {
+            feats[(t, b, (t + word) % 4)] = 1.0;
+        }
+        targets.push(if word == 0 { vec![3, 4, 5] } else { vec![6, 7] });
+    }
+    let batch = Batch {
+        feats,
+        lengths: vec![10, 10, 8, 10],
+        targets,
+    };
+    let mut opt = Adam::new(&las, 0.02);
+    let first = las.forward(&batch).unwrap().0.mean();
+    let mut last = first;
+    for _ in 0..120 {
+        let mut grads = las.zeros_like();
+        last = las.train_step(&batch, &mut grads).unwrap().mean();
+        clip_grad_norm(&mut grads, 5.0).unwrap();
+        opt.step(&mut las, &grads);
+    }
+    assert!(last < 0.05 * first, "loss {first} -> {last}");
+    // Attention rows are distributions over live listener frames.
+    let (_, cache) = las.forward(&batch).unwrap();
+    let att = cache.attention();
+    assert_eq!(att.dim(), (4, 4, 5));
+    for row in att.slice(s![.., 2, ..]).rows() {
+        assert!((row.sum() - 1.0).abs() < 1e-5);
+        assert_eq!(row[4], 0.0, "utterance 2 has 8 frames = 4 listener frames");
+    }
+}
