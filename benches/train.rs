@@ -1,0 +1,41 @@
+//! One LAS training step at the reference sizes (13.6 M parameters) on the reference
+//! benchmark batch: 8 utterances x 1000 frames x 80 features, 150 characters each.
+//! Compare with `../shared/reference/run-pytorch-reference.sh 1` ("train step").
+//!
+//!     RAYON_NUM_THREADS=1 cargo bench -p lasr-model --bench train
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lasr_model::{Batch, Las, ModelConfig};
+use lasr_nn::Module;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn train_step(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let las = Las::new(ModelConfig::default(), &mut rng).unwrap();
+    let batch = Batch {
+        feats: lasr_nn::init::uniform((1000, 8, 80), 1.0, &mut rng),
+        lengths: vec![1000; 8],
+        // 149 characters plus <eos>: 150 scored steps, as in the reference.
+        targets: (0..8)
+            .map(|_| {
+                (0..149)
+                    .map(|_| 3 + (rng.next_u32() % 29) as usize)
+                    .collect()
+            })
+            .collect(),
+    };
+    let mut grads = las.zeros_like();
+    let mut group = c.benchmark_group("las_train_step_8x1000x150");
+    group.sample_size(10);
+    group.bench_function("forward_backward", |b| {
+        b.iter(|| {
+            grads.zero();
+            las.train_step(&batch, &mut grads).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);
