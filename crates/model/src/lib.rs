@@ -7,8 +7,10 @@
 
 pub mod config;
 pub mod error;
+pub mod infer;
 pub mod las;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
+pub use infer::{SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};

@@ -138,9 +138,9 @@ fn bad_batches_are_refused_with_the_reason() {
     assert!(Las::new(ModelConfig { sos: 2, ..tiny() }, &mut rng(7)).is_err());
 }
 
-#[test]
-fn the_model_learns_a_toy_task() {
-    // Two "words" whose feature patterns differ; the model must spell the right one.
+/// Two "words" whose feature patterns differ; the model must learn to spell the right
+/// one. Returns the trained model, the batch, and the loss before and after.
+fn train_toy() -> (Las, Batch, f64, f64) {
     let cfg = ModelConfig {
         input_dim: 4,
         listener_hidden: 8,
@@ -176,6 +176,12 @@ fn the_model_learns_a_toy_task() {
         clip_grad_norm(&mut grads, 5.0).unwrap();
         opt.step(&mut las, &grads);
     }
+    (las, batch, first, last)
+}
+
+#[test]
+fn the_model_learns_a_toy_task() {
+    let (las, batch, first, last) = train_toy();
     assert!(last < 0.05 * first, "loss {first} -> {last}");
     // Attention rows are distributions over live listener frames.
     let (_, cache) = las.forward(&batch).unwrap();
@@ -185,4 +191,45 @@ fn the_model_learns_a_toy_task() {
         assert!((row.sum() - 1.0).abs() < 1e-5);
         assert_eq!(row[4], 0.0, "utterance 2 has 8 frames = 4 listener frames");
     }
+}
+
+#[test]
+fn greedy_and_beam_search_spell_what_the_model_learned() {
+    let (las, batch, _, _) = train_toy();
+    let options = lasr_decode::SearchOptions::default();
+    for b in 0..4 {
+        let len = batch.lengths[b];
+        let dec = las.encode(batch.feats.slice(s![..len, b, ..])).unwrap();
+        assert_eq!(lasr_decode::Decoder::encoder_len(&dec), len / 2);
+        let greedy = lasr_decode::greedy(&dec, &options).unwrap();
+        assert_eq!(greedy.tokens, batch.targets[b], "utterance {b}");
+        assert!(greedy.finished);
+        let peaks = greedy.attention_peaks.as_ref().unwrap();
+        assert_eq!(peaks.len(), greedy.tokens.len());
+        assert!(peaks.iter().all(|&p| p < len / 2));
+        let beam = lasr_decode::beam_search(
+            &dec,
+            &lasr_decode::SearchOptions {
+                beam_size: 4,
+                ..options.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(beam[0].tokens, batch.targets[b]);
+        assert!((beam[0].log_prob - greedy.log_prob).abs() < 1e-4);
+        assert!(beam.windows(2).all(|w| w[0].score >= w[1].score));
+        // The decoder's log-probability of the transcript is the training loss's view of it.
+        let alone = Batch {
+            feats: batch.feats.slice(s![..len, b..b + 1, ..]).to_owned(),
+            lengths: vec![len],
+            targets: vec![batch.targets[b].clone()],
+        };
+        let nll = las.forward(&alone).unwrap().0.loss_sum;
+        assert!(
+            (nll + greedy.log_prob).abs() < 1e-3,
+            "teacher-forced {nll} vs search {}",
+            -greedy.log_prob
+        );
+    }
+    assert!(las.encode(batch.feats.slice(s![..1, 0, ..])).is_err());
 }

@@ -1,0 +1,171 @@
+//! Decoding with a trained model: the listener runs once per utterance, then the
+//! speller runs step by step for a batch of hypotheses through
+//! [`lasr_decode::Decoder`], so greedy and beam search work on it unchanged.
+
+use ndarray::{concatenate, Array2, ArrayView2, Axis};
+
+use lasr_decode::{Decoder, Step};
+use lasr_nn::PreparedLstmCell;
+
+use crate::error::{Error, Result};
+use crate::las::Las;
+
+/// One utterance encoded by the listener, ready to be decoded.
+pub struct UtteranceDecoder<'a> {
+    las: &'a Las,
+    /// Listener states `[U, D]`.
+    h: Array2<f32>,
+    /// Attention keys `W_h h + b` `[U, A]`.
+    keys: Array2<f32>,
+    cell0: PreparedLstmCell,
+    cell1: PreparedLstmCell,
+}
+
+/// Speller state of `n` hypotheses: both cells' `h` and `c` `[n, S]`, and the last
+/// attention context `[n, D]`.
+#[derive(Debug, Clone)]
+pub struct SpellerState {
+    h0: Array2<f32>,
+    c0: Array2<f32>,
+    h1: Array2<f32>,
+    c1: Array2<f32>,
+    ctx: Array2<f32>,
+}
+
+impl Las {
+    /// Runs the listener over one utterance's features `[T, F]` (at least
+    /// `2^pyramid_layers` frames).
+    pub fn encode(&self, feats: ArrayView2<f32>) -> Result<UtteranceDecoder<'_>> {
+        let (frames, dim) = feats.dim();
+        if dim != self.config.input_dim {
+            return Err(Error::Batch(format!(
+                "features are {dim} wide, the model reads {}",
+                self.config.input_dim
+            )));
+        }
+        if frames < self.config.reduction() {
+            return Err(Error::Batch(format!(
+                "{frames} frames are fewer than the {} one listener frame needs",
+                self.config.reduction()
+            )));
+        }
+        let x = feats.insert_axis(Axis(1));
+        let (h, _, _) = self.listener.forward(x, &[frames])?;
+        let keys = self.speller.attention.keys(h.view())?;
+        Ok(UtteranceDecoder {
+            las: self,
+            h: h.index_axis_move(Axis(1), 0),
+            keys: keys.index_axis_move(Axis(1), 0),
+            cell0: self.speller.cell0.prepare(),
+            cell1: self.speller.cell1.prepare(),
+        })
+    }
+}
+
+impl UtteranceDecoder<'_> {
+    /// Listener states `[U, D]` (for alignment plots).
+    pub fn listener_states(&self) -> ArrayView2<'_, f32> {
+        self.h.view()
+    }
+}
+
+impl Decoder for UtteranceDecoder<'_> {
+    type State = SpellerState;
+    type Error = Error;
+
+    fn vocab_size(&self) -> usize {
+        self.las.config.vocab_size
+    }
+
+    fn sos(&self) -> usize {
+        self.las.config.sos
+    }
+
+    fn eos(&self) -> usize {
+        self.las.config.eos
+    }
+
+    fn encoder_len(&self) -> usize {
+        self.h.nrows()
+    }
+
+    fn initial(&self) -> Result<SpellerState> {
+        let s = self.las.config.speller_hidden;
+        let z = || Array2::zeros((1, s));
+        Ok(SpellerState {
+            h0: z(),
+            c0: z(),
+            h1: z(),
+            c1: z(),
+            ctx: Array2::zeros((1, self.h.ncols())),
+        })
+    }
+
+    fn step(&self, prev: &[usize], st: SpellerState) -> Result<Step<SpellerState>> {
+        let sp = &self.las.speller;
+        let n = prev.len();
+        let e = sp.emb.forward(prev)?;
+        let in0 = concatenate(Axis(1), &[e.view(), st.ctx.view()]).expect("same rows");
+        let (h0, c0, _) = sp
+            .cell0
+            .forward(&self.cell0, in0.view(), st.h0.view(), st.c0.view())?;
+        let (h1, c1, _) = sp
+            .cell1
+            .forward(&self.cell1, h0.view(), st.h1.view(), st.c1.view())?;
+        // Every hypothesis attends over the same utterance: broadcast, no copies.
+        let (u, d) = self.h.dim();
+        let hb = self.h.view().insert_axis(Axis(1));
+        let hb = hb.broadcast((u, n, d)).expect("broadcast over hypotheses");
+        let kb = self.keys.view().insert_axis(Axis(1));
+        let kb = kb
+            .broadcast((u, n, self.keys.ncols()))
+            .expect("broadcast over hypotheses");
+        let (ctx, att) = sp.attention.step(hb, kb, h1.view(), None)?;
+        let peaks = att
+            .alpha()
+            .rows()
+            .into_iter()
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, &w)| {
+                        if w > best.1 {
+                            (i, w)
+                        } else {
+                            best
+                        }
+                    })
+                    .0
+            })
+            .collect();
+        let out_in = concatenate(Axis(1), &[h1.view(), ctx.view()]).expect("same rows");
+        let mut logits = sp.out.forward(out_in.view())?;
+        for mut row in logits.rows_mut() {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+            row.mapv_inplace(|v| v - lse);
+        }
+        Ok(Step {
+            log_probs: logits.into_raw_vec_and_offset().0,
+            state: SpellerState {
+                h0,
+                c0,
+                h1,
+                c1,
+                ctx,
+            },
+            attention_peaks: Some(peaks),
+        })
+    }
+
+    fn select(&self, st: SpellerState, rows: &[usize]) -> Result<SpellerState> {
+        let pick = |a: &Array2<f32>| a.select(Axis(0), rows);
+        Ok(SpellerState {
+            h0: pick(&st.h0),
+            c0: pick(&st.c0),
+            h1: pick(&st.h1),
+            c1: pick(&st.c1),
+            ctx: pick(&st.ctx),
+        })
+    }
+}
