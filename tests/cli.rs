@@ -261,3 +261,146 @@ fn spec_augment_flag_masks_reproducibly() {
     );
     assert!(changed > 0);
 }
+
+/// Trains a tiny model to tell two synthetic "words" apart, saves it as a model file,
+/// and checks that `lasr transcribe` spells them: audio -> features -> listener ->
+/// beam search -> text, end to end.
+#[test]
+fn transcribe_spells_what_a_tiny_trained_model_learned() {
+    use lasr_decode::Vocab;
+    use lasr_features::{CmvnStats, FrontEnd};
+    use lasr_model::{Batch, Las, ModelConfig, ModelFile};
+    use lasr_nn::{clip_grad_norm, Adam, Module};
+    use rand::SeedableRng;
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("low.wav");
+    let b = dir.path().join("high.wav");
+    // Two different spectra: a low harmonic tone and a high one.
+    for (path, f0) in [(&a, 150.0f64), (&b, 1700.0)] {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for i in 0..9600 {
+            let t = i as f64 / 16000.0;
+            let v: f64 = (1..4)
+                .map(|h| 4000.0 / h as f64 * (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin())
+                .sum();
+            w.write_sample(v as i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+    let mut front_cfg = FrontEndConfig::default();
+    let mut raw = FrontEnd::new(front_cfg.clone()).unwrap();
+    let fa = raw.file_features(&a).unwrap();
+    let fb = raw.file_features(&b).unwrap();
+    let mut stats = CmvnStats::new(80);
+    stats.accumulate(fa.view()).unwrap();
+    stats.accumulate(fb.view()).unwrap();
+    front_cfg.cmvn = Some(stats.finish().unwrap());
+    let mut front = FrontEnd::new(front_cfg.clone()).unwrap();
+    let (fa, fb) = (
+        front.file_features(&a).unwrap(),
+        front.file_features(&b).unwrap(),
+    );
+    let vocab = Vocab::librispeech();
+    let config = ModelConfig {
+        listener_hidden: 16,
+        pyramid_layers: 1,
+        embedding_dim: 8,
+        speller_hidden: 32,
+        attention_dim: 16,
+        ..ModelConfig::default()
+    };
+    let mut las = Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let frames = fa.nrows();
+    let mut feats = ndarray::Array3::zeros((frames, 2, 80));
+    feats.index_axis_mut(ndarray::Axis(1), 0).assign(&fa);
+    feats.index_axis_mut(ndarray::Axis(1), 1).assign(&fb);
+    let batch = Batch {
+        feats,
+        lengths: vec![frames, frames],
+        targets: vec![vocab.encode("hi"), vocab.encode("yo")],
+    };
+    let mut opt = Adam::new(&las, 0.01);
+    for _ in 0..150 {
+        let mut grads = las.zeros_like();
+        las.train_step(&batch, &mut grads).unwrap();
+        clip_grad_norm(&mut grads, 5.0).unwrap();
+        opt.step(&mut las, &grads);
+    }
+    assert!(las.forward(&batch).unwrap().0.mean() < 0.05);
+    let model_path = dir.path().join("tiny.safetensors");
+    ModelFile {
+        las,
+        front_end: front_cfg,
+        vocab,
+        info: serde_json::json!({"made_by": "tests/cli.rs"}),
+    }
+    .save(&model_path)
+    .unwrap();
+    std::fs::write(dir.path().join("broken.wav"), b"RIFF").unwrap();
+
+    let out = lasr(&[
+        "transcribe",
+        "--model",
+        model_path.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+        "--json",
+        "--beam",
+        "4",
+        "--nbest",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "the broken file fails the run");
+    assert!(text(&out.stderr).contains("broken.wav"));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |n: &str| {
+        lines
+            .iter()
+            .find(|v| v["file"].as_str().unwrap().ends_with(n))
+            .unwrap()
+            .clone()
+    };
+    for (name, want) in [("low.wav", "hi"), ("high.wav", "yo")] {
+        let v = by(name);
+        assert_eq!(v["text"], want, "{v}");
+        assert_eq!(v["finished"], true);
+        let words = v["words"].as_array().unwrap();
+        assert_eq!(words.len(), 1);
+        let (s, e) = (
+            words[0]["start"].as_f64().unwrap(),
+            words[0]["end"].as_f64().unwrap(),
+        );
+        assert!(0.0 <= s && s < e && e <= 0.6 + 1e-6, "{s}..{e}");
+        let nbest = v["nbest"].as_array().unwrap();
+        assert!(!nbest.is_empty() && nbest.len() <= 3);
+        assert_eq!(nbest[0]["text"], want);
+    }
+    // Plain output: file<TAB>text.
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        model_path.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "--beam",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim_end(), format!("{}\thi", a.display()));
+    // A file that is not a model.
+    let out = lasr(&["transcribe", "-m", a.to_str().unwrap(), a.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("low.wav") && text(&out.stderr).contains("safetensors"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -40,6 +40,35 @@ enum Command {
     Cmvn(CmvnArgs),
     /// Print the default front-end configuration as JSON, to edit and pass with --config.
     Config,
+    /// Turn speech into text with a model file.
+    Transcribe(TranscribeArgs),
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    lasr transcribe --model model.safetensors speech.flac\n  \
+    lasr transcribe --model model.safetensors corpus/ --json --nbest 5\n\n\
+    No default model ships with lasr yet, so --model is required. With --json each\n\
+    line holds the transcript, word times (from attention peaks), and the n-best list.")]
+struct TranscribeArgs {
+    /// Audio files, or directories searched recursively for .wav and .flac files.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// Model file (safetensors with lasr metadata, as `lasr train` writes).
+    #[arg(short, long, value_name = "FILE")]
+    model: PathBuf,
+    /// Beam width; 1 is greedy decoding.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    beam: usize,
+    /// Alternatives to report per file (at most the beam width).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    nbest: usize,
+    /// Length normalisation exponent: score = log_prob / length^ALPHA (0 = none).
+    #[arg(long, default_value_t = 0.0, value_name = "ALPHA")]
+    length_norm: f32,
+    /// Print one JSON object per input instead of `file<TAB>text` lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -104,6 +133,7 @@ fn main() -> ExitCode {
         Command::Features(a) => features(a),
         Command::Cmvn(a) => cmvn(a),
         Command::Config => print_config(),
+        Command::Transcribe(a) => transcribe(a),
     };
     match result {
         Ok(code) => code,
@@ -357,5 +387,79 @@ fn print_config() -> Result<ExitCode> {
         "{}",
         serde_json::to_string_pretty(&FrontEndConfig::default())?
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
+    let model = lasr_model::ModelFile::load(&args.model)?;
+    let files = collect_audio_files(&args.inputs)?;
+    if files.is_empty() {
+        bail!("no .wav or .flac files found in {:?}", args.inputs);
+    }
+    let options = lasr_decode::SearchOptions {
+        beam_size: args.beam,
+        length_norm: if args.length_norm > 0.0 {
+            lasr_decode::LengthNorm::Power(args.length_norm)
+        } else {
+            lasr_decode::LengthNorm::None
+        },
+        ..Default::default()
+    };
+    options.validate()?;
+    let front = model.front_end()?;
+    let bar = progress(files.len(), "transcribe");
+    let results: Vec<(PathBuf, lasr_model::Result<lasr_model::Transcript>)> = files
+        .par_iter()
+        .map_init(
+            || front.clone(),
+            |front, file| {
+                let r = model.transcribe_file(front, file, &options);
+                bar.inc(1);
+                (file.clone(), r)
+            },
+        )
+        .collect();
+    bar.finish_and_clear();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut failed = 0;
+    for (file, r) in results {
+        match r {
+            Ok(mut t) => {
+                t.nbest.truncate(args.nbest.max(1));
+                if args.json {
+                    let mut v = serde_json::to_value(&t)?;
+                    v["file"] = serde_json::json!(file);
+                    writeln!(out, "{v}")?;
+                } else {
+                    writeln!(out, "{}\t{}", file.display(), t.text)?;
+                    for alt in t.nbest.iter().skip(1) {
+                        writeln!(
+                            out,
+                            "{}\t  {:.3}\t{}",
+                            file.display(),
+                            alt.log_prob,
+                            alt.text
+                        )?;
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if args.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"file": file, "error": e.to_string()})
+                    )?;
+                }
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} files failed", files.len());
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,10 +7,14 @@
 
 pub mod config;
 pub mod error;
+pub mod file;
 pub mod infer;
 pub mod las;
+pub mod transcribe;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
+pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
+pub use transcribe::{Alternative, Transcript, Word};

@@ -168,3 +168,14 @@ pub fn from_bytes<M: Module>(
     });
     Ok(header.metadata().clone().unwrap_or_default())
 }
+
+/// The string metadata of a checkpoint in memory, without reading its tensors.
+pub fn metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        ck(
+            Path::new("<memory>"),
+            format!("not a safetensors file: {e}"),
+        )
+    })?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}

@@ -1,0 +1,83 @@
+//! The model file: everything needed to run a model, in one safetensors file.
+
+use lasr_decode::Vocab;
+use lasr_features::FrontEndConfig;
+use lasr_model::{Las, ModelConfig, ModelFile};
+use lasr_nn::Module;
+use rand::SeedableRng;
+
+fn small() -> ModelFile {
+    let config = ModelConfig {
+        input_dim: 80,
+        listener_hidden: 4,
+        pyramid_layers: 2,
+        embedding_dim: 5,
+        speller_hidden: 6,
+        attention_dim: 3,
+        ..ModelConfig::default()
+    };
+    ModelFile {
+        las: Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap(),
+        front_end: FrontEndConfig::default(),
+        vocab: Vocab::librispeech(),
+        info: serde_json::json!({"trained_on": "nothing", "steps": 0}),
+    }
+}
+
+#[test]
+fn round_trips_with_config_front_end_vocabulary_and_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.lasr.safetensors");
+    let file = small();
+    file.save(&path).unwrap();
+    let back = ModelFile::load(&path).unwrap();
+    assert_eq!(back.las, file.las);
+    assert_eq!(back.front_end, file.front_end);
+    assert_eq!(back.vocab, file.vocab);
+    assert_eq!(back.info, file.info);
+    // Plain safetensors: the config is readable without lasr.
+    let bytes = std::fs::read(&path).unwrap();
+    let meta = lasr_nn::checkpoint::metadata(&bytes).unwrap();
+    assert_eq!(meta["lasr.format"], "1");
+    let config: serde_json::Value = serde_json::from_str(&meta["lasr.model_config"]).unwrap();
+    assert_eq!(config["speller_hidden"], 6);
+    assert_eq!(back.las.num_params(), file.las.num_params());
+}
+
+#[test]
+fn mismatched_or_foreign_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = small();
+    file.front_end.features.num_mel_bins = 40;
+    assert!(file
+        .save(&dir.path().join("x"))
+        .unwrap_err()
+        .to_string()
+        .contains("40 features"));
+    let mut file = small();
+    file.las.config.vocab_size = 31;
+    assert!(file
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("32 symbols"));
+    // A plain checkpoint without lasr metadata.
+    let plain = dir.path().join("plain.safetensors");
+    lasr_nn::checkpoint::save(&plain, &small().las, &Default::default()).unwrap();
+    let e = ModelFile::load(&plain).unwrap_err().to_string();
+    assert!(
+        e.contains("plain.safetensors") && e.contains("lasr.format"),
+        "{e}"
+    );
+    // Not a model at all, and a missing file.
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"hello").unwrap();
+    assert!(ModelFile::load(&junk)
+        .unwrap_err()
+        .to_string()
+        .contains("junk.bin"));
+    assert!(ModelFile::load(&dir.path().join("none"))
+        .unwrap_err()
+        .to_string()
+        .contains("cannot read"));
+}
