@@ -404,3 +404,128 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         text(&out.stderr)
     );
 }
+
+/// `lasr train` end to end on a tiny synthetic LibriSpeech-layout corpus: it learns,
+/// writes its checkpoints and log, resumes, and its model transcribes.
+#[test]
+fn train_learns_checkpoints_resumes_and_its_model_transcribes() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus/1/2");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let mut trans = String::new();
+    for u in 0..4 {
+        let (f0, text) = if u % 2 == 0 {
+            (150.0f64, "HI")
+        } else {
+            (1700.0, "YO")
+        };
+        let id = format!("1-2-{u:04}");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(corpus.join(format!("{id}.wav")), spec).unwrap();
+        for i in 0..(8000 + 800 * u) {
+            let t = i as f64 / 16000.0;
+            let v: f64 = (1..4)
+                .map(|h| 4000.0 / h as f64 * (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin())
+                .sum();
+            w.write_sample(v as i16).unwrap();
+        }
+        w.finalize().unwrap();
+        trans.push_str(&format!("{id} {text}\n"));
+    }
+    std::fs::write(corpus.join("1-2.trans.txt"), trans).unwrap();
+    let cfg = dir.path().join("model.json");
+    std::fs::write(&cfg, r#"{"listener_hidden": 16, "pyramid_layers": 1, "embedding_dim": 8, "speller_hidden": 32, "attention_dim": 16}"#).unwrap();
+    let opts = dir.path().join("options.json");
+    std::fs::write(&opts, r#"{"epochs": 100, "learning_rate": 0.01, "batch_frames": 100000, "spec_augment": false, "validate_decode": 4, "log_every": 1}"#).unwrap();
+    let out = dir.path().join("run");
+    let root = dir.path().join("corpus");
+    let (root_s, out_s) = (root.to_str().unwrap(), out.to_str().unwrap());
+    let run = lasr(&[
+        "train",
+        "--train",
+        root_s,
+        "--valid",
+        root_s,
+        "--out",
+        out_s,
+        "--model-config",
+        cfg.to_str().unwrap(),
+        "--options",
+        opts.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let summary: serde_json::Value = serde_json::from_str(text(&run.stdout).trim()).unwrap();
+    assert_eq!(summary["last_validation"]["epoch"], 100);
+    assert_eq!(summary["last_validation"]["cer"], 0.0, "{summary}");
+    for f in [
+        "model.safetensors",
+        "best.safetensors",
+        "optimizer.safetensors",
+        "log.jsonl",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.iter().filter(|v| v.get("valid").is_some()).count(), 100);
+    let losses: Vec<f64> = log.iter().filter_map(|v| v["loss"].as_f64()).collect();
+    assert!(
+        losses.last().unwrap() < &(0.1 * losses[0]),
+        "loss {} -> {}",
+        losses[0],
+        losses.last().unwrap()
+    );
+    // Resume for five more epochs: steps continue from 100.
+    let run = lasr(&[
+        "train",
+        "--train",
+        root_s,
+        "--valid",
+        root_s,
+        "--out",
+        out_s,
+        "--model-config",
+        cfg.to_str().unwrap(),
+        "--options",
+        opts.to_str().unwrap(),
+        "--epochs",
+        "105",
+        "--resume",
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = log.last().unwrap();
+    assert_eq!(last["epoch"], 105);
+    assert_eq!(last["step"], 105);
+    // The trained model transcribes. Greedy, as validation decoded: this barely
+    // trained model still gives <eos> enough weight after "y" that an unnormalised
+    // wide beam prefers the shorter "y".
+    let t = lasr(&[
+        "transcribe",
+        "-m",
+        out.join("model.safetensors").to_str().unwrap(),
+        corpus.join("1-2-0001.wav").to_str().unwrap(),
+        "--beam",
+        "1",
+    ]);
+    assert!(t.status.success(), "{}", text(&t.stderr));
+    assert!(
+        text(&t.stdout).trim_end().ends_with("\tyo"),
+        "{}",
+        text(&t.stdout)
+    );
+}

@@ -176,3 +176,13 @@ fn check_unique(path: &Path, entries: &[Entry]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The utterances of `path`: a directory is read as the LibriSpeech layout, a file as a
+/// TSV manifest (audio relative to the manifest).
+pub fn entries(path: &Path) -> Result<Vec<Entry>> {
+    if path.is_dir() {
+        librispeech(path)
+    } else {
+        tsv(path, None)
+    }
+}

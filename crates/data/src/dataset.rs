@@ -110,6 +110,26 @@ impl Dataset {
         self.utterances.is_empty()
     }
 
+    /// Global CMVN statistics of all utterances' features.
+    pub fn cmvn_stats(&self) -> lasr_features::CmvnStats {
+        let dim = self.utterances.first().map_or(0, |u| u.feats.ncols());
+        let mut stats = lasr_features::CmvnStats::new(dim);
+        for u in &self.utterances {
+            stats
+                .accumulate(u.feats.view())
+                .expect("one front end gives one width");
+        }
+        stats
+    }
+
+    /// Normalises every utterance in place.
+    pub fn normalize(&mut self, cmvn: &lasr_features::Cmvn) -> Result<()> {
+        for u in &mut self.utterances {
+            cmvn.apply(u.feats.view_mut())?;
+        }
+        Ok(())
+    }
+
     /// Total frames.
     pub fn frames(&self) -> usize {
         self.utterances.iter().map(|u| u.feats.nrows()).sum()

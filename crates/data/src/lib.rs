@@ -9,6 +9,6 @@ pub mod corpus;
 pub mod dataset;
 pub mod error;
 
-pub use corpus::{librispeech, tsv, Entry};
+pub use corpus::{entries, librispeech, tsv, Entry};
 pub use dataset::{BatchPlan, Dataset, Padded, Skipped, Utterance};
 pub use error::{Error, Result};

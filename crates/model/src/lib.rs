@@ -10,6 +10,7 @@ pub mod error;
 pub mod file;
 pub mod infer;
 pub mod las;
+pub mod train;
 pub mod transcribe;
 
 pub use config::ModelConfig;
@@ -17,4 +18,5 @@ pub use error::{Error, Result};
 pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
+pub use train::{train, validate, Observer, Progress, Quiet, TrainOptions, Validation};
 pub use transcribe::{Alternative, Transcript, Word};

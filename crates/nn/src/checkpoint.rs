@@ -28,11 +28,22 @@ pub fn to_bytes<M: Module>(
     prefix: &str,
     metadata: &HashMap<String, String>,
 ) -> Result<Vec<u8>> {
+    to_bytes_parts(&[(prefix, module as &dyn Module)], metadata)
+}
+
+/// Several modules in one file, each under its own prefix (say a model's optimiser
+/// moments `m.` and `v.`).
+pub fn to_bytes_parts(
+    parts: &[(&str, &dyn Module)],
+    metadata: &HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    module.visit(prefix, &mut |name, t| {
-        let bytes = t.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((name, t.shape().to_vec(), bytes));
-    });
+    for (prefix, module) in parts {
+        module.visit(prefix, &mut |name, t| {
+            let bytes = t.iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensors.push((name, t.shape().to_vec(), bytes));
+        });
+    }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(name, shape, bytes)| {
@@ -109,15 +120,26 @@ pub fn from_bytes<M: Module>(
     prefix: &str,
     module: &mut M,
 ) -> Result<HashMap<String, String>> {
+    from_bytes_parts(bytes, &mut [(prefix, module as &mut dyn Module)])
+}
+
+/// Reads a file written by [`to_bytes_parts`] into the same parts. Strict: every
+/// tensor of every part must be there with its shape, and nothing else.
+pub fn from_bytes_parts(
+    bytes: &[u8],
+    parts: &mut [(&str, &mut dyn Module)],
+) -> Result<HashMap<String, String>> {
     let here = Path::new("<memory>");
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| ck(here, format!("not a safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| ck(here, e.to_string()))?;
     // Check everything before changing anything.
     let mut wanted: Vec<(String, Vec<usize>)> = Vec::new();
-    module.visit(prefix, &mut |name, t| {
-        wanted.push((name, t.shape().to_vec()))
-    });
+    for (prefix, module) in parts.iter() {
+        module.visit(prefix, &mut |name, t| {
+            wanted.push((name, t.shape().to_vec()))
+        });
+    }
     let mut values: Vec<Vec<f32>> = Vec::with_capacity(wanted.len());
     for (name, shape) in &wanted {
         let t = st
@@ -160,12 +182,14 @@ pub fn from_bytes<M: Module>(
         ));
     }
     let mut k = 0;
-    module.visit_mut(prefix, &mut |_, mut t| {
-        for (dst, &v) in t.iter_mut().zip(&values[k]) {
-            *dst = v;
-        }
-        k += 1;
-    });
+    for (prefix, module) in parts.iter_mut() {
+        module.visit_mut(prefix, &mut |_, mut t| {
+            for (dst, &v) in t.iter_mut().zip(&values[k]) {
+                *dst = v;
+            }
+            k += 1;
+        });
+    }
     Ok(header.metadata().clone().unwrap_or_default())
 }
 

@@ -1,0 +1,268 @@
+//! The training loop: epochs of length-bucketed batches, Adam with gradient clipping,
+//! SpecAugment, validation (teacher-forced loss and greedy CER) after every epoch, and
+//! checkpoints written atomically so that a crash or Ctrl-C never loses the last good
+//! one. A NaN or infinite gradient stops training with an error naming the tensor.
+//!
+//! Files in the output directory:
+//! - `model.safetensors`: the latest [`ModelFile`] (a complete, runnable model),
+//! - `best.safetensors`: the model with the lowest validation CER so far,
+//! - `optimizer.safetensors`: Adam's moments and the position in training, to resume,
+//! - `log.jsonl`: one JSON object per logged step and per validation.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use lasr_data::{BatchPlan, Dataset};
+use lasr_decode::{greedy, wer, ErrorCounts, SearchOptions, Vocab};
+use lasr_features::spec_augment_seeded;
+use lasr_nn::{checkpoint, clip_grad_norm, Adam, Module};
+use ndarray::s;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::file::ModelFile;
+use crate::las::Batch;
+
+/// Everything that shapes a training run; saved in the model file's `lasr.info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub learning_rate: f32,
+    /// Global gradient-norm limit.
+    pub clip_norm: f32,
+    /// Most padded frames per batch (bounds memory and step time).
+    pub batch_frames: usize,
+    /// Most utterances per batch.
+    pub batch_utterances: usize,
+    /// Apply the front end's SpecAugment masks to training batches.
+    pub spec_augment: bool,
+    /// Seeds batch order and masks.
+    pub seed: u64,
+    /// Validation utterances decoded greedily for CER after each epoch (0 = none).
+    pub validate_decode: usize,
+    /// Write a log line every this many steps.
+    pub log_every: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 20,
+            learning_rate: 1e-3,
+            clip_norm: 5.0,
+            batch_frames: 12_000,
+            batch_utterances: 16,
+            spec_augment: true,
+            seed: 0,
+            validate_decode: 200,
+            log_every: 10,
+        }
+    }
+}
+
+/// Where a run stands; saved with the optimiser state so a run can resume.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Lowest validation CER so far (1.0 before any validation).
+    pub best_cer: f64,
+}
+
+/// Validation result of one epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Validation {
+    pub epoch: usize,
+    /// Teacher-forced loss per token.
+    pub loss: f64,
+    /// Character and word error rates of greedy decoding on the decoded subset.
+    pub cer: f64,
+    pub wer: f64,
+    pub decoded: usize,
+}
+
+/// What a caller hears about while training runs (progress bars, printing).
+pub trait Observer {
+    /// After every optimiser step.
+    fn step(&mut self, _progress: &Progress, _loss: f64, _batches_left: usize) {}
+    /// After each epoch's validation.
+    fn validated(&mut self, _v: &Validation) {}
+}
+
+/// Silent observer.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+fn tokens(vocab: &Vocab, data: &Dataset, indices: &[usize]) -> Batch {
+    let p = data.padded(indices);
+    Batch {
+        feats: p.feats,
+        lengths: p.lengths,
+        targets: p.transcripts.iter().map(|t| vocab.encode(t)).collect(),
+    }
+}
+
+/// Teacher-forced loss over the whole set and greedy CER/WER over its first
+/// `decode` utterances.
+pub fn validate(
+    model: &ModelFile,
+    data: &Dataset,
+    decode: usize,
+    epoch: usize,
+) -> Result<Validation> {
+    let plan = BatchPlan {
+        max_frames: 20_000,
+        max_utterances: 32,
+    };
+    let (mut loss, mut count) = (0.0, 0usize);
+    for b in data.batches(plan, 0) {
+        let batch = tokens(&model.vocab, data, &b);
+        let (stats, _) = model.las.forward(&batch)?;
+        loss += stats.loss_sum;
+        count += stats.tokens;
+    }
+    let options = SearchOptions {
+        beam_size: 1,
+        ..Default::default()
+    };
+    let (mut chars, mut words) = (ErrorCounts::default(), ErrorCounts::default());
+    let n = decode.min(data.len());
+    for u in &data.utterances[..n] {
+        let hyp = greedy(&model.las.encode(u.feats.view())?, &options)?;
+        let hyp = model.vocab.decode(&hyp.tokens);
+        let reference = model.vocab.normalize_transcript(&u.transcript);
+        chars += lasr_decode::cer(&reference, &hyp);
+        words += wer(&reference, &hyp);
+    }
+    Ok(Validation {
+        epoch,
+        loss: loss / count.max(1) as f64,
+        cer: if n == 0 { f64::NAN } else { chars.rate() },
+        wer: if n == 0 { f64::NAN } else { words.rate() },
+        decoded: n,
+    })
+}
+
+fn log_line(log: &mut std::fs::File, path: &Path, value: serde_json::Value) -> Result<()> {
+    writeln!(log, "{value}")
+        .map_err(|e| Error::Model(format!("{}: cannot write: {e}", path.display())))
+}
+
+/// Trains `model` on `train`, validating on `valid`, writing into `out` (see the module
+/// docs). With `resume`, continues from `out/optimizer.safetensors` and
+/// `out/model.safetensors`. Returns the last validation.
+pub fn train(
+    mut model: ModelFile,
+    train: &Dataset,
+    valid: &Dataset,
+    options: &TrainOptions,
+    out: &Path,
+    resume: bool,
+    observer: &mut dyn Observer,
+) -> Result<Option<Validation>> {
+    let io = |p: &Path, e: std::io::Error| Error::Model(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let model_path = out.join("model.safetensors");
+    let best_path = out.join("best.safetensors");
+    let opt_path = out.join("optimizer.safetensors");
+    let log_path = out.join("log.jsonl");
+    let mut adam = Adam::new(&model.las, options.learning_rate);
+    let mut progress = Progress {
+        epoch: 0,
+        step: 0,
+        best_cer: 1.0,
+    };
+    if resume {
+        model = ModelFile::load(&model_path)?;
+        let bytes = std::fs::read(&opt_path).map_err(|e| io(&opt_path, e))?;
+        adam = Adam::new(&model.las, options.learning_rate);
+        let meta =
+            checkpoint::from_bytes_parts(&bytes, &mut [("m", &mut adam.m), ("v", &mut adam.v)])
+                .map_err(|e| Error::Model(format!("{}: {e}", opt_path.display())))?;
+        progress = serde_json::from_str(
+            meta.get("lasr.progress")
+                .map(String::as_str)
+                .unwrap_or("null"),
+        )
+        .map_err(|e| Error::Model(format!("{}: lasr.progress: {e}", opt_path.display())))?;
+        adam.t = progress.step;
+    }
+    model.info = serde_json::json!({"train_options": options, "train_utterances": train.len(), "train_frames": train.frames()});
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| io(&log_path, e))?;
+    let start = Instant::now();
+    let mut last = None;
+    let plan = BatchPlan {
+        max_frames: options.batch_frames,
+        max_utterances: options.batch_utterances,
+    };
+    while progress.epoch < options.epochs {
+        let epoch = progress.epoch;
+        let batches = train.batches(plan, options.seed.wrapping_add(epoch as u64));
+        let total = batches.len();
+        let (mut loss_sum, mut tokens_seen) = (0.0, 0usize);
+        for (k, indices) in batches.iter().enumerate() {
+            let mut batch = tokens(&model.vocab, train, indices);
+            if options.spec_augment {
+                for (b, &len) in batch.lengths.clone().iter().enumerate() {
+                    let seed = options.seed ^ (progress.step << 8) ^ b as u64;
+                    let mut u = batch.feats.slice_mut(s![..len, b, ..]);
+                    spec_augment_seeded(&mut u, &model.front_end.features.spec_augment, seed);
+                }
+            }
+            let mut grads = model.las.zeros_like();
+            let stats = model.las.train_step(&batch, &mut grads)?;
+            let norm = clip_grad_norm(&mut grads, options.clip_norm)?;
+            adam.step(&mut model.las, &grads);
+            progress.step += 1;
+            loss_sum += stats.loss_sum;
+            tokens_seen += stats.tokens;
+            observer.step(&progress, stats.mean(), total - k - 1);
+            if progress
+                .step
+                .is_multiple_of(options.log_every.max(1) as u64)
+            {
+                log_line(
+                    &mut log,
+                    &log_path,
+                    serde_json::json!({"epoch": epoch, "step": progress.step, "loss": stats.mean(),
+                        "grad_norm": norm, "utterances": indices.len(), "seconds": start.elapsed().as_secs_f64()}),
+                )?;
+            }
+        }
+        progress.epoch += 1;
+        // With nothing decoded the CER is NaN, which never counts as a new best.
+        let v = validate(&model, valid, options.validate_decode, progress.epoch)?;
+        log_line(
+            &mut log,
+            &log_path,
+            serde_json::json!({"epoch": progress.epoch, "step": progress.step,
+                "train_loss": loss_sum / tokens_seen.max(1) as f64, "valid": v, "seconds": start.elapsed().as_secs_f64()}),
+        )?;
+        // Model first, then optimiser: if a crash falls between them, resuming
+        // repeats at most one epoch's optimiser moments on a model that has them.
+        model.save(&model_path)?;
+        if v.cer < progress.best_cer {
+            progress.best_cer = v.cer;
+            model.save(&best_path)?;
+        }
+        let mut meta = HashMap::new();
+        meta.insert(
+            "lasr.progress".to_string(),
+            serde_json::to_string(&progress).expect("plain struct"),
+        );
+        let bytes = checkpoint::to_bytes_parts(&[("m", &adam.m), ("v", &adam.v)], &meta)?;
+        checkpoint::write_atomic(&opt_path, &bytes)?;
+        observer.validated(&v);
+        last = Some(v);
+    }
+    Ok(last)
+}
