@@ -484,6 +484,20 @@ fn train_learns_checkpoints_resumes_and_its_model_transcribes() {
         losses[0],
         losses.last().unwrap()
     );
+    // The log draws as an SVG with a training curve, a validation curve and CER.
+    let svg_path = dir.path().join("curves.svg");
+    let c = lasr(&[
+        "curves",
+        out.join("log.jsonl").to_str().unwrap(),
+        "-o",
+        svg_path.to_str().unwrap(),
+    ]);
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<polyline").count() == 4,
+        "train, validation, CER, WER"
+    );
     // Resume for five more epochs: steps continue from 100.
     let run = lasr(&[
         "train",

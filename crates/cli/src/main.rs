@@ -45,6 +45,16 @@ enum Command {
     Transcribe(TranscribeArgs),
     /// Train a model on a corpus, validating and checkpointing after every epoch.
     Train(TrainArgs),
+    /// Draw a training log (OUT/log.jsonl of `lasr train`) as an SVG of loss and error
+    /// rates.
+    Curves {
+        /// The log.jsonl to read.
+        #[arg(value_name = "LOG")]
+        log: PathBuf,
+        /// SVG to write.
+        #[arg(short, long, value_name = "SVG")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -185,6 +195,7 @@ fn main() -> ExitCode {
         Command::Config => print_config(),
         Command::Transcribe(a) => transcribe(a),
         Command::Train(a) => train(a),
+        Command::Curves { log, out } => curves(&log, &out),
     };
     match result {
         Ok(code) => code,
@@ -661,5 +672,12 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             args.out.join("model.safetensors").display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn curves(log: &Path, out: &Path) -> Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("{}: cannot read", log.display()))?;
+    plot::write_training_curves(&text, out).with_context(|| format!("{}", log.display()))?;
     Ok(ExitCode::SUCCESS)
 }
