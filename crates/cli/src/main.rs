@@ -129,6 +129,10 @@ struct TranscribeArgs {
     /// Print one JSON object per input instead of `file<TAB>text` lines.
     #[arg(long)]
     json: bool,
+    /// Draw each file's attention alignment (listener frames across, output characters
+    /// up) as DIR/<name>.attention.png.
+    #[arg(long, value_name = "DIR")]
+    plot_attention: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -469,13 +473,35 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     };
     options.validate()?;
     let front = model.front_end()?;
+    if let Some(dir) = &args.plot_attention {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    }
     let bar = progress(files.len(), "transcribe");
-    let results: Vec<(PathBuf, lasr_model::Result<lasr_model::Transcript>)> = files
+    let results: Vec<(PathBuf, Result<lasr_model::Transcript>)> = files
         .par_iter()
         .map_init(
             || front.clone(),
             |front, file| {
-                let r = model.transcribe_file(front, file, &options);
+                let r = model
+                    .transcribe_file(front, file, &options)
+                    .map_err(anyhow::Error::from);
+                let r = r.and_then(|t| {
+                    if let Some(dir) = &args.plot_attention {
+                        let feats = front.file_features(file)?;
+                        let att = model.attention(feats.view(), &t.tokens)?;
+                        let stem = file
+                            .file_stem()
+                            .unwrap_or(file.as_os_str())
+                            .to_string_lossy();
+                        plot::write_heatmap(
+                            att.t(),
+                            &dir.join(format!("{stem}.attention.png")),
+                            4,
+                        )?;
+                    }
+                    Ok(t)
+                });
                 bar.inc(1);
                 (file.clone(), r)
             },

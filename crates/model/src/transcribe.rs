@@ -35,6 +35,8 @@ pub struct Alternative {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Transcript {
     pub text: String,
+    /// Token ids of the best transcript (without `<sos>`/`<eos>`).
+    pub tokens: Vec<usize>,
     pub words: Vec<Word>,
     pub nbest: Vec<Alternative>,
     /// True when the best hypothesis ended with `<eos>` rather than at the length limit.
@@ -89,6 +91,7 @@ impl ModelFile {
             .ok_or_else(|| Error::Model("beam search returned nothing".into()))?;
         Ok(Transcript {
             text: self.vocab.decode(&best.tokens),
+            tokens: best.tokens.clone(),
             words: words(&self.vocab, best, self.seconds_per_frame()),
             finished: best.finished,
             nbest: hyps
@@ -100,6 +103,23 @@ impl ModelFile {
                 })
                 .collect(),
         })
+    }
+
+    /// Attention weights `[L, U]` of the model reading `tokens` (a transcript, without
+    /// `<sos>`/`<eos>`) over features `[T, F]`: row `l` is where output step `l`
+    /// looked (the last row is the `<eos>` step). For alignment plots.
+    pub fn attention(
+        &self,
+        feats: ArrayView2<f32>,
+        tokens: &[usize],
+    ) -> Result<ndarray::Array2<f32>> {
+        let batch = crate::las::Batch {
+            feats: feats.insert_axis(ndarray::Axis(1)).to_owned(),
+            lengths: vec![feats.nrows()],
+            targets: vec![tokens.to_vec()],
+        };
+        let (_, cache) = self.las.forward(&batch)?;
+        Ok(cache.attention().index_axis_move(ndarray::Axis(1), 0))
     }
 
     /// A front end for this model (one per thread).
