@@ -4,26 +4,14 @@
 //! Shapes, variable lengths and naming follow [`crate::Lstm`]: input `[T, B, I]`,
 //! output `[T, B, H]`, dead steps output zero and pass on a zero state.
 
-use ndarray::{s, Array1, Array2, Array3, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis};
 use rand::Rng;
 
 use crate::activation as act;
 use crate::error::{check_shape, Result};
 use crate::linalg::{matmul, transpose};
 use crate::lstm::live_mask;
-use crate::module::{join, Module};
-
-/// Processing order of time steps and each step's predecessor.
-fn order(reverse: bool, steps: usize) -> Vec<(usize, Option<usize>)> {
-    if reverse {
-        (0..steps)
-            .rev()
-            .map(|t| (t, (t + 1 < steps).then_some(t + 1)))
-            .collect()
-    } else {
-        (0..steps).map(|t| (t, t.checked_sub(1))).collect()
-    }
-}
+use crate::recurrent::{order, recurrent_module};
 
 /// `h_prev[t]`: the state each step started from (zero for the first).
 fn shifted(h: &Array3<f32>, order: &[(usize, Option<usize>)]) -> Array3<f32> {
@@ -109,83 +97,6 @@ fn projection_grads(
         false,
     );
     dx
-}
-
-macro_rules! recurrent_module {
-    ($ty:ident, $name:literal) => {
-        impl $ty {
-            /// Hidden width `H`.
-            pub fn hidden(&self) -> usize {
-                self.weight_hh.ncols()
-            }
-
-            /// Input width `I`.
-            pub fn input_dim(&self) -> usize {
-                self.weight_ih.ncols()
-            }
-
-            fn name(&self) -> String {
-                format!(concat!($name, "{}"), self.suffix)
-            }
-        }
-
-        impl Module for $ty {
-            fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
-                let sfx = &self.suffix;
-                f(
-                    join(prefix, &format!("weight_ih{sfx}")),
-                    self.weight_ih.view().into_dyn(),
-                );
-                f(
-                    join(prefix, &format!("weight_hh{sfx}")),
-                    self.weight_hh.view().into_dyn(),
-                );
-                f(
-                    join(prefix, &format!("bias_ih{sfx}")),
-                    self.bias_ih.view().into_dyn(),
-                );
-                f(
-                    join(prefix, &format!("bias_hh{sfx}")),
-                    self.bias_hh.view().into_dyn(),
-                );
-            }
-
-            fn visit_mut<'a>(
-                &'a mut self,
-                prefix: &str,
-                f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
-            ) {
-                let sfx = self.suffix.clone();
-                f(
-                    join(prefix, &format!("weight_ih{sfx}")),
-                    self.weight_ih.view_mut().into_dyn(),
-                );
-                f(
-                    join(prefix, &format!("weight_hh{sfx}")),
-                    self.weight_hh.view_mut().into_dyn(),
-                );
-                f(
-                    join(prefix, &format!("bias_ih{sfx}")),
-                    self.bias_ih.view_mut().into_dyn(),
-                );
-                f(
-                    join(prefix, &format!("bias_hh{sfx}")),
-                    self.bias_hh.view_mut().into_dyn(),
-                );
-            }
-
-            fn zeros_like(&self) -> Self {
-                $ty {
-                    weight_ih: Array2::zeros(self.weight_ih.raw_dim()),
-                    weight_hh: Array2::zeros(self.weight_hh.raw_dim()),
-                    bias_ih: Array1::zeros(self.bias_ih.raw_dim()),
-                    bias_hh: Array1::zeros(self.bias_hh.raw_dim()),
-                    reverse: self.reverse,
-                    suffix: self.suffix.clone(),
-                }
-            }
-        }
-    };
 }
 
 /// One direction of a GRU layer: `weight_ih` `[3H, I]`, `weight_hh` `[3H, H]`,

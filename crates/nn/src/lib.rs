@@ -24,6 +24,7 @@ pub mod lstm;
 pub mod module;
 pub mod optim;
 pub mod pyramid;
+mod recurrent;
 
 pub use attention::{AdditiveAttention, AttentionCache};
 pub use embedding::Embedding;

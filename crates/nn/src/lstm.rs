@@ -14,6 +14,7 @@ use crate::activation as act;
 use crate::error::{check_shape, Error, Result};
 use crate::linalg::{matmul, transpose};
 use crate::module::{join, Module};
+use crate::recurrent::{order, recurrent_module};
 
 /// One direction of one LSTM layer. `weight_ih` `[4H, I]`, `weight_hh` `[4H, H]`,
 /// `bias_ih`, `bias_hh` `[4H]`, rows in gate order input, forget, cell, output.
@@ -61,32 +62,6 @@ impl Lstm {
             bias_hh: crate::init::uniform(4 * hidden, b, rng),
             reverse,
             suffix: suffix.to_string(),
-        }
-    }
-
-    /// Hidden width `H`.
-    pub fn hidden(&self) -> usize {
-        self.weight_hh.ncols()
-    }
-
-    /// Input width `I`.
-    pub fn input_dim(&self) -> usize {
-        self.weight_ih.ncols()
-    }
-
-    fn name(&self) -> String {
-        format!("LSTM{}", self.suffix)
-    }
-
-    /// Processing order of time steps, and each step's predecessor.
-    fn order(&self, steps: usize) -> Vec<(usize, Option<usize>)> {
-        if self.reverse {
-            (0..steps)
-                .rev()
-                .map(|t| (t, (t + 1 < steps).then_some(t + 1)))
-                .collect()
-        } else {
-            (0..steps).map(|t| (t, t.checked_sub(1))).collect()
         }
     }
 
@@ -160,7 +135,7 @@ impl Lstm {
         let mut c = Array3::<f32>::zeros((steps, batch, hd));
         let mut h = Array3::<f32>::zeros((steps, batch, hd));
         let mut c_prev = Array2::<f32>::zeros((batch, hd));
-        for (t, prev) in self.order(steps) {
+        for (t, prev) in order(self.reverse, steps) {
             if let Some(p) = prev {
                 matmul(
                     gates.slice_mut(s![t, .., ..]),
@@ -244,7 +219,7 @@ impl Lstm {
         let mut dgates = Array3::<f32>::zeros((steps, batch, 4 * hd));
         let mut dh_carry = Array2::<f32>::zeros((batch, hd));
         let mut dc_carry = Array2::<f32>::zeros((batch, hd));
-        let order = self.order(steps);
+        let order = order(self.reverse, steps);
         for &(t, prev) in order.iter().rev() {
             for b in 0..batch {
                 let mut dhc = dh_carry.row_mut(b);
@@ -416,62 +391,7 @@ pub(crate) fn live_mask(
     })))
 }
 
-impl Module for Lstm {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
-        let sfx = &self.suffix;
-        f(
-            join(prefix, &format!("weight_ih{sfx}")),
-            self.weight_ih.view().into_dyn(),
-        );
-        f(
-            join(prefix, &format!("weight_hh{sfx}")),
-            self.weight_hh.view().into_dyn(),
-        );
-        f(
-            join(prefix, &format!("bias_ih{sfx}")),
-            self.bias_ih.view().into_dyn(),
-        );
-        f(
-            join(prefix, &format!("bias_hh{sfx}")),
-            self.bias_hh.view().into_dyn(),
-        );
-    }
-
-    fn visit_mut<'a>(
-        &'a mut self,
-        prefix: &str,
-        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
-    ) {
-        let sfx = self.suffix.clone();
-        f(
-            join(prefix, &format!("weight_ih{sfx}")),
-            self.weight_ih.view_mut().into_dyn(),
-        );
-        f(
-            join(prefix, &format!("weight_hh{sfx}")),
-            self.weight_hh.view_mut().into_dyn(),
-        );
-        f(
-            join(prefix, &format!("bias_ih{sfx}")),
-            self.bias_ih.view_mut().into_dyn(),
-        );
-        f(
-            join(prefix, &format!("bias_hh{sfx}")),
-            self.bias_hh.view_mut().into_dyn(),
-        );
-    }
-
-    fn zeros_like(&self) -> Self {
-        Lstm {
-            weight_ih: Array2::zeros(self.weight_ih.raw_dim()),
-            weight_hh: Array2::zeros(self.weight_hh.raw_dim()),
-            bias_ih: Array1::zeros(self.bias_ih.raw_dim()),
-            bias_hh: Array1::zeros(self.bias_hh.raw_dim()),
-            reverse: self.reverse,
-            suffix: self.suffix.clone(),
-        }
-    }
-}
+recurrent_module!(Lstm, "LSTM");
 
 /// A bidirectional LSTM layer: both directions read the input, outputs are
 /// concatenated forward-first, `[T, B, 2H]` (PyTorch's `bidirectional=True`).
