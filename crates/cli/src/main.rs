@@ -592,7 +592,8 @@ struct Bars {
 
 impl lasr_model::Observer for Bars {
     fn step(&mut self, p: &lasr_model::Progress, loss: f64, left: usize) {
-        if self.bar.length() == Some(0) || self.bar.position() == 0 {
+        // A new epoch starts at position 0: its length is what is left plus this step.
+        if self.bar.position() == 0 {
             self.bar.set_length((left + 1) as u64);
         }
         self.bar.inc(1);
@@ -603,7 +604,6 @@ impl lasr_model::Observer for Bars {
         ));
         if left == 0 {
             self.bar.reset();
-            self.bar.set_length(0);
         }
     }
 
