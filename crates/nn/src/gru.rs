@@ -5,7 +5,6 @@
 //! output `[T, B, H]`, dead steps output zero and pass on a zero state.
 
 use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis};
-use rand::Rng;
 
 use crate::activation as act;
 use crate::error::{check_shape, Result};
@@ -111,7 +110,7 @@ pub struct Gru {
     pub suffix: String,
 }
 
-recurrent_module!(Gru, "GRU");
+recurrent_module!(Gru, "GRU", 3);
 
 /// What [`Gru::backward`] needs.
 #[derive(Debug, Clone)]
@@ -126,25 +125,6 @@ pub struct GruCache {
 }
 
 impl Gru {
-    /// PyTorch's initialisation: uniform in `±1/sqrt(H)`.
-    pub fn new(
-        input: usize,
-        hidden: usize,
-        reverse: bool,
-        suffix: &str,
-        rng: &mut impl Rng,
-    ) -> Self {
-        let b = 1.0 / (hidden as f32).sqrt();
-        Gru {
-            weight_ih: crate::init::uniform((3 * hidden, input), b, rng),
-            weight_hh: crate::init::uniform((3 * hidden, hidden), b, rng),
-            bias_ih: crate::init::uniform(3 * hidden, b, rng),
-            bias_hh: crate::init::uniform(3 * hidden, b, rng),
-            reverse,
-            suffix: suffix.to_string(),
-        }
-    }
-
     /// `x` `[T, B, I]` -> output `[T, B, H]` and cache; `lengths` `[B]` marks live steps.
     pub fn forward(
         &self,
@@ -289,7 +269,7 @@ pub struct Elman {
     pub suffix: String,
 }
 
-recurrent_module!(Elman, "RNN");
+recurrent_module!(Elman, "RNN", 1);
 
 /// What [`Elman::backward`] needs.
 #[derive(Debug, Clone)]
@@ -300,25 +280,6 @@ pub struct ElmanCache {
 }
 
 impl Elman {
-    /// PyTorch's initialisation: uniform in `±1/sqrt(H)`.
-    pub fn new(
-        input: usize,
-        hidden: usize,
-        reverse: bool,
-        suffix: &str,
-        rng: &mut impl Rng,
-    ) -> Self {
-        let b = 1.0 / (hidden as f32).sqrt();
-        Elman {
-            weight_ih: crate::init::uniform((hidden, input), b, rng),
-            weight_hh: crate::init::uniform((hidden, hidden), b, rng),
-            bias_ih: crate::init::uniform(hidden, b, rng),
-            bias_hh: crate::init::uniform(hidden, b, rng),
-            reverse,
-            suffix: suffix.to_string(),
-        }
-    }
-
     /// `x` `[T, B, I]` -> output `[T, B, H]` and cache; `lengths` `[B]` marks live steps.
     pub fn forward(
         &self,

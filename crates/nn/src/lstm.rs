@@ -46,25 +46,6 @@ pub struct LstmCache {
 }
 
 impl Lstm {
-    /// PyTorch's initialisation: every parameter uniform in `±1/sqrt(H)`.
-    pub fn new(
-        input: usize,
-        hidden: usize,
-        reverse: bool,
-        suffix: &str,
-        rng: &mut impl Rng,
-    ) -> Self {
-        let b = 1.0 / (hidden as f32).sqrt();
-        Lstm {
-            weight_ih: crate::init::uniform((4 * hidden, input), b, rng),
-            weight_hh: crate::init::uniform((4 * hidden, hidden), b, rng),
-            bias_ih: crate::init::uniform(4 * hidden, b, rng),
-            bias_hh: crate::init::uniform(4 * hidden, b, rng),
-            reverse,
-            suffix: suffix.to_string(),
-        }
-    }
-
     /// Runs the layer over `x` `[T, B, I]`; returns the output `[T, B, H]` and the cache
     /// for [`Lstm::backward`]. `lengths` `[B]`, each at most `T`, marks live steps.
     pub fn forward(
@@ -391,7 +372,7 @@ pub(crate) fn live_mask(
     })))
 }
 
-recurrent_module!(Lstm, "LSTM");
+recurrent_module!(Lstm, "LSTM", 4);
 
 /// A bidirectional LSTM layer: both directions read the input, outputs are
 /// concatenated forward-first, `[T, B, 2H]` (PyTorch's `bidirectional=True`).

@@ -13,11 +13,31 @@ pub(crate) fn order(reverse: bool, steps: usize) -> Vec<(usize, Option<usize>)> 
     }
 }
 
-/// Width accessors, a layer name for errors, and [`crate::Module`] for a layer with
+/// PyTorch's initialisation, width accessors, a layer name for errors, and
+/// [`crate::Module`] for a layer with `$gates` gates and
 /// fields `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`, `reverse`, `suffix`.
 macro_rules! recurrent_module {
-    ($ty:ident, $name:literal) => {
+    ($ty:ident, $name:literal, $gates:literal) => {
         impl $ty {
+            /// PyTorch's initialisation: every parameter uniform in `±1/sqrt(H)`.
+            pub fn new(
+                input: usize,
+                hidden: usize,
+                reverse: bool,
+                suffix: &str,
+                rng: &mut impl rand::Rng,
+            ) -> Self {
+                let b = 1.0 / (hidden as f32).sqrt();
+                $ty {
+                    weight_ih: $crate::init::uniform(($gates * hidden, input), b, rng),
+                    weight_hh: $crate::init::uniform(($gates * hidden, hidden), b, rng),
+                    bias_ih: $crate::init::uniform($gates * hidden, b, rng),
+                    bias_hh: $crate::init::uniform($gates * hidden, b, rng),
+                    reverse,
+                    suffix: suffix.to_string(),
+                }
+            }
+
             /// Hidden width `H`.
             pub fn hidden(&self) -> usize {
                 self.weight_hh.ncols()
