@@ -42,6 +42,25 @@ fn write_wav(path: &Path, seconds: f64, rate: u32, seed: u64) {
     w.finalize().unwrap();
 }
 
+/// Writes `samples` of a 16 kHz tone on `f0` with two overtones, at 16-bit scale.
+fn write_tone(path: &Path, f0: f64, samples: usize) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..samples {
+        let t = i as f64 / 16000.0;
+        let v: f64 = (1..4)
+            .map(|h| 4000.0 / h as f64 * (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin())
+            .sum();
+        w.write_sample(v as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -277,23 +296,8 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     let a = dir.path().join("low.wav");
     let b = dir.path().join("high.wav");
     // Two different spectra: a low harmonic tone and a high one.
-    for (path, f0) in [(&a, 150.0f64), (&b, 1700.0)] {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(path, spec).unwrap();
-        for i in 0..9600 {
-            let t = i as f64 / 16000.0;
-            let v: f64 = (1..4)
-                .map(|h| 4000.0 / h as f64 * (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin())
-                .sum();
-            w.write_sample(v as i16).unwrap();
-        }
-        w.finalize().unwrap();
-    }
+    write_tone(&a, 150.0, 9600);
+    write_tone(&b, 1700.0, 9600);
     let mut front_cfg = FrontEndConfig::default();
     let mut raw = FrontEnd::new(front_cfg.clone()).unwrap();
     let fa = raw.file_features(&a).unwrap();
@@ -420,21 +424,7 @@ fn train_learns_checkpoints_resumes_and_its_model_transcribes() {
             (1700.0, "YO")
         };
         let id = format!("1-2-{u:04}");
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(corpus.join(format!("{id}.wav")), spec).unwrap();
-        for i in 0..(8000 + 800 * u) {
-            let t = i as f64 / 16000.0;
-            let v: f64 = (1..4)
-                .map(|h| 4000.0 / h as f64 * (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin())
-                .sum();
-            w.write_sample(v as i16).unwrap();
-        }
-        w.finalize().unwrap();
+        write_tone(&corpus.join(format!("{id}.wav")), f0, 8000 + 800 * u);
         trans.push_str(&format!("{id} {text}\n"));
     }
     std::fs::write(corpus.join("1-2.trans.txt"), trans).unwrap();
