@@ -608,9 +608,14 @@ impl lasr_model::Observer for Bars {
     }
 
     fn validated(&mut self, v: &lasr_model::Validation) {
+        let ctc = match (v.ctc_loss, v.ctc_cer) {
+            (Some(l), Some(c)) => format!("; CTC loss {l:.4}, CTC CER {:.2}%", 100.0 * c),
+            (Some(l), None) => format!("; CTC loss {l:.4}"),
+            _ => String::new(),
+        };
         self.bar.suspend(|| {
             eprintln!(
-                "epoch {}: valid loss {:.4}, CER {:.2}%, WER {:.2}% ({} utterances decoded)",
+                "epoch {}: valid loss {:.4}, CER {:.2}%, WER {:.2}% ({} utterances decoded){ctc}",
                 v.epoch,
                 v.loss,
                 100.0 * v.cer,

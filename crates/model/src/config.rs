@@ -26,6 +26,11 @@ pub struct ModelConfig {
     pub sos: usize,
     /// Token that ends a transcript.
     pub eos: usize,
+    /// Weight of the CTC loss on the listener in the training objective
+    /// `(1 - w) * attention + w * ctc`; 0 builds no CTC head.
+    pub ctc_weight: f32,
+    /// The CTC blank symbol (the vocabulary's padding symbol, which no transcript holds).
+    pub blank: usize,
 }
 
 impl Default for ModelConfig {
@@ -40,6 +45,8 @@ impl Default for ModelConfig {
             vocab_size: 32,
             sos: 1,
             eos: 2,
+            ctc_weight: 0.0,
+            blank: 0,
         }
     }
 }
@@ -84,6 +91,23 @@ impl ModelConfig {
                 self.vocab_size, self.sos, self.eos
             )));
         }
+        if !(0.0..=1.0).contains(&self.ctc_weight) {
+            return Err(Error::Config(format!(
+                "ctc_weight = {} must lie in [0, 1]",
+                self.ctc_weight
+            )));
+        }
+        if self.blank >= self.vocab_size || self.blank == self.sos || self.blank == self.eos {
+            return Err(Error::Config(format!(
+                "blank {} must be inside the vocabulary of {} and differ from sos and eos",
+                self.blank, self.vocab_size
+            )));
+        }
         Ok(())
+    }
+
+    /// True when the model carries a CTC head on the listener.
+    pub fn has_ctc(&self) -> bool {
+        self.ctc_weight > 0.0
     }
 }

@@ -60,6 +60,13 @@ impl ModelFile {
                 Vocab::EOS
             )));
         }
+        if c.has_ctc() && c.blank != Vocab::PAD {
+            return Err(Error::Model(format!(
+                "CTC blank is {}, but only the padding symbol {} never occurs in a transcript",
+                c.blank,
+                Vocab::PAD
+            )));
+        }
         if self.front_end.features.num_mel_bins != c.input_dim {
             return Err(Error::Model(format!(
                 "front end makes {} features, the model reads {}",

@@ -67,6 +67,15 @@ impl UtteranceDecoder<'_> {
     pub fn listener_states(&self) -> ArrayView2<'_, f32> {
         self.h.view()
     }
+
+    /// CTC logits `[U, V]` over the listener states, if the model has a CTC head.
+    pub fn ctc_logits(&self) -> Result<Option<Array2<f32>>> {
+        let h = self.h.view().insert_axis(Axis(1));
+        Ok(self
+            .las
+            .ctc_logits(h)?
+            .map(|y| y.index_axis_move(Axis(1), 0)))
+    }
 }
 
 impl Decoder for UtteranceDecoder<'_> {

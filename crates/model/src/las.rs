@@ -7,7 +7,12 @@
 //!   `logits = Linear([s; context])`.
 //!
 //! Training is teacher-forced: the decoder reads `<sos> y_1 .. y_n` and is scored on
-//! `y_1 .. y_n <eos>`; the loss is the mean cross-entropy per scored token. Everything
+//! `y_1 .. y_n <eos>`; the loss is the mean cross-entropy per scored token. With
+//! `ctc_weight = w > 0`, a linear CTC head on the listener states (`ctc.weight`,
+//! `ctc.bias`) adds `w * CTC loss per character` to `(1 - w) *` that (joint
+//! CTC-attention, Kim et al. 2017): CTC's monotonic alignments teach the listener
+//! where each character is, which attention trained from scratch on a few hours of
+//! speech otherwise may never find. Everything
 //! is time-major. Parameter names match the reference's `state_dict()`.
 
 use ndarray::{concatenate, s, Array2, Array3, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
@@ -15,7 +20,7 @@ use rand::Rng;
 
 use lasr_nn::module::join;
 use lasr_nn::{
-    pyramid_lengths, pyramid_reduce, pyramid_reduce_backward, softmax_cross_entropy,
+    ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward, softmax_cross_entropy,
     AdditiveAttention, AttentionCache, BiLstm, BiLstmCache, Embedding, Linear, LstmCell,
     LstmCellCache, Module,
 };
@@ -322,6 +327,8 @@ pub struct Las {
     pub config: ModelConfig,
     pub listener: Listener,
     pub speller: Speller,
+    /// CTC output layer on the listener states (`[V, 2H]`), when `ctc_weight > 0`.
+    pub ctc: Option<Linear>,
 }
 
 /// Loss of a batch.
@@ -331,12 +338,41 @@ pub struct StepStats {
     pub loss_sum: f64,
     /// Scored tokens (transcript characters plus one `<eos>` per utterance).
     pub tokens: usize,
+    /// Sum of the utterances' CTC losses (0 without a CTC head).
+    pub ctc_sum: f64,
+    /// Characters of the utterances the CTC loss counted.
+    pub ctc_labels: usize,
+    /// Utterances too short for CTC to align their transcript (left out of its loss).
+    pub ctc_infeasible: usize,
+    /// The CTC weight of the objective.
+    pub ctc_weight: f32,
 }
 
 impl StepStats {
     /// Mean cross-entropy per token.
     pub fn mean(&self) -> f64 {
         self.loss_sum / self.tokens.max(1) as f64
+    }
+
+    /// CTC loss per character.
+    pub fn ctc_mean(&self) -> f64 {
+        self.ctc_sum / self.ctc_labels.max(1) as f64
+    }
+
+    /// The training objective: `(1 - w) * mean() + w * ctc_mean()`.
+    pub fn objective(&self) -> f64 {
+        let w = f64::from(self.ctc_weight);
+        (1.0 - w) * self.mean() + w * self.ctc_mean()
+    }
+
+    /// Adds another batch's sums (same weight).
+    pub fn add(&mut self, other: &StepStats) {
+        self.loss_sum += other.loss_sum;
+        self.tokens += other.tokens;
+        self.ctc_sum += other.ctc_sum;
+        self.ctc_labels += other.ctc_labels;
+        self.ctc_infeasible += other.ctc_infeasible;
+        self.ctc_weight = other.ctc_weight;
     }
 }
 
@@ -346,8 +382,10 @@ pub struct LasCache {
     listener: ListenerCache,
     speller: SpellerCache,
     h: Array3<f32>,
-    /// `dL/dlogits` of the mean loss, `[L, B, V]`.
+    /// `dL/dlogits` of the objective, `[L, B, V]`.
     dlogits: Array3<f32>,
+    /// `dL/dlogits` of the CTC head, `[U, B, V]`, when there is one.
+    dctc: Option<Array3<f32>>,
 }
 
 impl LasCache {
@@ -364,6 +402,9 @@ impl Las {
         Ok(Las {
             listener: Listener::new(&config, rng),
             speller: Speller::new(&config, rng),
+            ctc: config
+                .has_ctc()
+                .then(|| Linear::new(config.listener_dim(), config.vocab_size, true, rng)),
             config,
         })
     }
@@ -397,6 +438,12 @@ impl Las {
                 return Err(Error::Batch(format!(
                     "transcript {i} holds token {bad}, outside the vocabulary of {}",
                     c.vocab_size
+                )));
+            }
+            if c.has_ctc() && t.contains(&c.blank) {
+                return Err(Error::Batch(format!(
+                    "transcript {i} holds the CTC blank {}",
+                    c.blank
                 )));
             }
         }
@@ -440,32 +487,80 @@ impl Las {
             .into_shape_with_order((steps * b, v))
             .expect("row-major");
         let ce = softmax_cross_entropy(flat, &scored)?;
-        let dlogits = ce
+        let w = self.config.ctc_weight;
+        let mut dlogits = ce
             .grad
             .into_shape_with_order((steps, b, v))
             .expect("row-major");
+        if w > 0.0 {
+            dlogits *= 1.0 - w;
+        }
+        let mut stats = StepStats {
+            loss_sum: ce.sum,
+            tokens: ce.count,
+            ctc_sum: 0.0,
+            ctc_labels: 0,
+            ctc_infeasible: 0,
+            ctc_weight: w,
+        };
+        let dctc = match self.ctc_logits(h.view())? {
+            Some(ctc_logits) => {
+                let ctc = ctc_loss(
+                    ctc_logits.view(),
+                    &lengths,
+                    &batch.targets,
+                    self.config.blank,
+                )?;
+                stats.ctc_sum = ctc.sum;
+                stats.ctc_labels = ctc.labels;
+                stats.ctc_infeasible = ctc.infeasible.len();
+                Some(ctc.grad * (w / ctc.labels.max(1) as f32))
+            }
+            None => None,
+        };
         Ok((
-            StepStats {
-                loss_sum: ce.sum,
-                tokens: ce.count,
-            },
+            stats,
             LasCache {
                 listener,
                 speller,
                 h,
                 dlogits,
+                dctc,
             },
+        ))
+    }
+
+    /// CTC logits `[U, B, V]` of listener states `h` `[U, B, D]`, if the model has a
+    /// CTC head.
+    pub fn ctc_logits(&self, h: ArrayView3<f32>) -> Result<Option<Array3<f32>>> {
+        let Some(ctc) = &self.ctc else {
+            return Ok(None);
+        };
+        let (u, b, d) = h.dim();
+        let flat = h.to_shape((u * b, d)).expect("any layout reshapes");
+        let y = ctc.forward(flat.view())?;
+        Ok(Some(
+            y.into_shape_with_order((u, b, self.config.vocab_size))
+                .expect("row-major"),
         ))
     }
 
     /// Adds the gradient of the mean loss into `grads`; returns `dL/dfeats` `[T, B, F]`.
     pub fn backward(&self, cache: &LasCache, grads: &mut Las) -> Result<Array3<f32>> {
-        let dh = self.speller.backward(
+        let mut dh = self.speller.backward(
             &cache.speller,
             cache.h.view(),
             cache.dlogits.view(),
             &mut grads.speller,
         )?;
+        if let (Some(ctc), Some(g), Some(dctc)) = (&self.ctc, &mut grads.ctc, &cache.dctc) {
+            let (u, b, d) = cache.h.dim();
+            let v = self.config.vocab_size;
+            let h = cache.h.to_shape((u * b, d)).expect("any layout reshapes");
+            let dy = dctc.to_shape((u * b, v)).expect("any layout reshapes");
+            let dx = ctc.backward(h.view(), dy.view(), g)?;
+            dh += &dx.into_shape_with_order((u, b, d)).expect("row-major");
+        }
         self.listener
             .backward(&cache.listener, dh.view(), &mut grads.listener)
     }
@@ -482,6 +577,9 @@ impl Module for Las {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
         self.listener.visit(&join(prefix, "listener"), f);
         self.speller.visit(&join(prefix, "speller"), f);
+        if let Some(ctc) = &self.ctc {
+            ctc.visit(&join(prefix, "ctc"), f);
+        }
     }
 
     fn visit_mut<'a>(
@@ -491,6 +589,9 @@ impl Module for Las {
     ) {
         self.listener.visit_mut(&join(prefix, "listener"), f);
         self.speller.visit_mut(&join(prefix, "speller"), f);
+        if let Some(ctc) = &mut self.ctc {
+            ctc.visit_mut(&join(prefix, "ctc"), f);
+        }
     }
 
     fn zeros_like(&self) -> Self {
@@ -498,6 +599,7 @@ impl Module for Las {
             config: self.config.clone(),
             listener: self.listener.zeros_like(),
             speller: self.speller.zeros_like(),
+            ctc: self.ctc.as_ref().map(Module::zeros_like),
         }
     }
 }

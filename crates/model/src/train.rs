@@ -45,6 +45,9 @@ pub struct TrainOptions {
     pub validate_decode: usize,
     /// Write a log line every this many steps.
     pub log_every: usize,
+    /// Epochs (from the first) whose batches run shortest first instead of shuffled: a
+    /// curriculum that lets attention learn to align on short utterances.
+    pub sorted_epochs: usize,
 }
 
 impl Default for TrainOptions {
@@ -59,6 +62,7 @@ impl Default for TrainOptions {
             seed: 0,
             validate_decode: 200,
             log_every: 10,
+            sorted_epochs: 1,
         }
     }
 }
@@ -84,6 +88,12 @@ pub struct Validation {
     pub cer: f64,
     pub wer: f64,
     pub decoded: usize,
+    /// With a CTC head: its loss per character, and the CER of its best-path decoding
+    /// on the decoded subset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctc_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctc_cer: Option<f64>,
 }
 
 /// What a caller hears about while training runs (progress bars, printing).
@@ -119,32 +129,44 @@ pub fn validate(
         max_frames: 20_000,
         max_utterances: 32,
     };
-    let (mut loss, mut count) = (0.0, 0usize);
+    let mut total: Option<crate::las::StepStats> = None;
     for b in data.batches(plan, 0) {
         let batch = tokens(&model.vocab, data, &b);
         let (stats, _) = model.las.forward(&batch)?;
-        loss += stats.loss_sum;
-        count += stats.tokens;
+        match &mut total {
+            Some(t) => t.add(&stats),
+            None => total = Some(stats),
+        }
     }
+    let total = total.expect("a dataset is never empty");
     let options = SearchOptions {
         beam_size: 1,
         ..Default::default()
     };
     let (mut chars, mut words) = (ErrorCounts::default(), ErrorCounts::default());
+    let mut ctc_chars = ErrorCounts::default();
     let n = decode.min(data.len());
     for u in &data.utterances[..n] {
-        let hyp = greedy(&model.las.encode(u.feats.view())?, &options)?;
-        let hyp = model.vocab.decode(&hyp.tokens);
+        let decoder = model.las.encode(u.feats.view())?;
         let reference = model.vocab.normalize_transcript(&u.transcript);
+        if let Some(logits) = decoder.ctc_logits()? {
+            let (labels, _) = lasr_nn::ctc_greedy(logits.view(), model.las.config.blank);
+            ctc_chars += lasr_decode::cer(&reference, &model.vocab.decode(&labels));
+        }
+        let hyp = greedy(&decoder, &options)?;
+        let hyp = model.vocab.decode(&hyp.tokens);
         chars += lasr_decode::cer(&reference, &hyp);
         words += wer(&reference, &hyp);
     }
+    let has_ctc = model.las.config.has_ctc();
     Ok(Validation {
         epoch,
-        loss: loss / count.max(1) as f64,
+        loss: total.mean(),
         cer: if n == 0 { f64::NAN } else { chars.rate() },
         wer: if n == 0 { f64::NAN } else { words.rate() },
         decoded: n,
+        ctc_loss: has_ctc.then(|| total.ctc_mean()),
+        ctc_cer: (has_ctc && n > 0).then(|| ctc_chars.rate()),
     })
 }
 
@@ -206,9 +228,17 @@ pub fn train(
     };
     while progress.epoch < options.epochs {
         let epoch = progress.epoch;
-        let batches = train.batches(plan, options.seed.wrapping_add(epoch as u64));
+        let mut batches = train.batches(plan, options.seed.wrapping_add(epoch as u64));
+        if epoch < options.sorted_epochs {
+            batches.sort_by_key(|b| {
+                b.iter()
+                    .map(|&i| train.utterances[i].feats.nrows())
+                    .max()
+                    .unwrap_or(0)
+            });
+        }
         let total = batches.len();
-        let (mut loss_sum, mut tokens_seen) = (0.0, 0usize);
+        let mut epoch_stats: Option<crate::las::StepStats> = None;
         for (k, indices) in batches.iter().enumerate() {
             let mut batch = tokens(&model.vocab, train, indices);
             if options.spec_augment {
@@ -223,19 +253,23 @@ pub fn train(
             let norm = clip_grad_norm(&mut grads, options.clip_norm)?;
             adam.step(&mut model.las, &grads);
             progress.step += 1;
-            loss_sum += stats.loss_sum;
-            tokens_seen += stats.tokens;
-            observer.step(&progress, stats.mean(), total - k - 1);
+            match &mut epoch_stats {
+                Some(t) => t.add(&stats),
+                None => epoch_stats = Some(stats),
+            }
+            observer.step(&progress, stats.objective(), total - k - 1);
             if progress
                 .step
                 .is_multiple_of(options.log_every.max(1) as u64)
             {
-                log_line(
-                    &mut log,
-                    &log_path,
-                    serde_json::json!({"epoch": epoch, "step": progress.step, "loss": stats.mean(),
-                        "grad_norm": norm, "utterances": indices.len(), "seconds": start.elapsed().as_secs_f64()}),
-                )?;
+                let mut line = serde_json::json!({"epoch": epoch, "step": progress.step,
+                    "loss": stats.mean(), "objective": stats.objective(),
+                    "grad_norm": norm, "utterances": indices.len(), "seconds": start.elapsed().as_secs_f64()});
+                if model.las.config.has_ctc() {
+                    line["ctc"] = serde_json::json!(stats.ctc_mean());
+                    line["ctc_infeasible"] = serde_json::json!(stats.ctc_infeasible);
+                }
+                log_line(&mut log, &log_path, line)?;
             }
         }
         progress.epoch += 1;
@@ -245,7 +279,8 @@ pub fn train(
             &mut log,
             &log_path,
             serde_json::json!({"epoch": progress.epoch, "step": progress.step,
-                "train_loss": loss_sum / tokens_seen.max(1) as f64, "valid": v, "seconds": start.elapsed().as_secs_f64()}),
+                "train_loss": epoch_stats.as_ref().map(|t| t.mean()),
+                "train_ctc": epoch_stats.as_ref().filter(|t| t.ctc_weight > 0.0).map(|t| t.ctc_mean()), "valid": v, "seconds": start.elapsed().as_secs_f64()}),
         )?;
         // Model first, then optimiser: if a crash falls between them, resuming
         // repeats at most one epoch's optimiser moments on a model that has them.

@@ -22,6 +22,7 @@ fn tiny() -> ModelConfig {
         vocab_size: 7,
         sos: 1,
         eos: 2,
+        ..ModelConfig::default()
     }
 }
 
@@ -95,6 +96,49 @@ fn whole_model_gradients_match_finite_differences() {
 }
 
 #[test]
+fn joint_ctc_attention_gradients_match_finite_differences() {
+    let cfg = ModelConfig {
+        ctc_weight: 0.4,
+        ..tiny()
+    };
+    let las = Las::new(cfg, &mut rng(5)).unwrap();
+    let batch = tiny_batch(6);
+    let (stats, cache) = las.forward(&batch).unwrap();
+    assert_eq!((stats.ctc_labels, stats.ctc_infeasible), (4, 0));
+    assert!(stats.ctc_sum > 0.0);
+    let expected = 0.6 * stats.mean() + 0.4 * stats.ctc_mean();
+    assert!((stats.objective() - expected).abs() < 1e-6);
+    let mut grads = las.zeros_like();
+    let dx = las.backward(&cache, &mut grads).unwrap();
+    let loss = |m: &Las| m.forward(&batch).unwrap().0.objective();
+    let reports = check_params(&las, &grads, &loss, 2e-2, 12, 1e-3);
+    assert_eq!(
+        reports.len(),
+        3 * 8 + 1 + 8 + 4 + 2 + 2,
+        "CTC head checked too"
+    );
+    assert!(reports.iter().any(|r| r.tensor == "ctc.weight"));
+    for r in &reports {
+        assert!(r.error < 1e-2, "{r:?}");
+    }
+    let loss_x = |x: &ArrayD<f32>| {
+        let mut b = batch.clone();
+        b.feats = x.clone().into_dimensionality::<Ix3>().unwrap();
+        las.forward(&b).unwrap().0.objective()
+    };
+    let r = check_input(
+        &batch.feats.clone().into_dyn(),
+        &dx.clone().into_dyn(),
+        &loss_x,
+        1e-2,
+        40,
+        1e-3,
+    );
+    assert!(r.error < 1e-2, "{r:?}");
+    assert!(dx.slice(s![9.., 1, ..]).iter().all(|&v| v == 0.0));
+}
+
+#[test]
 fn a_padded_batch_scores_each_utterance_as_if_alone() {
     let las = Las::new(tiny(), &mut rng(3)).unwrap();
     let batch = tiny_batch(4);
@@ -151,6 +195,7 @@ fn train_toy() -> (Las, Batch, f64, f64) {
         vocab_size: 8,
         sos: 1,
         eos: 2,
+        ..ModelConfig::default()
     };
     let mut las = Las::new(cfg, &mut rng(8)).unwrap();
     let mut feats = Array3::<f32>::zeros((10, 4, 4));

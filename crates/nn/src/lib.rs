@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod checkpoint;
+pub mod ctc;
 pub mod embedding;
 pub mod error;
 pub mod gradcheck;
@@ -27,6 +28,7 @@ pub mod pyramid;
 mod recurrent;
 
 pub use attention::{AdditiveAttention, AttentionCache};
+pub use ctc::{ctc_greedy, ctc_loss, ctc_score, Ctc};
 pub use embedding::Embedding;
 pub use error::{Error, Result};
 pub use gru::{Elman, ElmanCache, Gru, GruCache};
