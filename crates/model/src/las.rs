@@ -39,6 +39,19 @@ pub struct Batch {
     pub targets: Vec<Vec<usize>>,
 }
 
+impl Batch {
+    /// Utterances `range` as a batch of their own, cut to the longest of them.
+    pub fn part(&self, range: std::ops::Range<usize>) -> Batch {
+        let lengths = self.lengths[range.clone()].to_vec();
+        let steps = lengths.iter().copied().max().unwrap_or(0);
+        Batch {
+            feats: self.feats.slice(s![..steps, range.clone(), ..]).to_owned(),
+            lengths,
+            targets: self.targets[range].to_vec(),
+        }
+    }
+}
+
 /// The encoder: BiLSTM, then pyramid BiLSTMs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
@@ -570,6 +583,56 @@ impl Las {
         let (stats, cache) = self.forward(batch)?;
         self.backward(&cache, grads)?;
         Ok(stats)
+    }
+
+    /// [`Las::train_step`] with the batch cut into `parts` groups of utterances that run
+    /// on separate threads; same loss and gradients up to float rounding. The speller
+    /// steps through time with products too small to spread over threads, so one
+    /// batch keeps one core busy; parts keep them all busy.
+    pub fn train_step_parallel(
+        &self,
+        batch: &Batch,
+        grads: &mut Las,
+        parts: usize,
+    ) -> Result<StepStats> {
+        use rayon::prelude::*;
+        let b = batch.lengths.len();
+        let parts = parts.clamp(1, b.max(1));
+        if parts == 1 {
+            return self.train_step(batch, grads);
+        }
+        let subs: Vec<Batch> = (0..parts)
+            .map(|i| batch.part(i * b / parts..(i + 1) * b / parts))
+            .collect();
+        let mut fwd = subs
+            .par_iter()
+            .map(|sub| self.forward(sub))
+            .collect::<Result<Vec<_>>>()?;
+        let tokens: usize = fwd.iter().map(|(s, _)| s.tokens).sum();
+        let labels: usize = fwd.iter().map(|(s, _)| s.ctc_labels).sum();
+        // Each part's gradients are of its own means; reweight them into the batch's.
+        for (stats, cache) in &mut fwd {
+            cache.dlogits *= stats.tokens as f32 / tokens.max(1) as f32;
+            if let Some(d) = &mut cache.dctc {
+                *d *= stats.ctc_labels as f32 / labels.max(1) as f32;
+            }
+        }
+        let part_grads = fwd
+            .par_iter()
+            .map(|(_, cache)| {
+                let mut g = self.zeros_like();
+                self.backward(cache, &mut g)?;
+                Ok(g)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for g in &part_grads {
+            grads.add_from(g);
+        }
+        let mut total = fwd[0].0;
+        for (s, _) in &fwd[1..] {
+            total.add(s);
+        }
+        Ok(total)
     }
 }
 

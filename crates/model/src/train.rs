@@ -48,6 +48,10 @@ pub struct TrainOptions {
     /// Epochs (from the first) whose batches run shortest first instead of shuffled: a
     /// curriculum that lets attention learn to align on short utterances.
     pub sorted_epochs: usize,
+    /// Each batch is cut into this many groups of utterances that run on separate
+    /// threads (see `Las::train_step_parallel`); fixed rather than taken from the core
+    /// count so that a run gives the same numbers on any machine.
+    pub batch_parts: usize,
 }
 
 impl Default for TrainOptions {
@@ -63,6 +67,7 @@ impl Default for TrainOptions {
             validate_decode: 200,
             log_every: 10,
             sorted_epochs: 1,
+            batch_parts: 2,
         }
     }
 }
@@ -249,7 +254,9 @@ pub fn train(
                 }
             }
             let mut grads = model.las.zeros_like();
-            let stats = model.las.train_step(&batch, &mut grads)?;
+            let stats = model
+                .las
+                .train_step_parallel(&batch, &mut grads, options.batch_parts)?;
             let norm = clip_grad_norm(&mut grads, options.clip_norm)?;
             adam.step(&mut model.las, &grads);
             progress.step += 1;

@@ -139,6 +139,39 @@ fn joint_ctc_attention_gradients_match_finite_differences() {
 }
 
 #[test]
+fn a_batch_split_over_threads_gives_the_same_loss_and_gradients() {
+    let cfg = ModelConfig {
+        ctc_weight: 0.3,
+        ..tiny()
+    };
+    let las = Las::new(cfg, &mut rng(9)).unwrap();
+    let batch = Batch {
+        feats: lasr_nn::init::uniform((16, 3, 3), 1.0, &mut rng(10)),
+        lengths: vec![16, 9, 12],
+        targets: vec![vec![3, 4, 5], vec![6], vec![5, 5]],
+    };
+    let mut whole = las.zeros_like();
+    let a = las.train_step(&batch, &mut whole).unwrap();
+    for parts in [2, 3] {
+        let mut split = las.zeros_like();
+        let b = las.train_step_parallel(&batch, &mut split, parts).unwrap();
+        assert_eq!((a.tokens, a.ctc_labels), (b.tokens, b.ctc_labels));
+        assert!((a.objective() - b.objective()).abs() < 1e-6);
+        let mut ga = Vec::new();
+        whole.visit("", &mut |n, t| ga.push((n, t.to_owned())));
+        let mut k = 0;
+        split.visit("", &mut |n, t| {
+            let (name, expected) = &ga[k];
+            assert_eq!(&n, name);
+            let diff = (&t - expected).iter().fold(0f32, |m, d| m.max(d.abs()));
+            let size = expected.iter().fold(0f32, |m, d| m.max(d.abs()));
+            assert!(diff <= 1e-5 * size.max(1e-3), "{n}: {diff} of {size}");
+            k += 1;
+        });
+    }
+}
+
+#[test]
 fn a_padded_batch_scores_each_utterance_as_if_alone() {
     let las = Las::new(tiny(), &mut rng(3)).unwrap();
     let batch = tiny_batch(4);

@@ -24,6 +24,23 @@ pub trait Module {
         n
     }
 
+    /// Adds `other`'s parameters into this one's, element by element (summing the
+    /// gradients of batch parts computed apart). Panics if the two differ in structure,
+    /// which only a programming error can cause: both come from `zeros_like`.
+    fn add_from(&mut self, other: &Self)
+    where
+        Self: Sized,
+    {
+        let mut src = Vec::new();
+        other.visit("", &mut |_, t| src.push(t));
+        let mut src = src.into_iter();
+        self.visit_mut("", &mut |name, mut t| {
+            let s = src.next().expect("both values have the same parameters");
+            assert_eq!(s.shape(), t.shape(), "{name}: shapes differ");
+            t += &s;
+        });
+    }
+
     /// Sets every parameter to zero (clears accumulated gradients).
     fn zero(&mut self) {
         self.visit_mut("", &mut |_, mut t| t.fill(0.0));
