@@ -318,6 +318,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         embedding_dim: 8,
         speller_hidden: 32,
         attention_dim: 16,
+        ctc_weight: 0.5,
         ..ModelConfig::default()
     };
     let mut las = Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
@@ -331,13 +332,14 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         targets: vec![vocab.encode("hi"), vocab.encode("yo")],
     };
     let mut opt = Adam::new(&las, 0.01);
-    for _ in 0..150 {
+    for _ in 0..400 {
         let mut grads = las.zeros_like();
         las.train_step(&batch, &mut grads).unwrap();
         clip_grad_norm(&mut grads, 5.0).unwrap();
         opt.step(&mut las, &grads);
     }
-    assert!(las.forward(&batch).unwrap().0.mean() < 0.05);
+    let (stats, _) = las.forward(&batch).unwrap();
+    assert!(stats.mean() < 0.05 && stats.ctc_mean() < 0.2, "{stats:?}");
     let model_path = dir.path().join("tiny.safetensors");
     ModelFile {
         las,
@@ -399,6 +401,79 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim_end(), format!("{}\thi", a.display()));
+    // The CTC head alone, with word times from its spikes.
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        model_path.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--ctc-only",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["text"], "yo", "{v}");
+    assert_eq!(v["words"].as_array().unwrap().len(), 1);
+    assert!((v["duration"].as_f64().unwrap() - 0.6).abs() < 1e-6, "{v}");
+    assert!(v["real_time_factor"].as_f64().unwrap() > 0.0);
+    // Standard input.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lasr"))
+        .args(["transcribe", "-m", model_path.to_str().unwrap(), "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        &std::fs::read(&a).unwrap(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim_end(), "-\thi");
+    // bench over a manifest: every setting is perfect on what the model learned; a
+    // reference the model cannot know costs exactly its edits.
+    let manifest = dir.path().join("dev.tsv");
+    std::fs::write(
+        &manifest,
+        format!("{}\tHi!\n{}\tYO YO\n", a.display(), b.display()),
+    )
+    .unwrap();
+    let report_path = dir.path().join("report.json");
+    let out = lasr(&[
+        "bench",
+        manifest.to_str().unwrap(),
+        "-m",
+        model_path.to_str().unwrap(),
+        "--beam",
+        "2",
+        "--json",
+        "--report",
+        report_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let settings = v["settings"].as_array().unwrap();
+    assert_eq!(settings.len(), 4, "greedy, beam, beam + CTC, CTC: {v}");
+    for s in settings {
+        // "HI" is right; "YO" against "YO YO" is one deleted word of three, and
+        // three deleted characters ("YO" plus a space) of seven ("HI", "YO YO").
+        assert_eq!(s["words"]["deletions"], 1, "{s}");
+        assert_eq!(s["words"]["reference_len"], 3);
+        assert!((s["wer"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9, "{s}");
+        assert!((s["cer"].as_f64().unwrap() - 3.0 / 7.0).abs() < 1e-9, "{s}");
+        assert!(s["real_time_factor"].as_f64().unwrap() > 0.0);
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let utterances = report["per_utterance"].as_array().unwrap();
+    assert_eq!(utterances.len(), 2);
+    let low = utterances
+        .iter()
+        .find(|u| u["audio"].as_str().unwrap().ends_with("low.wav"))
+        .unwrap();
+    assert_eq!(low["reference"], "HI", "punctuation stripped");
+    assert_eq!(low["results"][0]["text"], "HI");
     // A file that is not a model.
     let out = lasr(&["transcribe", "-m", a.to_str().unwrap(), a.to_str().unwrap()]);
     assert!(!out.status.success());

@@ -45,6 +45,8 @@ enum Command {
     Transcribe(TranscribeArgs),
     /// Train a model on a corpus, validating and checkpointing after every epoch.
     Train(TrainArgs),
+    /// Measure WER, CER and speed of a model on a transcribed corpus.
+    Bench(BenchArgs),
     /// Draw a training log (OUT/log.jsonl of `lasr train`) as an SVG of loss and error
     /// rates.
     Curves {
@@ -107,25 +109,25 @@ struct TrainArgs {
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     lasr transcribe --model model.safetensors speech.flac\n  \
-    lasr transcribe --model model.safetensors corpus/ --json --nbest 5\n\n\
-    No default model ships with lasr yet, so --model is required. With --json each\n\
-    line holds the transcript, word times (from attention peaks), and the n-best list.")]
+    lasr transcribe --model model.safetensors corpus/ --json --nbest 5\n  \
+    sox speech.mp3 -t wav - | lasr transcribe --model model.safetensors -\n\n\
+    Prints FILE<TAB>TEXT per input. With --json each line holds the text, word times\n\
+    (from attention peaks, or CTC spikes with --ctc-only), the n-best list with scores,\n\
+    the duration and the real-time factor. Audio longer than --max-chunk seconds is cut\n\
+    at its quietest points and the pieces' texts joined.")]
 struct TranscribeArgs {
-    /// Audio files, or directories searched recursively for .wav and .flac files.
+    /// Audio files, directories searched recursively for .wav and .flac files, or `-`
+    /// for WAV/FLAC bytes on standard input.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
     /// Model file (safetensors with lasr metadata, as `lasr train` writes).
     #[arg(short, long, value_name = "FILE")]
     model: PathBuf,
-    /// Beam width; 1 is greedy decoding.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    beam: usize,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// Alternatives to report per file (at most the beam width).
     #[arg(long, default_value_t = 1, value_name = "K")]
     nbest: usize,
-    /// Length normalisation exponent: score = log_prob / length^ALPHA (0 = none).
-    #[arg(long, default_value_t = 0.0, value_name = "ALPHA")]
-    length_norm: f32,
     /// Print one JSON object per input instead of `file<TAB>text` lines.
     #[arg(long)]
     json: bool,
@@ -133,6 +135,80 @@ struct TranscribeArgs {
     /// up) as DIR/<name>.attention.png.
     #[arg(long, value_name = "DIR")]
     plot_attention: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct DecodeArgs {
+    /// Beam width; 1 is greedy decoding.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    beam: usize,
+    /// Length normalisation exponent: score = log_prob / length^ALPHA (0 = none).
+    #[arg(long, default_value_t = 0.0, value_name = "ALPHA")]
+    length_norm: f32,
+    /// Rank the beam's hypotheses by (1 - W) * attention + W * CTC log-probability
+    /// (models trained with a CTC head; 0 = attention only).
+    #[arg(long, value_name = "W")]
+    ctc_weight: Option<f32>,
+    /// Decode with the CTC head's best path alone: fastest, no beam.
+    #[arg(long)]
+    ctc_only: bool,
+    /// Longest piece of audio decoded at once, seconds.
+    #[arg(long, default_value_t = 25.0, value_name = "SECONDS")]
+    max_chunk: f32,
+}
+
+impl DecodeArgs {
+    /// The options, with CTC re-ranking at 0.3 by default when the model has a CTC head.
+    fn options(&self, model: &lasr_model::ModelFile) -> lasr_model::DecodeOptions {
+        let has_ctc = model.las.ctc.is_some();
+        lasr_model::DecodeOptions {
+            search: lasr_decode::SearchOptions {
+                beam_size: self.beam,
+                length_norm: if self.length_norm > 0.0 {
+                    lasr_decode::LengthNorm::Power(self.length_norm)
+                } else {
+                    lasr_decode::LengthNorm::None
+                },
+                ..Default::default()
+            },
+            ctc_weight: self
+                .ctc_weight
+                .unwrap_or(if has_ctc { DEFAULT_CTC_WEIGHT } else { 0.0 }),
+            ctc_only: self.ctc_only,
+            max_chunk_seconds: self.max_chunk,
+        }
+    }
+}
+
+/// CTC weight in decoding when the model has a CTC head and none is given.
+const DEFAULT_CTC_WEIGHT: f32 = 0.3;
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    lasr bench ../shared/data/librispeech/test-clean-dev --model model.safetensors\n  \
+    lasr bench dev.tsv --model model.safetensors --limit 200 --report dev-report.json\n\n\
+    Decodes the corpus greedily, with the beam, and (for models with a CTC head) with\n\
+    CTC re-ranking and CTC alone, and prints WER/CER with substitutions, deletions and\n\
+    insertions and the real-time factor of each. References and hypotheses are\n\
+    upper-cased and stripped of punctuation before scoring.")]
+struct BenchArgs {
+    /// A LibriSpeech-layout directory or a TSV manifest (AUDIO<TAB>TRANSCRIPT).
+    #[arg(value_name = "CORPUS")]
+    corpus: PathBuf,
+    /// Model file.
+    #[arg(short, long, value_name = "FILE")]
+    model: PathBuf,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Only the first N utterances (in id order).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Write the whole report, every utterance included, as JSON here.
+    #[arg(long, value_name = "JSON")]
+    report: Option<PathBuf>,
+    /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -199,6 +275,7 @@ fn main() -> ExitCode {
         Command::Config => print_config(),
         Command::Transcribe(a) => transcribe(a),
         Command::Train(a) => train(a),
+        Command::Bench(a) => bench(a),
         Command::Curves { log, out } => curves(&log, &out),
     };
     match result {
@@ -456,44 +533,74 @@ fn print_config() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An input of `lasr transcribe`: a file, or standard input's bytes.
+enum Input {
+    File(PathBuf),
+    Stdin(Vec<u8>),
+}
+
+impl Input {
+    fn name(&self) -> PathBuf {
+        match self {
+            Input::File(p) => p.clone(),
+            Input::Stdin(_) => PathBuf::from("-"),
+        }
+    }
+}
+
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     let model = lasr_model::ModelFile::load(&args.model)?;
-    let files = collect_audio_files(&args.inputs)?;
-    if files.is_empty() {
-        bail!("no .wav or .flac files found in {:?}", args.inputs);
+    let mut inputs = Vec::new();
+    let (stdin, paths): (Vec<_>, Vec<_>) = args.inputs.iter().partition(|p| p.as_os_str() == "-");
+    if stdin.len() > 1 {
+        bail!("`-` (standard input) can be given once");
     }
-    let options = lasr_decode::SearchOptions {
-        beam_size: args.beam,
-        length_norm: if args.length_norm > 0.0 {
-            lasr_decode::LengthNorm::Power(args.length_norm)
-        } else {
-            lasr_decode::LengthNorm::None
-        },
-        ..Default::default()
-    };
-    options.validate()?;
+    if !stdin.is_empty() {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .context("cannot read standard input")?;
+        inputs.push(Input::Stdin(bytes));
+    }
+    let paths: Vec<PathBuf> = paths.into_iter().cloned().collect();
+    if !paths.is_empty() {
+        let files = collect_audio_files(&paths)?;
+        if files.is_empty() {
+            bail!("no .wav or .flac files found in {paths:?}");
+        }
+        inputs.extend(files.into_iter().map(Input::File));
+    }
+    let options = args.decode.options(&model);
+    options.validate(&model)?;
     let front = model.front_end()?;
     if let Some(dir) = &args.plot_attention {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create directory", dir.display()))?;
     }
-    let bar = progress(files.len(), "transcribe");
-    let results: Vec<(PathBuf, Result<lasr_model::Transcript>)> = files
+    let bar = progress(inputs.len(), "transcribe");
+    let results: Vec<(PathBuf, Result<lasr_model::Transcript>)> = inputs
         .par_iter()
         .map_init(
             || front.clone(),
-            |front, file| {
-                let r = model
-                    .transcribe_file(front, file, &options)
-                    .map_err(anyhow::Error::from);
-                let r = r.and_then(|t| {
-                    if let Some(dir) = &args.plot_attention {
-                        let feats = front.file_features(file)?;
+            |front, input| {
+                let name = input.name();
+                let r = (|| -> Result<lasr_model::Transcript> {
+                    let audio = match input {
+                        Input::File(p) => load(p)?,
+                        Input::Stdin(bytes) => {
+                            lasr_features::decode(bytes, Path::new("<standard input>"))?
+                        }
+                    };
+                    let feats = if args.plot_attention.is_some() {
+                        Some(front.audio_features(audio.clone())?)
+                    } else {
+                        None
+                    };
+                    let t = model.transcribe_audio(front, audio, &name, &options)?;
+                    if let (Some(dir), Some(feats)) = (&args.plot_attention, feats) {
                         let att = model.attention(feats.view(), &t.tokens)?;
-                        let stem = file
+                        let stem = name
                             .file_stem()
-                            .unwrap_or(file.as_os_str())
-                            .to_string_lossy();
+                            .map_or("stdin".into(), |s| s.to_string_lossy());
                         plot::write_heatmap(
                             att.t(),
                             &dir.join(format!("{stem}.attention.png")),
@@ -501,9 +608,9 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
                         )?;
                     }
                     Ok(t)
-                });
+                })();
                 bar.inc(1);
-                (file.clone(), r)
+                (name, r)
             },
         )
         .collect();
@@ -511,24 +618,20 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = 0;
-    for (file, r) in results {
+    for (file, r) in &results {
         match r {
-            Ok(mut t) => {
+            Ok(t) => {
+                let mut t = t.clone();
                 t.nbest.truncate(args.nbest.max(1));
                 if args.json {
                     let mut v = serde_json::to_value(&t)?;
                     v["file"] = serde_json::json!(file);
+                    v["real_time_factor"] = serde_json::json!(t.real_time_factor());
                     writeln!(out, "{v}")?;
                 } else {
                     writeln!(out, "{}\t{}", file.display(), t.text)?;
                     for alt in t.nbest.iter().skip(1) {
-                        writeln!(
-                            out,
-                            "{}\t  {:.3}\t{}",
-                            file.display(),
-                            alt.log_prob,
-                            alt.text
-                        )?;
+                        writeln!(out, "{}\t  {:.3}\t{}", file.display(), alt.score, alt.text)?;
                     }
                 }
             }
@@ -538,18 +641,143 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
                     writeln!(
                         out,
                         "{}",
-                        serde_json::json!({"file": file, "error": e.to_string()})
+                        serde_json::json!({"file": file, "error": format!("{e:#}")})
                     )?;
                 }
-                eprintln!("error: {e}");
+                eprintln!("error: {e:#}");
             }
         }
     }
     if failed > 0 {
-        eprintln!("{failed} of {} files failed", files.len());
+        eprintln!("{failed} of {} inputs failed", results.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    let model = lasr_model::ModelFile::load(&args.model)?;
+    let mut entries = lasr_data::entries(&args.corpus)?;
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(n) = args.limit {
+        entries.truncate(n);
+    }
+    if entries.is_empty() {
+        bail!("{}: no utterances", args.corpus.display());
+    }
+    let beam = args.decode.options(&model);
+    let mut settings = vec![
+        lasr_model::BenchSetting {
+            name: "greedy".into(),
+            options: lasr_model::DecodeOptions {
+                search: lasr_decode::SearchOptions {
+                    beam_size: 1,
+                    ..beam.search.clone()
+                },
+                ctc_weight: 0.0,
+                ctc_only: false,
+                ..beam.clone()
+            },
+        },
+        lasr_model::BenchSetting {
+            name: format!("beam {}", beam.search.beam_size),
+            options: lasr_model::DecodeOptions {
+                ctc_weight: 0.0,
+                ctc_only: false,
+                ..beam.clone()
+            },
+        },
+    ];
+    if model.las.ctc.is_some() {
+        settings.push(lasr_model::BenchSetting {
+            name: format!(
+                "beam {} + CTC {}",
+                beam.search.beam_size,
+                if beam.ctc_weight > 0.0 {
+                    beam.ctc_weight
+                } else {
+                    DEFAULT_CTC_WEIGHT
+                }
+            ),
+            options: lasr_model::DecodeOptions {
+                ctc_weight: if beam.ctc_weight > 0.0 {
+                    beam.ctc_weight
+                } else {
+                    DEFAULT_CTC_WEIGHT
+                },
+                ctc_only: false,
+                ..beam.clone()
+            },
+        });
+        settings.push(lasr_model::BenchSetting {
+            name: "CTC best path".into(),
+            options: lasr_model::DecodeOptions {
+                ctc_only: true,
+                ..beam.clone()
+            },
+        });
+    }
+    let bar = progress(entries.len(), "bench");
+    let report = lasr_model::bench(&model, &entries, &settings, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.id, s.error);
+    }
+    if let Some(path) = &args.report {
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        v.as_object_mut()
+            .expect("a struct is an object")
+            .remove("per_utterance");
+        println!("{v}");
+    } else {
+        println!(
+            "{}: {} utterances, {:.2} h of audio, {} skipped, {:.1} s on {} threads",
+            args.corpus.display(),
+            report.utterances,
+            report.audio_hours,
+            report.skipped.len(),
+            report.wall_seconds,
+            report.threads
+        );
+        println!(
+            "{:<22} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>6} {:>8}",
+            "setting",
+            "WER%",
+            "CER%",
+            "w-sub",
+            "w-del",
+            "w-ins",
+            "words",
+            "c-sub",
+            "c-del",
+            "c-ins",
+            "RTF"
+        );
+        for s in &report.settings {
+            println!(
+                "{:<22} {:>7.2} {:>7.2} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>6} {:>8.4}",
+                s.name,
+                100.0 * s.wer,
+                100.0 * s.cer,
+                s.words.substitutions,
+                s.words.deletions,
+                s.words.insertions,
+                s.words.reference_len,
+                s.chars.substitutions,
+                s.chars.deletions,
+                s.chars.insertions,
+                s.real_time_factor
+            );
+        }
+    }
+    Ok(if report.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn read_json<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> Result<T> {

@@ -5,6 +5,7 @@
 //! Sizes come from [`ModelConfig`]; parameter names match the PyTorch reference's
 //! `state_dict()` so checkpoints move between the two.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod file;
@@ -13,10 +14,11 @@ pub mod las;
 pub mod train;
 pub mod transcribe;
 
+pub use bench::{bench, normalize_for_scoring, BenchReport, BenchSetting};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
 pub use train::{train, validate, Observer, Progress, Quiet, TrainOptions, Validation};
-pub use transcribe::{Alternative, Transcript, Word};
+pub use transcribe::{chunk_bounds, Alternative, DecodeOptions, Transcript, Word};

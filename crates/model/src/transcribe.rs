@@ -1,17 +1,26 @@
-//! Audio to text with a [`ModelFile`]: features, listener, beam search, words with
-//! times.
+//! Audio to text with a [`ModelFile`]: features, listener, search, words with times.
+//!
+//! Three ways to decode (see [`DecodeOptions`]): attention beam search (greedy with a
+//! beam of 1); the same with the n-best list re-ranked by
+//! `(1 - w) * attention log-prob + w * CTC log-prob` when the model has a CTC head
+//! (the CTC score punishes hypotheses that skip or repeat audio, which attention alone
+//! does not see); or the CTC head's best path alone. Audio longer than
+//! `max_chunk_seconds` is cut at its quietest frames into chunks the model was trained
+//! on, each decoded apart, their texts joined.
 
 use std::path::Path;
+use std::time::Instant;
 
-use lasr_decode::{beam_search, Hypothesis, SearchOptions, Vocab};
-use lasr_features::FrontEnd;
-use ndarray::ArrayView2;
-use serde::Serialize;
+use lasr_decode::{beam_search, SearchOptions, Vocab};
+use lasr_features::{Audio, FrontEnd};
+use ndarray::{s, ArrayView2};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::file::ModelFile;
 
-/// A word and when it was spoken, from the attention peaks of its letters.
+/// A word and when it was spoken, from the attention peaks (or CTC spikes) of its
+/// letters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Word {
     pub word: String,
@@ -26,12 +35,15 @@ pub struct Alternative {
     pub text: String,
     /// Sum of token log-probabilities (natural log), `<eos>` included.
     pub log_prob: f64,
-    /// What the search ranked by (see `SearchOptions::length_norm`).
+    /// CTC log-probability of the text, when it was used to rank.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctc_log_prob: Option<f64>,
+    /// What ranked the alternatives (higher is better).
     pub score: f64,
 }
 
-/// The result for one utterance: the best transcript, its words, and the n-best list
-/// (best first, the best included).
+/// The result for one audio: the best transcript, its words, and the n-best list
+/// (best first, the best included; only the best when the audio was cut in chunks).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Transcript {
     pub text: String,
@@ -39,37 +51,141 @@ pub struct Transcript {
     pub tokens: Vec<usize>,
     pub words: Vec<Word>,
     pub nbest: Vec<Alternative>,
-    /// True when the best hypothesis ended with `<eos>` rather than at the length limit.
+    /// True when every chunk's best hypothesis ended with `<eos>` rather than at the
+    /// length limit.
     pub finished: bool,
+    /// Seconds of audio (of features: frames times the frame shift, when only
+    /// features were given).
+    pub duration: f32,
+    /// Chunks the audio was cut into.
+    pub chunks: usize,
+    /// Wall-clock seconds spent (features included when a file or samples were given).
+    pub seconds: f32,
 }
 
-/// Groups tokens into words at spaces; a word spans its letters' attention peaks plus
-/// one listener frame (`seconds_per_frame`).
-fn words(vocab: &Vocab, h: &Hypothesis, seconds_per_frame: f32) -> Vec<Word> {
-    let Some(peaks) = &h.attention_peaks else {
-        return Vec::new();
-    };
+impl Transcript {
+    /// Processing time over audio time.
+    pub fn real_time_factor(&self) -> f32 {
+        self.seconds / self.duration.max(f32::MIN_POSITIVE)
+    }
+}
+
+/// How to decode. Every field has a default; unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecodeOptions {
+    /// Attention beam search settings (`beam_size` 1 is greedy).
+    pub search: SearchOptions,
+    /// Weight `w` of the CTC log-probability when ranking the beam's hypotheses:
+    /// `(1 - w) * attention + w * CTC`. 0 ranks by attention (and `length_norm`)
+    /// alone. Needs a model with a CTC head.
+    pub ctc_weight: f32,
+    /// Decode with the CTC head's best path only (fastest; no attention, no beam).
+    pub ctc_only: bool,
+    /// Audio longer than this is cut at quiet points into chunks of at most this long.
+    pub max_chunk_seconds: f32,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            search: SearchOptions::default(),
+            ctc_weight: 0.0,
+            ctc_only: false,
+            max_chunk_seconds: 25.0,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// Checks the options against a model.
+    pub fn validate(&self, model: &ModelFile) -> Result<()> {
+        self.search.validate()?;
+        if !(0.0..=1.0).contains(&self.ctc_weight) {
+            return Err(Error::Model(format!(
+                "ctc_weight {} must lie in [0, 1]",
+                self.ctc_weight
+            )));
+        }
+        if (self.ctc_weight > 0.0 || self.ctc_only) && model.las.ctc.is_none() {
+            return Err(Error::Model(
+                "CTC decoding asked for, but this model has no CTC head (ctc_weight 0 in its config)"
+                    .into(),
+            ));
+        }
+        if !(self.max_chunk_seconds.is_finite() && self.max_chunk_seconds >= 1.0) {
+            return Err(Error::Model(format!(
+                "max_chunk_seconds {} must be at least 1",
+                self.max_chunk_seconds
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Groups tokens into words at spaces; a word spans its letters' frames plus one
+/// listener frame (`seconds_per_frame`), shifted by `offset` seconds.
+fn words(vocab: &Vocab, tokens: &[usize], frames: &[usize], spf: f32, offset: f32) -> Vec<Word> {
     let mut out = Vec::new();
     let mut current: Option<(String, usize, usize)> = None;
-    for (&tok, &peak) in h.tokens.iter().zip(peaks) {
+    for (&tok, &frame) in tokens.iter().zip(frames) {
         let symbol = vocab.decode(&[tok]);
         if symbol == " " || symbol.is_empty() {
             out.extend(current.take());
             continue;
         }
-        let w = current.get_or_insert_with(|| (String::new(), peak, peak));
+        let w = current.get_or_insert_with(|| (String::new(), frame, frame));
         w.0.push_str(&symbol);
-        w.1 = w.1.min(peak);
-        w.2 = w.2.max(peak);
+        w.1 = w.1.min(frame);
+        w.2 = w.2.max(frame);
     }
     out.extend(current);
     out.into_iter()
         .map(|(word, a, b)| Word {
             word,
-            start: a as f32 * seconds_per_frame,
-            end: (b + 1) as f32 * seconds_per_frame,
+            start: offset + a as f32 * spf,
+            end: offset + (b + 1) as f32 * spf,
         })
         .collect()
+}
+
+/// Frame indices where features `[T, F]` are cut into chunks of at most `max` frames:
+/// each cut is the quietest point (lowest mean feature over a 10-frame window) in the
+/// second half of the span it ends. Returns the chunk starts and the end, `[0, .., T]`.
+pub fn chunk_bounds(feats: ArrayView2<f32>, max: usize) -> Vec<usize> {
+    let t = feats.nrows();
+    let max = max.max(2);
+    let energy: Vec<f32> = feats
+        .rows()
+        .into_iter()
+        .map(|r| r.sum() / r.len().max(1) as f32)
+        .collect();
+    let window = 10.min(t.max(1));
+    let mut bounds = vec![0];
+    let mut start = 0;
+    while t - start > max {
+        let (lo, hi) = (start + max / 2, start + max);
+        let mut best = (hi, f32::INFINITY);
+        for cut in lo..=hi {
+            let a = cut.saturating_sub(window / 2);
+            let b = (a + window).min(t);
+            let e = energy[a..b].iter().sum::<f32>() / (b - a).max(1) as f32;
+            if e < best.1 {
+                best = (cut, e);
+            }
+        }
+        start = best.0;
+        bounds.push(start);
+    }
+    bounds.push(t);
+    bounds
+}
+
+struct Chunk {
+    tokens: Vec<usize>,
+    frames: Option<Vec<usize>>,
+    finished: bool,
+    nbest: Vec<Alternative>,
 }
 
 impl ModelFile {
@@ -78,31 +194,119 @@ impl ModelFile {
         self.las.config.reduction() as f32 * self.front_end.features.frame_shift_ms / 1000.0
     }
 
-    /// Transcribes normalised features `[T, F]` (as `front_end` makes them).
-    pub fn transcribe_features(
-        &self,
-        feats: ArrayView2<f32>,
-        options: &SearchOptions,
-    ) -> Result<Transcript> {
+    fn decode_chunk(&self, feats: ArrayView2<f32>, options: &DecodeOptions) -> Result<Chunk> {
         let decoder = self.las.encode(feats)?;
-        let hyps = beam_search(&decoder, options)?;
+        let blank = self.las.config.blank;
+        if options.ctc_only {
+            let logits = decoder
+                .ctc_logits()?
+                .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
+            let (tokens, frames) = lasr_nn::ctc_greedy(logits.view(), blank);
+            let ctc = -lasr_nn::ctc_score(logits.view(), &tokens, blank);
+            return Ok(Chunk {
+                nbest: vec![Alternative {
+                    text: self.vocab.decode(&tokens),
+                    log_prob: ctc,
+                    ctc_log_prob: Some(ctc),
+                    score: ctc,
+                }],
+                tokens,
+                frames: Some(frames),
+                finished: true,
+            });
+        }
+        let mut hyps = beam_search(&decoder, &options.search)?;
+        let mut ctc_scores = vec![None; hyps.len()];
+        if options.ctc_weight > 0.0 {
+            let logits = decoder
+                .ctc_logits()?
+                .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
+            let w = f64::from(options.ctc_weight);
+            for (h, c) in hyps.iter_mut().zip(&mut ctc_scores) {
+                let ctc = -lasr_nn::ctc_score(logits.view(), &h.tokens, blank);
+                *c = Some(ctc);
+                h.score = (1.0 - w) * h.log_prob + w * ctc;
+            }
+            let mut order: Vec<usize> = (0..hyps.len()).collect();
+            // Hypotheses CTC cannot align score -inf and sink to the end.
+            order.sort_by(|&a, &b| hyps[b].score.total_cmp(&hyps[a].score));
+            hyps = order.iter().map(|&i| hyps[i].clone()).collect();
+            ctc_scores = order.iter().map(|&i| ctc_scores[i]).collect();
+        }
         let best = hyps
             .first()
             .ok_or_else(|| Error::Model("beam search returned nothing".into()))?;
-        Ok(Transcript {
-            text: self.vocab.decode(&best.tokens),
+        Ok(Chunk {
             tokens: best.tokens.clone(),
-            words: words(&self.vocab, best, self.seconds_per_frame()),
+            frames: best.attention_peaks.clone(),
             finished: best.finished,
             nbest: hyps
                 .iter()
-                .map(|h| Alternative {
+                .zip(ctc_scores)
+                .map(|(h, ctc)| Alternative {
                     text: self.vocab.decode(&h.tokens),
                     log_prob: h.log_prob,
+                    ctc_log_prob: ctc,
                     score: h.score,
                 })
                 .collect(),
         })
+    }
+
+    /// Transcribes normalised features `[T, F]` (as `front_end` makes them), cutting
+    /// them into chunks of at most `options.max_chunk_seconds`.
+    pub fn transcribe_features(
+        &self,
+        feats: ArrayView2<f32>,
+        options: &DecodeOptions,
+    ) -> Result<Transcript> {
+        let start = Instant::now();
+        options.validate(self)?;
+        let shift = self.front_end.features.frame_shift_ms / 1000.0;
+        let max = (options.max_chunk_seconds / shift) as usize;
+        let bounds = chunk_bounds(feats, max);
+        let spf = self.seconds_per_frame();
+        let mut t = Transcript {
+            text: String::new(),
+            tokens: Vec::new(),
+            words: Vec::new(),
+            nbest: Vec::new(),
+            finished: true,
+            duration: feats.nrows() as f32 * shift,
+            chunks: bounds.len() - 1,
+            seconds: 0.0,
+        };
+        for pair in bounds.windows(2) {
+            let chunk = self.decode_chunk(feats.slice(s![pair[0]..pair[1], ..]), options)?;
+            let offset = pair[0] as f32 * shift;
+            if let Some(frames) = &chunk.frames {
+                t.words
+                    .extend(words(&self.vocab, &chunk.tokens, frames, spf, offset));
+            }
+            if let (false, false, Some(space)) = (
+                t.tokens.is_empty(),
+                chunk.tokens.is_empty(),
+                self.vocab.id(' '),
+            ) {
+                t.tokens.push(space);
+            }
+            t.tokens.extend(&chunk.tokens);
+            t.finished &= chunk.finished;
+            if t.chunks == 1 {
+                t.nbest = chunk.nbest;
+            }
+        }
+        t.text = self.vocab.decode(&t.tokens);
+        if t.chunks > 1 {
+            t.nbest = vec![Alternative {
+                text: t.text.clone(),
+                log_prob: f64::NAN,
+                ctc_log_prob: None,
+                score: f64::NAN,
+            }];
+        }
+        t.seconds = start.elapsed().as_secs_f32();
+        Ok(t)
     }
 
     /// Attention weights `[L, U]` of the model reading `tokens` (a transcript, without
@@ -127,18 +331,41 @@ impl ModelFile {
         Ok(FrontEnd::new(self.front_end.clone())?)
     }
 
+    /// Transcribes decoded audio (any rate; `name` labels errors).
+    pub fn transcribe_audio(
+        &self,
+        front: &mut FrontEnd,
+        audio: Audio,
+        name: &Path,
+        options: &DecodeOptions,
+    ) -> Result<Transcript> {
+        let start = Instant::now();
+        let duration = audio.duration_secs() as f32;
+        let feats = front
+            .audio_features(audio)
+            .map_err(|e| Error::Audio(e.in_file(name)))?;
+        let mut t = self
+            .transcribe_features(feats.view(), options)
+            .map_err(|e| match e {
+                Error::Batch(m) => Error::Batch(format!("{}: {m}", name.display())),
+                other => other,
+            })?;
+        t.duration = duration;
+        t.seconds = start.elapsed().as_secs_f32();
+        Ok(t)
+    }
+
     /// Transcribes an audio file (any WAV or FLAC); errors name the file.
     pub fn transcribe_file(
         &self,
         front: &mut FrontEnd,
         path: &Path,
-        options: &SearchOptions,
+        options: &DecodeOptions,
     ) -> Result<Transcript> {
-        let feats = front.file_features(path)?;
-        self.transcribe_features(feats.view(), options)
-            .map_err(|e| match e {
-                Error::Batch(m) => Error::Batch(format!("{}: {m}", path.display())),
-                other => other,
-            })
+        let start = Instant::now();
+        let audio = lasr_features::load(path)?;
+        let mut t = self.transcribe_audio(front, audio, path, options)?;
+        t.seconds = start.elapsed().as_secs_f32();
+        Ok(t)
     }
 }

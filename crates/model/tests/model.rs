@@ -311,3 +311,29 @@ fn greedy_and_beam_search_spell_what_the_model_learned() {
     }
     assert!(las.encode(batch.feats.slice(s![..1, 0, ..])).is_err());
 }
+
+#[test]
+fn long_features_are_cut_at_their_quietest_frames() {
+    use lasr_model::chunk_bounds;
+    // Loud everywhere except quiet dips at frames 130 and 260.
+    let mut feats = ndarray::Array2::<f32>::from_elem((400, 3), 5.0);
+    for dip in [130usize, 260] {
+        feats.slice_mut(s![dip - 3..dip + 3, ..]).fill(-5.0);
+    }
+    let bounds = chunk_bounds(feats.view(), 150);
+    assert_eq!(bounds.len(), 4, "{bounds:?}");
+    assert_eq!((bounds[0], bounds[3]), (0, 400));
+    // Each cut falls inside a dip.
+    assert!(
+        bounds[1].abs_diff(130) <= 3 && bounds[2].abs_diff(260) <= 3,
+        "{bounds:?}"
+    );
+    assert!(bounds.windows(2).all(|w| w[1] - w[0] <= 150));
+    // Short input: one chunk; no dips: cuts still respect the limit.
+    assert_eq!(chunk_bounds(feats.view(), 400), vec![0, 400]);
+    let flat = ndarray::Array2::<f32>::zeros((1000, 2));
+    let b = chunk_bounds(flat.view(), 100);
+    assert_eq!((b[0], *b.last().unwrap()), (0, 1000));
+    assert!(b.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 100));
+    assert_eq!(chunk_bounds(flat.slice(s![..0, ..]), 100), vec![0, 0]);
+}
