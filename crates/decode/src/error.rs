@@ -3,11 +3,14 @@
 //! Variants are sorted by what a caller can do about them: [`Error::Decoder`] is the
 //! model failing on one utterance (report it, go on with the next), [`Error::Vocab`]
 //! is a bad symbol list (fix the model file or the list), [`Error::Options`] is a search
-//! setting out of range (fix the configuration), and [`Error::Contract`] is a
+//! setting out of range (fix the configuration), [`Error::Contract`] is a
 //! [`Decoder`](crate::Decoder) implementation breaking its contract, which only a fix
-//! to that implementation cures.
+//! to that implementation cures, [`Error::Lm`] is a language model asked for something
+//! it cannot do (fix the call or the configuration), and [`Error::LmFile`] is a language
+//! model file that cannot be read or written (fix or rebuild the file).
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Everything that can go wrong building a vocabulary or searching.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,24 @@ pub enum Error {
     /// log-probabilities, NaN, an attention peak outside the encoder output...).
     #[error("decoder broke its contract: {0}")]
     Contract(String),
+    /// A language model cannot be trained or fused as asked (order out of range, no
+    /// training text, a decoder whose symbols are not the model's, a negative weight).
+    #[error("language model: {0}")]
+    Lm(String),
+    /// A language model file (or byte buffer, when `path` is `None`) cannot be read,
+    /// written or accepted.
+    #[error("language model {}: {kind}", describe_lm_source(.path))]
+    LmFile {
+        path: Option<PathBuf>,
+        kind: LmFileErrorKind,
+    },
+}
+
+fn describe_lm_source(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!("file {}", p.display()),
+        None => "bytes".to_string(),
+    }
 }
 
 impl Error {
@@ -36,6 +57,62 @@ impl Error {
             _ => None,
         }
     }
+
+    /// What is wrong with the language model file, when the error is about one.
+    pub fn lm_file_kind(&self) -> Option<&LmFileErrorKind> {
+        match self {
+            Error::LmFile { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+/// Why a language model file cannot be read, written or accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum LmFileErrorKind {
+    /// Reading or writing the file failed.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// The file does not start with the format's magic bytes.
+    #[error("not a lasr character language model (wrong magic bytes)")]
+    NotALanguageModel,
+    /// A format version this build cannot read.
+    #[error("format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    /// The checksum does not match: the file was truncated or altered.
+    #[error("checksum mismatch: the file is truncated or damaged")]
+    Damaged,
+    /// The model was built over other symbols than the vocabulary it is loaded for.
+    #[error("{}", describe_vocab_mismatch(.expected, .found))]
+    VocabMismatch {
+        expected: Vec<String>,
+        found: Vec<String>,
+    },
+    /// The checksum matches but the content breaks the format (what and where).
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+fn describe_vocab_mismatch(expected: &[String], found: &[String]) -> String {
+    let first = expected
+        .iter()
+        .zip(found)
+        .position(|(a, b)| a != b)
+        .unwrap_or(expected.len().min(found.len()));
+    format!(
+        "built for another vocabulary: {} symbols where {} were expected, first difference at id \
+         {first} ({:?} where {:?} was expected)",
+        found.len(),
+        expected.len(),
+        found
+            .get(first)
+            .map(String::as_str)
+            .unwrap_or("end of list"),
+        expected
+            .get(first)
+            .map(String::as_str)
+            .unwrap_or("end of list"),
+    )
 }
 
 /// Why a list of symbols is not a valid [`Vocab`](crate::Vocab).

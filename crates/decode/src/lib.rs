@@ -2,7 +2,8 @@
 //!
 //! From model outputs to scored text, independent of any model: the character
 //! vocabulary ([`vocab`]), greedy and beam search over any autoregressive model that
-//! implements [`Decoder`] ([`search`]), and word/character error rates ([`score`]).
+//! implements [`Decoder`] ([`search`]), word/character error rates ([`score`]), and a
+//! character n-gram language model with shallow fusion into any [`Decoder`] ([`lm`]).
 //!
 //! Scoring a hypothesis the way the recogniser sees text:
 //!
@@ -22,11 +23,13 @@
 //! ```
 
 pub mod error;
+pub mod lm;
 pub mod score;
 pub mod search;
 pub mod vocab;
 
-pub use error::{Error, Result, VocabErrorKind};
+pub use error::{Error, LmFileErrorKind, Result, VocabErrorKind};
+pub use lm::{CharLm, Fused, FusedState};
 pub use score::{align, cer, char_units, error_counts, wer, word_units, EditOp, ErrorCounts};
 pub use search::{beam_search, greedy, Decoder, Hypothesis, LengthNorm, SearchOptions, Step};
 pub use vocab::{Vocab, UNK_MARKER};

@@ -35,7 +35,10 @@ use crate::error::{Error, Result};
 pub trait Decoder {
     /// Decoder state of a batch of hypotheses (LSTM cells, attention context...).
     type State;
-    /// What a failing step reports; surfaces as [`Error::Decoder`].
+    /// What a failing step reports; surfaces as [`Error::Decoder`], except that a
+    /// decoder whose error type is this crate's [`Error`] (a wrapper such as
+    /// [`Fused`](crate::Fused)) has its errors passed through unchanged, so that the
+    /// wrapped model's error still surfaces as one [`Error::Decoder`].
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Output symbols `V`, specials included: the width of each log-probability row.
@@ -459,7 +462,11 @@ fn hypothesis(
 }
 
 fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
-    Error::Decoder(Box::new(e))
+    let e: Box<dyn std::error::Error + Send + Sync + 'static> = Box::new(e);
+    match e.downcast::<Error>() {
+        Ok(own) => *own,
+        Err(other) => Error::Decoder(other),
+    }
 }
 
 /// The vocabulary size, after checking that `<sos>` and `<eos>` fit in it.
