@@ -346,6 +346,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         front_end: front_cfg,
         vocab,
         info: serde_json::json!({"made_by": "tests/cli.rs"}),
+        decode: None,
     }
     .save(&model_path)
     .unwrap();

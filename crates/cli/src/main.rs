@@ -47,6 +47,8 @@ enum Command {
     Train(TrainArgs),
     /// Measure WER, CER and speed of a model on a transcribed corpus.
     Bench(BenchArgs),
+    /// Build a character n-gram language model from text, for `--lm`.
+    Lm(LmArgs),
     /// Draw a training log (OUT/log.jsonl of `lasr train`) as an SVG of loss and error
     /// rates.
     Curves {
@@ -138,13 +140,14 @@ struct TranscribeArgs {
 }
 
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Decoding (defaults: what the model file recommends)")]
 struct DecodeArgs {
     /// Beam width; 1 is greedy decoding.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    beam: usize,
+    #[arg(long, value_name = "N")]
+    beam: Option<usize>,
     /// Length normalisation exponent: score = log_prob / length^ALPHA (0 = none).
-    #[arg(long, default_value_t = 0.0, value_name = "ALPHA")]
-    length_norm: f32,
+    #[arg(long, value_name = "ALPHA")]
+    length_norm: Option<f32>,
     /// Rank the beam's hypotheses by (1 - W) * attention + W * CTC log-probability
     /// (models trained with a CTC head; 0 = attention only).
     #[arg(long, value_name = "W")]
@@ -153,30 +156,57 @@ struct DecodeArgs {
     #[arg(long)]
     ctc_only: bool,
     /// Longest piece of audio decoded at once, seconds.
-    #[arg(long, default_value_t = 25.0, value_name = "SECONDS")]
-    max_chunk: f32,
+    #[arg(long, value_name = "SECONDS")]
+    max_chunk: Option<f32>,
+    /// Character language model (from `lasr lm`) fused into the beam search.
+    #[arg(long, value_name = "FILE")]
+    lm: Option<PathBuf>,
+    /// Weight of the language model's log-probabilities.
+    #[arg(long, default_value_t = 0.3, value_name = "W", requires = "lm")]
+    lm_weight: f32,
 }
 
 impl DecodeArgs {
-    /// The options, with CTC re-ranking at 0.3 by default when the model has a CTC head.
-    fn options(&self, model: &lasr_model::ModelFile) -> lasr_model::DecodeOptions {
-        let has_ctc = model.las.ctc.is_some();
-        lasr_model::DecodeOptions {
-            search: lasr_decode::SearchOptions {
-                beam_size: self.beam,
-                length_norm: if self.length_norm > 0.0 {
-                    lasr_decode::LengthNorm::Power(self.length_norm)
+    /// The model file's recommended decoding (or the library's defaults, with CTC
+    /// re-ranking when the model has a CTC head), overridden by the flags given.
+    fn options(&self, model: &lasr_model::ModelFile) -> Result<lasr_model::DecodeOptions> {
+        let mut o = model
+            .decode
+            .clone()
+            .unwrap_or_else(|| lasr_model::DecodeOptions {
+                ctc_weight: if model.las.ctc.is_some() {
+                    DEFAULT_CTC_WEIGHT
                 } else {
-                    lasr_decode::LengthNorm::None
+                    0.0
                 },
                 ..Default::default()
-            },
-            ctc_weight: self
-                .ctc_weight
-                .unwrap_or(if has_ctc { DEFAULT_CTC_WEIGHT } else { 0.0 }),
-            ctc_only: self.ctc_only,
-            max_chunk_seconds: self.max_chunk,
+            });
+        if let Some(b) = self.beam {
+            o.search.beam_size = b;
         }
+        if let Some(a) = self.length_norm {
+            o.search.length_norm = if a > 0.0 {
+                lasr_decode::LengthNorm::Power(a)
+            } else {
+                lasr_decode::LengthNorm::None
+            };
+        }
+        if let Some(w) = self.ctc_weight {
+            o.ctc_weight = w;
+        }
+        if self.ctc_only {
+            o.ctc_only = true;
+        }
+        if let Some(m) = self.max_chunk {
+            o.max_chunk_seconds = m;
+        }
+        if let Some(path) = &self.lm {
+            o.lm = Some(lasr_model::LmFusion {
+                lm: std::sync::Arc::new(lasr_decode::CharLm::load(path, &model.vocab)?),
+                weight: self.lm_weight,
+            });
+        }
+        Ok(o)
     }
 }
 
@@ -207,6 +237,34 @@ struct BenchArgs {
     #[arg(long, value_name = "JSON")]
     report: Option<PathBuf>,
     /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[command(after_help = "Example:\n  \
+    lasr lm ../shared/data/librispeech/lm-text/train-clean-100.txt --strip-ids --order 6 \\\n         \
+    --eval ../shared/data/librispeech/lm-text/dev-clean.txt -o lm6.bin\n  \
+    lasr transcribe -m model.safetensors --lm lm6.bin --lm-weight 0.3 speech.flac\n\n\
+    One sentence per line, normalised as transcripts are (case folded, characters\n\
+    outside the model's alphabet dropped). Interpolated modified Kneser-Ney smoothing.")]
+struct LmArgs {
+    /// Text files, one sentence per line.
+    #[arg(required = true, value_name = "TEXT")]
+    text: Vec<PathBuf>,
+    /// Characters of context plus one.
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    order: usize,
+    /// Drop each line's first word (LibriSpeech transcripts start with an utterance id).
+    #[arg(long)]
+    strip_ids: bool,
+    /// Held-out text to report perplexity on (same form).
+    #[arg(long, value_name = "TEXT")]
+    eval: Option<PathBuf>,
+    /// Where to write the model.
+    #[arg(short, long, value_name = "FILE")]
+    out: PathBuf,
+    /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -276,6 +334,7 @@ fn main() -> ExitCode {
         Command::Transcribe(a) => transcribe(a),
         Command::Train(a) => train(a),
         Command::Bench(a) => bench(a),
+        Command::Lm(a) => lm(a),
         Command::Curves { log, out } => curves(&log, &out),
     };
     match result {
@@ -569,7 +628,7 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         }
         inputs.extend(files.into_iter().map(Input::File));
     }
-    let options = args.decode.options(&model);
+    let options = args.decode.options(&model)?;
     options.validate(&model)?;
     let front = model.front_end()?;
     if let Some(dir) = &args.plot_attention {
@@ -665,7 +724,12 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     if entries.is_empty() {
         bail!("{}: no utterances", args.corpus.display());
     }
-    let beam = args.decode.options(&model);
+    let beam = args.decode.options(&model)?;
+    // The settings without a language model come first, then the same with it.
+    let plain = lasr_model::DecodeOptions {
+        lm: None,
+        ..beam.clone()
+    };
     let mut settings = vec![
         lasr_model::BenchSetting {
             name: "greedy".into(),
@@ -676,7 +740,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                 },
                 ctc_weight: 0.0,
                 ctc_only: false,
-                ..beam.clone()
+                ..plain.clone()
             },
         },
         lasr_model::BenchSetting {
@@ -684,7 +748,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             options: lasr_model::DecodeOptions {
                 ctc_weight: 0.0,
                 ctc_only: false,
-                ..beam.clone()
+                ..plain.clone()
             },
         },
     ];
@@ -706,16 +770,41 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                     DEFAULT_CTC_WEIGHT
                 },
                 ctc_only: false,
-                ..beam.clone()
+                ..plain.clone()
             },
         });
         settings.push(lasr_model::BenchSetting {
             name: "CTC best path".into(),
             options: lasr_model::DecodeOptions {
                 ctc_only: true,
+                ..plain.clone()
+            },
+        });
+    }
+    if let Some(f) = &beam.lm {
+        settings.push(lasr_model::BenchSetting {
+            name: format!("beam {} + LM {}", beam.search.beam_size, f.weight),
+            options: lasr_model::DecodeOptions {
+                ctc_weight: 0.0,
+                ctc_only: false,
                 ..beam.clone()
             },
         });
+        if model.las.ctc.is_some() {
+            let w = if beam.ctc_weight > 0.0 {
+                beam.ctc_weight
+            } else {
+                DEFAULT_CTC_WEIGHT
+            };
+            settings.push(lasr_model::BenchSetting {
+                name: format!("beam {} + CTC {w} + LM {}", beam.search.beam_size, f.weight),
+                options: lasr_model::DecodeOptions {
+                    ctc_weight: w,
+                    ctc_only: false,
+                    ..beam.clone()
+                },
+            });
+        }
     }
     let bar = progress(entries.len(), "bench");
     let report = lasr_model::bench(&model, &entries, &settings, &|| bar.inc(1))?;
@@ -780,6 +869,65 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     })
 }
 
+fn read_lines(path: &Path, strip_ids: bool) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| {
+            if strip_ids {
+                l.split_once(char::is_whitespace)
+                    .map_or("", |(_, rest)| rest)
+            } else {
+                l
+            }
+            .to_string()
+        })
+        .collect())
+}
+
+fn lm(args: LmArgs) -> Result<ExitCode> {
+    let vocab = lasr_decode::Vocab::librispeech();
+    let mut lines = Vec::new();
+    for p in &args.text {
+        lines.extend(read_lines(p, args.strip_ids)?);
+    }
+    let start = std::time::Instant::now();
+    let model = lasr_decode::CharLm::train(lines.iter().map(String::as_str), &vocab, args.order)?;
+    let seconds = start.elapsed().as_secs_f64();
+    model.save(&args.out)?;
+    let perplexity = match &args.eval {
+        Some(p) => {
+            let held = read_lines(p, args.strip_ids)?;
+            Some(model.perplexity(held.iter().map(String::as_str)))
+        }
+        None => None,
+    };
+    let bytes = std::fs::metadata(&args.out).map_or(0, |m| m.len());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"out": args.out, "order": args.order, "lines": lines.len(),
+                "contexts": model.num_contexts(), "bytes": bytes, "seconds": seconds,
+                "eval_perplexity": perplexity})
+        );
+    } else {
+        println!(
+            "wrote {}: order {}, {} lines, {} contexts, {:.2} MB in {seconds:.2} s{}",
+            args.out.display(),
+            args.order,
+            lines.len(),
+            model.num_contexts(),
+            bytes as f64 / 1e6,
+            perplexity.map_or(String::new(), |p| format!(
+                "; perplexity {p:.3} per character on {}",
+                args.eval.as_ref().expect("set with perplexity").display()
+            ))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn read_json<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> Result<T> {
     let Some(path) = path else {
         return Ok(T::default());
@@ -816,17 +964,27 @@ fn load_corpus(
 
 struct Bars {
     bar: ProgressBar,
+    /// Set by Ctrl-C.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Frames trained on since `since`, for the frames/s rate.
+    frames: usize,
+    since: std::time::Instant,
 }
 
 impl lasr_model::Observer for Bars {
-    fn step(&mut self, p: &lasr_model::Progress, loss: f64, left: usize) {
+    fn step(&mut self, p: &lasr_model::Progress, loss: f64, left: usize, frames: usize) {
         // A new epoch starts at position 0: its length is what is left plus this step.
         if self.bar.position() == 0 {
-            self.bar.set_length((left + 1) as u64);
+            self.bar.set_length((left + p.batch) as u64);
+            self.bar.set_position(p.batch.saturating_sub(1) as u64);
+            self.frames = 0;
+            self.since = std::time::Instant::now();
         }
+        self.frames += frames;
         self.bar.inc(1);
+        let rate = self.frames as f64 / self.since.elapsed().as_secs_f64().max(1e-9);
         self.bar.set_message(format!(
-            "epoch {} step {} loss {loss:.3}",
+            "epoch {} step {} loss {loss:.3} {rate:.0} frames/s",
             p.epoch + 1,
             p.step
         ));
@@ -851,6 +1009,10 @@ impl lasr_model::Observer for Bars {
                 v.decoded
             )
         });
+    }
+
+    fn stop_requested(&mut self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -894,6 +1056,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         front_end: front,
         vocab: lasr_decode::Vocab::librispeech(),
         info: serde_json::Value::Null,
+        decode: None,
     };
     model.validate()?;
     let bar = if std::io::stderr().is_terminal() {
@@ -906,8 +1069,26 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             .expect("template is valid")
             .progress_chars("=> "),
     );
-    let mut observer = Bars { bar };
-    let last = lasr_model::train(
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // First Ctrl-C: finish the step, write a checkpoint, exit. Second: exit now
+        // (the checkpoints on disk are whole either way: they are written atomically).
+        ctrlc::set_handler(move || {
+            if stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step; Ctrl-C again to quit at once");
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let mut observer = Bars {
+        bar,
+        stop,
+        frames: 0,
+        since: std::time::Instant::now(),
+    };
+    let finish = lasr_model::train(
         model,
         &train_set,
         &valid_set,
@@ -917,6 +1098,19 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         &mut observer,
     )?;
     observer.bar.finish_and_clear();
+    let last = match finish {
+        lasr_model::Finish::Done(last) => last,
+        lasr_model::Finish::Stopped(p) => {
+            eprintln!(
+                "stopped at epoch {} batch {} (step {}); checkpoint in {}: continue with --resume",
+                p.epoch + 1,
+                p.batch,
+                p.step,
+                args.out.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+    };
     if args.json {
         println!(
             "{}",

@@ -59,6 +59,8 @@ pub struct UtteranceReport {
 pub struct SettingSummary {
     pub name: String,
     pub options: DecodeOptions,
+    /// Order and weight of the fused language model, if any.
+    pub lm: Option<(usize, f32)>,
     pub wer: f64,
     pub cer: f64,
     pub words: ErrorCounts,
@@ -185,6 +187,7 @@ pub fn bench(
             SettingSummary {
                 name: s.name.clone(),
                 options: s.options.clone(),
+                lm: s.options.lm.as_ref().map(|f| (f.lm.order(), f.weight)),
                 wer: words.rate(),
                 cer: chars.rate(),
                 words,

@@ -6,7 +6,9 @@
 //! - `lasr.model_config`: [`ModelConfig`] as JSON,
 //! - `lasr.front_end`: the feature settings and CMVN statistics as JSON,
 //! - `lasr.vocab`: the symbol list as JSON,
-//! - `lasr.info`: free-form JSON about how the model was made (may be absent).
+//! - `lasr.info`: free-form JSON about how the model was made (may be absent),
+//! - `lasr.decode`: the decoding this model does best with, as measured on
+//!   development data ([`DecodeOptions`] as JSON; may be absent: library defaults).
 //!
 //! Any safetensors reader opens it; `json.loads(f.metadata()["lasr.model_config"])`
 //! recovers the config in Python.
@@ -22,6 +24,7 @@ use rand::SeedableRng;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::las::Las;
+use crate::transcribe::DecodeOptions;
 
 /// Version of the layout above; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -34,6 +37,8 @@ pub struct ModelFile {
     pub vocab: Vocab,
     /// How the model was made (data, command, steps...), as JSON; `Null` if unknown.
     pub info: serde_json::Value,
+    /// Recommended decoding (the language model, if any, is supplied apart).
+    pub decode: Option<DecodeOptions>,
 }
 
 fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
@@ -44,6 +49,9 @@ impl ModelFile {
     /// Checks that the parts fit together: vocabulary size and specials, feature width.
     pub fn validate(&self) -> Result<()> {
         let c = &self.las.config;
+        if let Some(d) = &self.decode {
+            d.validate(self)?;
+        }
         if self.vocab.len() != c.vocab_size {
             return Err(Error::Model(format!(
                 "vocabulary has {} symbols, the model outputs {}",
@@ -89,6 +97,9 @@ impl ModelFile {
         meta.insert("lasr.vocab".to_string(), json(&self.vocab));
         if !self.info.is_null() {
             meta.insert("lasr.info".to_string(), self.info.to_string());
+        }
+        if let Some(d) = &self.decode {
+            meta.insert("lasr.decode".to_string(), json(d));
         }
         Ok(checkpoint::to_bytes(&self.las, "", &meta)?)
     }
@@ -143,6 +154,13 @@ impl ModelFile {
             .map_or(Ok(serde_json::Value::Null), |s| {
                 serde_json::from_str(s).map_err(|e| Error::Model(format!("lasr.info: {e}")))
             })?;
+        let decode = meta
+            .get("lasr.decode")
+            .map(|s| {
+                serde_json::from_str::<DecodeOptions>(s)
+                    .map_err(|e| Error::Model(format!("lasr.decode: {e}")))
+            })
+            .transpose()?;
         // Shapes come from the config; the weights then overwrite the initialisation.
         let mut las = Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0))?;
         checkpoint::from_bytes(bytes, "", &mut las).map_err(|e| Error::Model(e.to_string()))?;
@@ -151,6 +169,7 @@ impl ModelFile {
             front_end,
             vocab,
             info,
+            decode,
         };
         file.validate()?;
         Ok(file)

@@ -52,6 +52,9 @@ pub struct TrainOptions {
     /// threads (see `Las::train_step_parallel`); fixed rather than taken from the core
     /// count so that a run gives the same numbers on any machine.
     pub batch_parts: usize,
+    /// Also write `model.safetensors` and the optimiser state every this many steps
+    /// within an epoch (0: only after each epoch's validation).
+    pub checkpoint_every: usize,
 }
 
 impl Default for TrainOptions {
@@ -68,6 +71,7 @@ impl Default for TrainOptions {
             log_every: 10,
             sorted_epochs: 1,
             batch_parts: 2,
+            checkpoint_every: 100,
         }
     }
 }
@@ -79,8 +83,13 @@ pub struct Progress {
     pub epoch: usize,
     /// Optimiser steps taken.
     pub step: u64,
-    /// Lowest validation CER so far (1.0 before any validation).
-    pub best_cer: f64,
+    /// Lowest validation CER so far (none before the first validation that decoded
+    /// anything).
+    pub best_cer: Option<f64>,
+    /// Batches of the current epoch already trained on: an epoch's batch order is a
+    /// function of the seed and the epoch, so resuming skips exactly these.
+    #[serde(default)]
+    pub batch: usize,
 }
 
 /// Validation result of one epoch.
@@ -103,10 +112,16 @@ pub struct Validation {
 
 /// What a caller hears about while training runs (progress bars, printing).
 pub trait Observer {
-    /// After every optimiser step.
-    fn step(&mut self, _progress: &Progress, _loss: f64, _batches_left: usize) {}
+    /// After every optimiser step: the step's objective, the batches left in the
+    /// epoch, and the frames (padding excluded) the step trained on.
+    fn step(&mut self, _progress: &Progress, _loss: f64, _batches_left: usize, _frames: usize) {}
     /// After each epoch's validation.
     fn validated(&mut self, _v: &Validation) {}
+    /// Asked after every step: `true` saves a checkpoint and returns from [`train`]
+    /// (Ctrl-C); the run resumes from exactly that step.
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
 }
 
 /// Silent observer.
@@ -180,9 +195,39 @@ fn log_line(log: &mut std::fs::File, path: &Path, value: serde_json::Value) -> R
         .map_err(|e| Error::Model(format!("{}: cannot write: {e}", path.display())))
 }
 
+/// Writes the latest model, then the optimiser state with `progress`, each atomically.
+fn checkpoint(
+    model: &ModelFile,
+    adam: &Adam<crate::las::Las>,
+    progress: &Progress,
+    out: &Path,
+) -> Result<()> {
+    // Model first, then optimiser: if a crash falls between them, resuming repeats
+    // the steps since the previous checkpoint's optimiser state on a newer model,
+    // which only perturbs training a little; never the other way round.
+    model.save(&out.join("model.safetensors"))?;
+    let mut meta = HashMap::new();
+    meta.insert(
+        "lasr.progress".to_string(),
+        serde_json::to_string(progress).expect("plain struct"),
+    );
+    let bytes = checkpoint::to_bytes_parts(&[("m", &adam.m), ("v", &adam.v)], &meta)?;
+    checkpoint::write_atomic(&out.join("optimizer.safetensors"), &bytes)?;
+    Ok(())
+}
+
+/// How [`train`] ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Finish {
+    /// Every epoch ran; the last validation.
+    Done(Option<Validation>),
+    /// The observer asked to stop; a checkpoint at this step was written.
+    Stopped(Progress),
+}
+
 /// Trains `model` on `train`, validating on `valid`, writing into `out` (see the module
 /// docs). With `resume`, continues from `out/optimizer.safetensors` and
-/// `out/model.safetensors`. Returns the last validation.
+/// `out/model.safetensors` at the step where they were written.
 pub fn train(
     mut model: ModelFile,
     train: &Dataset,
@@ -191,7 +236,7 @@ pub fn train(
     out: &Path,
     resume: bool,
     observer: &mut dyn Observer,
-) -> Result<Option<Validation>> {
+) -> Result<Finish> {
     let io = |p: &Path, e: std::io::Error| Error::Model(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let model_path = out.join("model.safetensors");
@@ -202,7 +247,8 @@ pub fn train(
     let mut progress = Progress {
         epoch: 0,
         step: 0,
-        best_cer: 1.0,
+        best_cer: None,
+        batch: 0,
     };
     if resume {
         model = ModelFile::load(&model_path)?;
@@ -244,7 +290,7 @@ pub fn train(
         }
         let total = batches.len();
         let mut epoch_stats: Option<crate::las::StepStats> = None;
-        for (k, indices) in batches.iter().enumerate() {
+        for (k, indices) in batches.iter().enumerate().skip(progress.batch) {
             let mut batch = tokens(&model.vocab, train, indices);
             if options.spec_augment {
                 for (b, &len) in batch.lengths.clone().iter().enumerate() {
@@ -264,7 +310,8 @@ pub fn train(
                 Some(t) => t.add(&stats),
                 None => epoch_stats = Some(stats),
             }
-            observer.step(&progress, stats.objective(), total - k - 1);
+            let frames = batch.lengths.iter().sum();
+            observer.step(&progress, stats.objective(), total - k - 1, frames);
             if progress
                 .step
                 .is_multiple_of(options.log_every.max(1) as u64)
@@ -278,9 +325,18 @@ pub fn train(
                 }
                 log_line(&mut log, &log_path, line)?;
             }
+            progress.batch = k + 1;
+            if observer.stop_requested() {
+                checkpoint(&model, &adam, &progress, out)?;
+                return Ok(Finish::Stopped(progress));
+            }
+            let every = options.checkpoint_every as u64;
+            if every > 0 && progress.step.is_multiple_of(every) && k + 1 < total {
+                checkpoint(&model, &adam, &progress, out)?;
+            }
         }
         progress.epoch += 1;
-        // With nothing decoded the CER is NaN, which never counts as a new best.
+        progress.batch = 0;
         let v = validate(&model, valid, options.validate_decode, progress.epoch)?;
         log_line(
             &mut log,
@@ -289,22 +345,14 @@ pub fn train(
                 "train_loss": epoch_stats.as_ref().map(|t| t.mean()),
                 "train_ctc": epoch_stats.as_ref().filter(|t| t.ctc_weight > 0.0).map(|t| t.ctc_mean()), "valid": v, "seconds": start.elapsed().as_secs_f64()}),
         )?;
-        // Model first, then optimiser: if a crash falls between them, resuming
-        // repeats at most one epoch's optimiser moments on a model that has them.
-        model.save(&model_path)?;
-        if v.cer < progress.best_cer {
-            progress.best_cer = v.cer;
+        // A NaN CER (nothing decoded) never counts as a new best.
+        if !v.cer.is_nan() && progress.best_cer.is_none_or(|b| v.cer < b) {
+            progress.best_cer = Some(v.cer);
             model.save(&best_path)?;
         }
-        let mut meta = HashMap::new();
-        meta.insert(
-            "lasr.progress".to_string(),
-            serde_json::to_string(&progress).expect("plain struct"),
-        );
-        let bytes = checkpoint::to_bytes_parts(&[("m", &adam.m), ("v", &adam.v)], &meta)?;
-        checkpoint::write_atomic(&opt_path, &bytes)?;
+        checkpoint(&model, &adam, &progress, out)?;
         observer.validated(&v);
         last = Some(v);
     }
-    Ok(last)
+    Ok(Finish::Done(last))
 }

@@ -9,9 +9,10 @@
 //! on, each decoded apart, their texts joined.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use lasr_decode::{beam_search, SearchOptions, Vocab};
+use lasr_decode::{beam_search, CharLm, Fused, SearchOptions, Vocab};
 use lasr_features::{Audio, FrontEnd};
 use ndarray::{s, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,31 @@ impl Transcript {
     }
 }
 
+/// A character language model fused into the beam search (shallow fusion): each step's
+/// scores become `decoder + weight * LM` log-probabilities.
+#[derive(Clone)]
+pub struct LmFusion {
+    pub lm: Arc<CharLm>,
+    pub weight: f32,
+}
+
+impl std::fmt::Debug for LmFusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LmFusion(order {}, weight {})",
+            self.lm.order(),
+            self.weight
+        )
+    }
+}
+
+impl PartialEq for LmFusion {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.lm, &other.lm) && self.weight == other.weight
+    }
+}
+
 /// How to decode. Every field has a default; unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -84,6 +110,10 @@ pub struct DecodeOptions {
     pub ctc_only: bool,
     /// Audio longer than this is cut at quiet points into chunks of at most this long.
     pub max_chunk_seconds: f32,
+    /// Language model fused into the search (a file, not an option: never
+    /// serialised; reports name its order and weight apart).
+    #[serde(skip)]
+    pub lm: Option<LmFusion>,
 }
 
 impl Default for DecodeOptions {
@@ -93,6 +123,7 @@ impl Default for DecodeOptions {
             ctc_weight: 0.0,
             ctc_only: false,
             max_chunk_seconds: 25.0,
+            lm: None,
         }
     }
 }
@@ -215,7 +246,10 @@ impl ModelFile {
                 finished: true,
             });
         }
-        let mut hyps = beam_search(&decoder, &options.search)?;
+        let mut hyps = match &options.lm {
+            Some(f) => beam_search(&Fused::new(&decoder, &f.lm, f.weight)?, &options.search)?,
+            None => beam_search(&decoder, &options.search)?,
+        };
         let mut ctc_scores = vec![None; hyps.len()];
         if options.ctc_weight > 0.0 {
             let logits = decoder

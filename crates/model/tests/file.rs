@@ -21,6 +21,7 @@ fn small() -> ModelFile {
         front_end: FrontEndConfig::default(),
         vocab: Vocab::librispeech(),
         info: serde_json::json!({"trained_on": "nothing", "steps": 0}),
+        decode: None,
     }
 }
 

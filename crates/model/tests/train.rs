@@ -1,0 +1,136 @@
+//! The training loop: stopping mid-epoch and resuming gives exactly the parameters of
+//! an uninterrupted run, and the files are where the docs say.
+
+use lasr_data::{Dataset, Utterance};
+use lasr_decode::Vocab;
+use lasr_features::FrontEndConfig;
+use lasr_model::{train, Finish, Las, ModelConfig, ModelFile, Observer, Quiet, TrainOptions};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn dataset() -> Dataset {
+    let texts = ["hi", "yo", "a b", "ok", "no", "go on"];
+    let utterances = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Utterance {
+            id: format!("u{i}"),
+            transcript: t.to_string(),
+            feats: lasr_nn::init::uniform(
+                (40 + 4 * i, 80),
+                1.0,
+                &mut ChaCha8Rng::seed_from_u64(i as u64),
+            ),
+        })
+        .collect();
+    Dataset { utterances }
+}
+
+fn model() -> ModelFile {
+    let config = ModelConfig {
+        listener_hidden: 6,
+        pyramid_layers: 2,
+        embedding_dim: 4,
+        speller_hidden: 8,
+        attention_dim: 5,
+        ctc_weight: 0.3,
+        ..ModelConfig::default()
+    };
+    ModelFile {
+        las: Las::new(config, &mut ChaCha8Rng::seed_from_u64(1)).unwrap(),
+        front_end: FrontEndConfig::default(),
+        vocab: Vocab::librispeech(),
+        info: serde_json::Value::Null,
+        decode: None,
+    }
+}
+
+fn options() -> TrainOptions {
+    TrainOptions {
+        epochs: 3,
+        learning_rate: 0.01,
+        batch_frames: 1000,
+        batch_utterances: 2,
+        spec_augment: true,
+        validate_decode: 2,
+        checkpoint_every: 2,
+        ..TrainOptions::default()
+    }
+}
+
+/// Asks to stop once `after` steps have run.
+struct StopAt {
+    after: u64,
+}
+
+impl Observer for StopAt {
+    fn stop_requested(&mut self) -> bool {
+        self.after = self.after.saturating_sub(1);
+        self.after == 0
+    }
+}
+
+#[test]
+fn stop_and_resume_mid_epoch_equals_an_uninterrupted_run() {
+    let data = dataset();
+    let whole = tempfile::tempdir().unwrap();
+    let finish = train(
+        model(),
+        &data,
+        &data,
+        &options(),
+        whole.path(),
+        false,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(matches!(finish, Finish::Done(Some(v)) if v.epoch == 3));
+    for f in [
+        "model.safetensors",
+        "best.safetensors",
+        "optimizer.safetensors",
+        "log.jsonl",
+    ] {
+        assert!(whole.path().join(f).is_file(), "{f}");
+    }
+
+    // 3 batches per epoch: stop after 4 steps, inside the second epoch.
+    let split = tempfile::tempdir().unwrap();
+    let finish = train(
+        model(),
+        &data,
+        &data,
+        &options(),
+        split.path(),
+        false,
+        &mut StopAt { after: 4 },
+    )
+    .unwrap();
+    let Finish::Stopped(p) = finish else {
+        panic!("did not stop: {finish:?}")
+    };
+    assert_eq!((p.epoch, p.batch, p.step), (1, 1, 4));
+    let stopped = ModelFile::load(&split.path().join("model.safetensors")).unwrap();
+    let finish = train(
+        model(),
+        &data,
+        &data,
+        &options(),
+        split.path(),
+        true,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(matches!(finish, Finish::Done(Some(v)) if v.epoch == 3));
+
+    let a = ModelFile::load(&whole.path().join("model.safetensors")).unwrap();
+    let b = ModelFile::load(&split.path().join("model.safetensors")).unwrap();
+    assert_ne!(
+        stopped.las, a.las,
+        "the stop really happened before the end"
+    );
+    assert_eq!(
+        a.las, b.las,
+        "resumed run differs from the uninterrupted one"
+    );
+}
