@@ -31,6 +31,11 @@ pub struct ModelConfig {
     pub ctc_weight: f32,
     /// The CTC blank symbol (the vocabulary's padding symbol, which no transcript holds).
     pub blank: usize,
+    /// Location-aware attention: filters over the previous step's weights (0 = the
+    /// reference's content-only attention).
+    pub location_channels: usize,
+    /// Width of those filters in listener frames (odd).
+    pub location_width: usize,
 }
 
 impl Default for ModelConfig {
@@ -47,6 +52,8 @@ impl Default for ModelConfig {
             eos: 2,
             ctc_weight: 0.0,
             blank: 0,
+            location_channels: 0,
+            location_width: 31,
         }
     }
 }
@@ -89,6 +96,12 @@ impl ModelConfig {
             return Err(Error::Config(format!(
                 "vocab_size {} with sos {} and eos {}: need distinct sos and eos inside the vocabulary",
                 self.vocab_size, self.sos, self.eos
+            )));
+        }
+        if self.location_channels > 0 && self.location_width.is_multiple_of(2) {
+            return Err(Error::Config(format!(
+                "location_width = {} must be odd (filters centred on each frame)",
+                self.location_width
             )));
         }
         if !(0.0..=1.0).contains(&self.ctc_weight) {

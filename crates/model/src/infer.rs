@@ -30,6 +30,8 @@ pub struct SpellerState {
     h1: Array2<f32>,
     c1: Array2<f32>,
     ctx: Array2<f32>,
+    /// Last attention weights `[n, U]` (location-aware attention only).
+    alpha: Option<Array2<f32>>,
 }
 
 impl Las {
@@ -107,6 +109,9 @@ impl Decoder for UtteranceDecoder<'_> {
             h1: z(),
             c1: z(),
             ctx: Array2::zeros((1, self.h.ncols())),
+            alpha: self.las.speller.attention.location.as_ref().map(|_| {
+                lasr_nn::AdditiveAttention::initial_weights(self.h.nrows(), &[self.h.nrows()])
+            }),
         })
     }
 
@@ -129,7 +134,9 @@ impl Decoder for UtteranceDecoder<'_> {
         let kb = kb
             .broadcast((u, n, self.keys.ncols()))
             .expect("broadcast over hypotheses");
-        let (ctx, att) = sp.attention.step(hb, kb, h1.view(), None)?;
+        let (ctx, att) =
+            sp.attention
+                .step(hb, kb, h1.view(), None, st.alpha.as_ref().map(|a| a.view()))?;
         let peaks = att
             .alpha()
             .rows()
@@ -162,6 +169,7 @@ impl Decoder for UtteranceDecoder<'_> {
                 h1,
                 c1,
                 ctx,
+                alpha: st.alpha.is_some().then(|| att.alpha().to_owned()),
             },
             attention_peaks: Some(peaks),
         })
@@ -175,6 +183,7 @@ impl Decoder for UtteranceDecoder<'_> {
             h1: pick(&st.h1),
             c1: pick(&st.c1),
             ctx: pick(&st.ctx),
+            alpha: st.alpha.as_ref().map(pick),
         })
     }
 }

@@ -189,7 +189,18 @@ impl Speller {
             emb: Embedding::new(c.vocab_size, c.embedding_dim, rng),
             cell0: LstmCell::new(c.embedding_dim + d, c.speller_hidden, rng),
             cell1: LstmCell::new(c.speller_hidden, c.speller_hidden, rng),
-            attention: AdditiveAttention::new(d, c.speller_hidden, c.attention_dim, rng),
+            attention: if c.location_channels > 0 {
+                AdditiveAttention::new_location(
+                    d,
+                    c.speller_hidden,
+                    c.attention_dim,
+                    c.location_channels,
+                    c.location_width,
+                    rng,
+                )
+            } else {
+                AdditiveAttention::new(d, c.speller_hidden, c.attention_dim, rng)
+            },
             out: Linear::new(c.speller_hidden + d, c.vocab_size, true, rng),
         }
     }
@@ -213,14 +224,23 @@ impl Speller {
         let mut ctx = Array2::<f32>::zeros((batch, d));
         let mut logits = Array3::zeros((inputs.len(), batch, vocab));
         let mut steps = Vec::with_capacity(inputs.len());
+        let location = self.attention.location.is_some();
+        let mut prev = location.then(|| AdditiveAttention::initial_weights(h.dim().0, lengths));
         for (t, tokens) in inputs.iter().enumerate() {
             let e = self.emb.forward(tokens)?;
             let in0 = concatenate(Axis(1), &[e.view(), ctx.view()]).expect("same batch");
             let (nh0, nc0, cache0) = self.cell0.forward(&p0, in0.view(), h0.view(), c0.view())?;
             let (nh1, nc1, cache1) = self.cell1.forward(&p1, nh0.view(), h1.view(), c1.view())?;
-            let (nctx, att) = self
-                .attention
-                .step(h, keys.view(), nh1.view(), Some(lengths))?;
+            let (nctx, att) = self.attention.step(
+                h,
+                keys.view(),
+                nh1.view(),
+                Some(lengths),
+                prev.as_ref().map(|p| p.view()),
+            )?;
+            if location {
+                prev = Some(att.alpha().to_owned());
+            }
             let out_in = concatenate(Axis(1), &[nh1.view(), nctx.view()]).expect("same batch");
             logits
                 .slice_mut(s![t, .., ..])
@@ -267,6 +287,9 @@ impl Speller {
         );
         // Gradient reaching this step's context from the next step's cell-0 input.
         let mut dctx_next = Array2::<f32>::zeros((batch, d));
+        // Gradient reaching this step's attention weights from the next step's
+        // location term.
+        let mut dalpha_next: Option<Array2<f32>> = None;
         for (t, step) in cache.steps.iter().enumerate().rev() {
             let dout_in = self.out.backward(
                 step.out_in.view(),
@@ -274,14 +297,16 @@ impl Speller {
                 &mut grads.out,
             )?;
             let dctx = &dout_in.slice(s![.., sh..]) + &dctx_next;
-            let ds = self.attention.step_backward(
+            let (ds, dprev) = self.attention.step_backward(
                 &step.attention,
                 h,
                 dctx.view(),
+                dalpha_next.as_ref().map(|d| d.view()),
                 dh.view_mut(),
                 dkeys.view_mut(),
                 &mut grads.attention,
             )?;
+            dalpha_next = dprev;
             let dnh1 = &dout_in.slice(s![.., ..sh]) + &ds + &dh1;
             let (dx1, dh1_prev, dc1_prev) =
                 self.cell1

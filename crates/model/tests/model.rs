@@ -96,9 +96,11 @@ fn whole_model_gradients_match_finite_differences() {
 }
 
 #[test]
-fn joint_ctc_attention_gradients_match_finite_differences() {
+fn joint_ctc_location_aware_gradients_match_finite_differences() {
     let cfg = ModelConfig {
         ctc_weight: 0.4,
+        location_channels: 2,
+        location_width: 3,
         ..tiny()
     };
     let las = Las::new(cfg, &mut rng(5)).unwrap();
@@ -114,10 +116,16 @@ fn joint_ctc_attention_gradients_match_finite_differences() {
     let reports = check_params(&las, &grads, &loss, 2e-2, 12, 1e-3);
     assert_eq!(
         reports.len(),
-        3 * 8 + 1 + 8 + 4 + 2 + 2,
-        "CTC head checked too"
+        3 * 8 + 1 + 8 + 4 + 2 + 2 + 2,
+        "CTC head and location filters checked too"
     );
-    assert!(reports.iter().any(|r| r.tensor == "ctc.weight"));
+    for name in [
+        "ctc.weight",
+        "speller.att_conv.weight",
+        "speller.att_loc.weight",
+    ] {
+        assert!(reports.iter().any(|r| r.tensor == name), "{name}");
+    }
     for r in &reports {
         assert!(r.error < 1e-2, "{r:?}");
     }
@@ -336,4 +344,42 @@ fn long_features_are_cut_at_their_quietest_frames() {
     assert_eq!((b[0], *b.last().unwrap()), (0, 1000));
     assert!(b.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 100));
     assert_eq!(chunk_bounds(flat.slice(s![..0, ..]), 100), vec![0, 0]);
+}
+
+#[test]
+fn step_by_step_decoding_scores_a_transcript_as_training_does() {
+    // The decoder's incremental path (prepared cells, broadcast keys, carried
+    // attention weights) must agree with the teacher-forced training forward.
+    for location_channels in [0, 3] {
+        let cfg = ModelConfig {
+            location_channels,
+            location_width: 5,
+            ..tiny()
+        };
+        let las = Las::new(cfg, &mut rng(21)).unwrap();
+        let feats = lasr_nn::init::uniform((13, 3), 1.0, &mut rng(22));
+        let target = vec![3, 5, 4, 6];
+        let batch = Batch {
+            feats: feats.clone().insert_axis(ndarray::Axis(1)),
+            lengths: vec![13],
+            targets: vec![target.clone()],
+        };
+        let nll = las.forward(&batch).unwrap().0.loss_sum;
+        let dec = las.encode(feats.view()).unwrap();
+        use lasr_decode::Decoder;
+        let mut state = dec.initial().unwrap();
+        let mut prev = dec.sos();
+        let mut log_prob = 0f64;
+        for &tok in target.iter().chain([&dec.eos()]) {
+            let step = dec.step(&[prev], state).unwrap();
+            log_prob += f64::from(step.log_probs[tok]);
+            state = step.state;
+            prev = tok;
+        }
+        assert!(
+            (log_prob + nll).abs() < 1e-4,
+            "location {location_channels}: decoder {log_prob} vs training {}",
+            -nll
+        );
+    }
 }

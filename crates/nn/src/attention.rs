@@ -6,9 +6,17 @@
 //! utterance ([`AdditiveAttention::keys`]) and each decoder step only adds `W_s s`.
 //! Listener states are time-major `[U, B, D]`; positions `u >= lengths[b]` get no
 //! attention.
+//!
+//! Location-aware attention (Chorowski et al., 2015) adds a term that depends on where
+//! the previous step looked: `f = conv(alpha_prev)` with `K` filters of odd width `W`
+//! (zero padded, centred), and `e[b, u] = v . tanh(... + W_f f[b, u])`. Content alone
+//! cannot tell two similar stretches of an utterance apart; knowing the previous
+//! position lets the decoder move forward through the audio. The first step's
+//! previous weights are uniform over the live positions
+//! ([`AdditiveAttention::initial_weights`]).
 
 use ndarray::{
-    s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut3, ArrayViewMutD,
+    s, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut3, ArrayViewMutD,
 };
 use rand::Rng;
 
@@ -17,12 +25,23 @@ use crate::linear::Linear;
 use crate::module::{join, Module};
 
 /// Parameters `att_h` (`[A, D]` + bias), `att_s` (`[A, S]`), `att_v` (`[1, A]`),
-/// named as the PyTorch reference names them.
+/// named as the PyTorch reference names them; with location awareness also
+/// `att_conv.weight` `[K, W]` and `att_loc.weight` `[A, K]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdditiveAttention {
     pub att_h: Linear,
     pub att_s: Linear,
     pub att_v: Linear,
+    pub location: Option<Location>,
+}
+
+/// The location term's parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    /// Filters over the previous weights `[K, W]`, `W` odd, no bias.
+    pub conv: Array2<f32>,
+    /// Filter outputs to attention space, `[A, K]`, no bias.
+    pub proj: Linear,
 }
 
 /// What [`AdditiveAttention::step_backward`] needs from one step.
@@ -34,6 +53,10 @@ pub struct AttentionCache {
     t: Array3<f32>,
     /// Attention weights `[B, U]`.
     alpha: Array2<f32>,
+    /// With location awareness: the previous weights `[B, U]` and the filter
+    /// outputs `f` `[B, U, K]`.
+    prev: Option<Array2<f32>>,
+    f: Option<Array3<f32>>,
 }
 
 impl AttentionCache {
@@ -50,7 +73,39 @@ impl AdditiveAttention {
             att_h: Linear::new(listener, attention, true, rng),
             att_s: Linear::new(state, attention, false, rng),
             att_v: Linear::new(attention, 1, false, rng),
+            location: None,
         }
+    }
+
+    /// Location-aware attention with `channels` filters of odd `width` (PyTorch's
+    /// initialisation: filters uniform in `±1/sqrt(width)`).
+    pub fn new_location(
+        listener: usize,
+        state: usize,
+        attention: usize,
+        channels: usize,
+        width: usize,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let mut a = Self::new(listener, state, attention, rng);
+        a.location = Some(Location {
+            conv: crate::init::uniform((channels, width), 1.0 / (width as f32).sqrt(), rng),
+            proj: Linear::new(channels, attention, false, rng),
+        });
+        a
+    }
+
+    /// The "previous weights" of the first step: uniform over each sequence's live
+    /// positions, `[B, U]`.
+    pub fn initial_weights(units: usize, lengths: &[usize]) -> Array2<f32> {
+        let mut w = Array2::zeros((lengths.len(), units));
+        for (mut row, &l) in w.rows_mut().into_iter().zip(lengths) {
+            let l = l.min(units);
+            if l > 0 {
+                row.slice_mut(s![..l]).fill(1.0 / l as f32);
+            }
+        }
+        w
     }
 
     /// `W_h h + b_h`: listener states `[U, B, D]` -> keys `[U, B, A]`, once per utterance.
@@ -97,13 +152,15 @@ impl AdditiveAttention {
     }
 
     /// One decoder step: listener states `h` `[U, B, D]`, their `keys` `[U, B, A]`,
-    /// decoder state `s` `[B, S]` -> context `[B, D]` and the cache (with the weights).
+    /// decoder state `s` `[B, S]`, and (location-aware only) the previous step's
+    /// weights `prev` `[B, U]` -> context `[B, D]` and the cache (with the weights).
     pub fn step(
         &self,
         h: ArrayView3<f32>,
         keys: ArrayView3<f32>,
         s: ArrayView2<f32>,
         lengths: Option<&[usize]>,
+        prev: Option<ArrayView2<f32>>,
     ) -> Result<(Array2<f32>, AttentionCache)> {
         let (units, batch, d) = h.dim();
         let a = self.att_h.output_dim();
@@ -127,22 +184,56 @@ impl AdditiveAttention {
                 });
             }
         }
+        let prev = match (&self.location, prev) {
+            (None, _) => None,
+            (Some(_), Some(p)) => {
+                check_shape(
+                    "attention",
+                    "previous weights",
+                    p.shape(),
+                    &[Some(batch), Some(units)],
+                )?;
+                Some(p.to_owned())
+            }
+            (Some(_), None) => {
+                return Err(Error::Lengths {
+                    layer: "attention".into(),
+                    reason: "location-aware attention needs the previous step's weights".into(),
+                })
+            }
+        };
         let q = self.att_s.forward(s)?; // [B, A]
         let v = self.att_v.weight.row(0);
         let mut t = Array3::<f32>::zeros((units, batch, a));
         let mut alpha = Array2::<f32>::zeros((batch, units));
+        let mut f = self
+            .location
+            .as_ref()
+            .map(|l| Array3::<f32>::zeros((batch, units, l.conv.nrows())));
+        let mut loc = vec![0f32; a];
         for b in 0..batch {
             let live = lengths.map_or(units, |l| l[b]);
             let qb = q.row(b);
             let mut e = alpha.row_mut(b);
             for u in 0..live {
+                if let (Some(l), Some(p), Some(f)) = (&self.location, &prev, &mut f) {
+                    let mut fr = f.slice_mut(s![b, u, ..]);
+                    location_features(l, p.row(b), u, fr.as_slice_mut().expect("row-major"));
+                    let pw = &l.proj.weight;
+                    for (j, x) in loc.iter_mut().enumerate() {
+                        *x = pw.row(j).dot(&fr);
+                    }
+                }
                 let mut tr = t.slice_mut(s![u, b, ..]);
                 let kr = keys.slice(s![u, b, ..]);
                 let mut dot = 0f32;
-                for ((tv, &k), (&qv, &vv)) in
-                    tr.iter_mut().zip(kr.iter()).zip(qb.iter().zip(v.iter()))
+                for (((tv, &k), (&qv, &vv)), &lv) in tr
+                    .iter_mut()
+                    .zip(kr.iter())
+                    .zip(qb.iter().zip(v.iter()))
+                    .zip(&loc)
                 {
-                    *tv = crate::activation::tanh(k + qv);
+                    *tv = crate::activation::tanh(k + qv + lv);
                     dot += vv * *tv;
                 }
                 e[u] = dot;
@@ -176,23 +267,28 @@ impl AdditiveAttention {
                 s: s.to_owned(),
                 t,
                 alpha,
+                prev,
+                f,
             },
         ))
     }
 
-    /// Gradients of one step for `d_ctx` `[B, D]`: adds into `grads.att_s`,
-    /// `grads.att_v`, into `dh` `[U, B, D]` and `dkeys` `[U, B, A]` (accumulated over
+    /// Gradients of one step for `d_ctx` `[B, D]` and (location-aware) `d_alpha`
+    /// `[B, U]`, the gradient reaching this step's weights from the next step: adds
+    /// into `grads`, into `dh` `[U, B, D]` and `dkeys` `[U, B, A]` (accumulated over
     /// steps by the caller, then passed to [`AdditiveAttention::keys_backward`]), and
-    /// returns `dL/ds` `[B, S]`.
+    /// returns `dL/ds` `[B, S]` and (location-aware) `dL/dprev` `[B, U]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn step_backward(
         &self,
         cache: &AttentionCache,
         h: ArrayView3<f32>,
         d_ctx: ArrayView2<f32>,
+        d_alpha: Option<ArrayView2<f32>>,
         mut dh: ArrayViewMut3<f32>,
         mut dkeys: ArrayViewMut3<f32>,
         grads: &mut AdditiveAttention,
-    ) -> Result<Array2<f32>> {
+    ) -> Result<(Array2<f32>, Option<Array2<f32>>)> {
         let (units, batch, d) = h.dim();
         let a = self.att_h.output_dim();
         check_shape(
@@ -213,9 +309,22 @@ impl AdditiveAttention {
             dkeys.shape(),
             &[Some(units), Some(batch), Some(a)],
         )?;
+        if let Some(da) = &d_alpha {
+            check_shape(
+                "attention",
+                "weight gradient",
+                da.shape(),
+                &[Some(batch), Some(units)],
+            )?;
+        }
         let v = self.att_v.weight.row(0);
         let mut dq = Array2::<f32>::zeros((batch, a));
         let mut dv = ndarray::Array1::<f32>::zeros(a);
+        let mut dprev = self
+            .location
+            .as_ref()
+            .map(|_| Array2::<f32>::zeros((batch, units)));
+        let mut dz = vec![0f32; a];
         for b in 0..batch {
             let dc = d_ctx.row(b);
             // d alpha[u] = d_ctx . h[u]; context gradient flows into h weighted by alpha.
@@ -226,6 +335,9 @@ impl AdditiveAttention {
                     continue;
                 }
                 *da = dc.dot(&h.slice(s![u, b, ..]));
+                if let Some(din) = &d_alpha {
+                    *da += din[(b, u)];
+                }
                 dh.slice_mut(s![u, b, ..]).scaled_add(w, &dc);
             }
             // Softmax backward: de = alpha * (dalpha - sum(alpha * dalpha)).
@@ -242,9 +354,26 @@ impl AdditiveAttention {
                 for j in 0..a {
                     let tv = tr[j];
                     dv[j] += de * tv;
-                    let dz = de * v[j] * (1.0 - tv * tv);
-                    dk[j] += dz;
-                    dqb[j] += dz;
+                    dz[j] = de * v[j] * (1.0 - tv * tv);
+                    dk[j] += dz[j];
+                    dqb[j] += dz[j];
+                }
+                if let (Some(l), Some(gl), Some(f), Some(p), Some(dp)) = (
+                    &self.location,
+                    &mut grads.location,
+                    &cache.f,
+                    &cache.prev,
+                    &mut dprev,
+                ) {
+                    location_backward(
+                        l,
+                        gl,
+                        &dz,
+                        f.slice(s![b, u, ..]),
+                        p.row(b),
+                        dp.row_mut(b),
+                        u,
+                    );
                 }
             }
         }
@@ -253,7 +382,57 @@ impl AdditiveAttention {
         let ds = self
             .att_s
             .backward(cache.s.view(), dq.view(), &mut grads.att_s)?;
-        Ok(ds)
+        Ok((ds, dprev))
+    }
+}
+
+/// `f[k] = sum_j conv[k, j] prev[u + j - r]` for one position `u`, `r = (W - 1) / 2`,
+/// positions outside `prev` read as 0.
+fn location_features(l: &Location, prev: ArrayView1<f32>, u: usize, out: &mut [f32]) {
+    let (w, units) = (l.conv.ncols(), prev.len());
+    let r = w / 2;
+    // Filter taps j with 0 <= u + j - r < units.
+    let j0 = r.saturating_sub(u);
+    let j1 = w.min(units + r - u);
+    for (k, o) in out.iter_mut().enumerate() {
+        let c = l.conv.row(k);
+        let mut acc = 0f32;
+        for j in j0..j1 {
+            acc += c[j] * prev[u + j - r];
+        }
+        *o = acc;
+    }
+}
+
+/// Backward of the location term at one position `u`, given `dz` `[A]` (the
+/// gradient of the pre-tanh sum): adds into the filters' and projection's gradients
+/// and into `dprev`.
+fn location_backward(
+    l: &Location,
+    g: &mut Location,
+    dz: &[f32],
+    f: ArrayView1<f32>,
+    prev: ArrayView1<f32>,
+    mut dprev: ndarray::ArrayViewMut1<f32>,
+    u: usize,
+) {
+    let (w, units) = (l.conv.ncols(), prev.len());
+    let r = w / 2;
+    let (j0, j1) = (r.saturating_sub(u), w.min(units + r - u));
+    let pw = &l.proj.weight; // [A, K]
+    for (k, &fk) in f.iter().enumerate() {
+        // df[k] = sum_a dz[a] P[a, k]; dP[a, k] += dz[a] f[k].
+        let mut df = 0f32;
+        for (a, &d) in dz.iter().enumerate() {
+            df += d * pw[(a, k)];
+            g.proj.weight[(a, k)] += d * fk;
+        }
+        let c = l.conv.row(k);
+        let mut gc = g.conv.row_mut(k);
+        for j in j0..j1 {
+            gc[j] += df * prev[u + j - r];
+            dprev[u + j - r] += df * c[j];
+        }
     }
 }
 
@@ -262,6 +441,10 @@ impl Module for AdditiveAttention {
         self.att_h.visit(&join(prefix, "att_h"), f);
         self.att_s.visit(&join(prefix, "att_s"), f);
         self.att_v.visit(&join(prefix, "att_v"), f);
+        if let Some(l) = &self.location {
+            f(join(prefix, "att_conv.weight"), l.conv.view().into_dyn());
+            l.proj.visit(&join(prefix, "att_loc"), f);
+        }
     }
 
     fn visit_mut<'a>(
@@ -272,6 +455,13 @@ impl Module for AdditiveAttention {
         self.att_h.visit_mut(&join(prefix, "att_h"), f);
         self.att_s.visit_mut(&join(prefix, "att_s"), f);
         self.att_v.visit_mut(&join(prefix, "att_v"), f);
+        if let Some(l) = &mut self.location {
+            f(
+                join(prefix, "att_conv.weight"),
+                l.conv.view_mut().into_dyn(),
+            );
+            l.proj.visit_mut(&join(prefix, "att_loc"), f);
+        }
     }
 
     fn zeros_like(&self) -> Self {
@@ -279,6 +469,10 @@ impl Module for AdditiveAttention {
             att_h: self.att_h.zeros_like(),
             att_s: self.att_s.zeros_like(),
             att_v: self.att_v.zeros_like(),
+            location: self.location.as_ref().map(|l| Location {
+                conv: Array2::zeros(l.conv.raw_dim()),
+                proj: l.proj.zeros_like(),
+            }),
         }
     }
 }

@@ -27,7 +27,7 @@ pub mod optim;
 pub mod pyramid;
 mod recurrent;
 
-pub use attention::{AdditiveAttention, AttentionCache};
+pub use attention::{AdditiveAttention, AttentionCache, Location};
 pub use ctc::{ctc_greedy, ctc_loss, ctc_score, Ctc};
 pub use embedding::Embedding;
 pub use error::{Error, Result};

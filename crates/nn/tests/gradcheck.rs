@@ -484,10 +484,19 @@ fn attend(
     let keys = att.keys(h.view()).unwrap();
     let mut loss = 0.0;
     let mut caches = Vec::new();
+    // Location-aware attention reads the previous step's weights.
+    let mut prev = lasr_nn::AdditiveAttention::initial_weights(h.dim().0, lengths);
     for (s, r) in ss.iter().zip(rs) {
         let (ctx, cache) = att
-            .step(h.view(), keys.view(), s.view(), Some(lengths))
+            .step(
+                h.view(),
+                keys.view(),
+                s.view(),
+                Some(lengths),
+                Some(prev.view()),
+            )
             .unwrap();
+        prev = cache.alpha().to_owned();
         loss += projection(r.view().into_dyn(), ctx.view().into_dyn());
         for (b, &len) in lengths.iter().enumerate() {
             let a = cache.alpha();
@@ -503,19 +512,23 @@ fn attend(
     let mut dh = Array3::zeros(h.raw_dim());
     let mut dkeys = Array3::zeros(keys.raw_dim());
     let mut dss = Vec::new();
-    for (cache, r) in caches.iter().zip(rs) {
-        dss.push(
-            att.step_backward(
+    let mut d_alpha: Option<Array2<f32>> = None;
+    for (cache, r) in caches.iter().zip(rs).rev() {
+        let (ds, dprev) = att
+            .step_backward(
                 cache,
                 h.view(),
                 r.view(),
+                d_alpha.as_ref().map(|d| d.view()),
                 dh.view_mut(),
                 dkeys.view_mut(),
                 &mut grads,
             )
-            .unwrap(),
-        );
+            .unwrap();
+        dss.push(ds);
+        d_alpha = dprev;
     }
+    dss.reverse();
     dh += &att
         .keys_backward(h.view(), dkeys.view(), &mut grads)
         .unwrap();
@@ -524,12 +537,22 @@ fn attend(
 
 #[test]
 fn additive_attention() {
-    let att = lasr_nn::AdditiveAttention::new(6, 5, 4, &mut rng(120));
+    attention_case(lasr_nn::AdditiveAttention::new(6, 5, 4, &mut rng(120)), 2);
+}
+
+#[test]
+fn location_aware_attention_over_three_steps() {
+    // Width 5 > the shortest sequence (4 positions): filters hang over both ends.
+    let att = lasr_nn::AdditiveAttention::new_location(6, 5, 4, 3, 5, &mut rng(140));
+    attention_case(att, 3);
+}
+
+fn attention_case(att: lasr_nn::AdditiveAttention, steps: u64) {
     let h = random3((7, 2, 6), 121);
-    let ss: Vec<Array2<f32>> = (0..2)
+    let ss: Vec<Array2<f32>> = (0..steps)
         .map(|i| lasr_nn::init::uniform((2, 5), 1.0, &mut rng(122 + i)))
         .collect();
-    let rs: Vec<Array2<f32>> = (0..2)
+    let rs: Vec<Array2<f32>> = (0..steps)
         .map(|i| lasr_nn::init::uniform((2, 6), 1.0, &mut rng(130 + i)))
         .collect();
     let lengths = [7usize, 4];
@@ -537,10 +560,11 @@ fn additive_attention() {
     let loss = |m: &lasr_nn::AdditiveAttention| attend(m, &h, &ss, &rs, &lengths).0;
     let reports = check_params(&att, &grads, &loss, EPS, 40, FLOOR);
     let names: Vec<&str> = reports.iter().map(|r| r.tensor.as_str()).collect();
-    assert_eq!(
-        names,
-        ["att_h.weight", "att_h.bias", "att_s.weight", "att_v.weight"]
-    );
+    let mut expected = vec!["att_h.weight", "att_h.bias", "att_s.weight", "att_v.weight"];
+    if att.location.is_some() {
+        expected.extend(["att_conv.weight", "att_loc.weight"]);
+    }
+    assert_eq!(names, expected);
     assert_close(&reports, "attention");
     let loss_h = |hh: &ArrayD<f32>| {
         attend(
