@@ -3,7 +3,8 @@
 //! Variants are sorted by what a caller can do about them: [`Error::Decoder`] is the
 //! model failing on one utterance (report it, go on with the next), [`Error::Vocab`]
 //! is a bad symbol list (fix the model file or the list), [`Error::Options`] is a search
-//! setting out of range (fix the configuration), [`Error::Contract`] is a
+//! setting out of range (fix the configuration), [`Error::Input`] is a search handed
+//! malformed model output (fix the call or the model), [`Error::Contract`] is a
 //! [`Decoder`](crate::Decoder) implementation breaking its contract, which only a fix
 //! to that implementation cures, [`Error::Lm`] is a language model asked for something
 //! it cannot do (fix the call or the configuration), and [`Error::LmFile`] is a language
@@ -25,6 +26,10 @@ pub enum Error {
     /// A search option is out of its valid range.
     #[error("invalid search options: {0}")]
     Options(String),
+    /// Model output handed to a search directly is malformed: a length that does not
+    /// match its dimensions, NaN or `+inf`, a blank outside the vocabulary.
+    #[error("invalid search input: {0}")]
+    Input(String),
     /// A decoder returned something its contract rules out (wrong number of
     /// log-probabilities, NaN, an attention peak outside the encoder output...).
     #[error("decoder broke its contract: {0}")]

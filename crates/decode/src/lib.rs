@@ -2,8 +2,9 @@
 //!
 //! From model outputs to scored text, independent of any model: the character
 //! vocabulary ([`vocab`]), greedy and beam search over any autoregressive model that
-//! implements [`Decoder`] ([`search`]), word/character error rates ([`score`]), and a
-//! character n-gram language model with shallow fusion into any [`Decoder`] ([`lm`]).
+//! implements [`Decoder`] ([`search`]), CTC prefix beam search over a CTC head's output
+//! ([`ctc`]), word/character error rates ([`score`]), and a character n-gram language
+//! model with shallow fusion into any [`Decoder`] or into the CTC search ([`lm`]).
 //!
 //! Scoring a hypothesis the way the recogniser sees text:
 //!
@@ -22,12 +23,14 @@
 //! assert_eq!(corpus.rate(), 1.0 / 9.0);
 //! ```
 
+pub mod ctc;
 pub mod error;
 pub mod lm;
 pub mod score;
 pub mod search;
 pub mod vocab;
 
+pub use ctc::{ctc_beam_search, CtcHypothesis, CtcSearchOptions};
 pub use error::{Error, LmFileErrorKind, Result, VocabErrorKind};
 pub use lm::{CharLm, Fused, FusedState};
 pub use score::{align, cer, char_units, error_counts, wer, word_units, EditOp, ErrorCounts};

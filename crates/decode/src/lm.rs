@@ -542,7 +542,7 @@ fn child_key(ctx: u32, token: usize) -> u64 {
 type KeyMap = HashMap<u64, u32, BuildHasherDefault<KeyHasher>>;
 
 #[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -557,6 +557,10 @@ impl Hasher for KeyHasher {
 
     fn write_u64(&mut self, x: u64) {
         self.0 = mix(self.0 ^ x);
+    }
+
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
     }
 }
 

@@ -1,0 +1,620 @@
+//! CTC prefix beam search, optionally fused with a [`CharLm`].
+//!
+//! The input is a CTC head's output for one utterance: `[T, V]` row-major
+//! log-probabilities, one log-softmax row per frame, with one symbol the blank. A
+//! *labelling* (prefix) is what a frame path collapses to: repeats merged, then blanks
+//! dropped, so `a a _ a b` gives `aab`; its probability is the sum over every path that
+//! collapses to it.
+//!
+//! [`ctc_beam_search`] is the prefix beam search of Graves (2012, section 7.5) and
+//! Hannun et al. ("First-pass large vocabulary continuous speech recognition using
+//! bi-directional recurrent DNNs", 2014). Each kept prefix `l` carries `p_b(l)` and
+//! `p_nb(l)`, the probability of the paths over the frames so far that collapse to `l`
+//! and end in a blank or in `l`'s last symbol. At frame `t`, with `y` that frame's
+//! probabilities, every kept prefix goes on by:
+//!
+//! - a blank: `p_b(l) += (p_b(l) + p_nb(l)) * y[blank]`;
+//! - its last symbol `c` repeated: `p_nb(l) += p_nb(l) * y[c]` (the repeat merges);
+//! - any other symbol `c`: `p_nb(l + c) += (p_b(l) + p_nb(l)) * y[c]`, and its last
+//!   symbol `c` after a blank: `p_nb(l + c) += p_b(l) * y[c]` (only a blank keeps two
+//!   equal symbols apart).
+//!
+//! An extension `l + c` that is itself a kept prefix merges with it, so every prefix
+//! appears once. Of all prefixes reached, the `beam_size` best by
+//!
+//! ```text
+//! score(l) = ln(p_b(l) + p_nb(l)) + lm_weight * ln P_lm(l) + insertion_bonus * |l|
+//! ```
+//!
+//! survive the frame, where `ln P_lm(l)` is the sum of the model's log-probabilities of
+//! `l`'s symbols, each given `<sos>` and the symbols before it. After the last frame,
+//! each surviving prefix's final score adds `lm_weight * ln p_lm(<eos> | l)`; the
+//! n-best list is the survivors sorted by that. All sums are kept as natural logs in
+//! `f64`.
+//!
+//! Probabilities are exact sums over paths only as long as nothing is pruned: a
+//! prefix's `p_b`, `p_nb` leave out the paths through prefixes dropped from the beam
+//! and through emissions skipped by [`CtcSearchOptions::prune`], so with a beam holding
+//! every prefix and no pruning, `ctc_log_prob` is the labelling's exact probability.
+//!
+//! ## Cost
+//!
+//! Prefixes are nodes of a trie (parent pointer and symbol), created only for the
+//! prefixes that survive a frame, so no prefix is ever copied; the model's distribution
+//! after a prefix is computed once, the first time that prefix is extended, and its
+//! `ln P_lm` is its parent's plus one entry of the parent's distribution. Per frame the
+//! work is `O(beam_size * S)` for `S` symbols above the pruning threshold (at most
+//! `V - 1`), plus picking the best `beam_size` of the candidates.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lm::{CharLm, KeyHasher};
+use crate::vocab::Vocab;
+
+/// Settings of [`ctc_beam_search`]. Every field has a default, unknown fields are
+/// refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CtcSearchOptions {
+    /// Prefixes kept after each frame, and the most hypotheses returned. 1 keeps only
+    /// the best-scoring prefix at each frame (still merging the paths into it, so it is
+    /// not quite best-path decoding).
+    pub beam_size: usize,
+    /// Weight of the language model's log-probability in the score, finite and
+    /// `>= 0`; 0 (or no model) is pure CTC. With a model and weight 0 the model's
+    /// log-probability is still reported, but it does not rank anything.
+    pub lm_weight: f32,
+    /// Added to the score per emitted symbol (finite); a positive bonus offsets the
+    /// language model's cost per symbol, which otherwise favours short outputs.
+    pub insertion_bonus: f32,
+    /// Per-frame threshold on the natural-log probability of a symbol: at each frame,
+    /// only the symbols at or above it extend a prefix by a new symbol. The blank and
+    /// the repetition of a prefix's last symbol, which extend no prefix, are always
+    /// followed. `None` tries every symbol at every frame. The default `-12`
+    /// (`p` about `6e-6`) skips the symbols a trained model all but rules out, which is
+    /// most of them on most frames, and never the most probable symbol of a frame
+    /// unless the vocabulary has more than `e^12` (about 160 000) symbols. Finite and
+    /// `<= 0` (a positive threshold would rule out every symbol). Symbols of
+    /// probability 0 (`-inf`) are never tried.
+    pub prune: Option<f32>,
+}
+
+impl Default for CtcSearchOptions {
+    fn default() -> Self {
+        CtcSearchOptions {
+            beam_size: 16,
+            lm_weight: 0.0,
+            insertion_bonus: 0.0,
+            prune: Some(-12.0),
+        }
+    }
+}
+
+impl CtcSearchOptions {
+    /// Checks every field's range; [`Error::Options`] names the first one out of it.
+    pub fn validate(&self) -> Result<()> {
+        if self.beam_size == 0 {
+            return Err(Error::Options("beam_size must be at least 1".into()));
+        }
+        if !(self.lm_weight.is_finite() && self.lm_weight >= 0.0) {
+            return Err(Error::Options(format!(
+                "lm_weight must be finite and >= 0, not {}",
+                self.lm_weight
+            )));
+        }
+        if !self.insertion_bonus.is_finite() {
+            return Err(Error::Options(format!(
+                "insertion_bonus must be finite, not {}",
+                self.insertion_bonus
+            )));
+        }
+        if let Some(p) = self.prune {
+            if !(p.is_finite() && p <= 0.0) {
+                return Err(Error::Options(format!(
+                    "prune must be finite and <= 0 (or null for no pruning), not {p}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One labelling found by [`ctc_beam_search`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CtcHypothesis {
+    /// Symbol ids `[n]`, without blanks.
+    pub tokens: Vec<usize>,
+    /// For each token `[n]`, the frame at which it starts on the most probable single
+    /// path (alignment) of the labelling among the paths the search followed; strictly
+    /// increasing.
+    pub frames: Vec<usize>,
+    /// `ln(p_b + p_nb)`: natural log of the labelling's probability summed over the
+    /// paths the search followed (exact without pruning, see the
+    /// [module documentation](self)).
+    pub ctc_log_prob: f64,
+    /// Natural log of the language model's probability of `tokens` followed by
+    /// `<eos>`, each symbol given `<sos>` and the symbols before it; 0 without a model.
+    pub lm_log_prob: f64,
+    /// `ctc_log_prob + lm_weight * lm_log_prob + insertion_bonus * n`, what ranked it
+    /// (the language model term is 0 when `lm_weight` is 0).
+    pub score: f64,
+}
+
+/// CTC prefix beam search as the [module documentation](self) describes, over
+/// `log_probs` `[frames, vocab_size]` row-major: each row the natural-log probabilities
+/// (a log-softmax) of the symbols at one frame, `blank` the blank's id. With `lm`, its
+/// vocabulary must have `vocab_size` symbols, whose ids are the CTC head's (the blank
+/// is never scored by it).
+///
+/// Returns an n-best list of at most `beam_size` distinct labellings, best score first
+/// (equal scores in the order the search kept them). Labellings of probability 0 are
+/// left out, unless every labelling has probability 0 (a frame whose row is all
+/// `-inf`): then the list holds one of them, with score `-inf`. No frames give the empty
+/// labelling with probability 1.
+///
+/// Errors: [`Error::Options`] for options out of range, [`Error::Input`] for a
+/// `log_probs` length other than `frames * vocab_size`, a NaN or `+inf` in it, or a
+/// `blank` outside the vocabulary, and [`Error::Lm`] for a model over another number of
+/// symbols.
+pub fn ctc_beam_search(
+    log_probs: &[f32],
+    frames: usize,
+    vocab_size: usize,
+    blank: usize,
+    lm: Option<&CharLm>,
+    options: &CtcSearchOptions,
+) -> Result<Vec<CtcHypothesis>> {
+    options.validate()?;
+    check_input(log_probs, frames, vocab_size, blank)?;
+    if let Some(lm) = lm {
+        let n = lm.vocab().len();
+        if n != vocab_size {
+            return Err(Error::Lm(format!(
+                "cannot fuse CTC output over {vocab_size} symbols with a language model of {n}"
+            )));
+        }
+    }
+    let v = vocab_size;
+    let k = options.beam_size;
+    let scorer = Scorer {
+        lm_weight: if lm.is_some() {
+            f64::from(options.lm_weight)
+        } else {
+            0.0
+        },
+        bonus: f64::from(options.insertion_bonus),
+    };
+    let fusing = scorer.lm_weight > 0.0;
+    let prune = options.prune;
+
+    let mut trie = Trie::new();
+    let mut cache = LmCache::new(v);
+    let mut records: Vec<Record> = Vec::new();
+    let mut beam = vec![Entry::root()];
+    let mut next: Vec<Entry> = Vec::new();
+    // The beam entries extending beam entry `i` by one symbol: a linked list from
+    // `first_child[i]` through `next_sibling`.
+    let mut first_child: Vec<usize> = Vec::new();
+    let mut next_sibling: Vec<usize> = Vec::new();
+    let mut symbols: Vec<usize> = Vec::new();
+    let mut ranked: Vec<(f64, usize)> = Vec::new();
+
+    for (t, y) in log_probs.chunks_exact(v).enumerate() {
+        let y_blank = f64::from(y[blank]);
+        symbols.clear();
+        symbols.extend((0..v).filter(|&c| {
+            c != blank && y[c] > f32::NEG_INFINITY && prune.is_none_or(|p| y[c] >= p)
+        }));
+
+        first_child.clear();
+        first_child.resize(beam.len(), NONE);
+        next_sibling.clear();
+        next_sibling.resize(beam.len(), NONE);
+        for (i, e) in beam.iter().enumerate() {
+            trie.beam_pos[e.node] = i;
+        }
+        for (j, e) in beam.iter().enumerate() {
+            if e.parent != NONE {
+                let i = trie.beam_pos[e.parent];
+                if i != NONE {
+                    next_sibling[j] = first_child[i];
+                    first_child[i] = j;
+                }
+            }
+        }
+        for e in &beam {
+            trie.beam_pos[e.node] = NONE;
+        }
+
+        // Staying on the same prefix: entry `i` of `next` is entry `i` of `beam`.
+        next.clear();
+        next.extend(beam.iter().map(|e| {
+            let (best, rec) = e.best_path();
+            let mut n = *e;
+            n.pb = log_add(e.pb, e.pnb) + y_blank;
+            n.vb = best + y_blank;
+            n.rec_b = rec;
+            if e.token != NO_TOKEN {
+                let y_last = f64::from(y[e.token]);
+                n.pnb = e.pnb + y_last;
+                n.vnb = e.vnb + y_last;
+            }
+            n
+        }));
+
+        // Extending by one symbol. With `k` staying prefixes, a new one scoring no better
+        // than the worst of them cannot make the cut (merges only raise them, and ties
+        // go to the earlier candidate), so it is not even listed.
+        let floor = if next.len() >= k {
+            next.iter()
+                .map(|n| scorer.prefix(n))
+                .fold(f64::INFINITY, f64::min)
+        } else {
+            f64::NEG_INFINITY
+        };
+        if !symbols.is_empty() {
+            for (i, e) in beam.iter().enumerate() {
+                let all = log_add(e.pb, e.pnb);
+                let (best, best_rec) = e.best_path();
+                let row = lm.map(|lm| cache.row(lm, &trie, e.node));
+                for &c in &symbols {
+                    let (from, from_v, from_rec) = if c == e.token {
+                        (e.pb, e.vb, e.rec_b)
+                    } else {
+                        (all, best, best_rec)
+                    };
+                    if from == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let lm_c = row.map_or(0.0, |r| cache.rows[r + c]);
+                    if fusing && lm_c == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let y_c = f64::from(y[c]);
+                    let mut j = first_child[i];
+                    while j != NONE && beam[j].token != c {
+                        j = next_sibling[j];
+                    }
+                    let slot = if j != NONE {
+                        j
+                    } else {
+                        let lm_new = e.lm + f64::from(lm_c);
+                        if scorer.score(from + y_c, lm_new, e.len + 1) <= floor {
+                            continue;
+                        }
+                        next.push(Entry {
+                            node: NONE,
+                            parent: e.node,
+                            token: c,
+                            len: e.len + 1,
+                            lm: lm_new,
+                            pb: f64::NEG_INFINITY,
+                            pnb: f64::NEG_INFINITY,
+                            vb: f64::NEG_INFINITY,
+                            vnb: f64::NEG_INFINITY,
+                            rec_b: NONE,
+                            rec_nb: NONE,
+                            nb_pending: false,
+                        });
+                        next.len() - 1
+                    };
+                    let n = &mut next[slot];
+                    n.pnb = log_add(n.pnb, from + y_c);
+                    if from_v + y_c > n.vnb {
+                        n.vnb = from_v + y_c;
+                        n.rec_nb = from_rec;
+                        n.nb_pending = true;
+                    }
+                }
+            }
+        }
+
+        ranked.clear();
+        ranked.extend(next.iter().enumerate().map(|(s, n)| (scorer.prefix(n), s)));
+        keep_best(&mut ranked, k);
+        beam.clear();
+        for &(_, s) in ranked.iter() {
+            let mut n = next[s];
+            if n.node == NONE {
+                n.node = trie.child(n.parent, n.token);
+            }
+            if n.nb_pending {
+                records.push(Record {
+                    frame: t,
+                    prev: n.rec_nb,
+                });
+                n.rec_nb = records.len() - 1;
+                n.nb_pending = false;
+            }
+            beam.push(n);
+        }
+    }
+
+    ranked.clear();
+    let mut finals: Vec<(f64, f64, f64)> = Vec::with_capacity(beam.len());
+    for (s, e) in beam.iter().enumerate() {
+        let ctc = log_add(e.pb, e.pnb);
+        let lm_total = match lm {
+            Some(lm) => {
+                let row = cache.row(lm, &trie, e.node);
+                e.lm + f64::from(cache.rows[row + Vocab::EOS])
+            }
+            None => 0.0,
+        };
+        let score = scorer.score(ctc, lm_total, e.len);
+        finals.push((ctc, lm_total, score));
+        ranked.push((score, s));
+    }
+    keep_best(&mut ranked, k);
+    Ok(ranked
+        .iter()
+        .map(|&(score, s)| {
+            let e = &beam[s];
+            let (ctc_log_prob, lm_log_prob, _) = finals[s];
+            let tokens = trie.tokens(e.node);
+            let mut frames = Vec::with_capacity(tokens.len());
+            let mut r = e.best_path().1;
+            while r != NONE {
+                frames.push(records[r].frame);
+                r = records[r].prev;
+            }
+            frames.reverse();
+            debug_assert_eq!(frames.len(), tokens.len());
+            CtcHypothesis {
+                tokens,
+                frames,
+                ctc_log_prob,
+                lm_log_prob,
+                score,
+            }
+        })
+        .collect())
+}
+
+fn check_input(log_probs: &[f32], frames: usize, vocab_size: usize, blank: usize) -> Result<()> {
+    if blank >= vocab_size {
+        return Err(Error::Input(format!(
+            "blank {blank} is outside the vocabulary of {vocab_size} symbols"
+        )));
+    }
+    if frames.checked_mul(vocab_size) != Some(log_probs.len()) {
+        return Err(Error::Input(format!(
+            "{} log-probabilities for {frames} frames of {vocab_size} symbols",
+            log_probs.len()
+        )));
+    }
+    if let Some(i) = log_probs
+        .iter()
+        .position(|x| x.is_nan() || *x == f32::INFINITY)
+    {
+        return Err(Error::Input(format!(
+            "log-probability of symbol {} at frame {} is {}",
+            i % vocab_size,
+            i / vocab_size,
+            log_probs[i]
+        )));
+    }
+    Ok(())
+}
+
+/// Marks a missing node, record, beam entry or list end.
+const NONE: usize = usize::MAX;
+
+/// The last symbol of the empty prefix.
+const NO_TOKEN: usize = usize::MAX;
+
+/// The scores of the [module documentation](self).
+struct Scorer {
+    /// 0 without a model.
+    lm_weight: f64,
+    bonus: f64,
+}
+
+impl Scorer {
+    fn score(&self, ctc: f64, lm: f64, len: usize) -> f64 {
+        // Skipping a zero weight keeps a model's `-inf` from turning into NaN.
+        let lm_term = if self.lm_weight == 0.0 {
+            0.0
+        } else {
+            self.lm_weight * lm
+        };
+        ctc + lm_term + self.bonus * len as f64
+    }
+
+    fn prefix(&self, e: &Entry) -> f64 {
+        self.score(log_add(e.pb, e.pnb), e.lm, e.len)
+    }
+}
+
+/// A prefix during the search, with its probabilities at the last frame processed.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Its trie node; [`NONE`] for an extension not yet kept.
+    node: usize,
+    /// The trie node of the prefix without its last symbol; [`NONE`] for the empty one.
+    parent: usize,
+    /// Last symbol; [`NO_TOKEN`] for the empty prefix.
+    token: usize,
+    len: usize,
+    /// `ln P_lm` of its symbols (without `<eos>`); 0 without a model.
+    lm: f64,
+    /// `ln p_b`, `ln p_nb`.
+    pb: f64,
+    pnb: f64,
+    /// Natural log of the most probable single path ending in a blank, and in the last
+    /// symbol, among the paths followed.
+    vb: f64,
+    vnb: f64,
+    /// Those paths' emission records ([`NONE`] for no emission).
+    rec_b: usize,
+    rec_nb: usize,
+    /// `vnb`'s path starts the last symbol at the current frame: its record, whose
+    /// previous one is `rec_nb`, is still to be made.
+    nb_pending: bool,
+}
+
+impl Entry {
+    fn root() -> Entry {
+        Entry {
+            node: 0,
+            parent: NONE,
+            token: NO_TOKEN,
+            len: 0,
+            lm: 0.0,
+            pb: 0.0,
+            pnb: f64::NEG_INFINITY,
+            vb: 0.0,
+            vnb: f64::NEG_INFINITY,
+            rec_b: NONE,
+            rec_nb: NONE,
+            nb_pending: false,
+        }
+    }
+
+    /// The more probable of the two best paths and its record. Ties go to the
+    /// non-blank path, whose record is always set once the prefix is not empty (an
+    /// entry is only created by an extension of non-zero probability).
+    fn best_path(&self) -> (f64, usize) {
+        if self.vb > self.vnb {
+            (self.vb, self.rec_b)
+        } else {
+            (self.vnb, self.rec_nb)
+        }
+    }
+}
+
+/// One symbol emission of a best path: the frame it starts at and the emission before
+/// it.
+struct Record {
+    frame: usize,
+    prev: usize,
+}
+
+type ChildMap = HashMap<(usize, usize), usize, BuildHasherDefault<KeyHasher>>;
+
+/// Every prefix that ever survived a frame, once each: node 0 is the empty prefix.
+struct Trie {
+    parent: Vec<usize>,
+    token: Vec<usize>,
+    children: ChildMap,
+    /// Node -> its index in the current beam, [`NONE`] outside the loop that sets it.
+    beam_pos: Vec<usize>,
+}
+
+impl Trie {
+    fn new() -> Trie {
+        Trie {
+            parent: vec![NONE],
+            token: vec![NO_TOKEN],
+            children: ChildMap::default(),
+            beam_pos: vec![NONE],
+        }
+    }
+
+    /// The node of `parent`'s prefix followed by `token`, made if new.
+    fn child(&mut self, parent: usize, token: usize) -> usize {
+        let n = self.parent.len();
+        let id = *self.children.entry((parent, token)).or_insert(n);
+        if id == n {
+            self.parent.push(parent);
+            self.token.push(token);
+            self.beam_pos.push(NONE);
+        }
+        id
+    }
+
+    fn tokens(&self, mut node: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        while node != 0 {
+            out.push(self.token[node]);
+            node = self.parent[node];
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// The language model's distribution after each prefix that has needed one.
+struct LmCache {
+    v: usize,
+    /// Node -> offset of its row in `rows`, [`NONE`] if not computed yet.
+    row_of: Vec<usize>,
+    rows: Vec<f32>,
+    history: Vec<usize>,
+    scratch: Vec<f32>,
+}
+
+impl LmCache {
+    fn new(v: usize) -> LmCache {
+        LmCache {
+            v,
+            row_of: Vec::new(),
+            rows: Vec::new(),
+            history: Vec::new(),
+            scratch: vec![0.0; v],
+        }
+    }
+
+    /// Offset in `rows` of the natural-log distribution after `node`'s prefix.
+    fn row(&mut self, lm: &CharLm, trie: &Trie, node: usize) -> usize {
+        if self.row_of.len() <= node {
+            self.row_of.resize(trie.parent.len(), NONE);
+        }
+        if self.row_of[node] != NONE {
+            return self.row_of[node];
+        }
+        // `<sos>` and the last `order - 1` symbols, the most the model looks at.
+        let width = lm.order() - 1;
+        self.history.clear();
+        let mut n = node;
+        while self.history.len() < width {
+            if n == 0 {
+                self.history.push(Vocab::SOS);
+                break;
+            }
+            self.history.push(trie.token[n]);
+            n = trie.parent[n];
+        }
+        self.history.reverse();
+        lm.log_probs_into(&self.history, &mut self.scratch);
+        let offset = self.rows.len();
+        self.rows.extend_from_slice(&self.scratch);
+        debug_assert_eq!(self.rows.len(), offset + self.v);
+        self.row_of[node] = offset;
+        offset
+    }
+}
+
+/// `ln(e^a + e^b)`, exact for `-inf` arguments.
+fn log_add(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+    if lo == f64::NEG_INFINITY {
+        return hi;
+    }
+    hi + (lo - hi).exp().ln_1p()
+}
+
+/// Best first; equal scores in candidate order.
+fn rank_order(a: &(f64, usize), b: &(f64, usize)) -> Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// Leaves the `k` best of `ranked`, sorted best first, without those of score `-inf`
+/// unless all are (then the first of them).
+fn keep_best(ranked: &mut Vec<(f64, usize)>, k: usize) {
+    if ranked.len() > k {
+        ranked.select_nth_unstable_by(k - 1, rank_order);
+        ranked.truncate(k);
+    }
+    ranked.sort_unstable_by(rank_order);
+    let finite = ranked
+        .iter()
+        .position(|r| r.0 == f64::NEG_INFINITY)
+        .unwrap_or(ranked.len());
+    ranked.truncate(finite.max(1));
+}

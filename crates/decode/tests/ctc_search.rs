@@ -1,0 +1,544 @@
+//! CTC prefix beam search against brute-force sums over every frame path, on spiky
+//! synthetic outputs, and fused with a small character model.
+
+use std::collections::HashMap;
+
+use lasr_decode::{ctc_beam_search, CharLm, CtcHypothesis, CtcSearchOptions, Error, Vocab};
+
+const BLANK: usize = 0;
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Uniform in [0, 1).
+fn uniform(state: &mut u64) -> f64 {
+    *state = splitmix(*state);
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Row-wise log-softmax of `logits` `[T, V]`.
+fn log_softmax(logits: &[f64], v: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(logits.len());
+    for row in logits.chunks_exact(v) {
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        out.extend(row.iter().map(|x| (x - lse) as f32));
+    }
+    out
+}
+
+/// Random log-probabilities `[t, v]`; `scale` sets how peaked the rows are.
+fn random_log_probs(seed: u64, t: usize, v: usize, scale: f64) -> Vec<f32> {
+    let mut s = seed;
+    let logits: Vec<f64> = (0..t * v).map(|_| scale * uniform(&mut s)).collect();
+    log_softmax(&logits, v)
+}
+
+fn collapse(path: &[usize]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut prev = None;
+    for &s in path {
+        if s != BLANK && prev != Some(s) {
+            out.push(s);
+        }
+        prev = Some(s);
+    }
+    out
+}
+
+/// Start frame of each symbol of `collapse(path)`.
+fn starts(path: &[usize]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut prev = None;
+    for (t, &s) in path.iter().enumerate() {
+        if s != BLANK && prev != Some(s) {
+            out.push(t);
+        }
+        prev = Some(s);
+    }
+    out
+}
+
+struct Labelling {
+    prob: f64,
+    best_path_prob: f64,
+    best_path_starts: Vec<usize>,
+}
+
+/// Every labelling's probability, summed over all `v^t` paths, with its most probable
+/// path.
+fn brute_force(log_probs: &[f32], t: usize, v: usize) -> HashMap<Vec<usize>, Labelling> {
+    let mut out: HashMap<Vec<usize>, Labelling> = HashMap::new();
+    let mut path = vec![0usize; t];
+    for mut code in 0..v.pow(t as u32) {
+        for s in path.iter_mut() {
+            *s = code % v;
+            code /= v;
+        }
+        let lp: f64 = path
+            .iter()
+            .enumerate()
+            .map(|(f, &s)| f64::from(log_probs[f * v + s]))
+            .sum();
+        let p = lp.exp();
+        let l = out.entry(collapse(&path)).or_insert(Labelling {
+            prob: 0.0,
+            best_path_prob: 0.0,
+            best_path_starts: Vec::new(),
+        });
+        l.prob += p;
+        if p > l.best_path_prob {
+            l.best_path_prob = p;
+            l.best_path_starts = starts(&path);
+        }
+    }
+    out
+}
+
+/// `ln p(labels)` by the CTC forward algorithm over `log_probs` `[t, v]`.
+fn ctc_forward(log_probs: &[f32], t: usize, v: usize, labels: &[usize]) -> f64 {
+    let add = |a: f64, b: f64| {
+        let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+        if lo == f64::NEG_INFINITY {
+            hi
+        } else {
+            hi + (lo - hi).exp().ln_1p()
+        }
+    };
+    let ext: Vec<usize> = (0..2 * labels.len() + 1)
+        .map(|s| if s % 2 == 0 { BLANK } else { labels[s / 2] })
+        .collect();
+    let n = ext.len();
+    if t == 0 {
+        return if labels.is_empty() {
+            0.0
+        } else {
+            f64::NEG_INFINITY
+        };
+    }
+    let y = |f: usize, s: usize| f64::from(log_probs[f * v + ext[s]]);
+    let mut alpha = vec![f64::NEG_INFINITY; n];
+    alpha[0] = y(0, 0);
+    if n > 1 {
+        alpha[1] = y(0, 1);
+    }
+    for f in 1..t {
+        let prev = alpha.clone();
+        for s in 0..n {
+            let mut a = prev[s];
+            if s >= 1 {
+                a = add(a, prev[s - 1]);
+            }
+            if s >= 2 && ext[s] != BLANK && ext[s] != ext[s - 2] {
+                a = add(a, prev[s - 2]);
+            }
+            alpha[s] = a + y(f, s);
+        }
+    }
+    if n > 1 {
+        add(alpha[n - 1], alpha[n - 2])
+    } else {
+        alpha[n - 1]
+    }
+}
+
+fn opts(beam_size: usize, prune: Option<f32>) -> CtcSearchOptions {
+    CtcSearchOptions {
+        beam_size,
+        prune,
+        ..CtcSearchOptions::default()
+    }
+}
+
+fn search(
+    log_probs: &[f32],
+    v: usize,
+    lm: Option<&CharLm>,
+    options: &CtcSearchOptions,
+) -> Vec<CtcHypothesis> {
+    ctc_beam_search(log_probs, log_probs.len() / v, v, BLANK, lm, options).unwrap()
+}
+
+#[test]
+fn a_beam_holding_every_prefix_gives_every_labelling_its_exact_probability() {
+    let v = 4;
+    for case in 0..150u64 {
+        let t = 1 + (case % 5) as usize;
+        let scale = [0.5, 2.0, 6.0][(case / 5 % 3) as usize];
+        let lp = random_log_probs(case, t, v, scale);
+        let exact = brute_force(&lp, t, v);
+        // 1 + 3 + ... + 3^5 = 364 labellings at most: the beam never drops one.
+        let hyps = search(&lp, v, None, &opts(400, None));
+        assert_eq!(hyps.len(), exact.len(), "case {case}");
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in hyps.iter().enumerate() {
+            let l = &exact[&h.tokens];
+            assert!(seen.insert(h.tokens.clone()), "case {case}: duplicate");
+            assert!(
+                (h.ctc_log_prob - l.prob.ln()).abs() < 1e-5,
+                "case {case}: {:?} has ln p {} by search, {} by brute force",
+                h.tokens,
+                h.ctc_log_prob,
+                l.prob.ln()
+            );
+            assert_eq!(h.score, h.ctc_log_prob);
+            assert_eq!(h.lm_log_prob, 0.0);
+            assert_eq!(
+                h.frames, l.best_path_starts,
+                "case {case}: frames of {:?}",
+                h.tokens
+            );
+            if i > 0 {
+                assert!(hyps[i - 1].score >= h.score, "case {case}: not sorted");
+            }
+        }
+        let best = exact
+            .iter()
+            .max_by(|a, b| a.1.prob.total_cmp(&b.1.prob))
+            .unwrap();
+        assert_eq!(&hyps[0].tokens, best.0, "case {case}");
+    }
+}
+
+#[test]
+fn a_beam_of_64_finds_the_most_probable_labelling() {
+    let v = 4;
+    for case in 0..200u64 {
+        let t = 1 + (case % 5) as usize;
+        let scale = [1.0, 3.0, 8.0][(case / 5 % 3) as usize];
+        let lp = random_log_probs(1000 + case, t, v, scale);
+        let exact = brute_force(&lp, t, v);
+        let (best, l) = exact
+            .iter()
+            .max_by(|a, b| a.1.prob.total_cmp(&b.1.prob))
+            .unwrap();
+        let hyps = search(&lp, v, None, &opts(64, None));
+        assert!(hyps.len() <= 64);
+        assert_eq!(&hyps[0].tokens, best, "case {case}");
+        assert!(
+            (hyps[0].ctc_log_prob - l.prob.ln()).abs() < 1e-5,
+            "case {case}: {} by search, {} by brute force",
+            hyps[0].ctc_log_prob,
+            l.prob.ln()
+        );
+    }
+}
+
+#[test]
+fn longer_inputs_match_the_forward_algorithm_while_the_beam_holds_every_prefix() {
+    // Blank and `a` over 40 frames: at most 21 labellings (`a` repeated 0 to 20
+    // times, a blank between each two); blank, `a`, `b` over 8 frames: at most 511.
+    for (v, t, beam) in [(2, 40, 21), (3, 8, 511)] {
+        for case in 0..10u64 {
+            let lp = random_log_probs(700 + case, t, v, 4.0);
+            let hyps = search(&lp, v, None, &opts(beam, None));
+            let mut total = 0.0;
+            for h in &hyps {
+                let forward = ctc_forward(&lp, t, v, &h.tokens);
+                assert!(
+                    (h.ctc_log_prob - forward).abs() < 1e-6,
+                    "V {v}, case {case}, {:?}: {} by search, {forward} by the forward algorithm",
+                    h.tokens,
+                    h.ctc_log_prob
+                );
+                total += forward.exp();
+            }
+            // Every labelling of non-zero probability is listed: they sum to 1.
+            assert!((total - 1.0).abs() < 1e-5, "V {v}, case {case}: {total}");
+        }
+    }
+}
+
+#[test]
+fn pruned_probabilities_never_exceed_the_forward_algorithms() {
+    let (v, t) = (6, 40);
+    for case in 0..10u64 {
+        // Pruning drops paths from a labelling's sum, it never adds any.
+        let lp = random_log_probs(500 + case, t, v, 14.0);
+        for options in [opts(1, Some(-3.0)), opts(8, Some(-3.0)), opts(64, None)] {
+            let hyps = search(&lp, v, None, &options);
+            for h in &hyps {
+                let forward = ctc_forward(&lp, t, v, &h.tokens);
+                assert!(
+                    h.ctc_log_prob <= forward + 1e-9,
+                    "case {case}: {} above the forward algorithm's {forward}",
+                    h.ctc_log_prob
+                );
+                assert!(h.frames.windows(2).all(|w| w[0] < w[1]));
+                assert_eq!(h.frames.len(), h.tokens.len());
+            }
+        }
+    }
+}
+
+fn vocab() -> Vocab {
+    Vocab::librispeech()
+}
+
+/// Frame rows `[n, 32]` from a spelling: a character is a frame where it has
+/// probability 0.9, `_` a frame where the blank has, and the other symbols share the
+/// rest.
+fn spiky(spelling: &str) -> Vec<f32> {
+    let v = vocab();
+    let n = v.len();
+    let mut out = Vec::new();
+    for ch in spelling.chars() {
+        let peak = if ch == '_' { BLANK } else { v.id(ch).unwrap() };
+        let rest = (0.1f64 / (n - 1) as f64).ln() as f32;
+        out.extend((0..n).map(|s| if s == peak { 0.9f64.ln() as f32 } else { rest }));
+    }
+    out
+}
+
+fn text(tokens: &[usize]) -> String {
+    vocab().decode(tokens)
+}
+
+#[test]
+fn a_beam_of_one_spells_a_clear_word() {
+    let lp = spiky("_hh_ee_ll_llooo__");
+    let hyps = search(&lp, 32, None, &opts(1, Some(-12.0)));
+    assert_eq!(hyps.len(), 1);
+    assert_eq!(text(&hyps[0].tokens), "hello");
+    // And so does every other setting.
+    for options in [opts(1, None), opts(16, None), CtcSearchOptions::default()] {
+        assert_eq!(text(&search(&lp, 32, None, &options)[0].tokens), "hello");
+    }
+}
+
+#[test]
+fn repeats_merge_unless_a_blank_separates_them() {
+    for (spelling, expected) in [
+        ("aaa", "a"),
+        ("a_a", "aa"),
+        ("_aa__a_", "aa"),
+        ("heelloo", "helo"),
+        ("heel_loo", "hello"),
+        ("_", ""),
+    ] {
+        for beam in [1, 4, 16] {
+            let hyps = search(&spiky(spelling), 32, None, &opts(beam, Some(-12.0)));
+            assert_eq!(text(&hyps[0].tokens), expected, "{spelling}, beam {beam}");
+        }
+    }
+}
+
+#[test]
+fn frames_mark_where_each_token_starts() {
+    let spelling = "_hh_eel_llo___";
+    let lp = spiky(spelling);
+    let h = &search(&lp, 32, None, &CtcSearchOptions::default())[0];
+    assert_eq!(text(&h.tokens), "hello");
+    assert_eq!(h.frames, vec![1, 4, 6, 8, 10]);
+    assert!(h.frames.windows(2).all(|w| w[0] <= w[1]));
+    for (&tok, &f) in h.tokens.iter().zip(&h.frames) {
+        let row = &lp[f * 32..(f + 1) * 32];
+        let argmax = (0..32).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        assert_eq!(argmax, tok, "frame {f}");
+    }
+}
+
+fn lm() -> CharLm {
+    let lines = [
+        "the cat sat on the mat",
+        "a cat and the cat",
+        "the cat ran home",
+        "my cat is black",
+        "the cat is here",
+    ];
+    CharLm::train(lines, &vocab(), 4).unwrap()
+}
+
+/// `ln p(tokens <eos>)` by the model, summed left to right.
+fn lm_log_prob(lm: &CharLm, tokens: &[usize]) -> f64 {
+    let mut seq = vec![Vocab::SOS];
+    seq.extend(tokens);
+    seq.push(Vocab::EOS);
+    (1..seq.len())
+        .map(|i| f64::from(lm.log_prob(&seq[..i], seq[i])))
+        .sum()
+}
+
+/// "the cat" where the `c` frame slightly prefers `k`.
+fn ambiguous_the_cat() -> Vec<f32> {
+    let v = vocab();
+    let mut lp = spiky("_tt_h_e_ _");
+    let mut frame = vec![(0.05f64 / 28.0).ln() as f32; 32];
+    frame[BLANK] = 0.05f64.ln() as f32;
+    frame[v.id('k').unwrap()] = 0.5f64.ln() as f32;
+    frame[v.id('c').unwrap()] = 0.4f64.ln() as f32;
+    lp.extend(frame);
+    lp.extend(spiky("_aa_t_"));
+    lp
+}
+
+#[test]
+fn the_language_model_flips_a_close_call_toward_likely_text() {
+    let lm = lm();
+    let lp = ambiguous_the_cat();
+    let plain = search(&lp, 32, None, &CtcSearchOptions::default());
+    assert_eq!(text(&plain[0].tokens), "the kat");
+
+    // Weight 0: the model is reported but ranks nothing.
+    let reported = search(&lp, 32, Some(&lm), &CtcSearchOptions::default());
+    assert_eq!(reported.len(), plain.len());
+    for (a, b) in reported.iter().zip(&plain) {
+        assert_eq!(a.tokens, b.tokens);
+        assert_eq!(a.score, b.score);
+        assert!(a.lm_log_prob < 0.0);
+    }
+
+    let options = CtcSearchOptions {
+        lm_weight: 0.5,
+        insertion_bonus: 0.25,
+        ..CtcSearchOptions::default()
+    };
+    let fused = search(&lp, 32, Some(&lm), &options);
+    assert_eq!(text(&fused[0].tokens), "the cat");
+    for (i, h) in fused.iter().enumerate() {
+        let lm_lp = lm_log_prob(&lm, &h.tokens);
+        assert!(
+            (h.lm_log_prob - lm_lp).abs() < 1e-9,
+            "{:?}: {} by search, {lm_lp} by the model",
+            text(&h.tokens),
+            h.lm_log_prob
+        );
+        let expected = h.ctc_log_prob + 0.5 * h.lm_log_prob + 0.25 * h.tokens.len() as f64;
+        assert!((h.score - expected).abs() < 1e-9);
+        if i > 0 {
+            assert!(fused[i - 1].score >= h.score);
+        }
+    }
+    // The acoustic probability of the winner is its CTC probability, up to the paths
+    // through prefixes the beam dropped (more of them without the model, whose beam
+    // was crowded with spellings of "kat").
+    let forward = ctc_forward(&lp, lp.len() / 32, 32, &fused[0].tokens);
+    let same = plain.iter().find(|h| h.tokens == fused[0].tokens).unwrap();
+    for h in [same, &fused[0]] {
+        assert!(h.ctc_log_prob <= forward + 1e-9 && h.ctc_log_prob > forward - 0.05);
+    }
+    assert!(fused[0].ctc_log_prob > forward - 1e-4);
+}
+
+#[test]
+fn fusion_refuses_what_the_model_rules_out() {
+    // The CTC head can emit `<sos>` (id 1), which the model gives probability 0.
+    let lm = lm();
+    let mut lp = spiky("_a_");
+    lp[32 + 1] = 0.0; // a frame sure of <sos>
+    lp[32 + vocab().id('a').unwrap()] = -3.0;
+    let plain = search(&lp, 32, None, &CtcSearchOptions::default());
+    assert_eq!(plain[0].tokens, vec![1]);
+    let options = CtcSearchOptions {
+        lm_weight: 0.1,
+        ..CtcSearchOptions::default()
+    };
+    let fused = search(&lp, 32, Some(&lm), &options);
+    assert!(fused.iter().all(|h| !h.tokens.contains(&1)));
+    assert!(fused.iter().all(|h| h.score.is_finite()));
+}
+
+#[test]
+fn degenerate_inputs_give_sane_answers() {
+    // No frames: the empty labelling, surely.
+    let hyps = ctc_beam_search(&[], 0, 32, BLANK, None, &CtcSearchOptions::default()).unwrap();
+    assert_eq!(hyps.len(), 1);
+    assert!(hyps[0].tokens.is_empty() && hyps[0].frames.is_empty());
+    assert_eq!(hyps[0].ctc_log_prob, 0.0);
+    let lm = lm();
+    let with_lm =
+        ctc_beam_search(&[], 0, 32, BLANK, Some(&lm), &CtcSearchOptions::default()).unwrap();
+    assert_eq!(
+        with_lm[0].lm_log_prob,
+        f64::from(lm.log_prob(&[Vocab::SOS], Vocab::EOS))
+    );
+
+    // A frame where nothing is possible: one hypothesis of probability 0, no panic.
+    let mut lp = spiky("_ab_");
+    for x in &mut lp[64..96] {
+        *x = f32::NEG_INFINITY;
+    }
+    let hyps = search(&lp, 32, None, &CtcSearchOptions::default());
+    assert_eq!(hyps.len(), 1);
+    assert_eq!(hyps[0].score, f64::NEG_INFINITY);
+    assert_eq!(hyps[0].frames.len(), hyps[0].tokens.len());
+
+    // Zero-probability symbols are never emitted, and never listed.
+    let mut lp = spiky("ab");
+    for (i, x) in lp.iter_mut().enumerate() {
+        if i % 32 != 6 && i % 32 != 7 {
+            *x = f32::NEG_INFINITY;
+        }
+    }
+    let hyps = search(&lp, 32, None, &opts(16, None));
+    assert!(hyps.iter().all(|h| h.score.is_finite()));
+    assert!(hyps
+        .iter()
+        .all(|h| h.tokens.iter().all(|&t| t == 6 || t == 7)));
+    // a a, a b, b a, b b: no blank, so neither the empty labelling nor "aa".
+    assert_eq!(hyps.len(), 4);
+}
+
+#[test]
+fn invalid_inputs_are_errors() {
+    let lp = spiky("_ab_");
+    let ok = CtcSearchOptions::default();
+    let input = |r: lasr_decode::Result<Vec<CtcHypothesis>>| {
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::Input(_)), "{e:?}");
+    };
+    input(ctc_beam_search(&lp, 5, 32, BLANK, None, &ok));
+    input(ctc_beam_search(&lp[..100], 4, 32, BLANK, None, &ok));
+    input(ctc_beam_search(&lp, 4, 0, BLANK, None, &ok));
+    input(ctc_beam_search(&lp, usize::MAX, 2, BLANK, None, &ok));
+    input(ctc_beam_search(&lp, 4, 32, 32, None, &ok));
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut b = lp.clone();
+        b[70] = bad;
+        input(ctc_beam_search(&b, 4, 32, BLANK, None, &ok));
+    }
+
+    for options in [
+        opts(0, None),
+        CtcSearchOptions {
+            lm_weight: -0.1,
+            ..ok.clone()
+        },
+        CtcSearchOptions {
+            lm_weight: f32::NAN,
+            ..ok.clone()
+        },
+        CtcSearchOptions {
+            insertion_bonus: f32::INFINITY,
+            ..ok.clone()
+        },
+        opts(4, Some(0.5)),
+        opts(4, Some(f32::NEG_INFINITY)),
+    ] {
+        assert!(matches!(options.validate(), Err(Error::Options(_))));
+        let e = ctc_beam_search(&lp, 4, 32, BLANK, None, &options).unwrap_err();
+        assert!(matches!(e, Error::Options(_)), "{e:?}");
+    }
+
+    // A model over other symbols.
+    let small = Vocab::new(["<pad>", "<sos>", "<eos>", "<unk>", "a", "b"]).unwrap();
+    let lm = CharLm::train(["ab a"], &small, 2).unwrap();
+    let e = ctc_beam_search(&lp, 4, 32, BLANK, Some(&lm), &ok).unwrap_err();
+    assert!(matches!(e, Error::Lm(_)), "{e:?}");
+}
+
+#[test]
+fn options_deserialize_with_defaults_and_refuse_unknown_fields() {
+    let d: CtcSearchOptions = serde_json::from_str("{}").unwrap();
+    assert_eq!(d, CtcSearchOptions::default());
+    assert_eq!(d.beam_size, 16);
+    assert_eq!(d.prune, Some(-12.0));
+    let o: CtcSearchOptions =
+        serde_json::from_str(r#"{"beam_size": 4, "lm_weight": 0.3, "prune": null}"#).unwrap();
+    assert_eq!((o.beam_size, o.lm_weight, o.prune), (4, 0.3, None));
+    assert!(serde_json::from_str::<CtcSearchOptions>(r#"{"beam": 4}"#).is_err());
+}
