@@ -455,7 +455,11 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     let settings = v["settings"].as_array().unwrap();
-    assert_eq!(settings.len(), 4, "greedy, beam, beam + CTC, CTC: {v}");
+    assert_eq!(
+        settings.len(),
+        5,
+        "greedy, beam, beam + CTC, CTC best path, CTC beam: {v}"
+    );
     for s in settings {
         // "HI" is right; "YO" against "YO YO" is one deleted word of three, and
         // three deleted characters ("YO" plus a space) of seven ("HI", "YO YO").
@@ -465,6 +469,88 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         assert!((s["cer"].as_f64().unwrap() - 3.0 / 7.0).abs() < 1e-9, "{s}");
         assert!(s["real_time_factor"].as_f64().unwrap() > 0.0);
     }
+    // A character LM built by `lasr lm`, fused into the CTC and attention beams.
+    let text_path = dir.path().join("lm.txt");
+    std::fs::write(&text_path, "1 hi\n2 yo\n3 hi yo\n").unwrap();
+    let lm_path = dir.path().join("lm.bin");
+    let built = lasr(&[
+        "lm",
+        text_path.to_str().unwrap(),
+        "--strip-ids",
+        "--order",
+        "3",
+        "--eval",
+        text_path.to_str().unwrap(),
+        "-o",
+        lm_path.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&built.stdout).trim()).unwrap();
+    let ppl = v["eval_perplexity"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 30.0, "{v}");
+    for extra in [&["--ctc-only"][..], &[][..]] {
+        let mut a = vec![
+            "transcribe",
+            "-m",
+            model_path.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--lm",
+            lm_path.to_str().unwrap(),
+            "--beam",
+            "4",
+        ];
+        a.extend_from_slice(extra);
+        let out = lasr(&a);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).trim_end().ends_with("\tyo"), "{extra:?}");
+    }
+    let with_lm = lasr(&[
+        "bench",
+        manifest.to_str().unwrap(),
+        "-m",
+        model_path.to_str().unwrap(),
+        "--lm",
+        lm_path.to_str().unwrap(),
+        "--only",
+        "beam+lm,beam+ctc+lm,ctc-beam+lm",
+        "--json",
+    ]);
+    assert!(with_lm.status.success(), "{}", text(&with_lm.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&with_lm.stdout).trim()).unwrap();
+    assert_eq!(v["settings"].as_array().unwrap().len(), 3, "{v}");
+    // --only picks settings by key; an unknown key is an error naming the choices.
+    let only = lasr(&[
+        "bench",
+        manifest.to_str().unwrap(),
+        "-m",
+        model_path.to_str().unwrap(),
+        "--only",
+        "greedy,ctc-beam",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(text(&only.stdout).trim()).unwrap();
+    let names: Vec<&str> = v["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["greedy", "CTC beam 8"]);
+    let bad = lasr(&[
+        "bench",
+        manifest.to_str().unwrap(),
+        "-m",
+        model_path.to_str().unwrap(),
+        "--only",
+        "beam+lm",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("ctc-beam"),
+        "{}",
+        text(&bad.stderr)
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     let utterances = report["per_utterance"].as_array().unwrap();

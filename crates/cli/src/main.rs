@@ -152,9 +152,13 @@ struct DecodeArgs {
     /// (models trained with a CTC head; 0 = attention only).
     #[arg(long, value_name = "W")]
     ctc_weight: Option<f32>,
-    /// Decode with the CTC head's best path alone: fastest, no beam.
+    /// Decode with the CTC head alone, no attention: its best path with --beam 1 and
+    /// no --lm, else a CTC prefix beam search with the language model fused.
     #[arg(long)]
     ctc_only: bool,
+    /// CTC beam search: score bonus per emitted character (balances --lm).
+    #[arg(long, value_name = "B")]
+    ctc_bonus: Option<f32>,
     /// Longest piece of audio decoded at once, seconds.
     #[arg(long, value_name = "SECONDS")]
     max_chunk: Option<f32>,
@@ -196,6 +200,9 @@ impl DecodeArgs {
         }
         if self.ctc_only {
             o.ctc_only = true;
+        }
+        if let Some(b) = self.ctc_bonus {
+            o.ctc_insertion_bonus = b;
         }
         if let Some(m) = self.max_chunk {
             o.max_chunk_seconds = m;
@@ -239,6 +246,10 @@ struct BenchArgs {
     /// Print the summary as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run only these settings (comma-separated): greedy, beam, beam+ctc, ctc,
+    /// ctc-beam, beam+lm, beam+ctc+lm, ctc-beam+lm.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    only: Vec<String>,
 }
 
 #[derive(Args)]
@@ -777,6 +788,17 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             name: "CTC best path".into(),
             options: lasr_model::DecodeOptions {
                 ctc_only: true,
+                search: lasr_decode::SearchOptions {
+                    beam_size: 1,
+                    ..beam.search.clone()
+                },
+                ..plain.clone()
+            },
+        });
+        settings.push(lasr_model::BenchSetting {
+            name: format!("CTC beam {}", beam.search.beam_size),
+            options: lasr_model::DecodeOptions {
+                ctc_only: true,
                 ..plain.clone()
             },
         });
@@ -804,8 +826,52 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                     ..beam.clone()
                 },
             });
+            settings.push(lasr_model::BenchSetting {
+                name: format!(
+                    "CTC beam {} + LM {} bonus {}",
+                    beam.search.beam_size, f.weight, beam.ctc_insertion_bonus
+                ),
+                options: lasr_model::DecodeOptions {
+                    ctc_only: true,
+                    ..beam.clone()
+                },
+            });
         }
     }
+    // Short keys for --only, in the order the settings were pushed.
+    let keys: Vec<&str> = settings
+        .iter()
+        .map(|s| {
+            let o = &s.options;
+            match (
+                o.ctc_only,
+                o.search.beam_size > 1,
+                o.ctc_weight > 0.0,
+                o.lm.is_some(),
+            ) {
+                (true, false, _, false) => "ctc",
+                (true, _, _, false) => "ctc-beam",
+                (true, _, _, true) => "ctc-beam+lm",
+                (false, false, _, _) => "greedy",
+                (false, true, false, false) => "beam",
+                (false, true, true, false) => "beam+ctc",
+                (false, true, false, true) => "beam+lm",
+                (false, true, true, true) => "beam+ctc+lm",
+            }
+        })
+        .collect();
+    if let Some(bad) = args.only.iter().find(|k| !keys.contains(&k.as_str())) {
+        bail!(
+            "--only {bad}: this model and these flags offer {}",
+            keys.join(", ")
+        );
+    }
+    let settings: Vec<_> = settings
+        .into_iter()
+        .zip(&keys)
+        .filter(|(_, k)| args.only.is_empty() || args.only.iter().any(|o| o == *k))
+        .map(|(s, _)| s)
+        .collect();
     let bar = progress(entries.len(), "bench");
     let report = lasr_model::bench(&model, &entries, &settings, &|| bar.inc(1))?;
     bar.finish_and_clear();

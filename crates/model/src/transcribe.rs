@@ -106,8 +106,13 @@ pub struct DecodeOptions {
     /// `(1 - w) * attention + w * CTC`. 0 ranks by attention (and `length_norm`)
     /// alone. Needs a model with a CTC head.
     pub ctc_weight: f32,
-    /// Decode with the CTC head's best path only (fastest; no attention, no beam).
+    /// Decode with the CTC head only, no attention: its best path when
+    /// `search.beam_size` is 1 and there is no language model, else a CTC prefix beam
+    /// search of that width with the language model fused.
     pub ctc_only: bool,
+    /// CTC prefix beam search: score added per emitted character (offsets the
+    /// language model's preference for short outputs).
+    pub ctc_insertion_bonus: f32,
     /// Audio longer than this is cut at quiet points into chunks of at most this long.
     pub max_chunk_seconds: f32,
     /// Language model fused into the search (a file, not an option: never
@@ -122,6 +127,7 @@ impl Default for DecodeOptions {
             search: SearchOptions::default(),
             ctc_weight: 0.0,
             ctc_only: false,
+            ctc_insertion_bonus: 0.0,
             max_chunk_seconds: 25.0,
             lm: None,
         }
@@ -232,6 +238,9 @@ impl ModelFile {
             let logits = decoder
                 .ctc_logits()?
                 .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
+            if options.search.beam_size > 1 || options.lm.is_some() {
+                return self.ctc_beam(logits, options);
+            }
             let (tokens, frames) = lasr_nn::ctc_greedy(logits.view(), blank);
             let ctc = -lasr_nn::ctc_score(logits.view(), &tokens, blank);
             return Ok(Chunk {
@@ -281,6 +290,48 @@ impl ModelFile {
                     text: self.vocab.decode(&h.tokens),
                     log_prob: h.log_prob,
                     ctc_log_prob: ctc,
+                    score: h.score,
+                })
+                .collect(),
+        })
+    }
+
+    fn ctc_beam(&self, logits: ndarray::Array2<f32>, options: &DecodeOptions) -> Result<Chunk> {
+        let (frames, v) = logits.dim();
+        let mut lp = logits;
+        for mut row in lp.rows_mut() {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+            row.mapv_inplace(|x| x - lse);
+        }
+        let search = lasr_decode::CtcSearchOptions {
+            beam_size: options.search.beam_size,
+            lm_weight: options.lm.as_ref().map_or(0.0, |f| f.weight),
+            insertion_bonus: options.ctc_insertion_bonus,
+            ..Default::default()
+        };
+        let lp = lp.as_standard_layout();
+        let hyps = lasr_decode::ctc_beam_search(
+            lp.as_slice().expect("standard layout"),
+            frames,
+            v,
+            self.las.config.blank,
+            options.lm.as_ref().map(|f| f.lm.as_ref()),
+            &search,
+        )?;
+        let best = hyps
+            .first()
+            .ok_or_else(|| Error::Model("CTC beam search returned nothing".into()))?;
+        Ok(Chunk {
+            tokens: best.tokens.clone(),
+            frames: Some(best.frames.clone()),
+            finished: true,
+            nbest: hyps
+                .iter()
+                .map(|h| Alternative {
+                    text: self.vocab.decode(&h.tokens),
+                    log_prob: h.ctc_log_prob + f64::from(search.lm_weight) * h.lm_log_prob,
+                    ctc_log_prob: Some(h.ctc_log_prob),
                     score: h.score,
                 })
                 .collect(),
