@@ -14,6 +14,48 @@ use lasr_features::{collect_audio_files, load, FrontEnd, FrontEndConfig};
 
 use rayon::prelude::*;
 
+/// The default model, embedded from assets/ (see build.rs and assets/README.md).
+#[cfg(lasr_builtin_model)]
+const BUILTIN_MODEL: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../assets/model.safetensors"
+)));
+#[cfg(not(lasr_builtin_model))]
+const BUILTIN_MODEL: Option<&[u8]> = None;
+
+/// The default model's character language model.
+#[cfg(lasr_builtin_lm)]
+const BUILTIN_LM: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../assets/lm.bin"
+)));
+#[cfg(not(lasr_builtin_lm))]
+const BUILTIN_LM: Option<&[u8]> = None;
+
+/// The model at `path`, or the built-in one; the flag says which.
+fn load_model(path: Option<&Path>) -> Result<(lasr_model::ModelFile, bool)> {
+    match (path, BUILTIN_MODEL) {
+        (Some(p), _) => Ok((lasr_model::ModelFile::load(p)?, false)),
+        (None, Some(bytes)) => Ok((
+            lasr_model::ModelFile::from_bytes(bytes).context("the built-in model")?,
+            true,
+        )),
+        (None, None) => bail!(
+            "this lasr was built without a default model (no assets/model.safetensors): pass --model FILE"
+        ),
+    }
+}
+
+fn builtin_lm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedLm>> {
+    BUILTIN_LM
+        .map(|bytes| {
+            lasr_decode::CharLm::from_bytes(bytes, vocab)
+                .context("the built-in language model")
+                .map(|lm| lasr_model::SharedLm(std::sync::Arc::new(lm)))
+        })
+        .transpose()
+}
+
 #[derive(Parser)]
 #[command(
     name = "lasr",
@@ -122,9 +164,10 @@ struct TranscribeArgs {
     /// for WAV/FLAC bytes on standard input.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
-    /// Model file (safetensors with lasr metadata, as `lasr train` writes).
+    /// Model file (safetensors with lasr metadata, as `lasr train` writes); default:
+    /// the model built into this binary.
     #[arg(short, long, value_name = "FILE")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[command(flatten)]
     decode: DecodeArgs,
     /// Alternatives to report per file (at most the beam width).
@@ -162,18 +205,26 @@ struct DecodeArgs {
     /// Longest piece of audio decoded at once, seconds.
     #[arg(long, value_name = "SECONDS")]
     max_chunk: Option<f32>,
-    /// Character language model (from `lasr lm`) fused into the beam search.
+    /// Character language model (from `lasr lm`) fused into the beam search. The
+    /// built-in model comes with the built-in LM unless --no-lm.
     #[arg(long, value_name = "FILE")]
     lm: Option<PathBuf>,
+    /// Decode without a language model.
+    #[arg(long, conflicts_with = "lm")]
+    no_lm: bool,
     /// Weight of the language model's log-probabilities.
-    #[arg(long, default_value_t = 0.3, value_name = "W", requires = "lm")]
-    lm_weight: f32,
+    #[arg(long, value_name = "W")]
+    lm_weight: Option<f32>,
 }
 
 impl DecodeArgs {
     /// The model file's recommended decoding (or the library's defaults, with CTC
     /// re-ranking when the model has a CTC head), overridden by the flags given.
-    fn options(&self, model: &lasr_model::ModelFile) -> Result<lasr_model::DecodeOptions> {
+    fn options(
+        &self,
+        model: &lasr_model::ModelFile,
+        builtin: bool,
+    ) -> Result<lasr_model::DecodeOptions> {
         let mut o = model
             .decode
             .clone()
@@ -207,11 +258,15 @@ impl DecodeArgs {
         if let Some(m) = self.max_chunk {
             o.max_chunk_seconds = m;
         }
+        if let Some(w) = self.lm_weight {
+            o.lm_weight = w;
+        }
         if let Some(path) = &self.lm {
-            o.lm = Some(lasr_model::LmFusion {
-                lm: std::sync::Arc::new(lasr_decode::CharLm::load(path, &model.vocab)?),
-                weight: self.lm_weight,
-            });
+            o.lm = Some(lasr_model::SharedLm(std::sync::Arc::new(
+                lasr_decode::CharLm::load(path, &model.vocab)?,
+            )));
+        } else if !self.no_lm && builtin {
+            o.lm = builtin_lm(&model.vocab)?;
         }
         Ok(o)
     }
@@ -232,9 +287,9 @@ struct BenchArgs {
     /// A LibriSpeech-layout directory or a TSV manifest (AUDIO<TAB>TRANSCRIPT).
     #[arg(value_name = "CORPUS")]
     corpus: PathBuf,
-    /// Model file.
+    /// Model file; default: the model built into this binary.
     #[arg(short, long, value_name = "FILE")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[command(flatten)]
     decode: DecodeArgs,
     /// Only the first N utterances (in id order).
@@ -619,7 +674,7 @@ impl Input {
 }
 
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
-    let model = lasr_model::ModelFile::load(&args.model)?;
+    let (model, builtin) = load_model(args.model.as_deref())?;
     let mut inputs = Vec::new();
     let (stdin, paths): (Vec<_>, Vec<_>) = args.inputs.iter().partition(|p| p.as_os_str() == "-");
     if stdin.len() > 1 {
@@ -639,7 +694,7 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         }
         inputs.extend(files.into_iter().map(Input::File));
     }
-    let options = args.decode.options(&model)?;
+    let options = args.decode.options(&model, builtin)?;
     options.validate(&model)?;
     let front = model.front_end()?;
     if let Some(dir) = &args.plot_attention {
@@ -726,7 +781,7 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
 }
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
-    let model = lasr_model::ModelFile::load(&args.model)?;
+    let (model, builtin) = load_model(args.model.as_deref())?;
     let mut entries = lasr_data::entries(&args.corpus)?;
     entries.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(n) = args.limit {
@@ -735,7 +790,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     if entries.is_empty() {
         bail!("{}: no utterances", args.corpus.display());
     }
-    let beam = args.decode.options(&model)?;
+    let beam = args.decode.options(&model, builtin)?;
     // The settings without a language model come first, then the same with it.
     let plain = lasr_model::DecodeOptions {
         lm: None,
@@ -803,9 +858,10 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             },
         });
     }
-    if let Some(f) = &beam.lm {
+    if beam.lm.is_some() {
+        let lm_w = beam.lm_weight;
         settings.push(lasr_model::BenchSetting {
-            name: format!("beam {} + LM {}", beam.search.beam_size, f.weight),
+            name: format!("beam {} + LM {lm_w}", beam.search.beam_size),
             options: lasr_model::DecodeOptions {
                 ctc_weight: 0.0,
                 ctc_only: false,
@@ -819,7 +875,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                 DEFAULT_CTC_WEIGHT
             };
             settings.push(lasr_model::BenchSetting {
-                name: format!("beam {} + CTC {w} + LM {}", beam.search.beam_size, f.weight),
+                name: format!("beam {} + CTC {w} + LM {lm_w}", beam.search.beam_size),
                 options: lasr_model::DecodeOptions {
                     ctc_weight: w,
                     ctc_only: false,
@@ -828,8 +884,8 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             });
             settings.push(lasr_model::BenchSetting {
                 name: format!(
-                    "CTC beam {} + LM {} bonus {}",
-                    beam.search.beam_size, f.weight, beam.ctc_insertion_bonus
+                    "CTC beam {} + LM {lm_w} bonus {}",
+                    beam.search.beam_size, beam.ctc_insertion_bonus
                 ),
                 options: lasr_model::DecodeOptions {
                     ctc_only: true,

@@ -187,7 +187,11 @@ pub fn bench(
             SettingSummary {
                 name: s.name.clone(),
                 options: s.options.clone(),
-                lm: s.options.lm.as_ref().map(|f| (f.lm.order(), f.weight)),
+                lm: s
+                    .options
+                    .lm
+                    .as_ref()
+                    .map(|lm| (lm.0.order(), s.options.lm_weight)),
                 wer: words.rate(),
                 cer: chars.rate(),
                 words,

@@ -21,4 +21,4 @@ pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
 pub use train::{train, validate, Finish, Observer, Progress, Quiet, TrainOptions, Validation};
-pub use transcribe::{chunk_bounds, Alternative, DecodeOptions, LmFusion, Transcript, Word};
+pub use transcribe::{chunk_bounds, Alternative, DecodeOptions, SharedLm, Transcript, Word};

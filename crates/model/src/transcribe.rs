@@ -71,28 +71,19 @@ impl Transcript {
     }
 }
 
-/// A character language model fused into the beam search (shallow fusion): each step's
-/// scores become `decoder + weight * LM` log-probabilities.
+/// A character language model shared between threads (compared by identity).
 #[derive(Clone)]
-pub struct LmFusion {
-    pub lm: Arc<CharLm>,
-    pub weight: f32,
-}
+pub struct SharedLm(pub Arc<CharLm>);
 
-impl std::fmt::Debug for LmFusion {
+impl std::fmt::Debug for SharedLm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "LmFusion(order {}, weight {})",
-            self.lm.order(),
-            self.weight
-        )
+        write!(f, "CharLm(order {})", self.0.order())
     }
 }
 
-impl PartialEq for LmFusion {
+impl PartialEq for SharedLm {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.lm, &other.lm) && self.weight == other.weight
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -115,10 +106,12 @@ pub struct DecodeOptions {
     pub ctc_insertion_bonus: f32,
     /// Audio longer than this is cut at quiet points into chunks of at most this long.
     pub max_chunk_seconds: f32,
-    /// Language model fused into the search (a file, not an option: never
-    /// serialised; reports name its order and weight apart).
+    /// Weight of the language model's log-probabilities in the search (shallow
+    /// fusion: `decoder + lm_weight * LM`), when one is given.
+    pub lm_weight: f32,
+    /// The language model (data, not an option: never serialised).
     #[serde(skip)]
-    pub lm: Option<LmFusion>,
+    pub lm: Option<SharedLm>,
 }
 
 impl Default for DecodeOptions {
@@ -129,6 +122,7 @@ impl Default for DecodeOptions {
             ctc_only: false,
             ctc_insertion_bonus: 0.0,
             max_chunk_seconds: 25.0,
+            lm_weight: 0.3,
             lm: None,
         }
     }
@@ -149,6 +143,18 @@ impl DecodeOptions {
                 "CTC decoding asked for, but this model has no CTC head (ctc_weight 0 in its config)"
                     .into(),
             ));
+        }
+        if !(self.lm_weight.is_finite() && self.lm_weight >= 0.0) {
+            return Err(Error::Model(format!(
+                "lm_weight {} must be finite and >= 0",
+                self.lm_weight
+            )));
+        }
+        if !self.ctc_insertion_bonus.is_finite() {
+            return Err(Error::Model(format!(
+                "ctc_insertion_bonus {} must be finite",
+                self.ctc_insertion_bonus
+            )));
         }
         if !(self.max_chunk_seconds.is_finite() && self.max_chunk_seconds >= 1.0) {
             return Err(Error::Model(format!(
@@ -256,7 +262,10 @@ impl ModelFile {
             });
         }
         let mut hyps = match &options.lm {
-            Some(f) => beam_search(&Fused::new(&decoder, &f.lm, f.weight)?, &options.search)?,
+            Some(lm) => beam_search(
+                &Fused::new(&decoder, &lm.0, options.lm_weight)?,
+                &options.search,
+            )?,
             None => beam_search(&decoder, &options.search)?,
         };
         let mut ctc_scores = vec![None; hyps.len()];
@@ -306,7 +315,11 @@ impl ModelFile {
         }
         let search = lasr_decode::CtcSearchOptions {
             beam_size: options.search.beam_size,
-            lm_weight: options.lm.as_ref().map_or(0.0, |f| f.weight),
+            lm_weight: if options.lm.is_some() {
+                options.lm_weight
+            } else {
+                0.0
+            },
             insertion_bonus: options.ctc_insertion_bonus,
             ..Default::default()
         };
@@ -316,7 +329,7 @@ impl ModelFile {
             frames,
             v,
             self.las.config.blank,
-            options.lm.as_ref().map(|f| f.lm.as_ref()),
+            options.lm.as_ref().map(|lm| lm.0.as_ref()),
             &search,
         )?;
         let best = hyps

@@ -1,0 +1,21 @@
+//! Embeds the default model (and its language model) from `assets/` when they are
+//! there, so that `lasr transcribe` works with no flags; a build without them (a
+//! source package, say) still works, with `--model` required.
+
+use std::path::Path;
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(lasr_builtin_model)");
+    println!("cargo::rustc-check-cfg=cfg(lasr_builtin_lm)");
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    for (file, cfg) in [
+        ("model.safetensors", "lasr_builtin_model"),
+        ("lm.bin", "lasr_builtin_lm"),
+    ] {
+        let path = assets.join(file);
+        println!("cargo::rerun-if-changed={}", path.display());
+        if path.is_file() {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+    }
+}
