@@ -1,0 +1,92 @@
+//! Decoding one 10 s utterance (1000 frames) with the reference-size model (13.6 M
+//! parameters): the listener once, then 150 speller steps for 1 hypothesis (greedy)
+//! or 8 (a beam of 8, with the beam's row selection after each step). Steps are
+//! driven through the `Decoder` trait exactly as the searches drive it, but for a
+//! fixed 150 steps: an untrained model's `<eos>` would otherwise end the search at a
+//! random length. Also the CTC prefix beam search (beam 16) over the 125 CTC frames.
+//! The real-time factor is the time over 10 s.
+//!
+//!     RAYON_NUM_THREADS=1 cargo bench -p lasr-model --bench decode
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lasr_decode::Decoder;
+use lasr_model::{Las, ModelConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+const STEPS: usize = 150;
+
+fn steps(dec: &lasr_model::UtteranceDecoder, hyps: usize) {
+    let mut state = dec.initial().unwrap();
+    if hyps > 1 {
+        state = dec.select(state, &vec![0; hyps]).unwrap();
+    }
+    let mut prev = vec![dec.sos(); hyps];
+    let v = dec.vocab_size();
+    for t in 0..STEPS {
+        let step = dec.step(&prev, state).unwrap();
+        // Each hypothesis continues with its best non-special token; rows are
+        // reshuffled as a beam would reshuffle them.
+        for (i, p) in prev.iter_mut().enumerate() {
+            let row = &step.log_probs[i * v..(i + 1) * v];
+            *p = (3..v)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap();
+        }
+        state = if hyps > 1 {
+            let rows: Vec<usize> = (0..hyps).map(|i| (i + t) % hyps).collect();
+            dec.select(step.state, &rows).unwrap()
+        } else {
+            step.state
+        };
+    }
+}
+
+fn decode(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let las = Las::new(
+        ModelConfig {
+            ctc_weight: 0.5,
+            ..ModelConfig::default()
+        },
+        &mut rng,
+    )
+    .unwrap();
+    let feats = lasr_nn::init::uniform((1000, 80), 1.0, &mut rng);
+    let mut group = c.benchmark_group("decode_10s_reference");
+    group.sample_size(10);
+    group.bench_function("listener", |b| b.iter(|| las.encode(feats.view()).unwrap()));
+    group.bench_function("greedy_150_steps", |b| {
+        b.iter(|| steps(&las.encode(feats.view()).unwrap(), 1))
+    });
+    group.bench_function("beam8_150_steps", |b| {
+        b.iter(|| steps(&las.encode(feats.view()).unwrap(), 8))
+    });
+    let dec = las.encode(feats.view()).unwrap();
+    let logits = dec.ctc_logits().unwrap().unwrap();
+    let (frames, v) = logits.dim();
+    let mut lp = logits.clone();
+    for mut row in lp.rows_mut() {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z = m + row.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
+        row.mapv_inplace(|x| x - z);
+    }
+    let flat: Vec<f32> = lp.iter().copied().collect();
+    group.bench_function("ctc_prefix_beam16", |b| {
+        b.iter(|| {
+            lasr_decode::ctc_beam_search(
+                &flat,
+                frames,
+                v,
+                0,
+                None,
+                &lasr_decode::CtcSearchOptions::default(),
+            )
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode);
+criterion_main!(benches);
