@@ -37,5 +37,46 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_step);
+/// The shipped model's shape (joint CTC, 4x reduction), content-only attention
+/// against location-aware attention (10 filters of 31 frames), same batch.
+fn location_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("small_ctc_train_step_8x1000x150");
+    group.sample_size(10);
+    for (name, channels) in [("content", 0), ("location", 10)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let config = ModelConfig {
+            listener_hidden: 160,
+            pyramid_layers: 2,
+            embedding_dim: 64,
+            speller_hidden: 256,
+            attention_dim: 128,
+            ctc_weight: 0.5,
+            location_channels: channels,
+            location_width: 31,
+            ..ModelConfig::default()
+        };
+        let las = Las::new(config, &mut rng).unwrap();
+        let batch = Batch {
+            feats: lasr_nn::init::uniform((1000, 8, 80), 1.0, &mut rng),
+            lengths: vec![1000; 8],
+            targets: (0..8)
+                .map(|_| {
+                    (0..149)
+                        .map(|_| 4 + (rng.next_u32() % 28) as usize)
+                        .collect()
+                })
+                .collect(),
+        };
+        let mut grads = las.zeros_like();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                grads.zero();
+                las.train_step(&batch, &mut grads).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, train_step, location_cost);
 criterion_main!(benches);

@@ -206,24 +206,44 @@ impl AdditiveAttention {
         let v = self.att_v.weight.row(0);
         let mut t = Array3::<f32>::zeros((units, batch, a));
         let mut alpha = Array2::<f32>::zeros((batch, units));
-        let mut f = self
-            .location
-            .as_ref()
-            .map(|l| Array3::<f32>::zeros((batch, units, l.conv.nrows())));
-        let mut loc = vec![0f32; a];
+        // Location term: filter outputs f [B, U, K] by direct convolution (K * W per
+        // frame), then one product with the projection for every frame at once.
+        let (f, loc) = match (&self.location, &prev) {
+            (Some(l), Some(p)) => {
+                let k = l.conv.nrows();
+                let mut f = Array3::<f32>::zeros((batch, units, k));
+                for b in 0..batch {
+                    let live = lengths.map_or(units, |l| l[b]);
+                    for u in 0..live {
+                        let mut fr = f.slice_mut(s![b, u, ..]);
+                        location_features(l, p.row(b), u, fr.as_slice_mut().expect("row-major"));
+                    }
+                }
+                let flat = f
+                    .view()
+                    .into_shape_with_order((batch * units, k))
+                    .expect("contiguous");
+                let loc = l.proj.forward(flat)?;
+                (
+                    Some(f),
+                    Some(
+                        loc.into_shape_with_order((batch, units, a))
+                            .expect("row-major"),
+                    ),
+                )
+            }
+            _ => (None, None),
+        };
+        let zero = vec![0f32; a];
         for b in 0..batch {
             let live = lengths.map_or(units, |l| l[b]);
             let qb = q.row(b);
             let mut e = alpha.row_mut(b);
             for u in 0..live {
-                if let (Some(l), Some(p), Some(f)) = (&self.location, &prev, &mut f) {
-                    let mut fr = f.slice_mut(s![b, u, ..]);
-                    location_features(l, p.row(b), u, fr.as_slice_mut().expect("row-major"));
-                    let pw = &l.proj.weight;
-                    for (j, x) in loc.iter_mut().enumerate() {
-                        *x = pw.row(j).dot(&fr);
-                    }
-                }
+                let loc = match &loc {
+                    Some(l) => l.slice(s![b, u, ..]).to_slice().expect("row-major"),
+                    None => &zero[..],
+                };
                 let mut tr = t.slice_mut(s![u, b, ..]);
                 let kr = keys.slice(s![u, b, ..]);
                 let mut dot = 0f32;
@@ -231,7 +251,7 @@ impl AdditiveAttention {
                     .iter_mut()
                     .zip(kr.iter())
                     .zip(qb.iter().zip(v.iter()))
-                    .zip(&loc)
+                    .zip(loc)
                 {
                     *tv = crate::activation::tanh(k + qv + lv);
                     dot += vv * *tv;
@@ -320,10 +340,12 @@ impl AdditiveAttention {
         let v = self.att_v.weight.row(0);
         let mut dq = Array2::<f32>::zeros((batch, a));
         let mut dv = ndarray::Array1::<f32>::zeros(a);
-        let mut dprev = self
-            .location
+        // Gradient of the pre-tanh sum at every live frame, for the location term's
+        // products after the loop.
+        let mut dz_all = cache
+            .f
             .as_ref()
-            .map(|_| Array2::<f32>::zeros((batch, units)));
+            .map(|_| Array3::<f32>::zeros((batch, units, a)));
         let mut dz = vec![0f32; a];
         for b in 0..batch {
             let dc = d_ctx.row(b);
@@ -358,25 +380,52 @@ impl AdditiveAttention {
                     dk[j] += dz[j];
                     dqb[j] += dz[j];
                 }
-                if let (Some(l), Some(gl), Some(f), Some(p), Some(dp)) = (
-                    &self.location,
-                    &mut grads.location,
-                    &cache.f,
-                    &cache.prev,
-                    &mut dprev,
-                ) {
-                    location_backward(
-                        l,
-                        gl,
-                        &dz,
-                        f.slice(s![b, u, ..]),
-                        p.row(b),
-                        dp.row_mut(b),
-                        u,
-                    );
+                if let Some(all) = &mut dz_all {
+                    all.slice_mut(s![b, u, ..])
+                        .as_slice_mut()
+                        .expect("row-major")
+                        .copy_from_slice(&dz);
                 }
             }
         }
+        let dprev = match (
+            &self.location,
+            &mut grads.location,
+            &cache.f,
+            &cache.prev,
+            dz_all,
+        ) {
+            (Some(l), Some(gl), Some(f), Some(p), Some(dz_all)) => {
+                let k = l.conv.nrows();
+                let f = f
+                    .view()
+                    .into_shape_with_order((batch * units, k))
+                    .expect("contiguous");
+                let dz = dz_all
+                    .into_shape_with_order((batch * units, a))
+                    .expect("row-major");
+                // dP += dz^T f, df = dz P: two products over every frame.
+                let df = l.proj.backward(f, dz.view(), &mut gl.proj)?;
+                let df = df
+                    .into_shape_with_order((batch, units, k))
+                    .expect("row-major");
+                let mut dprev = Array2::<f32>::zeros((batch, units));
+                for b in 0..batch {
+                    for u in 0..units {
+                        location_backward(
+                            l,
+                            gl,
+                            df.slice(s![b, u, ..]),
+                            p.row(b),
+                            dprev.row_mut(b),
+                            u,
+                        );
+                    }
+                }
+                Some(dprev)
+            }
+            _ => None,
+        };
         let mut gv = grads.att_v.weight.row_mut(0);
         gv += &dv;
         let ds = self
@@ -404,14 +453,12 @@ fn location_features(l: &Location, prev: ArrayView1<f32>, u: usize, out: &mut [f
     }
 }
 
-/// Backward of the location term at one position `u`, given `dz` `[A]` (the
-/// gradient of the pre-tanh sum): adds into the filters' and projection's gradients
-/// and into `dprev`.
+/// Backward of the convolution at one position `u`, given `df` `[K]`: adds into the
+/// filters' gradient and into `dprev`.
 fn location_backward(
     l: &Location,
     g: &mut Location,
-    dz: &[f32],
-    f: ArrayView1<f32>,
+    df: ArrayView1<f32>,
     prev: ArrayView1<f32>,
     mut dprev: ndarray::ArrayViewMut1<f32>,
     u: usize,
@@ -419,13 +466,9 @@ fn location_backward(
     let (w, units) = (l.conv.ncols(), prev.len());
     let r = w / 2;
     let (j0, j1) = (r.saturating_sub(u), w.min(units + r - u));
-    let pw = &l.proj.weight; // [A, K]
-    for (k, &fk) in f.iter().enumerate() {
-        // df[k] = sum_a dz[a] P[a, k]; dP[a, k] += dz[a] f[k].
-        let mut df = 0f32;
-        for (a, &d) in dz.iter().enumerate() {
-            df += d * pw[(a, k)];
-            g.proj.weight[(a, k)] += d * fk;
+    for (k, &df) in df.iter().enumerate() {
+        if df == 0.0 {
+            continue;
         }
         let c = l.conv.row(k);
         let mut gc = g.conv.row_mut(k);
