@@ -519,6 +519,51 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     assert!(with_lm.status.success(), "{}", text(&with_lm.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&with_lm.stdout).trim()).unwrap();
     assert_eq!(v["settings"].as_array().unwrap().len(), 3, "{v}");
+    // A packed model recommends its decoding; `info` shows it.
+    let decode_json = dir.path().join("decode.json");
+    std::fs::write(
+        &decode_json,
+        r#"{"ctc_only": true, "search": {"beam_size": 1}}"#,
+    )
+    .unwrap();
+    let packed = dir.path().join("packed.safetensors");
+    let out = lasr(&[
+        "pack",
+        model_path.to_str().unwrap(),
+        "--decode",
+        decode_json.to_str().unwrap(),
+        "-o",
+        packed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = lasr(&["info", packed.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(v["decode"]["ctc_only"], true, "{v}");
+    assert_eq!(v["config"]["ctc_weight"], 0.5);
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        packed.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["text"], "yo");
+    assert!(
+        v["nbest"][0]["ctc_log_prob"].is_number(),
+        "decoded by CTC: {v}"
+    );
+    std::fs::write(&decode_json, r#"{"ctc_only": true, "beam": 3}"#).unwrap();
+    let out = lasr(&[
+        "pack",
+        model_path.to_str().unwrap(),
+        "--decode",
+        decode_json.to_str().unwrap(),
+        "-o",
+        packed.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("beam"), "{}", text(&out.stderr));
     // --only picks settings by key; an unknown key is an error naming the choices.
     let only = lasr(&[
         "bench",

@@ -91,6 +91,26 @@ enum Command {
     Bench(BenchArgs),
     /// Build a character n-gram language model from text, for `--lm`.
     Lm(LmArgs),
+    /// Show what a model file holds: sizes, parameters, features, recommended
+    /// decoding and how it was trained.
+    Info {
+        /// Model file; default: the built-in model.
+        #[arg(value_name = "MODEL")]
+        model: Option<PathBuf>,
+    },
+    /// Write a copy of a model file that recommends a way of decoding (a JSON of
+    /// decoding options: what `transcribe` and `bench` then use by default).
+    Pack {
+        /// The trained model.
+        #[arg(value_name = "MODEL")]
+        model: PathBuf,
+        /// Decoding options as JSON, e.g. {"ctc_only": true, "lm_weight": 0.6}.
+        #[arg(long, value_name = "JSON")]
+        decode: PathBuf,
+        /// Where to write the packed model.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Draw a training log (OUT/log.jsonl of `lasr train`) as an SVG of loss and error
     /// rates.
     Curves {
@@ -401,6 +421,8 @@ fn main() -> ExitCode {
         Command::Train(a) => train(a),
         Command::Bench(a) => bench(a),
         Command::Lm(a) => lm(a),
+        Command::Info { model } => info(model.as_deref()),
+        Command::Pack { model, decode, out } => pack(&model, &decode, &out),
         Command::Curves { log, out } => curves(&log, &out),
     };
     match result {
@@ -989,6 +1011,44 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn info(path: Option<&Path>) -> Result<ExitCode> {
+    use lasr_nn::Module;
+    let (model, builtin) = load_model(path)?;
+    let c = &model.las.config;
+    let v = serde_json::json!({
+        "model": if builtin { "built-in".to_string() } else { path.map(|p| p.display().to_string()).unwrap_or_default() },
+        "format": lasr_model::FORMAT_VERSION,
+        "parameters": model.las.num_params(),
+        "listener_parameters": model.las.listener.num_params(),
+        "speller_parameters": model.las.speller.num_params(),
+        "config": c,
+        "seconds_per_listener_frame": model.seconds_per_frame(),
+        "features": model.front_end.features,
+        "cmvn": model.front_end.cmvn.is_some(),
+        "vocabulary": model.vocab.symbols(),
+        "decode": model.decode,
+        "built_in_lm": builtin && BUILTIN_LM.is_some(),
+        "info": model.info,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pack(model: &Path, decode: &Path, out: &Path) -> Result<ExitCode> {
+    let mut m = lasr_model::ModelFile::load(model)?;
+    let text = std::fs::read_to_string(decode)
+        .with_context(|| format!("{}: cannot read", decode.display()))?;
+    let options: lasr_model::DecodeOptions = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not decoding options", decode.display()))?;
+    options
+        .validate(&m)
+        .with_context(|| format!("{}", decode.display()))?;
+    m.decode = Some(options);
+    m.save(out)?;
+    println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_lines(path: &Path, strip_ids: bool) -> Result<Vec<String>> {
