@@ -211,6 +211,10 @@ struct DecodeArgs {
     /// Length normalisation exponent: score = log_prob / length^ALPHA (0 = none).
     #[arg(long, value_name = "ALPHA")]
     length_norm: Option<f32>,
+    /// Attention beam: end a hypothesis only where <eos> is within this many nats of
+    /// the best other token (keeps early endings out of wide beams).
+    #[arg(long, value_name = "NATS")]
+    eos_threshold: Option<f32>,
     /// Rank the beam's hypotheses by (1 - W) * attention + W * CTC log-probability
     /// (models trained with a CTC head; 0 = attention only).
     #[arg(long, value_name = "W")]
@@ -268,6 +272,9 @@ impl DecodeArgs {
         }
         if let Some(w) = self.ctc_weight {
             o.ctc_weight = w;
+        }
+        if let Some(t) = self.eos_threshold {
+            o.search.eos_threshold = Some(t);
         }
         if self.ctc_only {
             o.ctc_only = true;

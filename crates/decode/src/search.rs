@@ -150,6 +150,12 @@ pub struct SearchOptions {
     pub max_len_per_frame: Option<f32>,
     /// Score used to rank hypotheses of different lengths.
     pub length_norm: LengthNorm,
+    /// Beam search only: a hypothesis may end only where `<eos>`'s log-probability is
+    /// within this margin (nats) of the best other token's, so that a wide beam does
+    /// not fill with hypotheses that stopped early on an unlikely `<eos>`. Greedy
+    /// search ends only on an `<eos>` that is the best token anyway, so a beam of 1
+    /// still equals it.
+    pub eos_threshold: Option<f32>,
 }
 
 impl Default for SearchOptions {
@@ -159,6 +165,7 @@ impl Default for SearchOptions {
             max_len: 1000,
             max_len_per_frame: Some(3.0),
             length_norm: LengthNorm::None,
+            eos_threshold: None,
         }
     }
 }
@@ -176,6 +183,13 @@ impl SearchOptions {
             if !(r.is_finite() && r > 0.0) {
                 return Err(Error::Options(format!(
                     "max_len_per_frame must be positive and finite, not {r}"
+                )));
+            }
+        }
+        if let Some(t) = self.eos_threshold {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(Error::Options(format!(
+                    "eos_threshold must be non-negative and finite, not {t}"
                 )));
             }
         }
@@ -304,11 +318,25 @@ pub fn beam_search<D: Decoder + ?Sized>(
 
         candidates.clear();
         for (parent, (h, row)) in live.iter().zip(out.log_probs.chunks_exact(v)).enumerate() {
-            candidates.extend(row.iter().enumerate().map(|(token, &x)| Candidate {
-                log_prob: h.log_prob + f64::from(x),
-                parent,
-                token,
-            }));
+            let eos_allowed = options.eos_threshold.is_none_or(|margin| {
+                let best_other = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(t, _)| t != eos)
+                    .map(|(_, &x)| x)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                row[eos] >= best_other - margin
+            });
+            candidates.extend(
+                row.iter()
+                    .enumerate()
+                    .filter(|&(token, _)| eos_allowed || token != eos)
+                    .map(|(token, &x)| Candidate {
+                        log_prob: h.log_prob + f64::from(x),
+                        parent,
+                        token,
+                    }),
+            );
         }
         keep_best(&mut candidates, k);
 

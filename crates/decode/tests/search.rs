@@ -199,6 +199,7 @@ fn options(beam: usize, max_len: usize, norm: LengthNorm) -> SearchOptions {
         max_len,
         max_len_per_frame: None,
         length_norm: norm,
+        eos_threshold: None,
     }
 }
 
@@ -308,12 +309,52 @@ fn beam_escapes_the_greedy_trap_with_the_exact_log_prob() {
 }
 
 #[test]
+fn eos_threshold_keeps_unlikely_endings_out_of_the_beam() {
+    // After <sos>: token 3 at 0.7, <eos> at 0.25 (1.03 nats below); after 3: <eos>.
+    let rows = vec![
+        (SOS, vec![(3, 0.7), (EOS, 0.25), (4, 0.05)]),
+        (3, vec![(EOS, 0.9), (4, 0.1)]),
+        (4, vec![(EOS, 0.9), (3, 0.1)]),
+    ];
+    let toy = Toy::new(5, markov(5, rows));
+    let loose = beam_search(&toy, &options(3, 5, LengthNorm::None)).unwrap();
+    assert!(loose.iter().any(|h| h.tokens.is_empty()), "{loose:?}");
+    let strict = SearchOptions {
+        eos_threshold: Some(1.0),
+        ..options(3, 5, LengthNorm::None)
+    };
+    let kept = beam_search(&toy, &strict).unwrap();
+    assert!(kept.iter().all(|h| !h.tokens.is_empty()), "{kept:?}");
+    assert_eq!(kept[0].tokens, vec![3]);
+    // A margin wider than the gap lets the early ending back in.
+    let wide = SearchOptions {
+        eos_threshold: Some(1.1),
+        ..strict.clone()
+    };
+    assert!(beam_search(&toy, &wide)
+        .unwrap()
+        .iter()
+        .any(|h| h.tokens.is_empty()));
+    assert!(beam_search(
+        &toy,
+        &SearchOptions {
+            eos_threshold: Some(-1.0),
+            ..strict
+        }
+    )
+    .is_err());
+}
+
+#[test]
 fn beam_of_one_is_exactly_greedy() {
     for seed in 0..60 {
         for (eos_bias, max_len) in [(0.0, 12), (-2.5, 9), (-40.0, 6)] {
             for norm in NORMS {
                 let toy = Toy::new(7, random_model(7, seed, eos_bias));
-                let opts = options(1, max_len, norm);
+                let opts = SearchOptions {
+                    eos_threshold: (seed % 2 == 1).then_some(0.5),
+                    ..options(1, max_len, norm)
+                };
                 let g = greedy(&toy, &opts).unwrap();
                 let b = beam_search(&toy, &opts).unwrap();
                 assert_eq!(b, vec![g.clone()], "seed {seed}, bias {eos_bias}, {norm:?}");
