@@ -284,17 +284,18 @@ fn spec_augment_flag_masks_reproducibly() {
 /// Trains a tiny model to tell two synthetic "words" apart, saves it as a model file,
 /// and checks that `lasr transcribe` spells them: audio -> features -> listener ->
 /// beam search -> text, end to end.
-#[test]
-fn transcribe_spells_what_a_tiny_trained_model_learned() {
+/// Trains the tiny model of these tests in `dir`: two 0.6 s tones ("low.wav" says
+/// "hi", "high.wav" says "yo"), a 2,000-parameter LAS with a CTC head, 400 Adam steps.
+/// Returns (model, low, high).
+fn make_tiny(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use lasr_decode::Vocab;
     use lasr_features::{CmvnStats, FrontEnd};
     use lasr_model::{Batch, Las, ModelConfig, ModelFile};
     use lasr_nn::{clip_grad_norm, Adam, Module};
     use rand::SeedableRng;
 
-    let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("low.wav");
-    let b = dir.path().join("high.wav");
+    let a = dir.join("low.wav");
+    let b = dir.join("high.wav");
     // Two different spectra: a low harmonic tone and a high one.
     write_tone(&a, 150.0, 9600);
     write_tone(&b, 1700.0, 9600);
@@ -340,7 +341,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     }
     let (stats, _) = las.forward(&batch).unwrap();
     assert!(stats.mean() < 0.05 && stats.ctc_mean() < 0.2, "{stats:?}");
-    let model_path = dir.path().join("tiny.safetensors");
+    let model_path = dir.join("tiny.safetensors");
     ModelFile {
         las,
         front_end: front_cfg,
@@ -350,6 +351,65 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     }
     .save(&model_path)
     .unwrap();
+    (model_path, a, b)
+}
+
+/// Regenerates the committed fixtures: `cargo test --release --test cli -- --ignored
+/// make_tiny_fixture`. Run it only when the model file format changes on purpose.
+#[test]
+#[ignore]
+fn make_tiny_fixture() {
+    let dir = repo().join("tests/fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (model, _, _) = make_tiny(&dir);
+    std::fs::rename(model, dir.join("tiny.safetensors")).unwrap();
+}
+
+/// A model file committed under tests/fixtures (made by `make_tiny_fixture`) still
+/// loads and transcribes its fixture audio: model files stay readable across changes.
+#[test]
+fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
+    let dir = repo().join("tests/fixtures");
+    let model = dir.join("tiny.safetensors");
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        dir.join("low.wav").to_str().unwrap(),
+        dir.join("high.wav").to_str().unwrap(),
+        "--beam",
+        "1",
+        "--no-lm",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines.iter().any(|l| l.ends_with("low.wav\thi")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with("high.wav\tyo")),
+        "{lines:?}"
+    );
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        "--ctc-only",
+        dir.join("high.wav").to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stdout).ends_with("\tyo\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn transcribe_spells_what_a_tiny_trained_model_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model_path, a, b) = make_tiny(dir.path());
     std::fs::write(dir.path().join("broken.wav"), b"RIFF").unwrap();
 
     let out = lasr(&[

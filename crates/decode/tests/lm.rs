@@ -697,6 +697,7 @@ fn opts(beam: usize, norm: LengthNorm) -> SearchOptions {
         max_len: 12,
         max_len_per_frame: None,
         length_norm: norm,
+        eos_threshold: None,
     }
 }
 
