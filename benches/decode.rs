@@ -29,9 +29,7 @@ fn steps(dec: &lasr_model::UtteranceDecoder, hyps: usize) {
         // reshuffled as a beam would reshuffle them.
         for (i, p) in prev.iter_mut().enumerate() {
             let row = &step.log_probs[i * v..(i + 1) * v];
-            *p = (3..v)
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                .unwrap();
+            *p = (3..v).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
         }
         state = if hyps > 1 {
             let rows: Vec<usize> = (0..hyps).map(|i| (i + t) % hyps).collect();
