@@ -65,6 +65,8 @@ fn builtin_lm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedLm>
         Audio may be WAV (8/16/24/32-bit integer or 32-bit float, any channel count) or \
         FLAC, at any sample rate: it is downmixed to mono and resampled to 16 kHz.",
     after_help = "Examples:\n  \
+        lasr transcribe assets/sample.wav              # the built-in model\n  \
+        lasr bench LibriSpeech/test-clean --limit 200  # WER, CER, real-time factor\n  \
         lasr features assets/sample.wav --out sample.npy --plot sample.png\n  \
         lasr cmvn /data/LibriSpeech/train-clean-100 --out frontend.json\n  \
         lasr features utt.flac --config frontend.json --json"
@@ -172,6 +174,7 @@ struct TrainArgs {
 
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
+    lasr transcribe speech.flac                    # the built-in model and LM\n  \
     lasr transcribe --model model.safetensors speech.flac\n  \
     lasr transcribe --model model.safetensors corpus/ --json --nbest 5\n  \
     sox speech.mp3 -t wav - | lasr transcribe --model model.safetensors -\n\n\
