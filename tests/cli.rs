@@ -613,6 +613,21 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         v["nbest"][0]["ctc_log_prob"].is_number(),
         "decoded by CTC: {v}"
     );
+    // --attention overrides the recommendation.
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        packed.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--attention",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["text"], "yo");
+    assert!(
+        v["nbest"][0].get("ctc_log_prob").is_none(),
+        "attention: {v}"
+    );
     std::fs::write(&decode_json, r#"{"ctc_only": true, "beam": 3}"#).unwrap();
     let out = lasr(&[
         "pack",

@@ -226,6 +226,9 @@ struct DecodeArgs {
     /// no --lm, else a CTC prefix beam search with the language model fused.
     #[arg(long)]
     ctc_only: bool,
+    /// Decode with the attention decoder even if the model recommends CTC alone.
+    #[arg(long, conflicts_with = "ctc_only")]
+    attention: bool,
     /// CTC beam search: score bonus per emitted character (balances --lm).
     #[arg(long, value_name = "B")]
     ctc_bonus: Option<f32>,
@@ -281,6 +284,9 @@ impl DecodeArgs {
         }
         if self.ctc_only {
             o.ctc_only = true;
+        }
+        if self.attention {
+            o.ctc_only = false;
         }
         if let Some(b) = self.ctc_bonus {
             o.ctc_insertion_bonus = b;
