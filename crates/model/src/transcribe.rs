@@ -194,7 +194,8 @@ fn words(vocab: &Vocab, tokens: &[usize], frames: &[usize], spf: f32, offset: f3
 
 /// Frame indices where features `[T, F]` are cut into chunks of at most `max` frames:
 /// each cut is the quietest point (lowest mean feature over a 10-frame window) in the
-/// second half of the span it ends. Returns the chunk starts and the end, `[0, .., T]`.
+/// second half of the span it ends, leaving at least `max / 4` frames after it.
+/// Returns the chunk starts and the end, `[0, .., T]`.
 pub fn chunk_bounds(feats: ArrayView2<f32>, max: usize) -> Vec<usize> {
     let t = feats.nrows();
     let max = max.max(2);
@@ -206,8 +207,12 @@ pub fn chunk_bounds(feats: ArrayView2<f32>, max: usize) -> Vec<usize> {
     let window = 10.min(t.max(1));
     let mut bounds = vec![0];
     let mut start = 0;
+    // Leave at least a quarter chunk after each cut, so the last chunk is never a
+    // sliver shorter than a listener frame.
+    let tail = max / 4;
     while t - start > max {
-        let (lo, hi) = (start + max / 2, start + max);
+        let hi = (start + max).min(t - tail);
+        let lo = (start + max / 2).min(hi);
         let mut best = (hi, f32::INFINITY);
         for cut in lo..=hi {
             let a = cut.saturating_sub(window / 2);

@@ -334,6 +334,14 @@ fn long_features_are_cut_at_their_quietest_frames() {
     assert_eq!((b[0], *b.last().unwrap()), (0, 1000));
     assert!(b.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 100));
     assert_eq!(chunk_bounds(flat.slice(s![..0, ..]), 100), vec![0, 0]);
+    // Just over the limit, quietest at the very end: the last chunk is not a sliver.
+    let mut fading = ndarray::Array2::<f32>::zeros((101, 2));
+    for (i, mut row) in fading.rows_mut().into_iter().enumerate() {
+        row.fill(-(i as f32));
+    }
+    let b = chunk_bounds(fading.view(), 100);
+    assert_eq!(b.len(), 3, "{b:?}");
+    assert!(b[2] - b[1] >= 25 && b[1] <= 100, "{b:?}");
 }
 
 #[test]
