@@ -639,7 +639,9 @@ impl Las {
         for (stats, cache) in &mut fwd {
             cache.dlogits *= stats.tokens as f32 / tokens.max(1) as f32;
             if let Some(d) = &mut cache.dctc {
-                *d *= stats.ctc_labels as f32 / labels.max(1) as f32;
+                // forward scaled by w / max(labels_i, 1); the batch wants w / max(L, 1),
+                // also for a part whose transcripts are all empty.
+                *d *= stats.ctc_labels.max(1) as f32 / labels.max(1) as f32;
             }
         }
         let part_grads = fwd

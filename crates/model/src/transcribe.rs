@@ -194,9 +194,10 @@ fn words(vocab: &Vocab, tokens: &[usize], frames: &[usize], spf: f32, offset: f3
 
 /// Frame indices where features `[T, F]` are cut into chunks of at most `max` frames:
 /// each cut is the quietest point (lowest mean feature over a 10-frame window) in the
-/// second half of the span it ends, leaving at least `max / 4` frames after it.
+/// second half of the span it ends, leaving at least `max(max / 4, min_tail)` frames
+/// after it (pass the model's reduction, so no chunk is shorter than a listener frame).
 /// Returns the chunk starts and the end, `[0, .., T]`.
-pub fn chunk_bounds(feats: ArrayView2<f32>, max: usize) -> Vec<usize> {
+pub fn chunk_bounds(feats: ArrayView2<f32>, max: usize, min_tail: usize) -> Vec<usize> {
     let t = feats.nrows();
     let max = max.max(2);
     let energy: Vec<f32> = feats
@@ -209,7 +210,7 @@ pub fn chunk_bounds(feats: ArrayView2<f32>, max: usize) -> Vec<usize> {
     let mut start = 0;
     // Leave at least a quarter chunk after each cut, so the last chunk is never a
     // sliver shorter than a listener frame.
-    let tail = max / 4;
+    let tail = (max / 4).max(min_tail).min(max / 2);
     while t - start > max {
         let hi = (start + max).min(t - tail);
         let lo = (start + max / 2).min(hi);
@@ -367,7 +368,7 @@ impl ModelFile {
         options.validate(self)?;
         let shift = self.front_end.features.frame_shift_ms / 1000.0;
         let max = (options.max_chunk_seconds / shift) as usize;
-        let bounds = chunk_bounds(feats, max);
+        let bounds = chunk_bounds(feats, max, self.las.config.reduction());
         let spf = self.seconds_per_frame();
         let mut t = Transcript {
             text: String::new(),

@@ -146,7 +146,7 @@ fn a_batch_split_over_threads_gives_the_same_loss_and_gradients() {
     let batch = Batch {
         feats: lasr_nn::init::uniform((16, 3, 3), 1.0, &mut rng(10)),
         lengths: vec![16, 9, 12],
-        targets: vec![vec![3, 4, 5], vec![6], vec![5, 5]],
+        targets: vec![vec![], vec![6], vec![5, 5]],
     };
     let mut whole = las.zeros_like();
     let a = las.train_step(&batch, &mut whole).unwrap();
@@ -318,7 +318,7 @@ fn long_features_are_cut_at_their_quietest_frames() {
     for dip in [130usize, 260] {
         feats.slice_mut(s![dip - 3..dip + 3, ..]).fill(-5.0);
     }
-    let bounds = chunk_bounds(feats.view(), 150);
+    let bounds = chunk_bounds(feats.view(), 150, 8);
     assert_eq!(bounds.len(), 4, "{bounds:?}");
     assert_eq!((bounds[0], bounds[3]), (0, 400));
     // Each cut falls inside a dip.
@@ -328,20 +328,23 @@ fn long_features_are_cut_at_their_quietest_frames() {
     );
     assert!(bounds.windows(2).all(|w| w[1] - w[0] <= 150));
     // Short input: one chunk; no dips: cuts still respect the limit.
-    assert_eq!(chunk_bounds(feats.view(), 400), vec![0, 400]);
+    assert_eq!(chunk_bounds(feats.view(), 400, 8), vec![0, 400]);
     let flat = ndarray::Array2::<f32>::zeros((1000, 2));
-    let b = chunk_bounds(flat.view(), 100);
+    let b = chunk_bounds(flat.view(), 100, 8);
     assert_eq!((b[0], *b.last().unwrap()), (0, 1000));
     assert!(b.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 100));
-    assert_eq!(chunk_bounds(flat.slice(s![..0, ..]), 100), vec![0, 0]);
+    assert_eq!(chunk_bounds(flat.slice(s![..0, ..]), 100, 8), vec![0, 0]);
     // Just over the limit, quietest at the very end: the last chunk is not a sliver.
     let mut fading = ndarray::Array2::<f32>::zeros((101, 2));
     for (i, mut row) in fading.rows_mut().into_iter().enumerate() {
         row.fill(-(i as f32));
     }
-    let b = chunk_bounds(fading.view(), 100);
+    let b = chunk_bounds(fading.view(), 100, 8);
     assert_eq!(b.len(), 3, "{b:?}");
     assert!(b[2] - b[1] >= 25 && b[1] <= 100, "{b:?}");
+    // A model's reduction wider than a quarter chunk sets the least tail.
+    let b = chunk_bounds(fading.view(), 100, 32);
+    assert!(b[2] - b[1] >= 32, "{b:?}");
 }
 
 #[test]
