@@ -64,11 +64,7 @@ fn decode(c: &mut Criterion) {
     let logits = dec.ctc_logits().unwrap().unwrap();
     let (frames, v) = logits.dim();
     let mut lp = logits.clone();
-    for mut row in lp.rows_mut() {
-        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let z = m + row.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
-        row.mapv_inplace(|x| x - z);
-    }
+    lasr_nn::activation::log_softmax_rows(lp.view_mut());
     let flat: Vec<f32> = lp.iter().copied().collect();
     group.bench_function("ctc_prefix_beam16", |b| {
         b.iter(|| {

@@ -856,23 +856,17 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             },
         },
     ];
+    // CTC re-ranking weight of the "+ CTC" settings: the one asked for, else the default.
+    let rerank = if beam.ctc_weight > 0.0 {
+        beam.ctc_weight
+    } else {
+        DEFAULT_CTC_WEIGHT
+    };
     if model.las.ctc.is_some() {
         settings.push(lasr_model::BenchSetting {
-            name: format!(
-                "beam {} + CTC {}",
-                beam.search.beam_size,
-                if beam.ctc_weight > 0.0 {
-                    beam.ctc_weight
-                } else {
-                    DEFAULT_CTC_WEIGHT
-                }
-            ),
+            name: format!("beam {} + CTC {rerank}", beam.search.beam_size),
             options: lasr_model::DecodeOptions {
-                ctc_weight: if beam.ctc_weight > 0.0 {
-                    beam.ctc_weight
-                } else {
-                    DEFAULT_CTC_WEIGHT
-                },
+                ctc_weight: rerank,
                 ctc_only: false,
                 ..plain.clone()
             },
@@ -907,15 +901,10 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             },
         });
         if model.las.ctc.is_some() {
-            let w = if beam.ctc_weight > 0.0 {
-                beam.ctc_weight
-            } else {
-                DEFAULT_CTC_WEIGHT
-            };
             settings.push(lasr_model::BenchSetting {
-                name: format!("beam {} + CTC {w} + LM {lm_w}", beam.search.beam_size),
+                name: format!("beam {} + CTC {rerank} + LM {lm_w}", beam.search.beam_size),
                 options: lasr_model::DecodeOptions {
-                    ctc_weight: w,
+                    ctc_weight: rerank,
                     ctc_only: false,
                     ..beam.clone()
                 },

@@ -156,11 +156,7 @@ impl Decoder for UtteranceDecoder<'_> {
             .collect();
         let out_in = concatenate(Axis(1), &[h1.view(), ctx.view()]).expect("same rows");
         let mut logits = sp.out.forward(out_in.view())?;
-        for mut row in logits.rows_mut() {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
-            row.mapv_inplace(|v| v - lse);
-        }
+        lasr_nn::activation::log_softmax_rows(logits.view_mut());
         Ok(Step {
             log_probs: logits.into_raw_vec_and_offset().0,
             state: SpellerState {

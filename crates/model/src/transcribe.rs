@@ -314,11 +314,7 @@ impl ModelFile {
     fn ctc_beam(&self, logits: ndarray::Array2<f32>, options: &DecodeOptions) -> Result<Chunk> {
         let (frames, v) = logits.dim();
         let mut lp = logits;
-        for mut row in lp.rows_mut() {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-            row.mapv_inplace(|x| x - lse);
-        }
+        lasr_nn::activation::log_softmax_rows(lp.view_mut());
         let search = lasr_decode::CtcSearchOptions {
             beam_size: options.search.beam_size,
             lm_weight: if options.lm.is_some() {

@@ -52,6 +52,18 @@ pub fn tanh(x: f32) -> f32 {
     }
 }
 
+/// Log-softmax of each row of `x` `[N, V]`, in place: `x - (max + ln sum exp(x - max))`
+/// (shifted by the row's maximum so `exp` never overflows). The maximum is subtracted
+/// before the log-sum, not folded into it: `max + ln sum` would round at the scale of
+/// large logits and cost the result its low bits.
+pub fn log_softmax_rows(mut x: ndarray::ArrayViewMut2<f32>) {
+    for mut row in x.rows_mut() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let ln_sum = row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+        row.mapv_inplace(|v| (v - max) - ln_sum);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +111,18 @@ mod tests {
                 "tanh({x})"
             );
         }
+    }
+
+    #[test]
+    fn log_softmax_rows_normalise_and_survive_large_logits() {
+        let mut x = ndarray::arr2(&[[1.0f32, 2.0, 3.0], [1000.0, 1000.0, -1000.0]]);
+        log_softmax_rows(x.view_mut());
+        for row in x.rows() {
+            let total: f64 = row.iter().map(|&v| f64::from(v).exp()).sum();
+            assert!((total - 1.0).abs() < 1e-6, "row sums to {total}");
+        }
+        let z = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        assert!((f64::from(x[[0, 0]]) - (1.0 - z)).abs() < 1e-6);
+        assert!((f64::from(x[[1, 0]]) + std::f64::consts::LN_2).abs() < 1e-6);
     }
 }
