@@ -36,6 +36,10 @@ pub struct ModelConfig {
     pub location_channels: usize,
     /// Width of those filters in listener frames (odd).
     pub location_width: usize,
+    /// Label smoothing of the attention decoder's cross-entropy (PyTorch's
+    /// `label_smoothing`): a training setting with no effect on inference, kept with the
+    /// model as ESPnet keeps `lsm_weight`, so a checkpoint says how it was trained.
+    pub label_smoothing: f32,
 }
 
 impl Default for ModelConfig {
@@ -54,6 +58,7 @@ impl Default for ModelConfig {
             blank: 0,
             location_channels: 0,
             location_width: 31,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -108,6 +113,12 @@ impl ModelConfig {
             return Err(Error::Config(format!(
                 "ctc_weight = {} must lie in [0, 1]",
                 self.ctc_weight
+            )));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::Config(format!(
+                "label_smoothing = {} must lie in [0, 1)",
+                self.label_smoothing
             )));
         }
         if self.blank >= self.vocab_size || self.blank == self.sos || self.blank == self.eos {

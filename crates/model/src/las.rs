@@ -20,9 +20,9 @@ use rand::Rng;
 
 use lasr_nn::module::join;
 use lasr_nn::{
-    ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward, softmax_cross_entropy,
-    AdditiveAttention, AttentionCache, BiLstm, BiLstmCache, Embedding, Linear, LstmCell,
-    LstmCellCache, Module,
+    ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward,
+    softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, BiLstm, BiLstmCache,
+    Embedding, Linear, LstmCell, LstmCellCache, Module,
 };
 
 use crate::config::ModelConfig;
@@ -524,7 +524,7 @@ impl Las {
             .view()
             .into_shape_with_order((steps * b, v))
             .expect("row-major");
-        let ce = softmax_cross_entropy(flat, &scored)?;
+        let ce = softmax_cross_entropy_smoothed(flat, &scored, self.config.label_smoothing)?;
         let w = self.config.ctc_weight;
         let mut dlogits = ce
             .grad

@@ -17,7 +17,7 @@ use std::time::Instant;
 use lasr_data::{BatchPlan, Dataset};
 use lasr_decode::{greedy, wer, ErrorCounts, SearchOptions, Vocab};
 use lasr_features::spec_augment_seeded;
-use lasr_nn::{checkpoint, clip_grad_norm, Adam, Module};
+use lasr_nn::{checkpoint, clip_grad_norm, Adam, LrSchedule, Module};
 use ndarray::s;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,13 @@ pub struct TrainOptions {
     /// Also write `model.safetensors` and the optimiser state every this many steps
     /// within an epoch (0: only after each epoch's validation).
     pub checkpoint_every: usize,
+    /// Steps of linear learning-rate warm-up from 0 to `learning_rate`.
+    pub warmup_steps: u64,
+    /// Cosine decay after warm-up down to this fraction of `learning_rate` at the last
+    /// step of the last epoch (absent: constant).
+    pub final_lr_fraction: Option<f32>,
+    /// Adam's L2 weight decay (PyTorch's `weight_decay`: added to the gradient).
+    pub weight_decay: f32,
 }
 
 impl Default for TrainOptions {
@@ -72,6 +79,9 @@ impl Default for TrainOptions {
             sorted_epochs: 1,
             batch_parts: 2,
             checkpoint_every: 100,
+            warmup_steps: 0,
+            final_lr_fraction: None,
+            weight_decay: 0.0,
         }
     }
 }
@@ -265,6 +275,7 @@ pub fn train(
         .map_err(|e| Error::Model(format!("{}: lasr.progress: {e}", opt_path.display())))?;
         adam.t = progress.step;
     }
+    adam.weight_decay = options.weight_decay;
     model.info = serde_json::json!({"train_options": options, "train_utterances": train.len(), "train_frames": train.frames()});
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -276,6 +287,14 @@ pub fn train(
     let plan = BatchPlan {
         max_frames: options.batch_frames,
         max_utterances: options.batch_utterances,
+    };
+    // Shuffling never changes how many batches an epoch has, so the first epoch's
+    // count fixes the schedule's length.
+    let schedule = LrSchedule {
+        peak: options.learning_rate,
+        warmup_steps: options.warmup_steps,
+        total_steps: (train.batches(plan, options.seed).len() * options.epochs) as u64,
+        final_fraction: options.final_lr_fraction,
     };
     while progress.epoch < options.epochs {
         let epoch = progress.epoch;
@@ -304,6 +323,7 @@ pub fn train(
                 .las
                 .train_step_parallel(&batch, &mut grads, options.batch_parts)?;
             let norm = clip_grad_norm(&mut grads, options.clip_norm)?;
+            adam.lr = schedule.at(progress.step);
             adam.step(&mut model.las, &grads);
             progress.step += 1;
             match &mut epoch_stats {
@@ -318,7 +338,7 @@ pub fn train(
             {
                 let mut line = serde_json::json!({"epoch": epoch, "step": progress.step,
                     "loss": stats.mean(), "objective": stats.objective(),
-                    "grad_norm": norm, "utterances": indices.len(), "seconds": start.elapsed().as_secs_f64()});
+                    "grad_norm": norm, "lr": adam.lr, "utterances": indices.len(), "seconds": start.elapsed().as_secs_f64()});
                 if model.las.config.has_ctc() {
                     line["ctc"] = serde_json::json!(stats.ctc_mean());
                     line["ctc_infeasible"] = serde_json::json!(stats.ctc_infeasible);

@@ -54,6 +54,10 @@ fn options() -> TrainOptions {
         spec_augment: true,
         validate_decode: 2,
         checkpoint_every: 2,
+        log_every: 1,
+        warmup_steps: 2,
+        final_lr_fraction: Some(0.1),
+        weight_decay: 1e-4,
         ..TrainOptions::default()
     }
 }
@@ -93,6 +97,17 @@ fn stop_and_resume_mid_epoch_equals_an_uninterrupted_run() {
     ] {
         assert!(whole.path().join(f).is_file(), "{f}");
     }
+
+    // The schedule: warm-up over 2 steps, then cosine down to a tenth at step 9.
+    let log = std::fs::read_to_string(whole.path().join("log.jsonl")).unwrap();
+    let rates: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64())
+        .collect();
+    assert_eq!(rates.len(), 9, "{log}");
+    assert!((rates[0] - 0.005).abs() < 1e-7 && (rates[1] - 0.01).abs() < 1e-7);
+    assert!((rates[8] - 0.001).abs() < 1e-7, "{rates:?}");
+    assert!(rates[1..].windows(2).all(|w| w[1] <= w[0]));
 
     // 3 batches per epoch: stop after 4 steps, inside the second epoch.
     let split = tempfile::tempdir().unwrap();

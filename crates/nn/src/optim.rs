@@ -105,6 +105,40 @@ impl<M: Module> Adam<M> {
     }
 }
 
+/// Learning rate as a function of the optimiser step: a linear warm-up to `peak`,
+/// then either constant or a cosine decay to `final_fraction * peak` at `total_steps`.
+/// A pure function of the step, so a resumed run follows the same curve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    pub peak: f32,
+    /// Steps of linear warm-up (0: start at `peak`).
+    pub warmup_steps: u64,
+    /// Steps in the whole run; the decay reaches its floor at the last of them (index
+    /// `total_steps - 1`) and holds afterwards.
+    pub total_steps: u64,
+    /// `None`: constant after warm-up; `Some(f)`: cosine decay down to `f * peak`.
+    pub final_fraction: Option<f32>,
+}
+
+impl LrSchedule {
+    /// The rate for the step with 0-based index `step`.
+    pub fn at(&self, step: u64) -> f32 {
+        if step < self.warmup_steps {
+            return self.peak * (step + 1) as f32 / self.warmup_steps as f32;
+        }
+        let Some(f) = self.final_fraction else {
+            return self.peak;
+        };
+        let span = self
+            .total_steps
+            .saturating_sub(self.warmup_steps + 1)
+            .max(1);
+        let p = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+        self.peak * (f64::from(f) + (1.0 - f64::from(f)) * cosine) as f32
+    }
+}
+
 /// Plain stochastic gradient descent with optional momentum (PyTorch's rule).
 #[derive(Debug, Clone)]
 pub struct Sgd<M: Module> {
@@ -141,5 +175,39 @@ impl<M: Module> Sgd<M> {
                 });
             k += 1;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LrSchedule;
+
+    #[test]
+    fn schedule_warms_up_linearly_then_decays_by_cosine() {
+        let s = LrSchedule {
+            peak: 1e-3,
+            warmup_steps: 10,
+            total_steps: 111,
+            final_fraction: Some(0.1),
+        };
+        assert!((s.at(0) - 1e-4).abs() < 1e-9);
+        assert!((s.at(4) - 5e-4).abs() < 1e-9);
+        assert!((s.at(9) - 1e-3).abs() < 1e-9);
+        assert!((s.at(10) - 1e-3).abs() < 1e-9);
+        // Half-way through the decay: the mean of peak and floor.
+        assert!((s.at(60) - 0.55e-3).abs() < 1e-8);
+        assert!((s.at(110) - 1e-4).abs() < 1e-9);
+        assert!((s.at(10_000) - 1e-4).abs() < 1e-9);
+        let mut last = f32::INFINITY;
+        for step in 10..=110 {
+            assert!(s.at(step) <= last, "decay is monotone");
+            last = s.at(step);
+        }
+        let flat = LrSchedule {
+            final_fraction: None,
+            warmup_steps: 0,
+            ..s
+        };
+        assert!((0..200).all(|k| flat.at(k) == 1e-3));
     }
 }

@@ -268,6 +268,57 @@ fn softmax_cross_entropy_gradient_and_value() {
     assert!(big.sum.is_finite() && big.grad.iter().all(|v| v.is_finite()));
 }
 
+#[test]
+fn label_smoothed_cross_entropy_gradient_and_value() {
+    let logits = lasr_nn::init::uniform((4, 6), 3.0, &mut rng(81));
+    let targets = [Some(2), Some(5), None, Some(0)];
+    let eps = 0.2f32;
+    let ce = lasr_nn::softmax_cross_entropy_smoothed(logits.view(), &targets, eps).unwrap();
+    let plain = softmax_cross_entropy(logits.view(), &targets).unwrap();
+    // The reported NLL ignores smoothing; the smoothed sum is computed independently
+    // here in f64 from its definition: cross-entropy against the smoothed target.
+    assert!((ce.sum - plain.sum).abs() < 1e-9);
+    let mut expected = 0f64;
+    for (r, t) in targets.iter().enumerate() {
+        let Some(t) = *t else { continue };
+        let row: Vec<f64> = logits.row(r).iter().map(|&v| f64::from(v)).collect();
+        let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+        for (k, &l) in row.iter().enumerate() {
+            let q = f64::from(eps) / 6.0 + if k == t { 1.0 - f64::from(eps) } else { 0.0 };
+            expected += q * (lse - l);
+        }
+    }
+    assert!(
+        (ce.smoothed_sum - expected).abs() < 1e-5,
+        "{} vs {expected}",
+        ce.smoothed_sum
+    );
+    assert!(ce.smoothed_sum > ce.sum * (1.0 - f64::from(eps)));
+    let x = logits.clone().into_dyn();
+    let loss = |l: &ArrayD<f32>| {
+        let c = lasr_nn::softmax_cross_entropy_smoothed(
+            l.view().into_dimensionality::<Ix2>().unwrap(),
+            &targets,
+            eps,
+        )
+        .unwrap();
+        c.smoothed_sum / c.count as f64
+    };
+    assert_close(
+        &[check_input(
+            &x,
+            &ce.grad.clone().into_dyn(),
+            &loss,
+            1e-2,
+            100,
+            1e-4,
+        )],
+        "smoothed cross-entropy",
+    );
+    assert!(ce.grad.row(2).iter().all(|&v| v == 0.0));
+    assert!(lasr_nn::softmax_cross_entropy_smoothed(logits.view(), &targets, 1.0).is_err());
+}
+
 /// A two-level pyramid listener with an output layer and cross-entropy: gradients
 /// flowing through every layer type at once.
 #[derive(Clone)]
