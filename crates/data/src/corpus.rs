@@ -1,22 +1,148 @@
-//! Finding utterances: the LibriSpeech directory layout and TSV manifests.
+//! Finding utterances: the LibriSpeech directory layout, TSV manifests and Kaldi data
+//! directories ([`crate::kaldi`]), told apart by [`corpus`].
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::{Path, PathBuf};
+
+use lasr_features::Audio;
 
 use crate::error::{Error, Result};
 
 /// One utterance of a corpus, before its audio is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// Utterance id (LibriSpeech `1089-134686-0000`, or the manifest's first column).
     pub id: String,
-    /// Audio file.
+    /// Audio file (for a Kaldi segment, the whole recording).
     pub audio: PathBuf,
     /// Transcript as written in the corpus.
     pub transcript: String,
+    /// The span of `audio` this utterance is (Kaldi `segments`); `None`: all of it.
+    pub segment: Option<Segment>,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+impl Entry {
+    /// An utterance that is a whole audio file.
+    pub fn new(
+        id: impl Into<String>,
+        audio: impl Into<PathBuf>,
+        transcript: impl Into<String>,
+    ) -> Self {
+        Entry {
+            id: id.into(),
+            audio: audio.into(),
+            transcript: transcript.into(),
+            segment: None,
+        }
+    }
+
+    /// This utterance's audio at the file's own rate: the whole file, or its segment cut
+    /// out. Errors name the file (and the segment).
+    pub fn load_audio(&self) -> Result<Audio> {
+        let audio = lasr_features::load(&self.audio)?;
+        if self.segment.is_none() {
+            return Ok(audio);
+        }
+        Ok(Audio {
+            samples: self.cut(&audio)?.to_vec(),
+            sample_rate: audio.sample_rate,
+        })
+    }
+
+    /// This entry's samples out of `audio`, its decoded recording: all of them, or
+    /// its segment's.
+    pub(crate) fn cut<'a>(&self, audio: &'a Audio) -> Result<&'a [f32]> {
+        let Some(seg) = &self.segment else {
+            return Ok(&audio.samples);
+        };
+        seg.cut(&audio.samples, audio.sample_rate)
+            .map_err(|reason| Error::Segment {
+                path: self.audio.clone(),
+                id: self.id.clone(),
+                reason,
+            })
+    }
+}
+
+/// A span of a recording in seconds, as Kaldi's `segments` file gives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Segment {
+    /// Start in seconds from the start of the recording (>= 0).
+    pub start: f64,
+    /// End in seconds; `None` (Kaldi's `-1`) runs to the end of the recording.
+    pub end: Option<f64>,
+}
+
+impl Segment {
+    /// A segment may end this far past its recording (Kaldi `extract-segments`'
+    /// `--max-overshoot` default); it is then cut at the recording's end.
+    pub const MAX_OVERSHOOT_SECONDS: f64 = 0.5;
+
+    /// The samples of this span out of a recording of `samples` at `rate` Hz, by Kaldi
+    /// `extract-segments`' rules: sample indices are `seconds * rate` truncated; a start
+    /// at or past the end is refused, an end up to [`Segment::MAX_OVERSHOOT_SECONDS`]
+    /// past the end is cut there, further is refused. The error says why.
+    pub fn cut<'a>(&self, samples: &'a [f32], rate: u32) -> std::result::Result<&'a [f32], String> {
+        let rate = f64::from(rate);
+        let n = samples.len();
+        let duration = n as f64 / rate;
+        let start = (self.start * rate).floor();
+        if start.is_nan() || start < 0.0 || start >= n as f64 {
+            return Err(format!(
+                "starts at {:.3} s, at or after the end of the recording ({duration:.3} s)",
+                self.start
+            ));
+        }
+        let start = start as usize;
+        let end = match self.end {
+            None => n,
+            Some(end) => {
+                let e = (end * rate).floor();
+                if !e.is_finite() || e >= n as f64 + (Self::MAX_OVERSHOOT_SECONDS * rate).floor() {
+                    return Err(format!(
+                        "ends at {end:.3} s, more than {} s after the end of the recording ({duration:.3} s)",
+                        Self::MAX_OVERSHOOT_SECONDS
+                    ));
+                }
+                (e.max(0.0) as usize).min(n)
+            }
+        };
+        if end <= start {
+            return Err(format!("is empty: samples {start}..{end} of the recording"));
+        }
+        Ok(&samples[start..end])
+    }
+}
+
+/// Something in a corpus that was left out, with where it is (`line` 0: the whole file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+        }
+    }
+}
+
+/// The utterances of a corpus, sorted by id, and what was left out of it.
+#[derive(Debug, Clone, Default)]
+pub struct Corpus {
+    pub entries: Vec<Entry>,
+    /// Lines and utterances skipped (unsupported forms, ids missing from one of the
+    /// files); the corpus is usable without them.
+    pub warnings: Vec<Warning>,
+}
+
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -61,11 +187,7 @@ pub fn librispeech(root: &Path) -> Result<Vec<Entry>> {
                     line: n + 1,
                     reason: format!("no audio {id}.flac or {id}.wav in {}", dir.display()),
                 })?;
-            entries.push(Entry {
-                id: id.to_string(),
-                audio,
-                transcript: transcript.trim().to_string(),
-            });
+            entries.push(Entry::new(id, audio, transcript.trim()));
         }
     }
     entries.sort_by(|a, b| a.id.cmp(&b.id));
@@ -147,11 +269,7 @@ pub fn tsv(manifest: &Path, audio_root: Option<&Path>) -> Result<Vec<Entry>> {
         let id = given
             .file_stem()
             .map_or_else(|| cols[0].to_string(), |s| s.to_string_lossy().into_owned());
-        entries.push(Entry {
-            id,
-            audio,
-            transcript: cols[1].trim().to_string(),
-        });
+        entries.push(Entry::new(id, audio, cols[1].trim()));
     }
     if entries.is_empty() {
         return Err(Error::Empty {
@@ -163,7 +281,7 @@ pub fn tsv(manifest: &Path, audio_root: Option<&Path>) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-fn check_unique(path: &Path, entries: &[Entry]) -> Result<()> {
+pub(crate) fn check_unique(path: &Path, entries: &[Entry]) -> Result<()> {
     let mut seen = HashSet::new();
     for e in entries {
         if !seen.insert(e.id.as_str()) {
@@ -177,12 +295,40 @@ fn check_unique(path: &Path, entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
-/// The utterances of `path`: a directory is read as the LibriSpeech layout, a file as a
-/// TSV manifest (audio relative to the manifest).
-pub fn entries(path: &Path) -> Result<Vec<Entry>> {
+/// The corpus at `path`, its form told by what is there:
+///
+/// - a directory holding `wav.scp` and `text`: a Kaldi data directory ([`crate::kaldi`]);
+/// - any other directory: the LibriSpeech layout ([`librispeech`]);
+/// - a file: a TSV manifest, audio relative to the manifest ([`tsv`]).
+///
+/// A directory with `wav.scp` but no `text` is an error (a Kaldi directory missing its
+/// transcripts), not read as LibriSpeech.
+pub fn corpus(path: &Path) -> Result<Corpus> {
     if path.is_dir() {
-        librispeech(path)
+        let scp = path.join("wav.scp");
+        if scp.is_file() {
+            if !path.join("text").is_file() {
+                return Err(Error::Empty {
+                    path: path.to_path_buf(),
+                    reason: "it has wav.scp but no text: a Kaldi data directory needs both".into(),
+                });
+            }
+            return crate::kaldi::kaldi(path);
+        }
+        Ok(Corpus {
+            entries: librispeech(path)?,
+            warnings: Vec::new(),
+        })
     } else {
-        tsv(path, None)
+        Ok(Corpus {
+            entries: tsv(path, None)?,
+            warnings: Vec::new(),
+        })
     }
+}
+
+/// The utterances of `path` in any form [`corpus`] reads. Warnings (lines a Kaldi
+/// directory had to skip) are dropped: call [`corpus`] to report them.
+pub fn entries(path: &Path) -> Result<Vec<Entry>> {
+    corpus(path).map(|c| c.entries)
 }
