@@ -127,20 +127,33 @@ enum Command {
 
 #[derive(Args)]
 #[command(
-    after_help = "Example (LibriSpeech layout, or .tsv manifests of AUDIO<TAB>TRANSCRIPT):\n  \
+    after_help = "Example (LibriSpeech layout, Kaldi data directories, or .tsv manifests of\n\
+    AUDIO<TAB>TRANSCRIPT):\n  \
     lasr train --train data/train-clean-5 --train data/train-clean-100 \\\n             \
-    --valid ../shared/data/librispeech/test-clean-dev --out runs/las-small --epochs 20\n\n\
+    --valid ../shared/data/librispeech/test-clean-dev --out runs/las-small --epochs 20 \\\n             \
+    --feature-cache ~/.cache/lasr-features --speed-perturb 0.9,1.0,1.1\n\n\
     Writes OUT/model.safetensors (latest), OUT/best.safetensors (lowest validation CER),\n\
     OUT/optimizer.safetensors (to --resume) and OUT/log.jsonl. Checkpoints are written\n\
     atomically: a crash or Ctrl-C leaves the last good one. NaN gradients stop the run."
 )]
 struct TrainArgs {
-    /// Training corpus: a LibriSpeech-layout directory or a TSV manifest (repeatable).
+    /// Training corpus: a LibriSpeech-layout directory, a Kaldi data directory
+    /// (wav.scp + text [+ segments]) or a TSV manifest (repeatable).
     #[arg(long, required = true, value_name = "PATH")]
     train: Vec<PathBuf>,
     /// Validation corpus, same forms.
     #[arg(long, value_name = "PATH")]
     valid: PathBuf,
+    /// Keep raw log-mel features here between runs (one file per utterance, keyed by
+    /// the feature settings and each audio file's path, size and time); default: none,
+    /// features are computed at every start.
+    #[arg(long, value_name = "DIR")]
+    feature_cache: Option<PathBuf>,
+    /// Speed perturbation of the training set: each factor other than 1 adds a copy of
+    /// every training utterance played that much faster (Kaldi's 0.9,1.0,1.1 triples
+    /// it). Validation is never perturbed.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    speed_perturb: Vec<f32>,
     /// Output directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -320,7 +333,8 @@ const DEFAULT_CTC_WEIGHT: f32 = 0.3;
     insertions and the real-time factor of each. References and hypotheses are\n\
     upper-cased and stripped of punctuation before scoring.")]
 struct BenchArgs {
-    /// A LibriSpeech-layout directory or a TSV manifest (AUDIO<TAB>TRANSCRIPT).
+    /// A LibriSpeech-layout directory, a Kaldi data directory (wav.scp + text, no
+    /// segments) or a TSV manifest (AUDIO<TAB>TRANSCRIPT).
     #[arg(value_name = "CORPUS")]
     corpus: PathBuf,
     /// Model file; default: the model built into this binary.
@@ -820,7 +834,17 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     let (model, builtin) = load_model(args.model.as_deref())?;
-    let mut entries = lasr_data::entries(&args.corpus)?;
+    let corpus = lasr_data::corpus(&args.corpus)?;
+    print_warnings("skipped", &corpus.warnings);
+    let mut entries = corpus.entries;
+    if let Some(e) = entries.iter().find(|e| e.segment.is_some()) {
+        bail!(
+            "{}: bench reads whole audio files and cannot cut Kaldi segments yet (utterance {} is a segment of {}); list whole recordings in wav.scp, without a segments file",
+            args.corpus.display(),
+            e.id,
+            e.audio.display()
+        );
+    }
     entries.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(n) = args.limit {
         entries.truncate(n);
@@ -1124,27 +1148,49 @@ fn read_json<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> R
     serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))
 }
 
-/// Loads a corpus with raw features, reporting files that were skipped.
+/// Prints at most 20 warnings and how many more there were.
+fn print_warnings<T: std::fmt::Display>(what: &str, warnings: &[T]) {
+    for w in warnings.iter().take(20) {
+        eprintln!("{what}: {w}");
+    }
+    if warnings.len() > 20 {
+        eprintln!("{what}: ... and {} more", warnings.len() - 20);
+    }
+}
+
+/// Loads a corpus with raw features (CMVN is the caller's), reporting corpus lines,
+/// files and cache entries that were skipped.
 fn load_corpus(
     paths: &[PathBuf],
-    front: &FrontEndConfig,
+    options: &lasr_data::LoadOptions,
     what: &str,
 ) -> Result<lasr_data::Dataset> {
     let mut entries = Vec::new();
     for p in paths {
-        entries.extend(lasr_data::entries(p)?);
+        let corpus = lasr_data::corpus(p)?;
+        print_warnings("skipped", &corpus.warnings);
+        entries.extend(corpus.entries);
     }
     let bar = progress(entries.len(), what);
-    let (data, skipped) = lasr_data::Dataset::load(entries, front, &|| bar.inc(1))?;
+    let (data, report) = lasr_data::Dataset::load_with(entries, options, &|| bar.inc(1))?;
     bar.finish_and_clear();
-    for s in &skipped {
-        eprintln!("skipped: {}", s.error);
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.entry.id, s.error);
     }
+    print_warnings("feature cache", &report.warnings);
+    let cache = if options.cache.is_some() {
+        format!(
+            "; features: {} from the cache, {} computed",
+            report.cache_hits, report.computed
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{what}: {} utterances, {:.2} h, {} skipped",
+        "{what}: {} utterances, {:.2} h, {} skipped{cache}",
         data.len(),
-        data.frames() as f64 * f64::from(front.features.frame_shift_ms) / 3.6e6,
-        skipped.len()
+        data.frames() as f64 * f64::from(options.front.features.frame_shift_ms) / 3.6e6,
+        report.skipped.len()
     );
     Ok(data)
 }
@@ -1225,8 +1271,14 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     // which travel inside every checkpoint.
     let mut front = FrontEndConfig::default();
     front.features.num_mel_bins = config.input_dim;
-    let mut train_set = load_corpus(&args.train, &front, "train")?;
-    let mut valid_set = load_corpus(std::slice::from_ref(&args.valid), &front, "valid")?;
+    let mut load = lasr_data::LoadOptions {
+        front: front.clone(),
+        cache: args.feature_cache.clone(),
+        speed_perturb: args.speed_perturb.clone(),
+    };
+    let mut train_set = load_corpus(&args.train, &load, "train")?;
+    load.speed_perturb.clear();
+    let mut valid_set = load_corpus(std::slice::from_ref(&args.valid), &load, "valid")?;
     let cmvn = train_set.cmvn_stats().finish()?;
     train_set.normalize(&cmvn)?;
     valid_set.normalize(&cmvn)?;
