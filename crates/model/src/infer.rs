@@ -2,6 +2,8 @@
 //! speller runs step by step for a batch of hypotheses through
 //! [`lasr_decode::Decoder`], so greedy and beam search work on it unchanged.
 
+use std::sync::OnceLock;
+
 use ndarray::{concatenate, Array2, ArrayView2, Axis};
 
 use lasr_decode::{Decoder, Step};
@@ -17,8 +19,9 @@ pub struct UtteranceDecoder<'a> {
     h: Array2<f32>,
     /// Attention keys `W_h h + b` `[U, A]`.
     keys: Array2<f32>,
-    cell0: PreparedLstmCell,
-    cell1: PreparedLstmCell,
+    /// The speller cells' transposed weights, made on the first step with more than
+    /// one hypothesis (greedy decoding never needs them).
+    prepared: OnceLock<(PreparedLstmCell, PreparedLstmCell)>,
 }
 
 /// Speller state of `n` hypotheses: both cells' `h` and `c` `[n, S]`, and the last
@@ -51,15 +54,13 @@ impl Las {
                 self.config.reduction()
             )));
         }
-        let x = feats.insert_axis(Axis(1));
-        let (h, _, _) = self.listener.forward(x, &[frames])?;
-        let keys = self.speller.attention.keys(h.view())?;
+        let h = self.listener.infer(feats)?;
+        let keys = self.speller.attention.keys(h.view().insert_axis(Axis(1)))?;
         Ok(UtteranceDecoder {
             las: self,
-            h: h.index_axis_move(Axis(1), 0),
+            h,
             keys: keys.index_axis_move(Axis(1), 0),
-            cell0: self.speller.cell0.prepare(),
-            cell1: self.speller.cell1.prepare(),
+            prepared: OnceLock::new(),
         })
     }
 }
@@ -120,12 +121,22 @@ impl Decoder for UtteranceDecoder<'_> {
         let n = prev.len();
         let e = sp.emb.forward(prev)?;
         let in0 = concatenate(Axis(1), &[e.view(), st.ctx.view()]).expect("same rows");
-        let (h0, c0, _) = sp
-            .cell0
-            .forward(&self.cell0, in0.view(), st.h0.view(), st.c0.view())?;
-        let (h1, c1, _) = sp
-            .cell1
-            .forward(&self.cell1, h0.view(), st.h1.view(), st.c1.view())?;
+        let prepared = (n > 1).then(|| {
+            self.prepared
+                .get_or_init(|| (sp.cell0.prepare(), sp.cell1.prepare()))
+        });
+        let (h0, c0) = sp.cell0.step(
+            prepared.map(|p| &p.0),
+            in0.view(),
+            st.h0.view(),
+            st.c0.view(),
+        )?;
+        let (h1, c1) = sp.cell1.step(
+            prepared.map(|p| &p.1),
+            h0.view(),
+            st.h1.view(),
+            st.c1.view(),
+        )?;
         // Every hypothesis attends over the same utterance: broadcast, no copies.
         let (u, d) = self.h.dim();
         let hb = self.h.view().insert_axis(Axis(1));

@@ -15,7 +15,9 @@
 //! speech otherwise may never find. Everything
 //! is time-major. Parameter names match the reference's `state_dict()`.
 
-use ndarray::{concatenate, s, Array2, Array3, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
+use ndarray::{
+    concatenate, s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis,
+};
 use rand::Rng;
 
 use lasr_nn::module::join;
@@ -96,6 +98,17 @@ impl Listener {
             h = y;
         }
         Ok((h, lengths, ListenerCache { l0, pyr }))
+    }
+
+    /// Inference over one utterance: `x` `[T, F]` -> states `[U, 2H]` (no caches;
+    /// equal to [`Listener::forward`] up to float summation order).
+    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let mut h = self.l0.infer(x)?;
+        for layer in &self.pyr {
+            let joined = pyramid_reduce(h.view().insert_axis(Axis(1)));
+            h = layer.infer(joined.index_axis(Axis(1), 0))?;
+        }
+        Ok(h)
     }
 
     /// `dy` `[U, B, 2H]` -> `dx` `[T, B, F]`, gradients added into `grads`.

@@ -67,6 +67,130 @@ pub fn matmul(mut c: ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>,
     }
 }
 
+/// `y += w · x` for one vector: `w` `[N, K]` with contiguous rows (the layout weights
+/// are stored in), `x` `[K]`, `y` `[N]`.
+///
+/// Inference runs one sequence at a time, where the per-step recurrent product has a
+/// single row and gemm's general kernels lose to reading each weight row once as a dot
+/// product; no transposed copy of the weights is needed either.
+///
+/// # Panics
+/// When the shapes do not chain or `w`'s rows are not contiguous (a bug in lasr: the
+/// weights are owned, row-major arrays).
+pub fn gemv_acc(y: &mut [f32], w: ArrayView2<f32>, x: &[f32]) {
+    let (n, k) = w.dim();
+    assert!(
+        y.len() == n && x.len() == k && (w.strides()[1] == 1 || k <= 1),
+        "gemv: [{n}, {k}] x [{}] into [{}]",
+        x.len(),
+        y.len()
+    );
+    if n == 0 || k == 0 {
+        return;
+    }
+    let stride = w.strides()[0] as usize;
+    // SAFETY: rows of `w` are `k` contiguous floats `stride` apart (checked above).
+    let row = |j: usize| unsafe { std::slice::from_raw_parts(w.as_ptr().add(j * stride), k) };
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512() {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { gemv_avx512(y, &row, x) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { gemv_avx2(y, &row, x) };
+    }
+    gemv_impl(y, &row, x)
+}
+
+/// Eight rows at a time, one 16-lane accumulator each, every chunk of `x` loaded once
+/// for the eight; the last partial chunk through a masked load. Written with
+/// intrinsics because the portable loop below keeps some accumulators on the stack.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemv_avx512<'a>(y: &mut [f32], row: &dyn Fn(usize) -> &'a [f32], x: &[f32]) {
+    use std::arch::x86_64::*;
+    const R: usize = 8;
+    let (n, k) = (y.len(), x.len());
+    let body = k - k % 16;
+    let tail: __mmask16 = ((1u32 << (k % 16)) - 1) as __mmask16;
+    let xp = x.as_ptr();
+    let mut j = 0;
+    while j + R <= n {
+        let rows: [*const f32; R] = std::array::from_fn(|r| row(j + r).as_ptr());
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut p = 0;
+        while p < body {
+            // SAFETY: `p + 16 <= k`, the length of `x` and of every row.
+            let xv = _mm512_loadu_ps(xp.add(p));
+            for r in 0..R {
+                acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(rows[r].add(p)), xv, acc[r]);
+            }
+            p += 16;
+        }
+        if tail != 0 {
+            // SAFETY: masked lanes are not read.
+            let xv = _mm512_maskz_loadu_ps(tail, xp.add(body));
+            for r in 0..R {
+                let w = _mm512_maskz_loadu_ps(tail, rows[r].add(body));
+                acc[r] = _mm512_fmadd_ps(w, xv, acc[r]);
+            }
+        }
+        for r in 0..R {
+            y[j + r] += _mm512_reduce_add_ps(acc[r]);
+        }
+        j += R;
+    }
+    for (jj, out) in y.iter_mut().enumerate().skip(j) {
+        *out += row(jj).iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2<'a>(y: &mut [f32], row: &dyn Fn(usize) -> &'a [f32], x: &[f32]) {
+    gemv_impl(y, row, x)
+}
+
+/// Eight rows at a time, each with 16 lane-wise partial sums: enough independent
+/// accumulators to hide the FMA latency, and each chunk of `x` is loaded once for
+/// eight rows.
+#[inline(always)]
+fn gemv_impl<'a>(y: &mut [f32], row: &dyn Fn(usize) -> &'a [f32], x: &[f32]) {
+    const R: usize = 8;
+    const L: usize = 16;
+    let (n, k) = (y.len(), x.len());
+    let body = k - k % L;
+    let mut j = 0;
+    while j + R <= n {
+        let rows: [&[f32]; R] = std::array::from_fn(|r| row(j + r));
+        let mut acc = [[0f32; L]; R];
+        let mut p = 0;
+        while p < body {
+            let xc: &[f32; L] = x[p..p + L].try_into().expect("L floats");
+            for r in 0..R {
+                let wc: &[f32; L] = rows[r][p..p + L].try_into().expect("L floats");
+                for l in 0..L {
+                    acc[r][l] = wc[l].mul_add(xc[l], acc[r][l]);
+                }
+            }
+            p += L;
+        }
+        for r in 0..R {
+            let mut sum: f32 = acc[r].iter().sum();
+            for q in body..k {
+                sum = rows[r][q].mul_add(x[q], sum);
+            }
+            y[j + r] += sum;
+        }
+        j += R;
+    }
+    for (jj, out) in y.iter_mut().enumerate().skip(j) {
+        *out += row(jj).iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+    }
+}
+
 /// A row-major copy of `a.t()`, `[n, m]` from `[m, n]`, copied in cache-sized tiles
 /// (ndarray's element-by-element copy of a transposed view is several times slower).
 pub fn transpose(a: ArrayView2<f32>) -> ndarray::Array2<f32> {
@@ -120,6 +244,38 @@ mod tests {
         let mut c = Array2::zeros((160, 120));
         matmul(c.view_mut(), a.view(), b.view(), false);
         assert_eq!(c, naive(&a, &b));
+    }
+
+    #[test]
+    fn gemv_matches_f64_product_for_any_shape() {
+        for (n, k) in [
+            (1, 1),
+            (3, 5),
+            (8, 16),
+            (17, 33),
+            (64, 256),
+            (1024, 256),
+            (9, 1),
+        ] {
+            // A column slice leaves rows contiguous but `stride` apart.
+            let big = Array2::from_shape_fn((n, k + 3), |(i, j)| {
+                ((i * 31 + j * 17) % 23) as f32 * 0.1 - 1.1
+            });
+            let w = big.slice(ndarray::s![.., 1..k + 1]);
+            let x: Vec<f32> = (0..k).map(|i| ((i * 7) % 13) as f32 * 0.2 - 1.3).collect();
+            let mut y: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            gemv_acc(&mut y, w, &x);
+            for (i, &got) in y.iter().enumerate() {
+                let want = i as f64
+                    + (0..k)
+                        .map(|p| f64::from(w[(i, p)]) * f64::from(x[p]))
+                        .sum::<f64>();
+                assert!(
+                    (f64::from(got) - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "[{n}, {k}] row {i}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use rand::Rng;
 
 use crate::activation as act;
 use crate::error::{check_shape, Error, Result};
-use crate::linalg::{matmul, transpose};
+use crate::linalg::{gemv_acc, matmul, transpose};
 use crate::module::{join, Module};
 use crate::recurrent::{order, recurrent_module};
 
@@ -150,6 +150,56 @@ impl Lstm {
             live,
         };
         (h, cache)
+    }
+
+    /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
+    /// [`Lstm::forward`] without its cache, with one matrix-vector product per step on
+    /// the weights as stored (equal to `forward` up to float summation order).
+    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        check_shape(
+            &self.name(),
+            "input",
+            x.shape(),
+            &[None, Some(self.input_dim())],
+        )?;
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return Ok(unsafe { self.infer_avx2(x) });
+        }
+        Ok(self.infer_impl(x))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn infer_avx2(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        self.infer_impl(x)
+    }
+
+    #[inline(always)]
+    fn infer_impl(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let steps = x.nrows();
+        let hd = self.hidden();
+        let bias = &self.bias_ih + &self.bias_hh;
+        let mut gates = Array2::zeros((steps, 4 * hd));
+        gates.assign(&bias.broadcast((steps, 4 * hd)).expect("bias is [4H]"));
+        // All steps' input projections at once; gemm packs the transposed view itself.
+        matmul(gates.view_mut(), x, self.weight_ih.t(), true);
+        let mut h = Array2::<f32>::zeros((steps, hd));
+        let (mut h_prev, mut c_prev, mut c) = (vec![0f32; hd], vec![0f32; hd], vec![0f32; hd]);
+        for (t, prev) in order(self.reverse, steps) {
+            let mut g = gates.row_mut(t);
+            let g = g.as_slice_mut().expect("contiguous");
+            if prev.is_some() {
+                gemv_acc(g, self.weight_hh.view(), &h_prev);
+            }
+            let mut ht = h.row_mut(t);
+            let ht = ht.as_slice_mut().expect("contiguous");
+            cell_forward(g, &c_prev, &mut c, ht);
+            h_prev.copy_from_slice(ht);
+            std::mem::swap(&mut c, &mut c_prev);
+        }
+        h
     }
 
     /// Adds this layer's parameter gradients into `grads` and returns `dL/dx`
@@ -425,6 +475,17 @@ impl BiLstm {
         ))
     }
 
+    /// Inference over one sequence: `x` `[T, I]` -> `[T, 2H]` (see [`Lstm::infer`]).
+    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let (f, b) = rayon::join(|| self.forward.infer(x), || self.backward.infer(x));
+        let (yf, yb) = (f?, b?);
+        let (steps, hd) = yf.dim();
+        let mut y = Array2::zeros((steps, 2 * hd));
+        y.slice_mut(s![.., ..hd]).assign(&yf);
+        y.slice_mut(s![.., hd..]).assign(&yb);
+        Ok(y)
+    }
+
     /// `dy` `[T, B, 2H]` -> `dx` `[T, B, I]`, gradients added into `grads`.
     pub fn backward(
         &self,
@@ -535,6 +596,74 @@ impl LstmCell {
             w_hh_t: transpose(self.weight_hh.view()),
             bias: &self.bias_ih + &self.bias_hh,
         }
+    }
+
+    /// One inference step, no cache: `x` `[B, I]`, `h_prev`, `c_prev` `[B, H]` -> new
+    /// `h`, `c` `[B, H]`. A single row (greedy decoding) takes matrix-vector products on
+    /// the weights as stored and never reads `prepared`; more rows run gemm on
+    /// `prepared`'s transposed weights, or on transposed views without it (correct,
+    /// but gemm then repacks the weights on every call).
+    pub fn step(
+        &self,
+        prepared: Option<&PreparedLstmCell>,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+        c_prev: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, Array2<f32>)> {
+        let hd = self.hidden();
+        check_shape(
+            "LSTMCell",
+            "input",
+            x.shape(),
+            &[None, Some(self.input_dim())],
+        )?;
+        let batch = x.nrows();
+        check_shape(
+            "LSTMCell",
+            "h_prev",
+            h_prev.shape(),
+            &[Some(batch), Some(hd)],
+        )?;
+        check_shape(
+            "LSTMCell",
+            "c_prev",
+            c_prev.shape(),
+            &[Some(batch), Some(hd)],
+        )?;
+        let mut gates = Array2::zeros((batch, 4 * hd));
+        let bias = match prepared {
+            Some(p) => std::borrow::Cow::Borrowed(&p.bias),
+            None => std::borrow::Cow::Owned(&self.bias_ih + &self.bias_hh),
+        };
+        gates.assign(&bias.broadcast((batch, 4 * hd)).expect("bias is [4H]"));
+        if batch == 1 {
+            let g = gates.as_slice_mut().expect("fresh arrays are contiguous");
+            let x = x.row(0).to_vec();
+            let h = h_prev.row(0).to_vec();
+            gemv_acc(g, self.weight_ih.view(), &x);
+            gemv_acc(g, self.weight_hh.view(), &h);
+        } else if let Some(p) = prepared {
+            matmul(gates.view_mut(), x, p.w_ih_t.view(), true);
+            matmul(gates.view_mut(), h_prev, p.w_hh_t.view(), true);
+        } else {
+            matmul(gates.view_mut(), x, self.weight_ih.t(), true);
+            matmul(gates.view_mut(), h_prev, self.weight_hh.t(), true);
+        }
+        let c_prev = c_prev.as_standard_layout();
+        let mut c = Array2::zeros((batch, hd));
+        let mut h = Array2::zeros((batch, hd));
+        for b in 0..batch {
+            let mut g = gates.row_mut(b);
+            let mut cr = c.row_mut(b);
+            let mut hr = h.row_mut(b);
+            cell_forward(
+                g.as_slice_mut().expect("contiguous"),
+                c_prev.row(b).as_slice().expect("contiguous"),
+                cr.as_slice_mut().expect("contiguous"),
+                hr.as_slice_mut().expect("contiguous"),
+            );
+        }
+        Ok((h, c))
     }
 
     /// One step: `x` `[B, I]`, state `h_prev`, `c_prev` `[B, H]` -> new `h`, `c`

@@ -10,3 +10,10 @@ pub(crate) fn avx2_fma() -> bool {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     })
 }
+
+/// The CPU runs AVX-512F (and so AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && avx2_fma())
+}
