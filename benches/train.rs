@@ -24,6 +24,7 @@ fn train_step(c: &mut Criterion) {
                     .collect()
             })
             .collect(),
+        seeds: None,
     };
     let mut grads = las.zeros_like();
     let mut group = c.benchmark_group("las_train_step_8x1000x150");
@@ -66,6 +67,7 @@ fn location_cost(c: &mut Criterion) {
                         .collect()
                 })
                 .collect(),
+            seeds: None,
         };
         let mut grads = las.zeros_like();
         group.bench_function(name, |b| {

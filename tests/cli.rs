@@ -331,6 +331,7 @@ fn make_tiny(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         feats,
         lengths: vec![frames, frames],
         targets: vec![vocab.encode("hi"), vocab.encode("yo")],
+        seeds: None,
     };
     let mut opt = Adam::new(&las, 0.01);
     for _ in 0..400 {

@@ -40,6 +40,12 @@ pub struct ModelConfig {
     /// `label_smoothing`): a training setting with no effect on inference, kept with the
     /// model as ESPnet keeps `lsm_weight`, so a checkpoint says how it was trained.
     pub label_smoothing: f32,
+    /// Dropout on every listener layer's output and on the speller's output-layer
+    /// input during training (a training setting; inference never drops).
+    pub dropout: f32,
+    /// Scheduled sampling (Bengio et al. 2015): the chance that a training step feeds
+    /// the decoder its own previous best guess instead of the true character.
+    pub sampling_rate: f32,
 }
 
 impl Default for ModelConfig {
@@ -59,6 +65,8 @@ impl Default for ModelConfig {
             location_channels: 0,
             location_width: 31,
             label_smoothing: 0.0,
+            dropout: 0.0,
+            sampling_rate: 0.0,
         }
     }
 }
@@ -113,6 +121,18 @@ impl ModelConfig {
             return Err(Error::Config(format!(
                 "ctc_weight = {} must lie in [0, 1]",
                 self.ctc_weight
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Config(format!(
+                "dropout = {} must lie in [0, 1)",
+                self.dropout
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.sampling_rate) {
+            return Err(Error::Config(format!(
+                "sampling_rate = {} must lie in [0, 1]",
+                self.sampling_rate
             )));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {

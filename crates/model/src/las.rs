@@ -24,7 +24,7 @@ use lasr_nn::module::join;
 use lasr_nn::{
     ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward,
     softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, BiLstm, BiLstmCache,
-    Embedding, Linear, LstmCell, LstmCellCache, Module,
+    Dropout, Embedding, Linear, LstmCell, LstmCellCache, Module,
 };
 
 use crate::config::ModelConfig;
@@ -39,6 +39,10 @@ pub struct Batch {
     pub lengths: Vec<usize>,
     /// Token ids of each transcript, without `<sos>`/`<eos>`.
     pub targets: Vec<Vec<usize>>,
+    /// One seed per utterance for the training-time noise the config asks for
+    /// (dropout masks, scheduled-sampling draws); `None` runs without noise, as
+    /// validation does. Per utterance, so a batch split over threads draws the same.
+    pub seeds: Option<Vec<u64>>,
 }
 
 impl Batch {
@@ -49,10 +53,27 @@ impl Batch {
         Batch {
             feats: self.feats.slice(s![..steps, range.clone(), ..]).to_owned(),
             lengths,
-            targets: self.targets[range].to_vec(),
+            targets: self.targets[range.clone()].to_vec(),
+            seeds: self.seeds.as_ref().map(|s| s[range].to_vec()),
         }
     }
 }
+
+/// Training-time noise for one forward pass: per-utterance seeds `[B]` and the rates.
+#[derive(Debug, Clone, Copy)]
+pub struct Noise<'a> {
+    pub seeds: &'a [u64],
+    /// Dropout on every listener layer's output and on the speller's output-layer
+    /// input.
+    pub dropout: f32,
+    /// Scheduled sampling: the chance that a decoder step is fed the model's own best
+    /// guess from the step before instead of the true previous character.
+    pub sampling_rate: f32,
+}
+
+/// Mask sites: each draws its own stream of [`lasr_nn::dropout::uniform`] values.
+const SITE_SPELLER_OUT: u64 = 100;
+const SITE_SAMPLING: u64 = 200;
 
 /// The encoder: BiLSTM, then pyramid BiLSTMs.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +88,8 @@ pub struct ListenerCache {
     l0: BiLstmCache,
     /// Frames before each reduction, and each pyramid layer's cache.
     pyr: Vec<(usize, BiLstmCache)>,
+    /// Dropout masks on each layer's output, first layer first (empty without noise).
+    masks: Vec<Array3<f32>>,
 }
 
 impl Listener {
@@ -81,23 +104,37 @@ impl Listener {
     }
 
     /// `x` `[T, B, F]`, `lengths` `[B]` -> states `[U, B, 2H]`, their lengths, cache.
+    /// With `noise`, each layer's output is dropped out.
     pub fn forward(
         &self,
         x: ArrayView3<f32>,
         lengths: &[usize],
+        noise: Option<Noise>,
     ) -> Result<(Array3<f32>, Vec<usize>, ListenerCache)> {
+        let drop = noise.filter(|n| n.dropout > 0.0);
+        let mut masks = Vec::new();
+        let mut dropout = |h: &mut Array3<f32>| {
+            if let Some(n) = drop {
+                let site = masks.len() as u64;
+                let mask = Dropout { p: n.dropout }.mask(h.dim(), n.seeds, site);
+                *h *= &mask;
+                masks.push(mask);
+            }
+        };
         let (mut h, l0) = self.l0.forward(x, Some(lengths))?;
+        dropout(&mut h);
         let mut lengths = lengths.to_vec();
         let mut pyr = Vec::with_capacity(self.pyr.len());
         for layer in &self.pyr {
             let steps = h.dim().0;
             let joined = pyramid_reduce(h.view());
             lengths = pyramid_lengths(&lengths);
-            let (y, cache) = layer.forward(joined.view(), Some(&lengths))?;
+            let (mut y, cache) = layer.forward(joined.view(), Some(&lengths))?;
+            dropout(&mut y);
             pyr.push((steps, cache));
             h = y;
         }
-        Ok((h, lengths, ListenerCache { l0, pyr }))
+        Ok((h, lengths, ListenerCache { l0, pyr, masks }))
     }
 
     /// Inference over one utterance: `x` `[T, F]` -> states `[U, 2H]` (no caches;
@@ -119,9 +156,16 @@ impl Listener {
         grads: &mut Listener,
     ) -> Result<Array3<f32>> {
         let mut d = dy.to_owned();
+        let mut masks = cache.masks.iter().rev();
         for ((layer, (steps, c)), g) in self.pyr.iter().zip(&cache.pyr).zip(&mut grads.pyr).rev() {
+            if let Some(m) = masks.next() {
+                d *= m;
+            }
             let dj = layer.backward(c, d.view(), g)?;
             d = pyramid_reduce_backward(dj.view(), *steps);
+        }
+        if let Some(m) = masks.next() {
+            d *= m;
         }
         Ok(self.l0.backward(&cache.l0, d.view(), &mut grads.l0)?)
     }
@@ -170,8 +214,10 @@ struct StepCache {
     cell0: LstmCellCache,
     cell1: LstmCellCache,
     attention: AttentionCache,
-    /// `[s; context]` `[B, S + D]`, the output layer's input.
+    /// `[s; context]` `[B, S + D]`, the output layer's input (after dropout).
     out_in: Array2<f32>,
+    /// Its dropout mask, with noise.
+    mask: Option<Array2<f32>>,
 }
 
 /// What [`Speller::backward`] needs.
@@ -220,11 +266,15 @@ impl Speller {
 
     /// Teacher-forced decoding: listener states `h` `[U, B, D]` (live lengths
     /// `lengths`), decoder inputs `inputs` `[L][B]` -> logits `[L, B, V]` and the cache.
+    /// With `noise`, the output layer's input is dropped out and, at the sampling
+    /// rate, a step is fed the previous step's best guess instead of `inputs`
+    /// (the choice passes no gradient, as in Bengio et al. 2015).
     pub fn forward(
         &self,
         h: ArrayView3<f32>,
         lengths: &[usize],
         inputs: &[Vec<usize>],
+        noise: Option<Noise>,
     ) -> Result<(Array3<f32>, SpellerCache)> {
         let (_, batch, d) = h.dim();
         let sh = self.cell1.hidden();
@@ -239,8 +289,20 @@ impl Speller {
         let mut steps = Vec::with_capacity(inputs.len());
         let location = self.attention.location.is_some();
         let mut prev = location.then(|| AdditiveAttention::initial_weights(h.dim().0, lengths));
+        let mut fed = Vec::with_capacity(inputs.len());
         for (t, tokens) in inputs.iter().enumerate() {
-            let e = self.emb.forward(tokens)?;
+            let mut tokens = tokens.clone();
+            if let Some(n) = noise.filter(|n| n.sampling_rate > 0.0 && t > 0) {
+                for (b, tok) in tokens.iter_mut().enumerate() {
+                    if lasr_nn::dropout::uniform(n.seeds[b], SITE_SAMPLING, t as u64)
+                        < n.sampling_rate
+                    {
+                        *tok = argmax(logits.slice(s![t - 1, b, ..]));
+                    }
+                }
+            }
+            let e = self.emb.forward(&tokens)?;
+            fed.push(tokens);
             let in0 = concatenate(Axis(1), &[e.view(), ctx.view()]).expect("same batch");
             let (nh0, nc0, cache0) = self.cell0.forward(&p0, in0.view(), h0.view(), c0.view())?;
             let (nh1, nc1, cache1) = self.cell1.forward(&p1, nh0.view(), h1.view(), c1.view())?;
@@ -254,7 +316,13 @@ impl Speller {
             if location {
                 prev = Some(att.alpha().to_owned());
             }
-            let out_in = concatenate(Axis(1), &[nh1.view(), nctx.view()]).expect("same batch");
+            let mut out_in = concatenate(Axis(1), &[nh1.view(), nctx.view()]).expect("same batch");
+            let mask = noise.filter(|n| n.dropout > 0.0).map(|n| {
+                Dropout { p: n.dropout }.step_mask(out_in.dim(), n.seeds, SITE_SPELLER_OUT, t)
+            });
+            if let Some(m) = &mask {
+                out_in *= m;
+            }
             logits
                 .slice_mut(s![t, .., ..])
                 .assign(&self.out.forward(out_in.view())?);
@@ -263,6 +331,7 @@ impl Speller {
                 cell1: cache1,
                 attention: att,
                 out_in,
+                mask,
             });
             (h0, c0, h1, c1, ctx) = (nh0, nc0, nh1, nc1, nctx);
         }
@@ -270,7 +339,7 @@ impl Speller {
             logits,
             SpellerCache {
                 keys,
-                inputs: inputs.to_vec(),
+                inputs: fed,
                 steps,
             },
         ))
@@ -304,11 +373,14 @@ impl Speller {
         // location term.
         let mut dalpha_next: Option<Array2<f32>> = None;
         for (t, step) in cache.steps.iter().enumerate().rev() {
-            let dout_in = self.out.backward(
+            let mut dout_in = self.out.backward(
                 step.out_in.view(),
                 dlogits.slice(s![t, .., ..]),
                 &mut grads.out,
             )?;
+            if let Some(m) = &step.mask {
+                dout_in *= m;
+            }
             let dctx = &dout_in.slice(s![.., sh..]) + &dctx_next;
             let (ds, dprev) = self.attention.step_backward(
                 &step.attention,
@@ -521,17 +593,26 @@ impl Las {
     /// Teacher-forced logits `[L, B, V]` of a batch.
     pub fn logits(&self, batch: &Batch) -> Result<Array3<f32>> {
         self.check(batch)?;
-        let (h, lengths, _) = self.listener.forward(batch.feats.view(), &batch.lengths)?;
+        let (h, lengths, _) = self
+            .listener
+            .forward(batch.feats.view(), &batch.lengths, None)?;
         let (inputs, _) = self.teacher_forcing(&batch.targets);
-        Ok(self.speller.forward(h.view(), &lengths, &inputs)?.0)
+        Ok(self.speller.forward(h.view(), &lengths, &inputs, None)?.0)
     }
 
     /// Forward pass and loss; the cache feeds [`Las::backward`].
     pub fn forward(&self, batch: &Batch) -> Result<(StepStats, LasCache)> {
         self.check(batch)?;
-        let (h, lengths, listener) = self.listener.forward(batch.feats.view(), &batch.lengths)?;
+        let noise = batch.seeds.as_deref().map(|seeds| Noise {
+            seeds,
+            dropout: self.config.dropout,
+            sampling_rate: self.config.sampling_rate,
+        });
+        let (h, lengths, listener) =
+            self.listener
+                .forward(batch.feats.view(), &batch.lengths, noise)?;
         let (inputs, scored) = self.teacher_forcing(&batch.targets);
-        let (logits, speller) = self.speller.forward(h.view(), &lengths, &inputs)?;
+        let (logits, speller) = self.speller.forward(h.view(), &lengths, &inputs, noise)?;
         let (steps, b, v) = logits.dim();
         let flat = logits
             .view()
@@ -705,4 +786,18 @@ impl Module for Las {
             ctc: self.ctc.as_ref().map(Module::zeros_like),
         }
     }
+}
+
+/// Index of the largest value (the first of equals).
+fn argmax(v: ndarray::ArrayView1<f32>) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
+        .0
 }

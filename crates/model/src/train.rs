@@ -144,7 +144,17 @@ fn tokens(vocab: &Vocab, data: &Dataset, indices: &[usize]) -> Batch {
         feats: p.feats,
         lengths: p.lengths,
         targets: p.transcripts.iter().map(|t| vocab.encode(t)).collect(),
+        seeds: None,
     }
+}
+
+/// The noise seed of utterance `b` of step `step`: a function of the step, so a
+/// resumed run draws the same masks.
+fn noise_seed(seed: u64, step: u64, b: usize) -> u64 {
+    let x = seed
+        ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (b as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    x.rotate_left(17).wrapping_mul(0xff51_afd7_ed55_8ccd)
 }
 
 /// Teacher-forced loss over the whole set and greedy CER/WER over its first
@@ -311,6 +321,14 @@ pub fn train(
         let mut epoch_stats: Option<crate::las::StepStats> = None;
         for (k, indices) in batches.iter().enumerate().skip(progress.batch) {
             let mut batch = tokens(&model.vocab, train, indices);
+            let cfg = &model.las.config;
+            if cfg.dropout > 0.0 || cfg.sampling_rate > 0.0 {
+                batch.seeds = Some(
+                    (0..indices.len())
+                        .map(|b| noise_seed(options.seed, progress.step, b))
+                        .collect(),
+                );
+            }
             if options.spec_augment {
                 for (b, &len) in batch.lengths.clone().iter().enumerate() {
                     let seed = options.seed ^ (progress.step << 8) ^ b as u64;

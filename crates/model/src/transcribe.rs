@@ -421,6 +421,7 @@ impl ModelFile {
             feats: feats.insert_axis(ndarray::Axis(1)).to_owned(),
             lengths: vec![feats.nrows()],
             targets: vec![tokens.to_vec()],
+            seeds: None,
         };
         let (_, cache) = self.las.forward(&batch)?;
         Ok(cache.attention().index_axis_move(ndarray::Axis(1), 0))

@@ -60,6 +60,7 @@ fn matches_pytorch_logits_loss_and_every_gradient() {
         lengths: vec![x.dim().0; b],
         feats: x,
         targets,
+        seeds: None,
     };
     let want_logits = tensor3(&io, "logits").permuted_axes([1, 0, 2]).to_owned();
     let want_loss = f64::from(f32::from_le_bytes(

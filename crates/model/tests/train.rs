@@ -34,6 +34,9 @@ fn model() -> ModelFile {
         speller_hidden: 8,
         attention_dim: 5,
         ctc_weight: 0.3,
+        dropout: 0.2,
+        sampling_rate: 0.2,
+        label_smoothing: 0.1,
         ..ModelConfig::default()
     };
     ModelFile {

@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod ctc;
+pub mod dropout;
 pub mod embedding;
 pub mod error;
 pub mod gradcheck;
@@ -29,6 +30,7 @@ mod recurrent;
 
 pub use attention::{AdditiveAttention, AttentionCache, Location};
 pub use ctc::{ctc_greedy, ctc_loss, ctc_score, Ctc};
+pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use error::{Error, Result};
 pub use gru::{Elman, ElmanCache, Gru, GruCache};
