@@ -107,7 +107,8 @@ fn one(
     settings: &[BenchSetting],
 ) -> Result<UtteranceReport> {
     let start = Instant::now();
-    let audio = lasr_features::load(&entry.audio)?;
+    // Whole recordings, or a Kaldi segment cut out of one.
+    let audio = entry.load_audio()?;
     let duration = audio.duration_secs();
     let feats = front
         .audio_features(audio)

@@ -6,6 +6,9 @@ pub enum Error {
     /// An audio file could not be turned into features (names the file).
     #[error(transparent)]
     Audio(#[from] lasr_features::Error),
+    /// A corpus entry could not be read or cut (names the file).
+    #[error(transparent)]
+    Corpus(#[from] lasr_data::Error),
     /// A batch does not fit the model (wrong feature width, utterance too short for
     /// the pyramid, token outside the vocabulary...).
     #[error("invalid batch: {0}")]

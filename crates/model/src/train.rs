@@ -62,6 +62,9 @@ pub struct TrainOptions {
     pub final_lr_fraction: Option<f32>,
     /// Adam's L2 weight decay (PyTorch's `weight_decay`: added to the gradient).
     pub weight_decay: f32,
+    /// Also validate every this many steps within an epoch, logged like the epoch's
+    /// validations and competing for `best.safetensors` (0: only after each epoch).
+    pub validate_every: usize,
 }
 
 impl Default for TrainOptions {
@@ -82,6 +85,28 @@ impl Default for TrainOptions {
             warmup_steps: 0,
             final_lr_fraction: None,
             weight_decay: 0.0,
+            validate_every: 0,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// Training options that go with [`ModelConfig::preset`]'s `small` (the shipped
+    /// model's): 12 epochs, warm-up then cosine decay, SpecAugment. `reference` is
+    /// [`TrainOptions::default`].
+    pub fn preset(name: &str) -> Option<TrainOptions> {
+        match name {
+            "reference" => Some(TrainOptions::default()),
+            "small" => Some(TrainOptions {
+                epochs: 12,
+                learning_rate: 1.2e-3,
+                validate_decode: 100,
+                log_every: 5,
+                warmup_steps: 200,
+                final_lr_fraction: Some(0.05),
+                ..TrainOptions::default()
+            }),
+            _ => None,
         }
     }
 }
@@ -105,7 +130,10 @@ pub struct Progress {
 /// Validation result of one epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Validation {
+    /// Epochs completed when it ran.
     pub epoch: usize,
+    /// Optimiser steps taken when it ran (mid-epoch validations share an epoch).
+    pub step: u64,
     /// Teacher-forced loss per token.
     pub loss: f64,
     /// Character and word error rates of greedy decoding on the decoded subset.
@@ -201,6 +229,7 @@ pub fn validate(
     let has_ctc = model.las.config.has_ctc();
     Ok(Validation {
         epoch,
+        step: 0,
         loss: total.mean(),
         cer: if n == 0 { f64::NAN } else { chars.rate() },
         wer: if n == 0 { f64::NAN } else { words.rate() },
@@ -233,6 +262,21 @@ fn checkpoint(
     );
     let bytes = checkpoint::to_bytes_parts(&[("m", &adam.m), ("v", &adam.v)], &meta)?;
     checkpoint::write_atomic(&out.join("optimizer.safetensors"), &bytes)?;
+    Ok(())
+}
+
+/// Saves `model` as the best so far when `v` beats the best CER.
+fn keep_if_best(
+    model: &ModelFile,
+    v: &Validation,
+    progress: &mut Progress,
+    best_path: &Path,
+) -> Result<()> {
+    // A NaN CER (nothing decoded) never counts as a new best.
+    if !v.cer.is_nan() && progress.best_cer.is_none_or(|b| v.cer < b) {
+        progress.best_cer = Some(v.cer);
+        model.save(best_path)?;
+    }
     Ok(())
 }
 
@@ -372,10 +416,26 @@ pub fn train(
             if every > 0 && progress.step.is_multiple_of(every) && k + 1 < total {
                 checkpoint(&model, &adam, &progress, out)?;
             }
+            let every = options.validate_every as u64;
+            if every > 0 && progress.step.is_multiple_of(every) && k + 1 < total {
+                let mut v = validate(&model, valid, options.validate_decode, progress.epoch)?;
+                v.step = progress.step;
+                log_line(
+                    &mut log,
+                    &log_path,
+                    serde_json::json!({"epoch": progress.epoch, "step": progress.step,
+                        "valid": v, "seconds": start.elapsed().as_secs_f64()}),
+                )?;
+                keep_if_best(&model, &v, &mut progress, &best_path)?;
+                // The new best CER lives in the optimiser file's progress.
+                checkpoint(&model, &adam, &progress, out)?;
+                observer.validated(&v);
+            }
         }
         progress.epoch += 1;
         progress.batch = 0;
-        let v = validate(&model, valid, options.validate_decode, progress.epoch)?;
+        let mut v = validate(&model, valid, options.validate_decode, progress.epoch)?;
+        v.step = progress.step;
         log_line(
             &mut log,
             &log_path,
@@ -383,11 +443,7 @@ pub fn train(
                 "train_loss": epoch_stats.as_ref().map(|t| t.mean()),
                 "train_ctc": epoch_stats.as_ref().filter(|t| t.ctc_weight > 0.0).map(|t| t.ctc_mean()), "valid": v, "seconds": start.elapsed().as_secs_f64()}),
         )?;
-        // A NaN CER (nothing decoded) never counts as a new best.
-        if !v.cer.is_nan() && progress.best_cer.is_none_or(|b| v.cer < b) {
-            progress.best_cer = Some(v.cer);
-            model.save(&best_path)?;
-        }
+        keep_if_best(&model, &v, &mut progress, &best_path)?;
         checkpoint(&model, &adam, &progress, out)?;
         observer.validated(&v);
         last = Some(v);

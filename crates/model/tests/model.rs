@@ -36,6 +36,23 @@ fn tiny_batch(seed: u64) -> Batch {
 }
 
 #[test]
+fn presets_build_the_models_they_describe() {
+    let reference = ModelConfig::preset("reference").unwrap();
+    assert_eq!(reference, ModelConfig::default());
+    let small = ModelConfig::preset("small").unwrap();
+    let las = Las::new(small.clone(), &mut rng(0)).unwrap();
+    // The shipped model's 3,651,392 plus the location filters and their projection.
+    let location = 10 * 31 + 128 * 10;
+    assert_eq!(las.num_params(), 3_651_392 + location);
+    assert!(small.has_ctc() && small.reduction() == 4);
+    assert!(ModelConfig::preset("huge").is_none());
+    for name in ModelConfig::PRESETS {
+        assert!(ModelConfig::preset(name).is_some());
+        assert!(lasr_model::TrainOptions::preset(name).is_some());
+    }
+}
+
+#[test]
 fn default_model_has_the_reference_size_and_names() {
     let las = Las::new(ModelConfig::default(), &mut rng(0)).unwrap();
     assert_eq!(las.num_params(), 13_599_264);

@@ -152,3 +152,26 @@ fn stop_and_resume_mid_epoch_equals_an_uninterrupted_run() {
         "resumed run differs from the uninterrupted one"
     );
 }
+
+#[test]
+fn validation_runs_every_n_steps_inside_epochs_as_well() {
+    let data = dataset();
+    let out = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        epochs: 2,
+        validate_every: 2,
+        ..options()
+    };
+    train(model(), &data, &data, &opts, out.path(), false, &mut Quiet).unwrap();
+    let log = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("valid").is_some())
+        .map(|v| v["valid"]["step"].as_u64().unwrap())
+        .collect();
+    // 3 batches per epoch: mid-epoch at step 2 and 4, epoch ends at 3 and 6 (step 6
+    // is an epoch end, validated once).
+    assert_eq!(steps, vec![2, 3, 4, 6], "{log}");
+    assert!(out.path().join("best.safetensors").is_file());
+}
