@@ -1,16 +1,22 @@
-//! GRU and Elman (tanh) recurrent layers over whole sequences, one direction
-//! (PyTorch's `nn.GRU` and `nn.RNN`: GRU gates packed `r, z, n`, zero initial state).
+//! GRU and Elman (tanh) recurrent layers (PyTorch's `nn.GRU` and `nn.RNN`: GRU gates
+//! packed `r, z, n`, zero initial state): one direction over whole sequences ([`Gru`],
+//! [`Elman`]), both directions ([`BiGru`], [`BiElman`]), and step-wise cells for
+//! decoders ([`GruCell`], [`ElmanCell`], PyTorch's `nn.GRUCell` and `nn.RNNCell`).
 //!
 //! Shapes, variable lengths and naming follow [`crate::Lstm`]: input `[T, B, I]`,
 //! output `[T, B, H]`, dead steps output zero and pass on a zero state.
+//!
+//! The GRU is PyTorch's reset-after form, `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`:
+//! the reset gate multiplies the whole hidden projection of the `n` gate, bias included,
+//! so that projection is kept apart from the input one everywhere.
 
-use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 
 use crate::activation as act;
 use crate::error::{check_shape, Result};
-use crate::linalg::{matmul, transpose};
+use crate::linalg::{gemv_acc, matmul, transpose};
 use crate::lstm::live_mask;
-use crate::recurrent::{order, recurrent_module};
+use crate::recurrent::{cell_module, order, recurrent_module, Bidirectional, BidirectionalCache};
 
 /// `h_prev[t]`: the state each step started from (zero for the first).
 fn shifted(h: &Array3<f32>, order: &[(usize, Option<usize>)]) -> Array3<f32> {
@@ -98,6 +104,67 @@ fn projection_grads(
     dx
 }
 
+/// One live GRU step: `g` `[3H]` holds the input projection `W_i x + b_i` and becomes
+/// the `r, z, n` activations in place; `hg` `[3H]` is the hidden projection
+/// `W_h h_prev + b_h`; writes the new state `h` `[H]`.
+#[inline(always)]
+fn gru_step(g: &mut [f32], hg: &[f32], h_prev: &[f32], h: &mut [f32]) {
+    let hd = h.len();
+    let (gr, rest) = g.split_at_mut(hd);
+    let (gz, gn) = rest.split_at_mut(hd);
+    // Equal lengths up front, so the loop below runs without bounds checks.
+    let (gz, gn) = (&mut gz[..hd], &mut gn[..hd]);
+    let (hr, hz, hn, h_prev) = (
+        &hg[..hd],
+        &hg[hd..2 * hd],
+        &hg[2 * hd..3 * hd],
+        &h_prev[..hd],
+    );
+    for j in 0..hd {
+        let r = act::sigmoid(gr[j] + hr[j]);
+        let z = act::sigmoid(gz[j] + hz[j]);
+        let n = act::tanh(gn[j] + r * hn[j]);
+        gr[j] = r;
+        gz[j] = z;
+        gn[j] = n;
+        h[j] = (1.0 - z) * n + z * h_prev[j];
+    }
+}
+
+/// Gradients of one live GRU step: from the activations `g` `[3H]`, the hidden
+/// projection's `n` part `hn` `[H]`, `h_prev` and `dh = dy + dh_carry` `[H]`, writes the
+/// gradients of the input projection `dxg` and of the hidden projection `dhg` `[3H]`,
+/// and replaces `dh_carry` with the part of `dL/dh_prev` that bypasses `W_hh` (`dh z`).
+#[inline(always)]
+fn gru_step_backward(
+    g: &[f32],
+    hn: &[f32],
+    h_prev: &[f32],
+    dy: &[f32],
+    dh_carry: &mut [f32],
+    dxg: &mut [f32],
+    dhg: &mut [f32],
+) {
+    let hd = hn.len();
+    let (gr, gz, gn) = (&g[..hd], &g[hd..2 * hd], &g[2 * hd..3 * hd]);
+    let (h_prev, dy, dh_carry) = (&h_prev[..hd], &dy[..hd], &mut dh_carry[..hd]);
+    let (dxg, dhg) = (&mut dxg[..3 * hd], &mut dhg[..3 * hd]);
+    for j in 0..hd {
+        let (r, z, n) = (gr[j], gz[j], gn[j]);
+        let dh = dy[j] + dh_carry[j];
+        let dn = dh * (1.0 - z) * (1.0 - n * n);
+        let dz = dh * (h_prev[j] - n) * z * (1.0 - z);
+        let dr = dn * hn[j] * r * (1.0 - r);
+        dxg[j] = dr;
+        dxg[hd + j] = dz;
+        dxg[2 * hd + j] = dn;
+        dhg[j] = dr;
+        dhg[hd + j] = dz;
+        dhg[2 * hd + j] = dn * r;
+        dh_carry[j] = dh * z;
+    }
+}
+
 /// One direction of a GRU layer: `weight_ih` `[3H, I]`, `weight_hh` `[3H, H]`,
 /// `bias_ih`, `bias_hh` `[3H]`, rows in gate order reset, update, new.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +213,8 @@ impl Gru {
         let mut hn = Array3::<f32>::zeros((steps, batch, hd));
         let mut h = Array3::<f32>::zeros((steps, batch, hd));
         let mut hg = Array2::<f32>::zeros((batch, 3 * hd));
+        // The previous step's output; zero before the first step and after a dead one.
+        let mut h_prev = Array2::<f32>::zeros((batch, hd));
         for (t, prev) in order(self.reverse, steps) {
             hg.assign(
                 &self
@@ -153,29 +222,25 @@ impl Gru {
                     .broadcast((batch, 3 * hd))
                     .expect("bias is [3H]"),
             );
-            if let Some(p) = prev {
-                matmul(hg.view_mut(), h.slice(s![p, .., ..]), w_hh_t.view(), true);
+            if prev.is_some() {
+                matmul(hg.view_mut(), h_prev.view(), w_hh_t.view(), true);
             }
             for b in 0..batch {
                 if !live.as_ref().is_none_or(|l| l[(t, b)]) {
                     continue;
                 }
-                let hp: Vec<f32> = match prev {
-                    Some(p) => h.slice(s![p, b, ..]).to_vec(),
-                    None => vec![0.0; hd],
-                };
-                for j in 0..hd {
-                    let r = act::sigmoid(gates[(t, b, j)] + hg[(b, j)]);
-                    let z = act::sigmoid(gates[(t, b, hd + j)] + hg[(b, hd + j)]);
-                    let hnj = hg[(b, 2 * hd + j)];
-                    let n = act::tanh(gates[(t, b, 2 * hd + j)] + r * hnj);
-                    gates[(t, b, j)] = r;
-                    gates[(t, b, hd + j)] = z;
-                    gates[(t, b, 2 * hd + j)] = n;
-                    hn[(t, b, j)] = hnj;
-                    h[(t, b, j)] = (1.0 - z) * n + z * hp[j];
-                }
+                let mut g = gates.slice_mut(s![t, b, ..]);
+                let mut hr = h.slice_mut(s![t, b, ..]);
+                gru_step(
+                    g.as_slice_mut().expect("contiguous"),
+                    hg.row(b).as_slice().expect("contiguous"),
+                    h_prev.row(b).as_slice().expect("contiguous"),
+                    hr.as_slice_mut().expect("contiguous"),
+                );
+                hn.slice_mut(s![t, b, ..])
+                    .assign(&hg.slice(s![b, 2 * hd..]));
             }
+            h_prev.assign(&h.slice(s![t, .., ..]));
         }
         let cache = GruCache {
             x,
@@ -185,6 +250,62 @@ impl Gru {
             live,
         };
         Ok((h, cache))
+    }
+
+    /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
+    /// [`Gru::forward`] without its cache, with one matrix-vector product per step on
+    /// the weights as stored (equal to `forward` up to float summation order).
+    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        check_shape(
+            &self.name(),
+            "input",
+            x.shape(),
+            &[None, Some(self.input_dim())],
+        )?;
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return Ok(unsafe { self.infer_avx2(x) });
+        }
+        Ok(self.infer_impl(x))
+    }
+
+    /// [`Gru::infer_impl`] compiled for AVX2 and FMA, so the gate loop vectorises.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn infer_avx2(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        self.infer_impl(x)
+    }
+
+    #[inline(always)]
+    fn infer_impl(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let steps = x.nrows();
+        let hd = self.hidden();
+        let mut gates = Array2::zeros((steps, 3 * hd));
+        gates.assign(
+            &self
+                .bias_ih
+                .broadcast((steps, 3 * hd))
+                .expect("bias is [3H]"),
+        );
+        // All steps' input projections at once; gemm packs the transposed view itself.
+        matmul(gates.view_mut(), x, self.weight_ih.t(), true);
+        let mut h = Array2::<f32>::zeros((steps, hd));
+        let (mut h_prev, mut hg) = (vec![0f32; hd], vec![0f32; 3 * hd]);
+        for (t, prev) in order(self.reverse, steps) {
+            for (v, &b) in hg.iter_mut().zip(&self.bias_hh) {
+                *v = b;
+            }
+            if prev.is_some() {
+                gemv_acc(&mut hg, self.weight_hh.view(), &h_prev);
+            }
+            let mut g = gates.row_mut(t);
+            let mut ht = h.row_mut(t);
+            let ht = ht.as_slice_mut().expect("contiguous");
+            gru_step(g.as_slice_mut().expect("contiguous"), &hg, &h_prev, ht);
+            h_prev.copy_from_slice(ht);
+        }
+        h
     }
 
     /// Adds parameter gradients into `grads` and returns `dL/dx` `[T, B, I]` for
@@ -205,36 +326,35 @@ impl Gru {
         )?;
         let ord = order(self.reverse, steps);
         let h_prev = shifted(&cache.h, &ord);
+        let dy = dy.as_standard_layout();
         let mut dxg = Array3::<f32>::zeros((steps, batch, 3 * hd));
         let mut dhg = Array3::<f32>::zeros((steps, batch, 3 * hd));
         let mut carry = Array2::<f32>::zeros((batch, hd));
         for &(t, prev) in ord.iter().rev() {
-            let mut direct = Array2::<f32>::zeros((batch, hd));
             for b in 0..batch {
+                let mut dhc = carry.row_mut(b);
                 if !cache.live.as_ref().is_none_or(|l| l[(t, b)]) {
+                    // A dead step's state was forced to zero: nothing flows through it.
+                    dhc.fill(0.0);
                     continue;
                 }
-                for j in 0..hd {
-                    let (r, z, n) = (
-                        cache.gates[(t, b, j)],
-                        cache.gates[(t, b, hd + j)],
-                        cache.gates[(t, b, 2 * hd + j)],
-                    );
-                    let dh = dy[(t, b, j)] + carry[(b, j)];
-                    let dn = dh * (1.0 - z) * (1.0 - n * n);
-                    let dz = dh * (h_prev[(t, b, j)] - n) * z * (1.0 - z);
-                    let dr = dn * cache.hn[(t, b, j)] * r * (1.0 - r);
-                    dxg[(t, b, j)] = dr;
-                    dxg[(t, b, hd + j)] = dz;
-                    dxg[(t, b, 2 * hd + j)] = dn;
-                    dhg[(t, b, j)] = dr;
-                    dhg[(t, b, hd + j)] = dz;
-                    dhg[(t, b, 2 * hd + j)] = dn * r;
-                    direct[(b, j)] = dh * z;
-                }
+                let mut dxr = dxg.slice_mut(s![t, b, ..]);
+                let mut dhr = dhg.slice_mut(s![t, b, ..]);
+                gru_step_backward(
+                    cache
+                        .gates
+                        .slice(s![t, b, ..])
+                        .as_slice()
+                        .expect("contiguous"),
+                    cache.hn.slice(s![t, b, ..]).as_slice().expect("contiguous"),
+                    h_prev.slice(s![t, b, ..]).as_slice().expect("contiguous"),
+                    dy.slice(s![t, b, ..]).as_slice().expect("contiguous"),
+                    dhc.as_slice_mut().expect("contiguous"),
+                    dxr.as_slice_mut().expect("contiguous"),
+                    dhr.as_slice_mut().expect("contiguous"),
+                );
             }
             if prev.is_some() {
-                carry = direct;
                 matmul(
                     carry.view_mut(),
                     dhg.slice(s![t, .., ..]),
@@ -317,6 +437,54 @@ impl Elman {
         Ok((h, cache))
     }
 
+    /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
+    /// [`Elman::forward`] without its cache, with one matrix-vector product per step on
+    /// the weights as stored (equal to `forward` up to float summation order).
+    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        check_shape(
+            &self.name(),
+            "input",
+            x.shape(),
+            &[None, Some(self.input_dim())],
+        )?;
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return Ok(unsafe { self.infer_avx2(x) });
+        }
+        Ok(self.infer_impl(x))
+    }
+
+    /// [`Elman::infer_impl`] compiled for AVX2 and FMA, so the tanh loop vectorises.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn infer_avx2(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        self.infer_impl(x)
+    }
+
+    #[inline(always)]
+    fn infer_impl(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let steps = x.nrows();
+        let hd = self.hidden();
+        let bias = &self.bias_ih + &self.bias_hh;
+        let mut h = Array2::zeros((steps, hd));
+        h.assign(&bias.broadcast((steps, hd)).expect("bias is [H]"));
+        matmul(h.view_mut(), x, self.weight_ih.t(), true);
+        let mut h_prev = vec![0f32; hd];
+        for (t, prev) in order(self.reverse, steps) {
+            let mut ht = h.row_mut(t);
+            let ht = ht.as_slice_mut().expect("contiguous");
+            if prev.is_some() {
+                gemv_acc(ht, self.weight_hh.view(), &h_prev);
+            }
+            for v in ht.iter_mut() {
+                *v = act::tanh(*v);
+            }
+            h_prev.copy_from_slice(ht);
+        }
+        h
+    }
+
     /// Adds parameter gradients into `grads` and returns `dL/dx` `[T, B, I]` for
     /// `dy` `[T, B, H]`.
     pub fn backward(
@@ -367,5 +535,381 @@ impl Elman {
             &mut grads.bias_ih,
             &mut grads.bias_hh,
         ))
+    }
+}
+
+/// A bidirectional GRU layer, `[T, B, I]` -> `[T, B, 2H]` (see [`Bidirectional`]).
+pub type BiGru = Bidirectional<Gru>;
+/// What [`BiGru`]'s backward needs.
+pub type BiGruCache = BidirectionalCache<Gru>;
+/// A bidirectional Elman (tanh) RNN layer, `[T, B, I]` -> `[T, B, 2H]` (see
+/// [`Bidirectional`]).
+pub type BiElman = Bidirectional<Elman>;
+/// What [`BiElman`]'s backward needs.
+pub type BiElmanCache = BidirectionalCache<Elman>;
+
+/// Adds `x w^T` into `out` for one step: `x` `[B, K]`, `w` `[G, K]` as stored, `w_t`
+/// its row-major transpose `[K, G]` if the caller prepared one, `out` `[B, G]`.
+///
+/// With `gemv`, a single row takes a matrix-vector product on `w` as stored (greedy
+/// decoding: gemm's kernels lose to plain dot products there, and need no transposed
+/// copy). Otherwise gemm runs on `w_t`, or on a transposed view of `w` (correct, but
+/// gemm then repacks the weights on every call).
+fn step_product(
+    mut out: ArrayViewMut2<f32>,
+    x: ArrayView2<f32>,
+    w: &Array2<f32>,
+    w_t: Option<&Array2<f32>>,
+    gemv: bool,
+) {
+    if gemv && x.nrows() == 1 {
+        let x = x.row(0).to_vec();
+        let mut y = out.row_mut(0);
+        gemv_acc(
+            y.as_slice_mut().expect("fresh arrays are contiguous"),
+            w.view(),
+            &x,
+        );
+    } else if let Some(w_t) = w_t {
+        matmul(out, x, w_t.view(), true);
+    } else {
+        matmul(out, x, w.t(), true);
+    }
+}
+
+/// `[B, G]` filled with bias `b` `[G]`.
+fn bias_rows(b: &Array1<f32>, batch: usize) -> Array2<f32> {
+    // Assigned into a fresh array rather than copied from the broadcast view, whose
+    // copy's layout ndarray leaves unspecified: callers slice its rows.
+    let mut out = Array2::zeros((batch, b.len()));
+    out.assign(
+        &b.broadcast((batch, b.len()))
+            .expect("[G] broadcasts to [B, G]"),
+    );
+    out
+}
+
+/// Checks a cell step's `x` `[B, I]` and `h_prev` `[B, H]`; returns `B`.
+fn check_step(
+    layer: &str,
+    x: ArrayView2<f32>,
+    h_prev: ArrayView2<f32>,
+    input: usize,
+    hidden: usize,
+) -> Result<usize> {
+    check_shape(layer, "input", x.shape(), &[None, Some(input)])?;
+    let batch = x.nrows();
+    check_shape(
+        layer,
+        "h_prev",
+        h_prev.shape(),
+        &[Some(batch), Some(hidden)],
+    )?;
+    Ok(batch)
+}
+
+/// One GRU step at a time, for decoders whose next input depends on their last output
+/// (PyTorch's `nn.GRUCell`: `weight_ih` `[3H, I]`, `weight_hh` `[3H, H]`, `bias_ih`,
+/// `bias_hh` `[3H]`, gates `r, z, n`, reset-after as in [`Gru`]). The state is `h` alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GruCell {
+    pub weight_ih: Array2<f32>,
+    pub weight_hh: Array2<f32>,
+    pub bias_ih: Array1<f32>,
+    pub bias_hh: Array1<f32>,
+}
+
+cell_module!(GruCell, 3);
+
+/// A [`GruCell`] with its weights transposed for fast batched steps. Build it once per
+/// batch (weights must not change while it is in use).
+#[derive(Debug, Clone)]
+pub struct PreparedGruCell {
+    w_ih_t: Array2<f32>,
+    w_hh_t: Array2<f32>,
+}
+
+/// What [`GruCell::backward`] needs from one step.
+#[derive(Debug, Clone)]
+pub struct GruCellCache {
+    x: Array2<f32>,
+    h_prev: Array2<f32>,
+    /// `r, z, n` activations `[B, 3H]`.
+    gates: Array2<f32>,
+    /// `W_hn h_prev + b_hn` `[B, H]` (what the reset gate multiplies).
+    hn: Array2<f32>,
+}
+
+impl GruCell {
+    /// Transposed weights for [`GruCell::forward`] and [`GruCell::step`].
+    pub fn prepare(&self) -> PreparedGruCell {
+        PreparedGruCell {
+            w_ih_t: transpose(self.weight_ih.view()),
+            w_hh_t: transpose(self.weight_hh.view()),
+        }
+    }
+
+    /// Shared by `step` and `forward`: new `h` `[B, H]`, the activations `[B, 3H]` and
+    /// the hidden projection `[B, 3H]`.
+    fn run(
+        &self,
+        prepared: Option<&PreparedGruCell>,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+        gemv: bool,
+    ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>)> {
+        let hd = self.hidden();
+        let batch = check_step("GRUCell", x, h_prev, self.input_dim(), hd)?;
+        // Input and hidden projections stay apart: the reset gate scales the hidden
+        // projection of `n` alone.
+        let mut gates = bias_rows(&self.bias_ih, batch);
+        step_product(
+            gates.view_mut(),
+            x,
+            &self.weight_ih,
+            prepared.map(|p| &p.w_ih_t),
+            gemv,
+        );
+        let mut hg = bias_rows(&self.bias_hh, batch);
+        step_product(
+            hg.view_mut(),
+            h_prev,
+            &self.weight_hh,
+            prepared.map(|p| &p.w_hh_t),
+            gemv,
+        );
+        let h_prev = h_prev.as_standard_layout();
+        let mut h = Array2::zeros((batch, hd));
+        for b in 0..batch {
+            let mut g = gates.row_mut(b);
+            let mut hr = h.row_mut(b);
+            gru_step(
+                g.as_slice_mut().expect("contiguous"),
+                hg.row(b).as_slice().expect("contiguous"),
+                h_prev.row(b).as_slice().expect("contiguous"),
+                hr.as_slice_mut().expect("contiguous"),
+            );
+        }
+        Ok((h, gates, hg))
+    }
+
+    /// One inference step, no cache: `x` `[B, I]`, `h_prev` `[B, H]` -> new `h`
+    /// `[B, H]`. A single row (greedy decoding) takes matrix-vector products on the
+    /// weights as stored and never reads `prepared`; more rows run gemm on
+    /// `prepared`'s transposed weights, or on transposed views without it.
+    pub fn step(
+        &self,
+        prepared: Option<&PreparedGruCell>,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+    ) -> Result<Array2<f32>> {
+        Ok(self.run(prepared, x, h_prev, true)?.0)
+    }
+
+    /// One step: `x` `[B, I]`, `h_prev` `[B, H]` -> new `h` `[B, H]` and the cache.
+    /// `prepared` must come from this cell's current weights.
+    pub fn forward(
+        &self,
+        prepared: &PreparedGruCell,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, GruCellCache)> {
+        let hd = self.hidden();
+        let (h, gates, hg) = self.run(Some(prepared), x, h_prev, false)?;
+        let cache = GruCellCache {
+            x: x.to_owned(),
+            h_prev: h_prev.as_standard_layout().into_owned(),
+            gates,
+            hn: hg.slice(s![.., 2 * hd..]).as_standard_layout().into_owned(),
+        };
+        Ok((h, cache))
+    }
+
+    /// Gradients of one step: given `dh` `[B, H]` (the gradient reaching the new state
+    /// from everything after it), adds parameter gradients into `grads` and returns
+    /// `(dx [B, I], dh_prev [B, H])`.
+    pub fn backward(
+        &self,
+        cache: &GruCellCache,
+        dh: ArrayView2<f32>,
+        grads: &mut GruCell,
+    ) -> Result<(Array2<f32>, Array2<f32>)> {
+        let hd = self.hidden();
+        let batch = cache.x.nrows();
+        check_shape("GRUCell", "dh", dh.shape(), &[Some(batch), Some(hd)])?;
+        let dh = dh.as_standard_layout();
+        let mut dxg = Array2::<f32>::zeros((batch, 3 * hd));
+        let mut dhg = Array2::<f32>::zeros((batch, 3 * hd));
+        // Starts at zero as the carry and leaves holding `dh z`; `dhg W_hh` adds the rest.
+        let mut dh_prev = Array2::<f32>::zeros((batch, hd));
+        for b in 0..batch {
+            let mut dhp = dh_prev.row_mut(b);
+            let mut dxr = dxg.row_mut(b);
+            let mut dhr = dhg.row_mut(b);
+            gru_step_backward(
+                cache.gates.row(b).as_slice().expect("contiguous"),
+                cache.hn.row(b).as_slice().expect("contiguous"),
+                cache.h_prev.row(b).as_slice().expect("contiguous"),
+                dh.row(b).as_slice().expect("contiguous"),
+                dhp.as_slice_mut().expect("contiguous"),
+                dxr.as_slice_mut().expect("contiguous"),
+                dhr.as_slice_mut().expect("contiguous"),
+            );
+        }
+        matmul(grads.weight_ih.view_mut(), dxg.t(), cache.x.view(), true);
+        matmul(
+            grads.weight_hh.view_mut(),
+            dhg.t(),
+            cache.h_prev.view(),
+            true,
+        );
+        grads.bias_ih += &dxg.sum_axis(Axis(0));
+        grads.bias_hh += &dhg.sum_axis(Axis(0));
+        let mut dx = Array2::zeros((batch, self.input_dim()));
+        matmul(dx.view_mut(), dxg.view(), self.weight_ih.view(), false);
+        matmul(dh_prev.view_mut(), dhg.view(), self.weight_hh.view(), true);
+        Ok((dx, dh_prev))
+    }
+}
+
+/// One Elman (tanh) RNN step at a time, for decoders (PyTorch's `nn.RNNCell` with
+/// `nonlinearity='tanh'`: `h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`, `weight_ih`
+/// `[H, I]`, `weight_hh` `[H, H]`, `bias_ih`, `bias_hh` `[H]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElmanCell {
+    pub weight_ih: Array2<f32>,
+    pub weight_hh: Array2<f32>,
+    pub bias_ih: Array1<f32>,
+    pub bias_hh: Array1<f32>,
+}
+
+cell_module!(ElmanCell, 1);
+
+/// An [`ElmanCell`] with its weights transposed and biases summed for fast batched
+/// steps. Build it once per batch (weights must not change while it is in use).
+#[derive(Debug, Clone)]
+pub struct PreparedElmanCell {
+    w_ih_t: Array2<f32>,
+    w_hh_t: Array2<f32>,
+    bias: Array1<f32>,
+}
+
+/// What [`ElmanCell::backward`] needs from one step.
+#[derive(Debug, Clone)]
+pub struct ElmanCellCache {
+    x: Array2<f32>,
+    h_prev: Array2<f32>,
+    h: Array2<f32>,
+}
+
+impl ElmanCell {
+    /// Transposed weights and summed bias for [`ElmanCell::forward`] and
+    /// [`ElmanCell::step`].
+    pub fn prepare(&self) -> PreparedElmanCell {
+        PreparedElmanCell {
+            w_ih_t: transpose(self.weight_ih.view()),
+            w_hh_t: transpose(self.weight_hh.view()),
+            bias: &self.bias_ih + &self.bias_hh,
+        }
+    }
+
+    /// Shared by `step` and `forward`: the new `h` `[B, H]`.
+    fn run(
+        &self,
+        prepared: Option<&PreparedElmanCell>,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+        gemv: bool,
+    ) -> Result<Array2<f32>> {
+        let batch = check_step("RNNCell", x, h_prev, self.input_dim(), self.hidden())?;
+        let mut h = match prepared {
+            Some(p) => bias_rows(&p.bias, batch),
+            None => bias_rows(&(&self.bias_ih + &self.bias_hh), batch),
+        };
+        step_product(
+            h.view_mut(),
+            x,
+            &self.weight_ih,
+            prepared.map(|p| &p.w_ih_t),
+            gemv,
+        );
+        step_product(
+            h.view_mut(),
+            h_prev,
+            &self.weight_hh,
+            prepared.map(|p| &p.w_hh_t),
+            gemv,
+        );
+        h.mapv_inplace(act::tanh);
+        Ok(h)
+    }
+
+    /// One inference step, no cache: `x` `[B, I]`, `h_prev` `[B, H]` -> new `h`
+    /// `[B, H]`. A single row takes matrix-vector products on the weights as stored and
+    /// never reads `prepared`; more rows run gemm on `prepared`'s transposed weights,
+    /// or on transposed views without it.
+    pub fn step(
+        &self,
+        prepared: Option<&PreparedElmanCell>,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+    ) -> Result<Array2<f32>> {
+        self.run(prepared, x, h_prev, true)
+    }
+
+    /// One step: `x` `[B, I]`, `h_prev` `[B, H]` -> new `h` `[B, H]` and the cache.
+    /// `prepared` must come from this cell's current weights.
+    pub fn forward(
+        &self,
+        prepared: &PreparedElmanCell,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, ElmanCellCache)> {
+        let h = self.run(Some(prepared), x, h_prev, false)?;
+        let cache = ElmanCellCache {
+            x: x.to_owned(),
+            h_prev: h_prev.to_owned(),
+            h: h.clone(),
+        };
+        Ok((h, cache))
+    }
+
+    /// Gradients of one step: given `dh` `[B, H]` (the gradient reaching the new state
+    /// from everything after it), adds parameter gradients into `grads` and returns
+    /// `(dx [B, I], dh_prev [B, H])`.
+    pub fn backward(
+        &self,
+        cache: &ElmanCellCache,
+        dh: ArrayView2<f32>,
+        grads: &mut ElmanCell,
+    ) -> Result<(Array2<f32>, Array2<f32>)> {
+        let batch = cache.x.nrows();
+        check_shape(
+            "RNNCell",
+            "dh",
+            dh.shape(),
+            &[Some(batch), Some(self.hidden())],
+        )?;
+        let dpre = &dh * &cache.h.mapv(|h| 1.0 - h * h);
+        matmul(grads.weight_ih.view_mut(), dpre.t(), cache.x.view(), true);
+        matmul(
+            grads.weight_hh.view_mut(),
+            dpre.t(),
+            cache.h_prev.view(),
+            true,
+        );
+        let db = dpre.sum_axis(Axis(0));
+        grads.bias_ih += &db;
+        grads.bias_hh += &db;
+        let mut dx = Array2::zeros((batch, self.input_dim()));
+        matmul(dx.view_mut(), dpre.view(), self.weight_ih.view(), false);
+        let mut dh_prev = Array2::zeros((batch, self.hidden()));
+        matmul(
+            dh_prev.view_mut(),
+            dpre.view(),
+            self.weight_hh.view(),
+            false,
+        );
+        Ok((dx, dh_prev))
     }
 }

@@ -33,12 +33,16 @@ pub use ctc::{ctc_greedy, ctc_loss, ctc_score, Ctc};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use error::{Error, Result};
-pub use gru::{Elman, ElmanCache, Gru, GruCache};
+pub use gru::{
+    BiElman, BiElmanCache, BiGru, BiGruCache, Elman, ElmanCache, ElmanCell, ElmanCellCache, Gru,
+    GruCache, GruCell, GruCellCache, PreparedElmanCell, PreparedGruCell,
+};
 pub use linear::Linear;
 pub use loss::{softmax_cross_entropy, softmax_cross_entropy_smoothed, CrossEntropy};
 pub use lstm::{BiLstm, BiLstmCache, Lstm, LstmCache, LstmCell, LstmCellCache, PreparedLstmCell};
 pub use module::Module;
 pub use optim::{clip_grad_norm, grad_norm, Adam, LrSchedule, Sgd};
 pub use pyramid::{pyramid_lengths, pyramid_reduce, pyramid_reduce_backward};
+pub use recurrent::{Bidirectional, BidirectionalCache, Recurrent};
 pub mod activation;
 mod simd;
