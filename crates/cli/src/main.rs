@@ -342,8 +342,8 @@ const DEFAULT_CTC_WEIGHT: f32 = 0.3;
     insertions and the real-time factor of each. References and hypotheses are\n\
     upper-cased and stripped of punctuation before scoring.")]
 struct BenchArgs {
-    /// A LibriSpeech-layout directory, a Kaldi data directory (wav.scp + text, no
-    /// segments) or a TSV manifest (AUDIO<TAB>TRANSCRIPT).
+    /// A LibriSpeech-layout directory, a Kaldi data directory (wav.scp + text
+    /// [+ segments]) or a TSV manifest (AUDIO<TAB>TRANSCRIPT).
     #[arg(value_name = "CORPUS")]
     corpus: PathBuf,
     /// Model file; default: the model built into this binary.
