@@ -35,6 +35,13 @@ fn train_step(c: &mut Criterion) {
             las.train_step(&batch, &mut grads).unwrap()
         })
     });
+    // What `lasr train` runs: the batch cut into two utterance groups, one per core.
+    group.bench_function("forward_backward_2_parts", |b| {
+        b.iter(|| {
+            grads.zero();
+            las.train_step_parallel(&batch, &mut grads, 2).unwrap()
+        })
+    });
     group.finish();
 }
 
