@@ -816,3 +816,47 @@ fn train_learns_checkpoints_resumes_and_its_model_transcribes() {
         text(&t.stdout)
     );
 }
+
+#[test]
+fn average_writes_the_mean_of_one_runs_checkpoints_and_refuses_others() {
+    let tiny = repo().join("tests/fixtures").join("tiny.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("avg.safetensors");
+    let tiny_s = tiny.to_str().unwrap();
+    let run = lasr(&["average", tiny_s, tiny_s, "-o", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    // The mean of a model with itself transcribes as the model does.
+    let high = repo().join("tests/fixtures").join("high.wav");
+    let a = lasr(&["transcribe", "-m", tiny_s, high.to_str().unwrap()]);
+    let b = lasr(&[
+        "transcribe",
+        "-m",
+        out.to_str().unwrap(),
+        high.to_str().unwrap(),
+    ]);
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(
+        text(&a.stdout).split('\t').nth(1),
+        text(&b.stdout).split('\t').nth(1)
+    );
+    // The built-in model is another run: different sizes.
+    let builtin = repo().join("assets/model.safetensors");
+    let run = lasr(&[
+        "average",
+        tiny_s,
+        builtin.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("model config"),
+        "{}",
+        text(&run.stderr)
+    );
+    let run = lasr(&["average", tiny_s, "-o", out.to_str().unwrap()]);
+    assert!(
+        !run.status.success(),
+        "one model is refused by the argument parser"
+    );
+}

@@ -100,6 +100,16 @@ enum Command {
         #[arg(value_name = "MODEL")]
         model: Option<PathBuf>,
     },
+    /// Average the parameters of checkpoints of one run (e.g. its last epochs), which
+    /// often decodes better than any one of them.
+    Average {
+        /// Two or more model files from the same run.
+        #[arg(required = true, num_args = 2.., value_name = "MODEL")]
+        models: Vec<PathBuf>,
+        /// Where to write the averaged model.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Write a copy of a model file that recommends a way of decoding (a JSON of
     /// decoding options: what `transcribe` and `bench` then use by default).
     Pack {
@@ -461,6 +471,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench(a),
         Command::Lm(a) => lm(a),
         Command::Info { model } => info(model.as_deref()),
+        Command::Average { models, out } => average(&models, &out),
         Command::Pack { model, decode, out } => pack(&model, &decode, &out),
         Command::Curves { log, out } => curves(&log, &out),
     };
@@ -1063,6 +1074,17 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "info": model.info,
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
+    let loaded = models
+        .iter()
+        .map(|p| lasr_model::ModelFile::load(p).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    let mean = lasr_model::ModelFile::average(&loaded)?;
+    mean.save(out)?;
+    println!("wrote {} (mean of {} models)", out.display(), models.len());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use lasr_decode::Vocab;
 use lasr_features::FrontEndConfig;
-use lasr_nn::checkpoint;
+use lasr_nn::{checkpoint, Module};
 use rand::SeedableRng;
 
 use crate::config::ModelConfig;
@@ -46,6 +46,54 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
 }
 
 impl ModelFile {
+    /// The element-wise mean of the parameters of `models` (checkpoint averaging, as
+    /// ESPnet averages its last or best epochs): every model must have the same
+    /// config, vocabulary and front end (CMVN statistics included), i.e. come from one
+    /// run. Front end, vocabulary, info and decoding come from the first.
+    pub fn average(models: &[ModelFile]) -> Result<ModelFile> {
+        let Some(first) = models.first() else {
+            return Err(Error::Model("nothing to average".into()));
+        };
+        for (k, m) in models.iter().enumerate().skip(1) {
+            let what = if m.las.config != first.las.config {
+                "model config"
+            } else if m.front_end != first.front_end {
+                "front end (feature settings or CMVN statistics)"
+            } else if m.vocab != first.vocab {
+                "vocabulary"
+            } else {
+                continue;
+            };
+            return Err(Error::Model(format!(
+                "model {} differs from the first in its {what}: only checkpoints of one run can be averaged",
+                k + 1
+            )));
+        }
+        let mut sums: Vec<Vec<f64>> = Vec::new();
+        for m in models {
+            let mut k = 0;
+            m.las.visit("", &mut |_, t| {
+                if sums.len() <= k {
+                    sums.push(vec![0.0; t.len()]);
+                }
+                for (s, &v) in sums[k].iter_mut().zip(t.iter()) {
+                    *s += f64::from(v);
+                }
+                k += 1;
+            });
+        }
+        let n = models.len() as f64;
+        let mut out = first.clone();
+        let mut k = 0;
+        out.las.visit_mut("", &mut |_, mut t| {
+            for (v, &s) in t.iter_mut().zip(&sums[k]) {
+                *v = (s / n) as f32;
+            }
+            k += 1;
+        });
+        Ok(out)
+    }
+
     /// Checks that the parts fit together: vocabulary size and specials, feature width.
     pub fn validate(&self) -> Result<()> {
         let c = &self.las.config;
