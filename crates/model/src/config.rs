@@ -5,18 +5,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The recurrent cell of the listener's layers and the speller's two cells (config
+/// `cell`: `"lstm"`, `"gru"` or `"rnn"`). Parameter names are PyTorch's for each
+/// (`nn.LSTM`/`nn.GRU`/`nn.RNN` in the listener, `nn.LSTMCell`/`nn.GRUCell`/
+/// `nn.RNNCell` in the speller); only the gate count, and so the shapes, differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellType {
+    /// Long short-term memory (4 gates, state `h` and `c`), the reference's.
+    #[default]
+    Lstm,
+    /// Gated recurrent unit (3 gates, reset-after as in PyTorch, state `h`).
+    Gru,
+    /// Elman RNN with tanh (1 gate, state `h`).
+    Rnn,
+}
+
+impl CellType {
+    /// The config name (`lstm`, `gru`, `rnn`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CellType::Lstm => "lstm",
+            CellType::Gru => "gru",
+            CellType::Rnn => "rnn",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// Feature width (mel bins).
     pub input_dim: usize,
-    /// Listener LSTM width per direction; listener outputs are twice this.
+    /// Listener layer width per direction; listener outputs are twice this.
     pub listener_hidden: usize,
-    /// Pyramid BiLSTM layers after the first BiLSTM; time shrinks by 2 per layer.
+    /// Pyramid bidirectional layers after the first one; time shrinks by 2 per layer.
     pub pyramid_layers: usize,
+    /// Recurrent cell of the listener and the speller (absent from older configs:
+    /// LSTM).
+    pub cell: CellType,
     /// Character embedding width.
     pub embedding_dim: usize,
-    /// Speller LSTM cell width (both cells).
+    /// Speller cell width (both cells).
     pub speller_hidden: usize,
     /// Attention projection width.
     pub attention_dim: usize,
@@ -54,6 +84,7 @@ impl Default for ModelConfig {
             input_dim: 80,
             listener_hidden: 256,
             pyramid_layers: 3,
+            cell: CellType::Lstm,
             embedding_dim: 256,
             speller_hidden: 512,
             attention_dim: 256,

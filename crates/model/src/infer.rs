@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use ndarray::{concatenate, Array2, ArrayView2, Axis};
 
 use lasr_decode::{Decoder, Step};
-use lasr_nn::PreparedLstmCell;
 
+use crate::cells::{CellState, PreparedCell};
 use crate::error::{Error, Result};
 use crate::las::Las;
 
@@ -21,17 +21,15 @@ pub struct UtteranceDecoder<'a> {
     keys: Array2<f32>,
     /// The speller cells' transposed weights, made on the first step with more than
     /// one hypothesis (greedy decoding never needs them).
-    prepared: OnceLock<(PreparedLstmCell, PreparedLstmCell)>,
+    prepared: OnceLock<(PreparedCell, PreparedCell)>,
 }
 
-/// Speller state of `n` hypotheses: both cells' `h` and `c` `[n, S]`, and the last
-/// attention context `[n, D]`.
+/// Speller state of `n` hypotheses: both cells' states (`h`, and `c` for the LSTM,
+/// `[n, S]`), and the last attention context `[n, D]`.
 #[derive(Debug, Clone)]
 pub struct SpellerState {
-    h0: Array2<f32>,
-    c0: Array2<f32>,
-    h1: Array2<f32>,
-    c1: Array2<f32>,
+    s0: CellState,
+    s1: CellState,
     ctx: Array2<f32>,
     /// Last attention weights `[n, U]` (location-aware attention only).
     alpha: Option<Array2<f32>>,
@@ -102,13 +100,10 @@ impl Decoder for UtteranceDecoder<'_> {
     }
 
     fn initial(&self) -> Result<SpellerState> {
-        let s = self.las.config.speller_hidden;
-        let z = || Array2::zeros((1, s));
+        let sp = &self.las.speller;
         Ok(SpellerState {
-            h0: z(),
-            c0: z(),
-            h1: z(),
-            c1: z(),
+            s0: sp.cell0.zero_state(1),
+            s1: sp.cell1.zero_state(1),
             ctx: Array2::zeros((1, self.h.ncols())),
             alpha: self.las.speller.attention.location.as_ref().map(|_| {
                 lasr_nn::AdditiveAttention::initial_weights(self.h.nrows(), &[self.h.nrows()])
@@ -125,18 +120,8 @@ impl Decoder for UtteranceDecoder<'_> {
             self.prepared
                 .get_or_init(|| (sp.cell0.prepare(), sp.cell1.prepare()))
         });
-        let (h0, c0) = sp.cell0.step(
-            prepared.map(|p| &p.0),
-            in0.view(),
-            st.h0.view(),
-            st.c0.view(),
-        )?;
-        let (h1, c1) = sp.cell1.step(
-            prepared.map(|p| &p.1),
-            h0.view(),
-            st.h1.view(),
-            st.c1.view(),
-        )?;
+        let s0 = sp.cell0.step(prepared.map(|p| &p.0), in0.view(), &st.s0)?;
+        let s1 = sp.cell1.step(prepared.map(|p| &p.1), s0.h.view(), &st.s1)?;
         // Every hypothesis attends over the same utterance: broadcast, no copies.
         let (u, d) = self.h.dim();
         let hb = self.h.view().insert_axis(Axis(1));
@@ -145,9 +130,13 @@ impl Decoder for UtteranceDecoder<'_> {
         let kb = kb
             .broadcast((u, n, self.keys.ncols()))
             .expect("broadcast over hypotheses");
-        let (ctx, att) =
-            sp.attention
-                .step(hb, kb, h1.view(), None, st.alpha.as_ref().map(|a| a.view()))?;
+        let (ctx, att) = sp.attention.step(
+            hb,
+            kb,
+            s1.h.view(),
+            None,
+            st.alpha.as_ref().map(|a| a.view()),
+        )?;
         let peaks = att
             .alpha()
             .rows()
@@ -165,16 +154,14 @@ impl Decoder for UtteranceDecoder<'_> {
                     .0
             })
             .collect();
-        let out_in = concatenate(Axis(1), &[h1.view(), ctx.view()]).expect("same rows");
+        let out_in = concatenate(Axis(1), &[s1.h.view(), ctx.view()]).expect("same rows");
         let mut logits = sp.out.forward(out_in.view())?;
         lasr_nn::activation::log_softmax_rows(logits.view_mut());
         Ok(Step {
             log_probs: logits.into_raw_vec_and_offset().0,
             state: SpellerState {
-                h0,
-                c0,
-                h1,
-                c1,
+                s0,
+                s1,
                 ctx,
                 alpha: st.alpha.is_some().then(|| att.alpha().to_owned()),
             },
@@ -185,10 +172,8 @@ impl Decoder for UtteranceDecoder<'_> {
     fn select(&self, st: SpellerState, rows: &[usize]) -> Result<SpellerState> {
         let pick = |a: &Array2<f32>| a.select(Axis(0), rows);
         Ok(SpellerState {
-            h0: pick(&st.h0),
-            c0: pick(&st.c0),
-            h1: pick(&st.h1),
-            c1: pick(&st.c1),
+            s0: st.s0.select(rows),
+            s1: st.s1.select(rows),
             ctx: pick(&st.ctx),
             alpha: st.alpha.as_ref().map(pick),
         })

@@ -6,6 +6,9 @@
 //!   `LSTMCell1`, additive attention queried by cell 1's output, and
 //!   `logits = Linear([s; context])`.
 //!
+//! The config's `cell` swaps every LSTM (listener layers and both speller cells) for a
+//! GRU or an Elman RNN ([`crate::cells`]); LSTM is the reference and the default.
+//!
 //! Training is teacher-forced: the decoder reads `<sos> y_1 .. y_n` and is scored on
 //! `y_1 .. y_n <eos>`; the loss is the mean cross-entropy per scored token. With
 //! `ctc_weight = w > 0`, a linear CTC head on the listener states (`ctc.weight`,
@@ -23,10 +26,11 @@ use rand::Rng;
 use lasr_nn::module::join;
 use lasr_nn::{
     ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward,
-    softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, BiLstm, BiLstmCache,
-    Dropout, Embedding, Linear, LstmCell, LstmCellCache, Module,
+    softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, Dropout, Embedding, Linear,
+    Module,
 };
 
+use crate::cells::{ListenerLayer, ListenerLayerCache, SpellerCell, SpellerCellCache};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -75,19 +79,20 @@ pub struct Noise<'a> {
 const SITE_SPELLER_OUT: u64 = 100;
 const SITE_SAMPLING: u64 = 200;
 
-/// The encoder: BiLSTM, then pyramid BiLSTMs.
+/// The encoder: a bidirectional layer, then pyramid bidirectional layers (LSTM, GRU or
+/// RNN as the config's `cell` says).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
-    pub l0: BiLstm,
-    pub pyr: Vec<BiLstm>,
+    pub l0: ListenerLayer,
+    pub pyr: Vec<ListenerLayer>,
 }
 
 /// What [`Listener::backward`] needs.
 #[derive(Debug, Clone)]
 pub struct ListenerCache {
-    l0: BiLstmCache,
+    l0: ListenerLayerCache,
     /// Frames before each reduction, and each pyramid layer's cache.
-    pyr: Vec<(usize, BiLstmCache)>,
+    pyr: Vec<(usize, ListenerLayerCache)>,
     /// Dropout masks on each layer's output, first layer first (empty without noise).
     masks: Vec<Array3<f32>>,
 }
@@ -96,9 +101,9 @@ impl Listener {
     fn new(c: &ModelConfig, rng: &mut impl Rng) -> Self {
         let h = c.listener_hidden;
         Listener {
-            l0: BiLstm::new(c.input_dim, h, 0, rng),
+            l0: ListenerLayer::new(c.cell, c.input_dim, h, rng),
             pyr: (0..c.pyramid_layers)
-                .map(|_| BiLstm::new(4 * h, h, 0, rng))
+                .map(|_| ListenerLayer::new(c.cell, 4 * h, h, rng))
                 .collect(),
         }
     }
@@ -167,7 +172,7 @@ impl Listener {
         if let Some(m) = masks.next() {
             d *= m;
         }
-        Ok(self.l0.backward(&cache.l0, d.view(), &mut grads.l0)?)
+        self.l0.backward(&cache.l0, d.view(), &mut grads.l0)
     }
 }
 
@@ -202,8 +207,8 @@ impl Module for Listener {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Speller {
     pub emb: Embedding,
-    pub cell0: LstmCell,
-    pub cell1: LstmCell,
+    pub cell0: SpellerCell,
+    pub cell1: SpellerCell,
     pub attention: AdditiveAttention,
     pub out: Linear,
 }
@@ -211,8 +216,8 @@ pub struct Speller {
 /// One decoder step's caches.
 #[derive(Debug, Clone)]
 struct StepCache {
-    cell0: LstmCellCache,
-    cell1: LstmCellCache,
+    cell0: SpellerCellCache,
+    cell1: SpellerCellCache,
     attention: AttentionCache,
     /// `[s; context]` `[B, S + D]`, the output layer's input (after dropout).
     out_in: Array2<f32>,
@@ -246,8 +251,8 @@ impl Speller {
         let d = c.listener_dim();
         Speller {
             emb: Embedding::new(c.vocab_size, c.embedding_dim, rng),
-            cell0: LstmCell::new(c.embedding_dim + d, c.speller_hidden, rng),
-            cell1: LstmCell::new(c.speller_hidden, c.speller_hidden, rng),
+            cell0: SpellerCell::new(c.cell, c.embedding_dim + d, c.speller_hidden, rng),
+            cell1: SpellerCell::new(c.cell, c.speller_hidden, c.speller_hidden, rng),
             attention: if c.location_channels > 0 {
                 AdditiveAttention::new_location(
                     d,
@@ -277,13 +282,12 @@ impl Speller {
         noise: Option<Noise>,
     ) -> Result<(Array3<f32>, SpellerCache)> {
         let (_, batch, d) = h.dim();
-        let sh = self.cell1.hidden();
         let vocab = self.out.output_dim();
         let keys = self.attention.keys(h)?;
         let p0 = self.cell0.prepare();
         let p1 = self.cell1.prepare();
-        let (mut h0, mut c0) = (Array2::zeros((batch, sh)), Array2::zeros((batch, sh)));
-        let (mut h1, mut c1) = (Array2::zeros((batch, sh)), Array2::zeros((batch, sh)));
+        let mut s0 = self.cell0.zero_state(batch);
+        let mut s1 = self.cell1.zero_state(batch);
         let mut ctx = Array2::<f32>::zeros((batch, d));
         let mut logits = Array3::zeros((inputs.len(), batch, vocab));
         let mut steps = Vec::with_capacity(inputs.len());
@@ -304,19 +308,20 @@ impl Speller {
             let e = self.emb.forward(&tokens)?;
             fed.push(tokens);
             let in0 = concatenate(Axis(1), &[e.view(), ctx.view()]).expect("same batch");
-            let (nh0, nc0, cache0) = self.cell0.forward(&p0, in0.view(), h0.view(), c0.view())?;
-            let (nh1, nc1, cache1) = self.cell1.forward(&p1, nh0.view(), h1.view(), c1.view())?;
+            let (ns0, cache0) = self.cell0.forward(&p0, in0.view(), &s0)?;
+            let (ns1, cache1) = self.cell1.forward(&p1, ns0.h.view(), &s1)?;
             let (nctx, att) = self.attention.step(
                 h,
                 keys.view(),
-                nh1.view(),
+                ns1.h.view(),
                 Some(lengths),
                 prev.as_ref().map(|p| p.view()),
             )?;
             if location {
                 prev = Some(att.alpha().to_owned());
             }
-            let mut out_in = concatenate(Axis(1), &[nh1.view(), nctx.view()]).expect("same batch");
+            let mut out_in =
+                concatenate(Axis(1), &[ns1.h.view(), nctx.view()]).expect("same batch");
             let mask = noise.filter(|n| n.dropout > 0.0).map(|n| {
                 Dropout { p: n.dropout }.step_mask(out_in.dim(), n.seeds, SITE_SPELLER_OUT, t)
             });
@@ -333,7 +338,7 @@ impl Speller {
                 out_in,
                 mask,
             });
-            (h0, c0, h1, c1, ctx) = (nh0, nc0, nh1, nc1, nctx);
+            (s0, s1, ctx) = (ns0, ns1, nctx);
         }
         Ok((
             logits,
@@ -359,14 +364,9 @@ impl Speller {
         let e = self.emb.weight.ncols();
         let mut dh = Array3::<f32>::zeros(h.raw_dim());
         let mut dkeys = Array3::<f32>::zeros(cache.keys.raw_dim());
-        let (mut dh0, mut dc0) = (
-            Array2::<f32>::zeros((batch, sh)),
-            Array2::<f32>::zeros((batch, sh)),
-        );
-        let (mut dh1, mut dc1) = (
-            Array2::<f32>::zeros((batch, sh)),
-            Array2::<f32>::zeros((batch, sh)),
-        );
+        // Gradients reaching each cell's state from the steps after it.
+        let mut ds0 = self.cell0.zero_state(batch);
+        let mut ds1 = self.cell1.zero_state(batch);
         // Gradient reaching this step's context from the next step's cell-0 input.
         let mut dctx_next = Array2::<f32>::zeros((batch, d));
         // Gradient reaching this step's attention weights from the next step's
@@ -392,18 +392,14 @@ impl Speller {
                 &mut grads.attention,
             )?;
             dalpha_next = dprev;
-            let dnh1 = &dout_in.slice(s![.., ..sh]) + &ds + &dh1;
-            let (dx1, dh1_prev, dc1_prev) =
-                self.cell1
-                    .backward(&step.cell1, dnh1.view(), dc1.view(), &mut grads.cell1)?;
-            let dnh0 = dx1 + &dh0;
-            let (dx0, dh0_prev, dc0_prev) =
-                self.cell0
-                    .backward(&step.cell0, dnh0.view(), dc0.view(), &mut grads.cell0)?;
+            ds1.h = &dout_in.slice(s![.., ..sh]) + &ds + &ds1.h;
+            let (dx1, ds1_prev) = self.cell1.backward(&step.cell1, &ds1, &mut grads.cell1)?;
+            ds0.h = dx1 + &ds0.h;
+            let (dx0, ds0_prev) = self.cell0.backward(&step.cell0, &ds0, &mut grads.cell0)?;
             self.emb
                 .backward(&cache.inputs[t], dx0.slice(s![.., ..e]), &mut grads.emb)?;
             dctx_next = dx0.slice(s![.., e..]).to_owned();
-            (dh0, dc0, dh1, dc1) = (dh0_prev, dc0_prev, dh1_prev, dc1_prev);
+            (ds0, ds1) = (ds0_prev, ds1_prev);
         }
         dh += &self
             .attention

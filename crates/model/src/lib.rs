@@ -1,11 +1,12 @@
 //! # lasr-model
 //!
 //! The Listen, Attend and Spell network built from `lasr-nn` layers: the pyramid
-//! BiLSTM listener, the attending speller, the teacher-forced loss and its gradient.
+//! recurrent listener (LSTM, GRU or RNN cells), the attending speller, the teacher-forced loss and its gradient.
 //! Sizes come from [`ModelConfig`]; parameter names match the PyTorch reference's
 //! `state_dict()` so checkpoints move between the two.
 
 pub mod bench;
+pub mod cells;
 pub mod config;
 pub mod error;
 pub mod file;
@@ -15,7 +16,8 @@ pub mod train;
 pub mod transcribe;
 
 pub use bench::{bench, normalize_for_scoring, BenchReport, BenchSetting};
-pub use config::ModelConfig;
+pub use cells::{CellState, ListenerLayer, SpellerCell};
+pub use config::{CellType, ModelConfig};
 pub use error::{Error, Result};
 pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{SpellerState, UtteranceDecoder};

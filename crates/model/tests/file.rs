@@ -82,3 +82,21 @@ fn mismatched_or_foreign_files_are_refused_with_the_reason() {
         .to_string()
         .contains("cannot read"));
 }
+
+#[test]
+fn gru_and_rnn_models_round_trip_with_their_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    for cell in [lasr_model::CellType::Gru, lasr_model::CellType::Rnn] {
+        let mut file = small();
+        let config = ModelConfig {
+            cell,
+            ..file.las.config.clone()
+        };
+        file.las = Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(2)).unwrap();
+        let path = dir.path().join(format!("{}.safetensors", cell.name()));
+        file.save(&path).unwrap();
+        let back = ModelFile::load(&path).unwrap();
+        assert_eq!(back.las, file.las, "{cell:?}");
+        assert_eq!(back.las.config.cell, cell);
+    }
+}

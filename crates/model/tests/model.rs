@@ -1,6 +1,6 @@
 //! The whole LAS model: structure, gradients, padding, and that it learns.
 
-use lasr_model::{Batch, Las, ModelConfig};
+use lasr_model::{Batch, CellType, Las, ModelConfig};
 use lasr_nn::gradcheck::{check_input, check_params};
 use lasr_nn::{clip_grad_norm, Adam, Module};
 use ndarray::{s, Array3, ArrayD, Ix3};
@@ -371,41 +371,179 @@ fn long_features_are_cut_at_their_quietest_frames() {
 
 #[test]
 fn step_by_step_decoding_scores_a_transcript_as_training_does() {
-    // The decoder's incremental path (prepared cells, broadcast keys, carried
-    // attention weights) must agree with the teacher-forced training forward.
-    for location_channels in [0, 3] {
-        let cfg = ModelConfig {
-            location_channels,
-            location_width: 5,
-            ..tiny()
-        };
-        let las = Las::new(cfg, &mut rng(21)).unwrap();
-        let feats = lasr_nn::init::uniform((13, 3), 1.0, &mut rng(22));
-        let target = vec![3, 5, 4, 6];
-        let batch = Batch {
-            feats: feats.clone().insert_axis(ndarray::Axis(1)),
-            lengths: vec![13],
-            targets: vec![target.clone()],
-            seeds: None,
-        };
-        let nll = las.forward(&batch).unwrap().0.loss_sum;
-        let dec = las.encode(feats.view()).unwrap();
-        use lasr_decode::Decoder;
-        let mut state = dec.initial().unwrap();
-        let mut prev = dec.sos();
-        let mut log_prob = 0f64;
-        for &tok in target.iter().chain([&dec.eos()]) {
-            let step = dec.step(&[prev], state).unwrap();
-            log_prob += f64::from(step.log_probs[tok]);
-            state = step.state;
-            prev = tok;
+    // The decoder's incremental path (single-row matvecs, prepared cells for several
+    // rows, broadcast keys, carried attention weights) must agree with the
+    // teacher-forced training forward, for every cell type.
+    use lasr_decode::Decoder;
+    for cell in [CellType::Lstm, CellType::Gru, CellType::Rnn] {
+        for location_channels in [0, 3] {
+            let cfg = ModelConfig {
+                cell,
+                location_channels,
+                location_width: 5,
+                ..tiny()
+            };
+            let las = Las::new(cfg, &mut rng(21)).unwrap();
+            let feats = lasr_nn::init::uniform((13, 3), 1.0, &mut rng(22));
+            let target = vec![3, 5, 4, 6];
+            let batch = Batch {
+                feats: feats.clone().insert_axis(ndarray::Axis(1)),
+                lengths: vec![13],
+                targets: vec![target.clone()],
+                seeds: None,
+            };
+            let nll = las.forward(&batch).unwrap().0.loss_sum;
+            let dec = las.encode(feats.view()).unwrap();
+            let mut state = dec.initial().unwrap();
+            let mut prev = dec.sos();
+            let mut log_prob = 0f64;
+            let v = dec.vocab_size();
+            for &tok in target.iter().chain([&dec.eos()]) {
+                // The same hypothesis twice: the beams' gemm path on prepared weights.
+                let twice = dec.select(state.clone(), &[0, 0]).unwrap();
+                let pair = dec.step(&[prev, prev], twice).unwrap();
+                let step = dec.step(&[prev], state).unwrap();
+                for row in 0..2 {
+                    let diff = pair.log_probs[row * v..(row + 1) * v]
+                        .iter()
+                        .zip(&step.log_probs)
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    assert!(diff < 1e-5, "{cell:?}: beam row {row} differs by {diff}");
+                }
+                log_prob += f64::from(step.log_probs[tok]);
+                state = step.state;
+                prev = tok;
+            }
+            assert!(
+                (log_prob + nll).abs() < 1e-4,
+                "{cell:?}, location {location_channels}: decoder {log_prob} vs training {}",
+                -nll
+            );
         }
-        assert!(
-            (log_prob + nll).abs() < 1e-4,
-            "location {location_channels}: decoder {log_prob} vs training {}",
-            -nll
-        );
     }
+}
+
+#[test]
+fn gru_and_rnn_models_keep_the_names_and_check_by_finite_differences() {
+    let names = |las: &Las| {
+        let mut v = Vec::new();
+        las.visit("", &mut |n, t| v.push((n, t.shape().to_vec())));
+        v
+    };
+    let lstm = names(&Las::new(tiny(), &mut rng(1)).unwrap());
+    // Plain GRU.
+    let gru = Las::new(
+        ModelConfig {
+            cell: CellType::Gru,
+            ..tiny()
+        },
+        &mut rng(1),
+    )
+    .unwrap();
+    let batch = tiny_batch(2);
+    let checked = check_whole_model(&gru, &batch);
+    assert_eq!(checked.len(), 3 * 8 + 1 + 8 + 4 + 2, "every tensor checked");
+    // RNN with joint CTC and location-aware attention.
+    let rnn_cfg = ModelConfig {
+        cell: CellType::Rnn,
+        ctc_weight: 0.4,
+        location_channels: 2,
+        location_width: 3,
+        ..tiny()
+    };
+    let rnn = Las::new(rnn_cfg, &mut rng(5)).unwrap();
+    let batch = tiny_batch(6);
+    let (stats, _) = rnn.forward(&batch).unwrap();
+    assert!(stats.ctc_sum > 0.0 && stats.ctc_labels == 4);
+    let checked = check_whole_model(&rnn, &batch);
+    assert_eq!(checked.len(), 3 * 8 + 1 + 8 + 4 + 2 + 2 + 2);
+    // PyTorch's names for every cell type; the gate count sets the recurrent shapes.
+    for (las, gates) in [(&gru, 3), (&rnn, 1)] {
+        let got: Vec<_> = names(las)
+            .into_iter()
+            .filter(|(n, _)| {
+                !n.starts_with("ctc.") && !n.contains("att_conv") && !n.contains("att_loc")
+            })
+            .collect();
+        assert_eq!(got.len(), lstm.len());
+        for ((n, shape), (m, lstm_shape)) in got.iter().zip(&lstm) {
+            assert_eq!(n, m);
+            let recurrent = n.starts_with("listener.") || n.contains(".cell");
+            let mut expected = lstm_shape.clone();
+            if recurrent {
+                expected[0] = expected[0] / 4 * gates;
+            }
+            assert_eq!(shape, &expected, "{n}");
+        }
+    }
+}
+
+#[test]
+fn the_cell_type_changes_the_reference_size_by_the_gate_count() {
+    let lstm = Las::new(ModelConfig::default(), &mut rng(0)).unwrap();
+    let recurrent = |las: &Las| {
+        let mut n = 0;
+        las.visit("", &mut |name, t| {
+            if name.starts_with("listener.") || name.contains(".cell") {
+                n += t.len();
+            }
+        });
+        n
+    };
+    let r = recurrent(&lstm);
+    assert_eq!(r, 13_295_616);
+    for (cell, gates, total) in [
+        (CellType::Gru, 3, 10_275_360),
+        (CellType::Rnn, 1, 3_627_552),
+    ] {
+        let las = Las::new(
+            ModelConfig {
+                cell,
+                ..ModelConfig::default()
+            },
+            &mut rng(0),
+        )
+        .unwrap();
+        assert_eq!(recurrent(&las), r / 4 * gates, "{cell:?}");
+        assert_eq!(las.num_params(), 13_599_264 - r + r / 4 * gates);
+        assert_eq!(las.num_params(), total, "{cell:?}");
+    }
+}
+
+#[test]
+fn configs_name_their_cell_and_default_to_lstm() {
+    let parse = |json: &str| serde_json::from_str::<ModelConfig>(json);
+    // Configs written before the field existed are LSTM models.
+    assert_eq!(parse("{}").unwrap().cell, CellType::Lstm);
+    assert_eq!(ModelConfig::default().cell, CellType::Lstm);
+    let gru = parse(r#"{"cell":"gru"}"#).unwrap();
+    assert_eq!(
+        gru,
+        ModelConfig {
+            cell: CellType::Gru,
+            ..ModelConfig::default()
+        }
+    );
+    assert_eq!(parse(r#"{"cell":"rnn"}"#).unwrap().cell, CellType::Rnn);
+    assert_eq!(parse(r#"{"cell":"lstm"}"#).unwrap().cell, CellType::Lstm);
+    // Written in lowercase, and read back.
+    let json = serde_json::to_string(&gru).unwrap();
+    assert!(json.contains(r#""cell":"gru""#), "{json}");
+    assert_eq!(parse(&json).unwrap(), gru);
+    for (cell, name) in [
+        (CellType::Lstm, "lstm"),
+        (CellType::Gru, "gru"),
+        (CellType::Rnn, "rnn"),
+    ] {
+        assert_eq!(cell.name(), name);
+    }
+    // An unknown cell says which names exist.
+    let err = parse(r#"{"cell":"transformer"}"#).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown variant `transformer`") && err.contains("`lstm`, `gru`, `rnn`"),
+        "{err}"
+    );
+    assert!(parse(r#"{"cell":"GRU"}"#).is_err());
 }
 
 #[test]
