@@ -65,6 +65,9 @@ pub struct TrainOptions {
     /// Also validate every this many steps within an epoch, logged like the epoch's
     /// validations and competing for `best.safetensors` (0: only after each epoch).
     pub validate_every: usize,
+    /// Keep the models of the last this many epochs as `epoch-N.safetensors`, for
+    /// `lasr average` (0: keep none).
+    pub keep_epochs: usize,
 }
 
 impl Default for TrainOptions {
@@ -86,6 +89,7 @@ impl Default for TrainOptions {
             final_lr_fraction: None,
             weight_decay: 0.0,
             validate_every: 0,
+            keep_epochs: 0,
         }
     }
 }
@@ -102,6 +106,7 @@ impl TrainOptions {
                 learning_rate: 1.2e-3,
                 validate_decode: 100,
                 log_every: 5,
+                keep_epochs: 3,
                 warmup_steps: 200,
                 final_lr_fraction: Some(0.05),
                 ..TrainOptions::default()
@@ -444,6 +449,15 @@ pub fn train(
                 "train_ctc": epoch_stats.as_ref().filter(|t| t.ctc_weight > 0.0).map(|t| t.ctc_mean()), "valid": v, "seconds": start.elapsed().as_secs_f64()}),
         )?;
         keep_if_best(&model, &v, &mut progress, &best_path)?;
+        if options.keep_epochs > 0 {
+            model.save(&out.join(format!("epoch-{}.safetensors", progress.epoch)))?;
+            if let Some(old) = progress.epoch.checked_sub(options.keep_epochs) {
+                let old = out.join(format!("epoch-{old}.safetensors"));
+                if old.exists() {
+                    std::fs::remove_file(&old).map_err(|e| io(&old, e))?;
+                }
+            }
+        }
         checkpoint(&model, &adam, &progress, out)?;
         observer.validated(&v);
         last = Some(v);

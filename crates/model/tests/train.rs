@@ -175,3 +175,22 @@ fn validation_runs_every_n_steps_inside_epochs_as_well() {
     assert_eq!(steps, vec![2, 3, 4, 6], "{log}");
     assert!(out.path().join("best.safetensors").is_file());
 }
+
+#[test]
+fn the_last_epochs_models_are_kept_for_averaging() {
+    let data = dataset();
+    let out = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        epochs: 3,
+        keep_epochs: 2,
+        ..options()
+    };
+    train(model(), &data, &data, &opts, out.path(), false, &mut Quiet).unwrap();
+    let kept: Vec<bool> = (1..=3)
+        .map(|e| out.path().join(format!("epoch-{e}.safetensors")).is_file())
+        .collect();
+    assert_eq!(kept, [false, true, true]);
+    let last = ModelFile::load(&out.path().join("epoch-3.safetensors")).unwrap();
+    let latest = ModelFile::load(&out.path().join("model.safetensors")).unwrap();
+    assert_eq!(last.las, latest.las);
+}
