@@ -143,7 +143,8 @@ enum Command {
     --valid ../shared/data/librispeech/test-clean-dev --out runs/las-small --preset small \\\n             \
     --feature-cache ~/.cache/lasr-features --speed-perturb 0.9,1.0,1.1\n\n\
     Writes OUT/model.safetensors (latest), OUT/best.safetensors (lowest validation CER),\n\
-    OUT/optimizer.safetensors (to --resume) and OUT/log.jsonl. Checkpoints are written\n\
+    OUT/optimizer.safetensors (to --resume), OUT/log.jsonl and, with keep_epochs,\n\
+    OUT/epoch-N.safetensors (for lasr average). Checkpoints are written\n\
     atomically: a crash or Ctrl-C leaves the last good one. NaN gradients stop the run."
 )]
 struct TrainArgs {
