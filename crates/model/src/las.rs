@@ -544,6 +544,12 @@ impl Las {
                 batch.targets.len()
             )));
         }
+        if let Some(seeds) = batch.seeds.as_ref().filter(|s| s.len() != b) {
+            return Err(Error::Batch(format!(
+                "{b} utterances but {} noise seeds",
+                seeds.len()
+            )));
+        }
         for (i, &l) in batch.lengths.iter().enumerate() {
             if l > steps || l < c.reduction() {
                 return Err(Error::Batch(format!(

@@ -413,10 +413,6 @@ pub fn train(
                 log_line(&mut log, &log_path, line)?;
             }
             progress.batch = k + 1;
-            if observer.stop_requested() {
-                checkpoint(&model, &adam, &progress, out)?;
-                return Ok(Finish::Stopped(progress));
-            }
             let every = options.checkpoint_every as u64;
             if every > 0 && progress.step.is_multiple_of(every) && k + 1 < total {
                 checkpoint(&model, &adam, &progress, out)?;
@@ -435,6 +431,12 @@ pub fn train(
                 // The new best CER lives in the optimiser file's progress.
                 checkpoint(&model, &adam, &progress, out)?;
                 observer.validated(&v);
+            }
+            // After this step's validation, so a stopped and resumed run validates
+            // exactly where an uninterrupted one does.
+            if observer.stop_requested() {
+                checkpoint(&model, &adam, &progress, out)?;
+                return Ok(Finish::Stopped(progress));
             }
         }
         progress.epoch += 1;

@@ -570,6 +570,10 @@ fn dropout_and_scheduled_sampling_are_differentiated_and_split_safely() {
     calm.config.sampling_rate = 0.0;
     assert_eq!(calm.forward(&plain).unwrap().0.objective(), quiet);
     // Sampling on its own changes the loss too: some steps are fed the model's guesses.
+    let mut short = noisy.clone();
+    short.seeds = Some(vec![11]);
+    let err = las.forward(&short).unwrap_err().to_string();
+    assert!(err.contains("noise seeds"), "{err}");
     let mut drop_only = las.clone();
     drop_only.config.sampling_rate = 0.0;
     assert!((drop_only.forward(&noisy).unwrap().0.objective() - loud).abs() > 1e-4);

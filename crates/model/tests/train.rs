@@ -194,3 +194,34 @@ fn the_last_epochs_models_are_kept_for_averaging() {
     let latest = ModelFile::load(&out.path().join("model.safetensors")).unwrap();
     assert_eq!(last.las, latest.las);
 }
+
+#[test]
+fn a_stop_right_after_a_validation_step_still_validates_there() {
+    let data = dataset();
+    let out = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        epochs: 2,
+        validate_every: 2,
+        ..options()
+    };
+    let stopped = train(
+        model(),
+        &data,
+        &data,
+        &opts,
+        out.path(),
+        false,
+        &mut StopAt { after: 4 },
+    )
+    .unwrap();
+    assert!(matches!(stopped, Finish::Stopped(p) if p.step == 4));
+    train(model(), &data, &data, &opts, out.path(), true, &mut Quiet).unwrap();
+    let log = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("valid").is_some())
+        .map(|v| v["valid"]["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![2, 3, 4, 6], "as without the stop: {log}");
+}

@@ -75,12 +75,13 @@ pub fn matmul(mut c: ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>,
 /// product; no transposed copy of the weights is needed either.
 ///
 /// # Panics
-/// When the shapes do not chain or `w`'s rows are not contiguous (a bug in lasr: the
+/// When the shapes do not chain or `w`'s rows are not contiguous and in ascending
+/// order (a bug in lasr: the
 /// weights are owned, row-major arrays).
 pub fn gemv_acc(y: &mut [f32], w: ArrayView2<f32>, x: &[f32]) {
     let (n, k) = w.dim();
     assert!(
-        y.len() == n && x.len() == k && (w.strides()[1] == 1 || k <= 1),
+        y.len() == n && x.len() == k && (w.strides()[1] == 1 || k <= 1) && w.strides()[0] >= 0,
         "gemv: [{n}, {k}] x [{}] into [{}]",
         x.len(),
         y.len()
@@ -89,7 +90,8 @@ pub fn gemv_acc(y: &mut [f32], w: ArrayView2<f32>, x: &[f32]) {
         return;
     }
     let stride = w.strides()[0] as usize;
-    // SAFETY: rows of `w` are `k` contiguous floats `stride` apart (checked above).
+    // SAFETY: rows of `w` are `k` contiguous floats a non-negative `stride` apart
+    // (checked above).
     let row = |j: usize| unsafe { std::slice::from_raw_parts(w.as_ptr().add(j * stride), k) };
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx512() {
@@ -276,6 +278,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "gemv")]
+    fn gemv_refuses_rows_in_descending_order() {
+        let w = Array2::<f32>::ones((3, 4));
+        let mut y = vec![0.0; 3];
+        gemv_acc(&mut y, w.slice(ndarray::s![..;-1, ..]), &[1.0; 4]);
     }
 
     #[test]
