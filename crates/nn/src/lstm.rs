@@ -424,118 +424,12 @@ pub(crate) fn live_mask(
 
 recurrent_module!(Lstm, "LSTM", 4);
 
-/// A bidirectional LSTM layer: both directions read the input, outputs are
-/// concatenated forward-first, `[T, B, 2H]` (PyTorch's `bidirectional=True`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BiLstm {
-    pub forward: Lstm,
-    pub backward: Lstm,
-}
+/// A bidirectional LSTM layer (PyTorch's `bidirectional=True`): `[T, B, I]` ->
+/// `[T, B, 2H]`, forward direction first.
+pub type BiLstm = crate::recurrent::Bidirectional<Lstm>;
 
 /// What [`BiLstm::backward`] needs.
-#[derive(Debug, Clone)]
-pub struct BiLstmCache {
-    forward: LstmCache,
-    backward: LstmCache,
-}
-
-impl BiLstm {
-    /// Layer `layer` of a stack (names `weight_ih_l{layer}` and `..._reverse`).
-    pub fn new(input: usize, hidden: usize, layer: usize, rng: &mut impl Rng) -> Self {
-        BiLstm {
-            forward: Lstm::new(input, hidden, false, &format!("_l{layer}"), rng),
-            backward: Lstm::new(input, hidden, true, &format!("_l{layer}_reverse"), rng),
-        }
-    }
-
-    /// `x` `[T, B, I]` -> `[T, B, 2H]`.
-    pub fn forward(
-        &self,
-        x: ArrayView3<f32>,
-        lengths: Option<&[usize]>,
-    ) -> Result<(Array3<f32>, BiLstmCache)> {
-        // The two directions are independent: one per core when there are two.
-        let (f, b) = rayon::join(
-            || self.forward.forward(x, lengths),
-            || self.backward.forward(x, lengths),
-        );
-        let ((yf, cf), (yb, cb)) = (f?, b?);
-        let (steps, batch, hd) = yf.dim();
-        // Built row-major (concatenate would keep the inputs' layout), so callers can
-        // flatten it to [T * B, 2H] without a copy.
-        let mut y = Array3::zeros((steps, batch, 2 * hd));
-        y.slice_mut(s![.., .., ..hd]).assign(&yf);
-        y.slice_mut(s![.., .., hd..]).assign(&yb);
-        Ok((
-            y,
-            BiLstmCache {
-                forward: cf,
-                backward: cb,
-            },
-        ))
-    }
-
-    /// Inference over one sequence: `x` `[T, I]` -> `[T, 2H]` (see [`Lstm::infer`]).
-    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        let (f, b) = rayon::join(|| self.forward.infer(x), || self.backward.infer(x));
-        let (yf, yb) = (f?, b?);
-        let (steps, hd) = yf.dim();
-        let mut y = Array2::zeros((steps, 2 * hd));
-        y.slice_mut(s![.., ..hd]).assign(&yf);
-        y.slice_mut(s![.., hd..]).assign(&yb);
-        Ok(y)
-    }
-
-    /// `dy` `[T, B, 2H]` -> `dx` `[T, B, I]`, gradients added into `grads`.
-    pub fn backward(
-        &self,
-        cache: &BiLstmCache,
-        dy: ArrayView3<f32>,
-        grads: &mut BiLstm,
-    ) -> Result<Array3<f32>> {
-        let hd = self.forward.hidden();
-        check_shape(
-            "BiLSTM",
-            "output gradient",
-            dy.shape(),
-            &[None, None, Some(2 * hd)],
-        )?;
-        let mut dx = self.forward.backward(
-            &cache.forward,
-            dy.slice(s![.., .., ..hd]),
-            &mut grads.forward,
-        )?;
-        dx += &self.backward.backward(
-            &cache.backward,
-            dy.slice(s![.., .., hd..]),
-            &mut grads.backward,
-        )?;
-        Ok(dx)
-    }
-}
-
-impl Module for BiLstm {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
-        self.forward.visit(prefix, f);
-        self.backward.visit(prefix, f);
-    }
-
-    fn visit_mut<'a>(
-        &'a mut self,
-        prefix: &str,
-        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
-    ) {
-        self.forward.visit_mut(prefix, f);
-        self.backward.visit_mut(prefix, f);
-    }
-
-    fn zeros_like(&self) -> Self {
-        BiLstm {
-            forward: self.forward.zeros_like(),
-            backward: self.backward.zeros_like(),
-        }
-    }
-}
+pub type BiLstmCache = crate::recurrent::BidirectionalCache<Lstm>;
 
 /// One LSTM step at a time, for decoders whose next input depends on their last
 /// output (PyTorch's `nn.LSTMCell`: `weight_ih` `[4H, I]`, `weight_hh` `[4H, H]`,

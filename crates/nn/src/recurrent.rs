@@ -294,8 +294,7 @@ impl_recurrent!(Elman, ElmanCache);
 /// A bidirectional layer: both directions read the input, outputs are concatenated
 /// forward-first, `[T, B, 2H]` (PyTorch's `bidirectional=True`). Each sequence's
 /// reverse direction starts from zero at its own last frame, so padding never leaks.
-/// [`crate::BiLstm`] is the LSTM's own copy of this, kept apart so far; this one over
-/// [`Lstm`] computes the same, bit for bit (tested).
+/// [`crate::BiLstm`], [`crate::BiGru`] and [`crate::BiElman`] are this over each cell.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bidirectional<R> {
     pub forward: R,

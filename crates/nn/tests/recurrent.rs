@@ -557,35 +557,12 @@ fn gru_and_elman_follow_pytorch_equations() {
 /// The generic layer over `Lstm` is `BiLstm`, bit for bit: same parameters and names
 /// from the same seed, same outputs, gradients, inference and errors.
 #[test]
-fn bidirectional_lstm_is_bilstm() {
-    let generic = Bidirectional::<Lstm>::new(3, 4, 2, &mut rng(600));
+fn bilstm_names_its_parameters_like_pytorch() {
+    // `BiLstm` is `Bidirectional<Lstm>`; its numerics are covered by the padded-batch
+    // test above, the gradient checks and the PyTorch golden test of the model.
     let bilstm = BiLstm::new(3, 4, 2, &mut rng(600));
-    assert_eq!(generic.forward, bilstm.forward);
-    assert_eq!(generic.backward, bilstm.backward);
-    assert_eq!(names(&generic, "l2"), names(&bilstm, "l2"));
-    assert_eq!(names(&generic, "")[5], "weight_hh_l2_reverse");
-    let x = random3((6, 3, 3), 601);
-    let r = random3((6, 3, 8), 602);
-    let lengths = [3usize, 6, 5];
-    let (yg, cg) = generic.forward(x.view(), Some(&lengths)).unwrap();
-    let (yb, cb) = bilstm.forward(x.view(), Some(&lengths)).unwrap();
-    assert_eq!(yg, yb);
-    let mut gg = generic.zeros_like();
-    let mut gb = bilstm.zeros_like();
-    let dxg = generic.backward(&cg, r.view(), &mut gg).unwrap();
-    let dxb = bilstm.backward(&cb, r.view(), &mut gb).unwrap();
-    assert_eq!(dxg, dxb);
-    assert_eq!(gg.forward, gb.forward);
-    assert_eq!(gg.backward, gb.backward);
-    let x1 = random2((5, 3), 603);
-    assert_eq!(
-        generic.infer(x1.view()).unwrap(),
-        bilstm.infer(x1.view()).unwrap()
-    );
-    let bad = Array3::zeros((6, 3, 7));
-    let eg = generic.backward(&cg, bad.view(), &mut gg).unwrap_err();
-    let eb = bilstm.backward(&cb, bad.view(), &mut gb).unwrap_err();
-    assert_eq!(eg.to_string(), eb.to_string());
+    assert_eq!(names(&bilstm, "")[5], "weight_hh_l2_reverse");
+    assert_eq!(bilstm.forward.weight_ih.dim(), (16, 3));
 }
 
 #[test]
