@@ -329,6 +329,27 @@ impl Lstm {
     }
 }
 
+/// One step of a batch of cells: pre-activations `gates` `[B, 4H]` become activations
+/// in place; returns the new `h` and `c` `[B, H]` from `c_prev` `[B, H]`.
+fn activate(gates: &mut Array2<f32>, c_prev: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
+    let (batch, hd) = c_prev.dim();
+    let c_prev = c_prev.as_standard_layout();
+    let mut c = Array2::zeros((batch, hd));
+    let mut h = Array2::zeros((batch, hd));
+    for b in 0..batch {
+        let mut g = gates.row_mut(b);
+        let mut cr = c.row_mut(b);
+        let mut hr = h.row_mut(b);
+        cell_forward(
+            g.as_slice_mut().expect("contiguous"),
+            c_prev.row(b).as_slice().expect("contiguous"),
+            cr.as_slice_mut().expect("contiguous"),
+            hr.as_slice_mut().expect("contiguous"),
+        );
+    }
+    (h, c)
+}
+
 /// One live step of one sequence: pre-activations `g` `[4H]` become activations in
 /// place; writes the new cell state `c` and output `h` `[H]`.
 #[inline(always)]
@@ -492,18 +513,14 @@ impl LstmCell {
         }
     }
 
-    /// One inference step, no cache: `x` `[B, I]`, `h_prev`, `c_prev` `[B, H]` -> new
-    /// `h`, `c` `[B, H]`. A single row (greedy decoding) takes matrix-vector products on
-    /// the weights as stored and never reads `prepared`; more rows run gemm on
-    /// `prepared`'s transposed weights, or on transposed views without it (correct,
-    /// but gemm then repacks the weights on every call).
-    pub fn step(
+    /// Checks one step's shapes: `x` `[B, I]`, `h_prev` and `c_prev` `[B, H]`; returns
+    /// `B`.
+    fn check_step(
         &self,
-        prepared: Option<&PreparedLstmCell>,
         x: ArrayView2<f32>,
         h_prev: ArrayView2<f32>,
         c_prev: ArrayView2<f32>,
-    ) -> Result<(Array2<f32>, Array2<f32>)> {
+    ) -> Result<usize> {
         let hd = self.hidden();
         check_shape(
             "LSTMCell",
@@ -524,6 +541,23 @@ impl LstmCell {
             c_prev.shape(),
             &[Some(batch), Some(hd)],
         )?;
+        Ok(batch)
+    }
+
+    /// One inference step, no cache: `x` `[B, I]`, `h_prev`, `c_prev` `[B, H]` -> new
+    /// `h`, `c` `[B, H]`. A single row (greedy decoding) takes matrix-vector products on
+    /// the weights as stored and never reads `prepared`; more rows run gemm on
+    /// `prepared`'s transposed weights, or on transposed views without it (correct,
+    /// but gemm then repacks the weights on every call).
+    pub fn step(
+        &self,
+        prepared: Option<&PreparedLstmCell>,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+        c_prev: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, Array2<f32>)> {
+        let hd = self.hidden();
+        let batch = self.check_step(x, h_prev, c_prev)?;
         let mut gates = Array2::zeros((batch, 4 * hd));
         let bias = match prepared {
             Some(p) => std::borrow::Cow::Borrowed(&p.bias),
@@ -543,21 +577,7 @@ impl LstmCell {
             matmul(gates.view_mut(), x, self.weight_ih.t(), true);
             matmul(gates.view_mut(), h_prev, self.weight_hh.t(), true);
         }
-        let c_prev = c_prev.as_standard_layout();
-        let mut c = Array2::zeros((batch, hd));
-        let mut h = Array2::zeros((batch, hd));
-        for b in 0..batch {
-            let mut g = gates.row_mut(b);
-            let mut cr = c.row_mut(b);
-            let mut hr = h.row_mut(b);
-            cell_forward(
-                g.as_slice_mut().expect("contiguous"),
-                c_prev.row(b).as_slice().expect("contiguous"),
-                cr.as_slice_mut().expect("contiguous"),
-                hr.as_slice_mut().expect("contiguous"),
-            );
-        }
-        Ok((h, c))
+        Ok(activate(&mut gates, c_prev))
     }
 
     /// One step: `x` `[B, I]`, state `h_prev`, `c_prev` `[B, H]` -> new `h`, `c`
@@ -570,25 +590,7 @@ impl LstmCell {
         c_prev: ArrayView2<f32>,
     ) -> Result<(Array2<f32>, Array2<f32>, LstmCellCache)> {
         let hd = self.hidden();
-        check_shape(
-            "LSTMCell",
-            "input",
-            x.shape(),
-            &[None, Some(self.input_dim())],
-        )?;
-        let batch = x.nrows();
-        check_shape(
-            "LSTMCell",
-            "h_prev",
-            h_prev.shape(),
-            &[Some(batch), Some(hd)],
-        )?;
-        check_shape(
-            "LSTMCell",
-            "c_prev",
-            c_prev.shape(),
-            &[Some(batch), Some(hd)],
-        )?;
+        let batch = self.check_step(x, h_prev, c_prev)?;
         let mut gates = Array2::zeros((batch, 4 * hd));
         gates.assign(
             &prepared
@@ -599,19 +601,7 @@ impl LstmCell {
         matmul(gates.view_mut(), x, prepared.w_ih_t.view(), true);
         matmul(gates.view_mut(), h_prev, prepared.w_hh_t.view(), true);
         let c_prev = c_prev.as_standard_layout().into_owned();
-        let mut c = Array2::zeros((batch, hd));
-        let mut h = Array2::zeros((batch, hd));
-        for b in 0..batch {
-            let mut g = gates.row_mut(b);
-            let mut cr = c.row_mut(b);
-            let mut hr = h.row_mut(b);
-            cell_forward(
-                g.as_slice_mut().expect("contiguous"),
-                c_prev.row(b).as_slice().expect("contiguous"),
-                cr.as_slice_mut().expect("contiguous"),
-                hr.as_slice_mut().expect("contiguous"),
-            );
-        }
+        let (h, c) = activate(&mut gates, c_prev.view());
         let cache = LstmCellCache {
             x: x.to_owned(),
             h_prev: h_prev.to_owned(),
