@@ -1,24 +1,14 @@
 //! End-to-end tests of the `lasr` binary: what a user types, what they get back.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{lasr, text, write_tone};
 
 use lasr_features::{load, Fbank, FeatureConfig, FrontEndConfig};
 use ndarray::Array2;
 use ndarray_npy::read_npy;
 
-fn lasr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lasr"))
-        .args(args)
-        .output()
-        .expect("the lasr binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Writes a 16-bit WAV with a few harmonics and some noise, `seconds` long.
 fn write_wav(path: &Path, seconds: f64, rate: u32, seed: u64) {
     let spec = hound::WavSpec {
         channels: 1,
@@ -38,25 +28,6 @@ fn write_wav(path: &Path, seconds: f64, rate: u32, seed: u64) {
             .map(|h| 3000.0 / h as f64 * (2.0 * std::f64::consts::PI * 150.0 * h as f64 * t).sin())
             .sum();
         w.write_sample((v + noise) as i16).unwrap();
-    }
-    w.finalize().unwrap();
-}
-
-/// Writes `samples` of a 16 kHz tone on `f0` with two overtones, at 16-bit scale.
-fn write_tone(path: &Path, f0: f64, samples: usize) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for i in 0..samples {
-        let t = i as f64 / 16000.0;
-        let v: f64 = (1..4)
-            .map(|h| 4000.0 / h as f64 * (2.0 * std::f64::consts::PI * f0 * h as f64 * t).sin())
-            .sum();
-        w.write_sample(v as i16).unwrap();
     }
     w.finalize().unwrap();
 }
