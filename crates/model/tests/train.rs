@@ -153,6 +153,18 @@ fn stop_and_resume_mid_epoch_equals_an_uninterrupted_run() {
     );
 }
 
+/// The run's log, and the step of each validation it records.
+fn validation_steps(out: &std::path::Path) -> (String, Vec<u64>) {
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let steps = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("valid").is_some())
+        .map(|v| v["valid"]["step"].as_u64().unwrap())
+        .collect();
+    (log, steps)
+}
+
 #[test]
 fn validation_runs_every_n_steps_inside_epochs_as_well() {
     let data = dataset();
@@ -163,13 +175,7 @@ fn validation_runs_every_n_steps_inside_epochs_as_well() {
         ..options()
     };
     train(model(), &data, &data, &opts, out.path(), false, &mut Quiet).unwrap();
-    let log = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
-    let steps: Vec<u64> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("valid").is_some())
-        .map(|v| v["valid"]["step"].as_u64().unwrap())
-        .collect();
+    let (log, steps) = validation_steps(out.path());
     // 3 batches per epoch: mid-epoch at step 2 and 4, epoch ends at 3 and 6 (step 6
     // is an epoch end, validated once).
     assert_eq!(steps, vec![2, 3, 4, 6], "{log}");
@@ -216,12 +222,6 @@ fn a_stop_right_after_a_validation_step_still_validates_there() {
     .unwrap();
     assert!(matches!(stopped, Finish::Stopped(p) if p.step == 4));
     train(model(), &data, &data, &opts, out.path(), true, &mut Quiet).unwrap();
-    let log = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
-    let steps: Vec<u64> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("valid").is_some())
-        .map(|v| v["valid"]["step"].as_u64().unwrap())
-        .collect();
+    let (log, steps) = validation_steps(out.path());
     assert_eq!(steps, vec![2, 3, 4, 6], "as without the stop: {log}");
 }
