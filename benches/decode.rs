@@ -10,7 +10,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use lasr_decode::Decoder;
-use lasr_model::{Las, ModelConfig};
+use lasr_model::{Las, ModelConfig, WeightFormat};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -53,14 +53,21 @@ fn decode(c: &mut Criterion) {
     let feats = lasr_nn::init::uniform((1000, 80), 1.0, &mut rng);
     let mut group = c.benchmark_group("decode_10s_reference");
     group.sample_size(10);
-    group.bench_function("listener", |b| b.iter(|| las.encode(feats.view()).unwrap()));
-    group.bench_function("greedy_150_steps", |b| {
-        b.iter(|| steps(&las.encode(feats.view()).unwrap(), 1))
-    });
-    group.bench_function("beam8_150_steps", |b| {
-        b.iter(|| steps(&las.encode(feats.view()).unwrap(), 8))
-    });
-    let dec = las.encode(feats.view()).unwrap();
+    for format in WeightFormat::ALL {
+        // Laid out once per model, as `lasr transcribe` and `lasr bench` do.
+        let w = las.inference_weights(format);
+        group.bench_function(format!("listener_{format}"), |b| {
+            b.iter(|| las.encode(&w, feats.view()).unwrap())
+        });
+        group.bench_function(format!("greedy_150_steps_{format}"), |b| {
+            b.iter(|| steps(&las.encode(&w, feats.view()).unwrap(), 1))
+        });
+        group.bench_function(format!("beam8_150_steps_{format}"), |b| {
+            b.iter(|| steps(&las.encode(&w, feats.view()).unwrap(), 8))
+        });
+    }
+    let w = las.inference_weights(WeightFormat::F32);
+    let dec = las.encode(&w, feats.view()).unwrap();
     let logits = dec.ctc_logits().unwrap().unwrap();
     let (frames, v) = logits.dim();
     let mut lp = logits.clone();

@@ -22,7 +22,9 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::file::ModelFile;
+use crate::infer::InferenceWeights;
 use crate::transcribe::DecodeOptions;
+use lasr_nn::WeightFormat;
 
 /// A named way to decode.
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +87,8 @@ pub struct BenchReport {
     /// Wall-clock seconds of the whole run.
     pub wall_seconds: f64,
     pub threads: usize,
+    /// Storage of the packed recurrent weights (`f32` or `bf16`).
+    pub weights: String,
     pub settings: Vec<SettingSummary>,
     pub skipped: Vec<BenchSkip>,
     pub per_utterance: Vec<UtteranceReport>,
@@ -102,6 +106,7 @@ pub fn normalize_for_scoring(text: &str) -> String {
 
 fn one(
     model: &ModelFile,
+    weights: &InferenceWeights,
     front: &mut lasr_features::FrontEnd,
     entry: &Entry,
     settings: &[BenchSetting],
@@ -117,7 +122,7 @@ fn one(
     let reference = normalize_for_scoring(&entry.transcript);
     let mut results = Vec::with_capacity(settings.len());
     for s in settings {
-        let t = model.transcribe_features(feats.view(), &s.options)?;
+        let t = model.transcribe_features(weights, feats.view(), &s.options)?;
         let text = normalize_for_scoring(&t.text);
         results.push(SettingResult {
             setting: s.name.clone(),
@@ -136,11 +141,12 @@ fn one(
     })
 }
 
-/// Decodes every entry with every setting. A file that cannot be read or decoded is
-/// reported in [`BenchReport::skipped`] and left out of the totals. `tick` is called
-/// once per entry (progress bars).
+/// Decodes every entry with every setting, the packed weights stored in `format`. A
+/// file that cannot be read or decoded is reported in [`BenchReport::skipped`] and
+/// left out of the totals. `tick` is called once per entry (progress bars).
 pub fn bench(
     model: &ModelFile,
+    format: WeightFormat,
     entries: &[Entry],
     settings: &[BenchSetting],
     tick: &(dyn Fn() + Sync),
@@ -149,6 +155,8 @@ pub fn bench(
         s.options.validate(model)?;
     }
     let start = Instant::now();
+    // Laid out once, before the clock of any utterance starts (as a server would).
+    let weights = model.inference_weights(format);
     let front = model.front_end()?;
     let results: Vec<(usize, Result<UtteranceReport>)> = entries
         .par_iter()
@@ -156,7 +164,7 @@ pub fn bench(
         .map_init(
             || front.clone(),
             |front, (i, e)| {
-                let r = one(model, front, e, settings);
+                let r = one(model, &weights, front, e, settings);
                 tick();
                 (i, r)
             },
@@ -207,6 +215,7 @@ pub fn bench(
         audio_hours: audio / 3600.0,
         wall_seconds: start.elapsed().as_secs_f64(),
         threads: rayon::current_num_threads(),
+        weights: format.to_string(),
         settings: summaries,
         skipped,
         per_utterance,

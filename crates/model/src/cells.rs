@@ -8,8 +8,8 @@ use rand::Rng;
 
 use lasr_nn::{
     BiElman, BiElmanCache, BiGru, BiGruCache, BiLstm, BiLstmCache, ElmanCell, ElmanCellCache,
-    GruCell, GruCellCache, LstmCell, LstmCellCache, Module, PreparedElmanCell, PreparedGruCell,
-    PreparedLstmCell,
+    GruCell, GruCellCache, LstmCell, LstmCellCache, Module, PackedMatrix, PreparedElmanCell,
+    PreparedGruCell, PreparedLstmCell, WeightFormat,
 };
 
 use crate::config::CellType;
@@ -86,6 +86,21 @@ impl ListenerLayer {
     /// Inference over one sequence, no cache: `x` `[T, I]` -> `[T, 2H]`.
     pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         Ok(dispatch!(ListenerLayer, self, l => l.infer(x)?))
+    }
+
+    /// Both directions' `weight_hh` packed for [`ListenerLayer::infer_packed`].
+    pub fn pack_hh(&self, format: WeightFormat) -> [PackedMatrix; 2] {
+        dispatch!(ListenerLayer, self, l => l.pack_hh(format))
+    }
+
+    /// [`ListenerLayer::infer`] reusing `w_hh`, this layer's
+    /// [`ListenerLayer::pack_hh`].
+    pub fn infer_packed(
+        &self,
+        x: ArrayView2<f32>,
+        w_hh: &[PackedMatrix; 2],
+    ) -> Result<Array2<f32>> {
+        Ok(dispatch!(ListenerLayer, self, l => l.infer_packed(x, w_hh)?))
     }
 
     /// `dy` `[T, B, 2H]` -> `dx` `[T, B, I]`, gradients added into `grads`.
@@ -213,9 +228,19 @@ impl SpellerCell {
         }
     }
 
+    /// [`SpellerCell::prepare`] plus the weights packed in `format` for single-row
+    /// steps (greedy decoding).
+    pub fn prepare_packed(&self, format: WeightFormat) -> PreparedCell {
+        match self {
+            SpellerCell::Lstm(c) => PreparedCell::Lstm(c.prepare_packed(format)),
+            SpellerCell::Gru(c) => PreparedCell::Gru(c.prepare_packed(format)),
+            SpellerCell::Rnn(c) => PreparedCell::Rnn(c.prepare_packed(format)),
+        }
+    }
+
     /// One inference step, no cache: `x` `[B, I]`, state of `B` rows -> new state. A
-    /// single row takes matrix-vector products on the weights as stored and never
-    /// reads `prepared`; more rows run gemm on `prepared`'s transposed weights.
+    /// single row takes matrix-vector products on `prepared`'s packed weights (or the
+    /// weights as stored); more rows run gemm on `prepared`'s transposed weights.
     pub fn step(
         &self,
         prepared: Option<&PreparedCell>,

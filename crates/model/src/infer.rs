@@ -1,27 +1,51 @@
 //! Decoding with a trained model: the listener runs once per utterance, then the
 //! speller runs step by step for a batch of hypotheses through
 //! [`lasr_decode::Decoder`], so greedy and beam search work on it unchanged.
-
-use std::sync::OnceLock;
+//!
+//! Decoding reads the recurrent weights from [`InferenceWeights`], laid out once per
+//! model for one-vector products (and optionally rounded to bfloat16, see
+//! [`lasr_nn::packed`]): made per utterance, the speller's would cost more than its
+//! greedy decoding saves.
 
 use ndarray::{concatenate, Array2, ArrayView2, Axis};
 
 use lasr_decode::{Decoder, Step};
+use lasr_nn::{PackedMatrix, WeightFormat};
 
 use crate::cells::{CellState, PreparedCell};
 use crate::error::{Error, Result};
 use crate::las::Las;
 
+/// A model's recurrent weights laid out for decoding ([`Las::inference_weights`]):
+/// each listener layer's `weight_hh` and both speller cells' weights packed for
+/// one-vector products, and the speller's transposed weights for beams. Make it once
+/// per model and again whenever the model's weights change.
+#[derive(Debug, Clone)]
+pub struct InferenceWeights {
+    /// The config of the model they were made from (checked by [`Las::encode`]).
+    config: crate::ModelConfig,
+    format: WeightFormat,
+    /// Per listener layer, bottom first: both directions' packed `weight_hh`.
+    listener: Vec<[PackedMatrix; 2]>,
+    cell0: PreparedCell,
+    cell1: PreparedCell,
+}
+
+impl InferenceWeights {
+    /// The storage format of the packed weights.
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+}
+
 /// One utterance encoded by the listener, ready to be decoded.
 pub struct UtteranceDecoder<'a> {
     las: &'a Las,
+    weights: &'a InferenceWeights,
     /// Listener states `[U, D]`.
     h: Array2<f32>,
     /// Attention keys `W_h h + b` `[U, A]`.
     keys: Array2<f32>,
-    /// The speller cells' transposed weights, made on the first step with more than
-    /// one hypothesis (greedy decoding never needs them).
-    prepared: OnceLock<(PreparedCell, PreparedCell)>,
 }
 
 /// Speller state of `n` hypotheses: both cells' states (`h`, and `c` for the LSTM,
@@ -36,9 +60,31 @@ pub struct SpellerState {
 }
 
 impl Las {
+    /// This model's weights laid out for [`Las::encode`], the packed ones stored in
+    /// `format` (f32 is exactly the trained model; bf16 halves what each step reads).
+    pub fn inference_weights(&self, format: WeightFormat) -> InferenceWeights {
+        InferenceWeights {
+            config: self.config.clone(),
+            format,
+            listener: self.listener.pack_hh(format),
+            cell0: self.speller.cell0.prepare_packed(format),
+            cell1: self.speller.cell1.prepare_packed(format),
+        }
+    }
+
     /// Runs the listener over one utterance's features `[T, F]` (at least
-    /// `2^pyramid_layers` frames).
-    pub fn encode(&self, feats: ArrayView2<f32>) -> Result<UtteranceDecoder<'_>> {
+    /// `2^pyramid_layers` frames); `weights` must be this model's
+    /// [`Las::inference_weights`].
+    pub fn encode<'a>(
+        &'a self,
+        weights: &'a InferenceWeights,
+        feats: ArrayView2<f32>,
+    ) -> Result<UtteranceDecoder<'a>> {
+        if weights.config != self.config {
+            return Err(Error::Config(
+                "inference weights made from another model (different config)".into(),
+            ));
+        }
         let (frames, dim) = feats.dim();
         if dim != self.config.input_dim {
             return Err(Error::Batch(format!(
@@ -52,13 +98,13 @@ impl Las {
                 self.config.reduction()
             )));
         }
-        let h = self.listener.infer(feats)?;
+        let h = self.listener.infer_packed(feats, &weights.listener)?;
         let keys = self.speller.attention.keys(h.view().insert_axis(Axis(1)))?;
         Ok(UtteranceDecoder {
             las: self,
+            weights,
             h,
             keys: keys.index_axis_move(Axis(1), 0),
-            prepared: OnceLock::new(),
         })
     }
 }
@@ -116,12 +162,9 @@ impl Decoder for UtteranceDecoder<'_> {
         let n = prev.len();
         let e = sp.emb.forward(prev)?;
         let in0 = concatenate(Axis(1), &[e.view(), st.ctx.view()]).expect("same rows");
-        let prepared = (n > 1).then(|| {
-            self.prepared
-                .get_or_init(|| (sp.cell0.prepare(), sp.cell1.prepare()))
-        });
-        let s0 = sp.cell0.step(prepared.map(|p| &p.0), in0.view(), &st.s0)?;
-        let s1 = sp.cell1.step(prepared.map(|p| &p.1), s0.h.view(), &st.s1)?;
+        let w = self.weights;
+        let s0 = sp.cell0.step(Some(&w.cell0), in0.view(), &st.s0)?;
+        let s1 = sp.cell1.step(Some(&w.cell1), s0.h.view(), &st.s1)?;
         // Every hypothesis attends over the same utterance: broadcast, no copies.
         let (u, d) = self.h.dim();
         let hb = self.h.view().insert_axis(Axis(1));

@@ -27,7 +27,7 @@ use lasr_nn::module::join;
 use lasr_nn::{
     ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward,
     softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, Dropout, Embedding, Linear,
-    Module,
+    Module, PackedMatrix, WeightFormat,
 };
 
 use crate::cells::{ListenerLayer, ListenerLayerCache, SpellerCell, SpellerCellCache};
@@ -145,10 +145,34 @@ impl Listener {
     /// Inference over one utterance: `x` `[T, F]` -> states `[U, 2H]` (no caches;
     /// equal to [`Listener::forward`] up to float summation order).
     pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        let mut h = self.l0.infer(x)?;
-        for layer in &self.pyr {
+        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
+    }
+
+    /// Every layer's `weight_hh` packed for [`Listener::infer_packed`], bottom first.
+    pub fn pack_hh(&self, format: WeightFormat) -> Vec<[PackedMatrix; 2]> {
+        std::iter::once(&self.l0)
+            .chain(&self.pyr)
+            .map(|l| l.pack_hh(format))
+            .collect()
+    }
+
+    /// [`Listener::infer`] reusing `w_hh`, this listener's [`Listener::pack_hh`].
+    pub fn infer_packed(
+        &self,
+        x: ArrayView2<f32>,
+        w_hh: &[[PackedMatrix; 2]],
+    ) -> Result<Array2<f32>> {
+        if w_hh.len() != 1 + self.pyr.len() {
+            return Err(Error::Config(format!(
+                "packed weights for {} listener layers given to a listener of {}",
+                w_hh.len(),
+                1 + self.pyr.len()
+            )));
+        }
+        let mut h = self.l0.infer_packed(x, &w_hh[0])?;
+        for (layer, w) in self.pyr.iter().zip(&w_hh[1..]) {
             let joined = pyramid_reduce(h.view().insert_axis(Axis(1)));
-            h = layer.infer(joined.index_axis(Axis(1), 0))?;
+            h = layer.infer_packed(joined.index_axis(Axis(1), 0), w)?;
         }
         Ok(h)
     }

@@ -219,8 +219,9 @@ pub fn validate(
     let (mut chars, mut words) = (ErrorCounts::default(), ErrorCounts::default());
     let mut ctc_chars = ErrorCounts::default();
     let n = decode.min(data.len());
+    let weights = model.las.inference_weights(lasr_nn::WeightFormat::F32);
     for u in &data.utterances[..n] {
-        let decoder = model.las.encode(u.feats.view())?;
+        let decoder = model.las.encode(&weights, u.feats.view())?;
         let reference = model.vocab.normalize_transcript(&u.transcript);
         if let Some(logits) = decoder.ctc_logits()? {
             let (labels, _) = lasr_nn::ctc_greedy(logits.view(), model.las.config.blank);

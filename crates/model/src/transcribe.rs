@@ -14,11 +14,13 @@ use std::time::Instant;
 
 use lasr_decode::{beam_search, CharLm, Fused, SearchOptions, Vocab};
 use lasr_features::{Audio, FrontEnd};
+use lasr_nn::WeightFormat;
 use ndarray::{s, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::file::ModelFile;
+use crate::infer::InferenceWeights;
 
 /// A word and when it was spoken, from the attention peaks (or CTC spikes) of its
 /// letters.
@@ -243,8 +245,13 @@ impl ModelFile {
         self.las.config.reduction() as f32 * self.front_end.features.frame_shift_ms / 1000.0
     }
 
-    fn decode_chunk(&self, feats: ArrayView2<f32>, options: &DecodeOptions) -> Result<Chunk> {
-        let decoder = self.las.encode(feats)?;
+    fn decode_chunk(
+        &self,
+        weights: &InferenceWeights,
+        feats: ArrayView2<f32>,
+        options: &DecodeOptions,
+    ) -> Result<Chunk> {
+        let decoder = self.las.encode(weights, feats)?;
         let blank = self.las.config.blank;
         if options.ctc_only {
             let logits = decoder
@@ -353,10 +360,19 @@ impl ModelFile {
         })
     }
 
+    /// This model's weights laid out for decoding, the packed ones in `format` (see
+    /// [`crate::Las::inference_weights`]): make them once and pass them to every
+    /// `transcribe_*` call.
+    pub fn inference_weights(&self, format: WeightFormat) -> InferenceWeights {
+        self.las.inference_weights(format)
+    }
+
     /// Transcribes normalised features `[T, F]` (as `front_end` makes them), cutting
-    /// them into chunks of at most `options.max_chunk_seconds`.
+    /// them into chunks of at most `options.max_chunk_seconds`; `weights` are this
+    /// model's [`ModelFile::inference_weights`].
     pub fn transcribe_features(
         &self,
+        weights: &InferenceWeights,
         feats: ArrayView2<f32>,
         options: &DecodeOptions,
     ) -> Result<Transcript> {
@@ -377,7 +393,8 @@ impl ModelFile {
             seconds: 0.0,
         };
         for pair in bounds.windows(2) {
-            let chunk = self.decode_chunk(feats.slice(s![pair[0]..pair[1], ..]), options)?;
+            let chunk =
+                self.decode_chunk(weights, feats.slice(s![pair[0]..pair[1], ..]), options)?;
             let offset = pair[0] as f32 * shift;
             if let Some(frames) = &chunk.frames {
                 t.words
@@ -435,6 +452,7 @@ impl ModelFile {
     /// Transcribes decoded audio (any rate; `name` labels errors).
     pub fn transcribe_audio(
         &self,
+        weights: &InferenceWeights,
         front: &mut FrontEnd,
         audio: Audio,
         name: &Path,
@@ -446,7 +464,7 @@ impl ModelFile {
             .audio_features(audio)
             .map_err(|e| Error::Audio(e.in_file(name)))?;
         let mut t = self
-            .transcribe_features(feats.view(), options)
+            .transcribe_features(weights, feats.view(), options)
             .map_err(|e| match e {
                 Error::Batch(m) => Error::Batch(format!("{}: {m}", name.display())),
                 other => other,
@@ -459,13 +477,14 @@ impl ModelFile {
     /// Transcribes an audio file (any WAV or FLAC); errors name the file.
     pub fn transcribe_file(
         &self,
+        weights: &InferenceWeights,
         front: &mut FrontEnd,
         path: &Path,
         options: &DecodeOptions,
     ) -> Result<Transcript> {
         let start = Instant::now();
         let audio = lasr_features::load(path)?;
-        let mut t = self.transcribe_audio(front, audio, path, options)?;
+        let mut t = self.transcribe_audio(weights, front, audio, path, options)?;
         t.seconds = start.elapsed().as_secs_f32();
         Ok(t)
     }

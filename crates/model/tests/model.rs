@@ -1,6 +1,6 @@
 //! The whole LAS model: structure, gradients, padding, and that it learns.
 
-use lasr_model::{Batch, CellType, Las, ModelConfig};
+use lasr_model::{Batch, CellType, Las, ModelConfig, WeightFormat};
 use lasr_nn::gradcheck::{check_input, check_params};
 use lasr_nn::{clip_grad_norm, Adam, Module};
 use ndarray::{s, Array3, ArrayD, Ix3};
@@ -294,9 +294,19 @@ fn the_model_learns_a_toy_task() {
 fn greedy_and_beam_search_spell_what_the_model_learned() {
     let (las, batch, _, _) = train_toy();
     let options = lasr_decode::SearchOptions::default();
+    let weights = las.inference_weights(WeightFormat::F32);
+    let bf16 = las.inference_weights(WeightFormat::Bf16);
     for b in 0..4 {
         let len = batch.lengths[b];
-        let dec = las.encode(batch.feats.slice(s![..len, b, ..])).unwrap();
+        let dec = las
+            .encode(&weights, batch.feats.slice(s![..len, b, ..]))
+            .unwrap();
+        // Weights rounded to bfloat16 spell the same.
+        let dec16 = las
+            .encode(&bf16, batch.feats.slice(s![..len, b, ..]))
+            .unwrap();
+        let greedy16 = lasr_decode::greedy(&dec16, &options).unwrap();
+        assert_eq!(greedy16.tokens, batch.targets[b], "utterance {b}, bf16");
         assert_eq!(lasr_decode::Decoder::encoder_len(&dec), len / 2);
         let greedy = lasr_decode::greedy(&dec, &options).unwrap();
         assert_eq!(greedy.tokens, batch.targets[b], "utterance {b}");
@@ -329,7 +339,24 @@ fn greedy_and_beam_search_spell_what_the_model_learned() {
             -greedy.log_prob
         );
     }
-    assert!(las.encode(batch.feats.slice(s![..1, 0, ..])).is_err());
+    assert!(las
+        .encode(&weights, batch.feats.slice(s![..1, 0, ..]))
+        .is_err());
+    // Weights laid out for another model are refused.
+    let other = Las::new(
+        ModelConfig {
+            speller_hidden: 9,
+            ..las.config.clone()
+        },
+        &mut rng(3),
+    )
+    .unwrap()
+    .inference_weights(WeightFormat::F32);
+    let err = las
+        .encode(&other, batch.feats.slice(s![..batch.lengths[0], 0, ..]))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("another model"), "{err}");
 }
 
 #[test]
@@ -393,31 +420,48 @@ fn step_by_step_decoding_scores_a_transcript_as_training_does() {
                 seeds: None,
             };
             let nll = las.forward(&batch).unwrap().0.loss_sum;
-            let dec = las.encode(feats.view()).unwrap();
-            let mut state = dec.initial().unwrap();
-            let mut prev = dec.sos();
-            let mut log_prob = 0f64;
-            let v = dec.vocab_size();
-            for &tok in target.iter().chain([&dec.eos()]) {
-                // The same hypothesis twice: the beams' gemm path on prepared weights.
-                let twice = dec.select(state.clone(), &[0, 0]).unwrap();
-                let pair = dec.step(&[prev, prev], twice).unwrap();
-                let step = dec.step(&[prev], state).unwrap();
-                for row in 0..2 {
-                    let diff = pair.log_probs[row * v..(row + 1) * v]
-                        .iter()
-                        .zip(&step.log_probs)
-                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                    assert!(diff < 1e-5, "{cell:?}: beam row {row} differs by {diff}");
+            let mut by_format = Vec::new();
+            for format in WeightFormat::ALL {
+                let weights = las.inference_weights(format);
+                let dec = las.encode(&weights, feats.view()).unwrap();
+                let mut state = dec.initial().unwrap();
+                let mut prev = dec.sos();
+                let mut log_prob = 0f64;
+                let v = dec.vocab_size();
+                for &tok in target.iter().chain([&dec.eos()]) {
+                    // The same hypothesis twice: the beams' gemm path on prepared weights.
+                    let twice = dec.select(state.clone(), &[0, 0]).unwrap();
+                    let pair = dec.step(&[prev, prev], twice).unwrap();
+                    let step = dec.step(&[prev], state).unwrap();
+                    for row in 0..2 {
+                        let diff = pair.log_probs[row * v..(row + 1) * v]
+                            .iter()
+                            .zip(&step.log_probs)
+                            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                        assert!(
+                            diff < 1e-5,
+                            "{cell:?} {format}: beam row {row} differs by {diff}"
+                        );
+                    }
+                    log_prob += f64::from(step.log_probs[tok]);
+                    state = step.state;
+                    prev = tok;
                 }
-                log_prob += f64::from(step.log_probs[tok]);
-                state = step.state;
-                prev = tok;
+                by_format.push(log_prob);
             }
+            let [f32, bf16] = by_format[..] else {
+                unreachable!()
+            };
             assert!(
-                (log_prob + nll).abs() < 1e-4,
-                "{cell:?}, location {location_channels}: decoder {log_prob} vs training {}",
+                (f32 + nll).abs() < 1e-4,
+                "{cell:?}, location {location_channels}: decoder {f32} vs training {}",
                 -nll
+            );
+            // bfloat16 weights move the score, but little (the path really is another).
+            let moved = (bf16 - f32).abs();
+            assert!(
+                moved > 0.0 && moved < 0.02 * (1.0 + nll),
+                "{cell:?}, location {location_channels}: bf16 {bf16} vs f32 {f32}"
             );
         }
     }

@@ -16,6 +16,7 @@ use crate::activation as act;
 use crate::error::{check_shape, Result};
 use crate::linalg::{gemv_acc, matmul, transpose};
 use crate::lstm::live_mask;
+use crate::packed::{check_packed, PackedMatrix, WeightFormat};
 use crate::recurrent::{cell_module, order, recurrent_module, Bidirectional, BidirectionalCache};
 
 /// `h_prev[t]`: the state each step started from (zero for the first).
@@ -253,32 +254,44 @@ impl Gru {
     }
 
     /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
-    /// [`Gru::forward`] without its cache, with one matrix-vector product per step on
-    /// the weights as stored (equal to `forward` up to float summation order).
+    /// [`Gru::forward`] without its cache, with one matrix-vector product per step
+    /// (equal to `forward` up to float summation order). Packs `weight_hh` on every
+    /// call; [`Gru::infer_packed`] reuses a packing.
     pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
+    }
+
+    /// `weight_hh` packed for [`Gru::infer_packed`].
+    pub fn pack_hh(&self, format: WeightFormat) -> PackedMatrix {
+        PackedMatrix::new(self.weight_hh.view(), format)
+    }
+
+    /// [`Gru::infer`] with `w_hh`, this layer's [`Gru::pack_hh`].
+    pub fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>> {
         check_shape(
             &self.name(),
             "input",
             x.shape(),
             &[None, Some(self.input_dim())],
         )?;
+        check_packed(&self.name(), w_hh, self.weight_hh.dim())?;
         #[cfg(target_arch = "x86_64")]
         if crate::simd::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
-            return Ok(unsafe { self.infer_avx2(x) });
+            return Ok(unsafe { self.infer_avx2(x, w_hh) });
         }
-        Ok(self.infer_impl(x))
+        Ok(self.infer_impl(x, w_hh))
     }
 
     /// [`Gru::infer_impl`] compiled for AVX2 and FMA, so the gate loop vectorises.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn infer_avx2(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        self.infer_impl(x)
+    unsafe fn infer_avx2(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
+        self.infer_impl(x, w_hh)
     }
 
     #[inline(always)]
-    fn infer_impl(&self, x: ArrayView2<f32>) -> Array2<f32> {
+    fn infer_impl(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
         let steps = x.nrows();
         let hd = self.hidden();
         let mut gates = Array2::zeros((steps, 3 * hd));
@@ -297,7 +310,7 @@ impl Gru {
                 *v = b;
             }
             if prev.is_some() {
-                gemv_acc(&mut hg, self.weight_hh.view(), &h_prev);
+                w_hh.gemv_acc(&mut hg, &h_prev);
             }
             let mut g = gates.row_mut(t);
             let mut ht = h.row_mut(t);
@@ -438,32 +451,44 @@ impl Elman {
     }
 
     /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
-    /// [`Elman::forward`] without its cache, with one matrix-vector product per step on
-    /// the weights as stored (equal to `forward` up to float summation order).
+    /// [`Elman::forward`] without its cache, with one matrix-vector product per step
+    /// (equal to `forward` up to float summation order). Packs `weight_hh` on every
+    /// call; [`Elman::infer_packed`] reuses a packing.
     pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
+    }
+
+    /// `weight_hh` packed for [`Elman::infer_packed`].
+    pub fn pack_hh(&self, format: WeightFormat) -> PackedMatrix {
+        PackedMatrix::new(self.weight_hh.view(), format)
+    }
+
+    /// [`Elman::infer`] with `w_hh`, this layer's [`Elman::pack_hh`].
+    pub fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>> {
         check_shape(
             &self.name(),
             "input",
             x.shape(),
             &[None, Some(self.input_dim())],
         )?;
+        check_packed(&self.name(), w_hh, self.weight_hh.dim())?;
         #[cfg(target_arch = "x86_64")]
         if crate::simd::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
-            return Ok(unsafe { self.infer_avx2(x) });
+            return Ok(unsafe { self.infer_avx2(x, w_hh) });
         }
-        Ok(self.infer_impl(x))
+        Ok(self.infer_impl(x, w_hh))
     }
 
     /// [`Elman::infer_impl`] compiled for AVX2 and FMA, so the tanh loop vectorises.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn infer_avx2(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        self.infer_impl(x)
+    unsafe fn infer_avx2(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
+        self.infer_impl(x, w_hh)
     }
 
     #[inline(always)]
-    fn infer_impl(&self, x: ArrayView2<f32>) -> Array2<f32> {
+    fn infer_impl(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
         let steps = x.nrows();
         let hd = self.hidden();
         let bias = &self.bias_ih + &self.bias_hh;
@@ -475,7 +500,7 @@ impl Elman {
             let mut ht = h.row_mut(t);
             let ht = ht.as_slice_mut().expect("contiguous");
             if prev.is_some() {
-                gemv_acc(ht, self.weight_hh.view(), &h_prev);
+                w_hh.gemv_acc(ht, &h_prev);
             }
             for v in ht.iter_mut() {
                 *v = act::tanh(*v);
@@ -551,30 +576,52 @@ pub type BiElmanCache = BidirectionalCache<Elman>;
 /// Adds `x w^T` into `out` for one step: `x` `[B, K]`, `w` `[G, K]` as stored, `w_t`
 /// its row-major transpose `[K, G]` if the caller prepared one, `out` `[B, G]`.
 ///
-/// With `gemv`, a single row takes a matrix-vector product on `w` as stored (greedy
-/// decoding: gemm's kernels lose to plain dot products there, and need no transposed
-/// copy). Otherwise gemm runs on `w_t`, or on a transposed view of `w` (correct, but
+/// With `gemv`, a single row takes a matrix-vector product on `packed` if the caller
+/// packed `w`, else on `w` as stored (greedy decoding: gemm's kernels lose to
+/// matrix-vector products there). Otherwise gemm runs on `w_t`, or on a transposed view of `w` (correct, but
 /// gemm then repacks the weights on every call).
 fn step_product(
     mut out: ArrayViewMut2<f32>,
     x: ArrayView2<f32>,
     w: &Array2<f32>,
     w_t: Option<&Array2<f32>>,
+    packed: Option<&PackedMatrix>,
     gemv: bool,
 ) {
     if gemv && x.nrows() == 1 {
         let x = x.row(0).to_vec();
         let mut y = out.row_mut(0);
-        gemv_acc(
-            y.as_slice_mut().expect("fresh arrays are contiguous"),
-            w.view(),
-            &x,
-        );
+        let y = y.as_slice_mut().expect("fresh arrays are contiguous");
+        match packed {
+            Some(p) => p.gemv_acc(y, &x),
+            None => gemv_acc(y, w.view(), &x),
+        }
     } else if let Some(w_t) = w_t {
         matmul(out, x, w_t.view(), true);
     } else {
         matmul(out, x, w.t(), true);
     }
+}
+
+/// The transpose of `w` with its values as `format` stores them, so that batched
+/// steps (gemm) compute with the same weights as single-row steps (packed).
+pub(crate) fn transpose_as(w: &Array2<f32>, format: WeightFormat) -> Array2<f32> {
+    match format {
+        WeightFormat::F32 => transpose(w.view()),
+        _ => transpose(w.mapv(|v| format.round(v)).view()),
+    }
+}
+
+/// A cell's `weight_ih` and `weight_hh`, packed.
+pub(crate) fn pack_pair(
+    w_ih: &Array2<f32>,
+    w_hh: &Array2<f32>,
+    format: WeightFormat,
+) -> [PackedMatrix; 2] {
+    [
+        PackedMatrix::new(w_ih.view(), format),
+        PackedMatrix::new(w_hh.view(), format),
+    ]
 }
 
 /// `[B, G]` filled with bias `b` `[G]`.
@@ -627,6 +674,8 @@ cell_module!(GruCell, 3);
 pub struct PreparedGruCell {
     w_ih_t: Array2<f32>,
     w_hh_t: Array2<f32>,
+    /// `weight_ih` and `weight_hh` packed for single-row steps, if asked for.
+    packed: Option<[PackedMatrix; 2]>,
 }
 
 /// What [`GruCell::backward`] needs from one step.
@@ -646,6 +695,18 @@ impl GruCell {
         PreparedGruCell {
             w_ih_t: transpose(self.weight_ih.view()),
             w_hh_t: transpose(self.weight_hh.view()),
+            packed: None,
+        }
+    }
+
+    /// [`GruCell::prepare`] for decoding, with both weights also packed in `format` for
+    /// single-row [`GruCell::step`]s; in bf16 the transposes hold the same rounded
+    /// values, so every step of a search computes with one set of weights.
+    pub fn prepare_packed(&self, format: WeightFormat) -> PreparedGruCell {
+        PreparedGruCell {
+            w_ih_t: transpose_as(&self.weight_ih, format),
+            w_hh_t: transpose_as(&self.weight_hh, format),
+            packed: Some(pack_pair(&self.weight_ih, &self.weight_hh, format)),
         }
     }
 
@@ -668,6 +729,7 @@ impl GruCell {
             x,
             &self.weight_ih,
             prepared.map(|p| &p.w_ih_t),
+            prepared.and_then(|p| p.packed.as_ref()).map(|[w, _]| w),
             gemv,
         );
         let mut hg = bias_rows(&self.bias_hh, batch);
@@ -676,6 +738,7 @@ impl GruCell {
             h_prev,
             &self.weight_hh,
             prepared.map(|p| &p.w_hh_t),
+            prepared.and_then(|p| p.packed.as_ref()).map(|[_, w]| w),
             gemv,
         );
         let h_prev = h_prev.as_standard_layout();
@@ -694,9 +757,10 @@ impl GruCell {
     }
 
     /// One inference step, no cache: `x` `[B, I]`, `h_prev` `[B, H]` -> new `h`
-    /// `[B, H]`. A single row (greedy decoding) takes matrix-vector products on the
-    /// weights as stored and never reads `prepared`; more rows run gemm on
-    /// `prepared`'s transposed weights, or on transposed views without it.
+    /// `[B, H]`. A single row (greedy decoding) takes matrix-vector products on
+    /// `prepared`'s packed weights if it has them ([`GruCell::prepare_packed`]), else
+    /// on the weights as stored; more rows run gemm on `prepared`'s transposed
+    /// weights, or on transposed views without it.
     pub fn step(
         &self,
         prepared: Option<&PreparedGruCell>,
@@ -792,6 +856,8 @@ pub struct PreparedElmanCell {
     w_ih_t: Array2<f32>,
     w_hh_t: Array2<f32>,
     bias: Array1<f32>,
+    /// `weight_ih` and `weight_hh` packed for single-row steps, if asked for.
+    packed: Option<[PackedMatrix; 2]>,
 }
 
 /// What [`ElmanCell::backward`] needs from one step.
@@ -810,6 +876,19 @@ impl ElmanCell {
             w_ih_t: transpose(self.weight_ih.view()),
             w_hh_t: transpose(self.weight_hh.view()),
             bias: &self.bias_ih + &self.bias_hh,
+            packed: None,
+        }
+    }
+
+    /// [`ElmanCell::prepare`] for decoding, with both weights also packed in `format` for
+    /// single-row [`ElmanCell::step`]s; in bf16 the transposes hold the same rounded
+    /// values, so every step of a search computes with one set of weights.
+    pub fn prepare_packed(&self, format: WeightFormat) -> PreparedElmanCell {
+        PreparedElmanCell {
+            w_ih_t: transpose_as(&self.weight_ih, format),
+            w_hh_t: transpose_as(&self.weight_hh, format),
+            bias: &self.bias_ih + &self.bias_hh,
+            packed: Some(pack_pair(&self.weight_ih, &self.weight_hh, format)),
         }
     }
 
@@ -831,6 +910,7 @@ impl ElmanCell {
             x,
             &self.weight_ih,
             prepared.map(|p| &p.w_ih_t),
+            prepared.and_then(|p| p.packed.as_ref()).map(|[w, _]| w),
             gemv,
         );
         step_product(
@@ -838,6 +918,7 @@ impl ElmanCell {
             h_prev,
             &self.weight_hh,
             prepared.map(|p| &p.w_hh_t),
+            prepared.and_then(|p| p.packed.as_ref()).map(|[_, w]| w),
             gemv,
         );
         h.mapv_inplace(act::tanh);
@@ -845,9 +926,10 @@ impl ElmanCell {
     }
 
     /// One inference step, no cache: `x` `[B, I]`, `h_prev` `[B, H]` -> new `h`
-    /// `[B, H]`. A single row takes matrix-vector products on the weights as stored and
-    /// never reads `prepared`; more rows run gemm on `prepared`'s transposed weights,
-    /// or on transposed views without it.
+    /// `[B, H]`. A single row takes matrix-vector products on `prepared`'s packed
+    /// weights if it has them ([`ElmanCell::prepare_packed`]), else on the weights as
+    /// stored; more rows run gemm on `prepared`'s transposed weights, or on transposed
+    /// views without it.
     pub fn step(
         &self,
         prepared: Option<&PreparedElmanCell>,

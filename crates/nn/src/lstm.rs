@@ -12,8 +12,10 @@ use rand::Rng;
 
 use crate::activation as act;
 use crate::error::{check_shape, Error, Result};
+use crate::gru::{pack_pair, transpose_as};
 use crate::linalg::{gemv_acc, matmul, transpose};
 use crate::module::{join, Module};
+use crate::packed::{check_packed, PackedMatrix, WeightFormat};
 use crate::recurrent::{order, recurrent_module};
 
 /// One direction of one LSTM layer. `weight_ih` `[4H, I]`, `weight_hh` `[4H, H]`,
@@ -153,31 +155,44 @@ impl Lstm {
     }
 
     /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
-    /// [`Lstm::forward`] without its cache, with one matrix-vector product per step on
-    /// the weights as stored (equal to `forward` up to float summation order).
+    /// [`Lstm::forward`] without its cache, with one matrix-vector product per step
+    /// (equal to `forward` up to float summation order). Packs `weight_hh` on every
+    /// call; [`Lstm::infer_packed`] reuses a packing.
     pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
+    }
+
+    /// `weight_hh` `[4H, H]` packed for [`Lstm::infer_packed`].
+    pub fn pack_hh(&self, format: WeightFormat) -> PackedMatrix {
+        PackedMatrix::new(self.weight_hh.view(), format)
+    }
+
+    /// [`Lstm::infer`] with `w_hh`, this layer's [`Lstm::pack_hh`] (in bfloat16 the
+    /// recurrent products read half the bytes; see [`crate::packed`]).
+    pub fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>> {
         check_shape(
             &self.name(),
             "input",
             x.shape(),
             &[None, Some(self.input_dim())],
         )?;
+        check_packed(&self.name(), w_hh, self.weight_hh.dim())?;
         #[cfg(target_arch = "x86_64")]
         if crate::simd::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
-            return Ok(unsafe { self.infer_avx2(x) });
+            return Ok(unsafe { self.infer_avx2(x, w_hh) });
         }
-        Ok(self.infer_impl(x))
+        Ok(self.infer_impl(x, w_hh))
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn infer_avx2(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        self.infer_impl(x)
+    unsafe fn infer_avx2(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
+        self.infer_impl(x, w_hh)
     }
 
     #[inline(always)]
-    fn infer_impl(&self, x: ArrayView2<f32>) -> Array2<f32> {
+    fn infer_impl(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
         let steps = x.nrows();
         let hd = self.hidden();
         let bias = &self.bias_ih + &self.bias_hh;
@@ -191,7 +206,7 @@ impl Lstm {
             let mut g = gates.row_mut(t);
             let g = g.as_slice_mut().expect("contiguous");
             if prev.is_some() {
-                gemv_acc(g, self.weight_hh.view(), &h_prev);
+                w_hh.gemv_acc(g, &h_prev);
             }
             let mut ht = h.row_mut(t);
             let ht = ht.as_slice_mut().expect("contiguous");
@@ -470,6 +485,8 @@ pub struct PreparedLstmCell {
     w_ih_t: Array2<f32>,
     w_hh_t: Array2<f32>,
     bias: Array1<f32>,
+    /// `weight_ih` and `weight_hh` packed for single-row steps, if asked for.
+    packed: Option<[PackedMatrix; 2]>,
 }
 
 /// What [`LstmCell::backward`] needs from one step.
@@ -510,6 +527,19 @@ impl LstmCell {
             w_ih_t: transpose(self.weight_ih.view()),
             w_hh_t: transpose(self.weight_hh.view()),
             bias: &self.bias_ih + &self.bias_hh,
+            packed: None,
+        }
+    }
+
+    /// [`LstmCell::prepare`] for decoding, with both weights also packed in `format` for
+    /// single-row [`LstmCell::step`]s; in bf16 the transposes hold the same rounded
+    /// values, so every step of a search computes with one set of weights.
+    pub fn prepare_packed(&self, format: WeightFormat) -> PreparedLstmCell {
+        PreparedLstmCell {
+            w_ih_t: transpose_as(&self.weight_ih, format),
+            w_hh_t: transpose_as(&self.weight_hh, format),
+            bias: &self.bias_ih + &self.bias_hh,
+            packed: Some(pack_pair(&self.weight_ih, &self.weight_hh, format)),
         }
     }
 
@@ -546,9 +576,10 @@ impl LstmCell {
 
     /// One inference step, no cache: `x` `[B, I]`, `h_prev`, `c_prev` `[B, H]` -> new
     /// `h`, `c` `[B, H]`. A single row (greedy decoding) takes matrix-vector products on
-    /// the weights as stored and never reads `prepared`; more rows run gemm on
-    /// `prepared`'s transposed weights, or on transposed views without it (correct,
-    /// but gemm then repacks the weights on every call).
+    /// `prepared`'s packed weights if it has them ([`LstmCell::prepare_packed`]), else
+    /// on the weights as stored; more rows run gemm on `prepared`'s transposed weights,
+    /// or on transposed views without it (correct, but gemm then repacks the weights
+    /// on every call).
     pub fn step(
         &self,
         prepared: Option<&PreparedLstmCell>,
@@ -568,8 +599,16 @@ impl LstmCell {
             let g = gates.as_slice_mut().expect("fresh arrays are contiguous");
             let x = x.row(0).to_vec();
             let h = h_prev.row(0).to_vec();
-            gemv_acc(g, self.weight_ih.view(), &x);
-            gemv_acc(g, self.weight_hh.view(), &h);
+            match prepared.and_then(|p| p.packed.as_ref()) {
+                Some([w_ih, w_hh]) => {
+                    w_ih.gemv_acc(g, &x);
+                    w_hh.gemv_acc(g, &h);
+                }
+                None => {
+                    gemv_acc(g, self.weight_ih.view(), &x);
+                    gemv_acc(g, self.weight_hh.view(), &h);
+                }
+            }
         } else if let Some(p) = prepared {
             matmul(gates.view_mut(), x, p.w_ih_t.view(), true);
             matmul(gates.view_mut(), h_prev, p.w_hh_t.view(), true);

@@ -9,6 +9,7 @@ use crate::error::{check_shape, Result};
 use crate::gru::{Elman, ElmanCache, Gru, GruCache};
 use crate::lstm::{Lstm, LstmCache};
 use crate::module::Module;
+use crate::packed::{PackedMatrix, WeightFormat};
 
 /// Processing order of time steps and each step's predecessor.
 pub(crate) fn order(reverse: bool, steps: usize) -> Vec<(usize, Option<usize>)> {
@@ -240,6 +241,12 @@ pub trait Recurrent: Module + Clone + std::fmt::Debug + Send + Sync {
 
     /// Inference over one sequence, no cache: `x` `[T, I]` -> `[T, H]`.
     fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>>;
+
+    /// `weight_hh` packed for [`Recurrent::infer_packed`].
+    fn pack_hh(&self, format: WeightFormat) -> PackedMatrix;
+
+    /// [`Recurrent::infer`] reusing `w_hh`, this layer's [`Recurrent::pack_hh`].
+    fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>>;
 }
 
 /// The layers' inherent methods, which are what their own users call.
@@ -282,6 +289,14 @@ macro_rules! impl_recurrent {
 
             fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
                 $ty::infer(self, x)
+            }
+
+            fn pack_hh(&self, format: WeightFormat) -> PackedMatrix {
+                $ty::pack_hh(self, format)
+            }
+
+            fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>> {
+                $ty::infer_packed(self, x, w_hh)
             }
         }
     };
@@ -349,7 +364,26 @@ impl<R: Recurrent> Bidirectional<R> {
     /// Inference over one sequence: `x` `[T, I]` -> `[T, 2H]` (see
     /// [`Recurrent::infer`]).
     pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        let (f, b) = rayon::join(|| self.forward.infer(x), || self.backward.infer(x));
+        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
+    }
+
+    /// Both directions' `weight_hh` packed for [`Bidirectional::infer_packed`],
+    /// forward first.
+    pub fn pack_hh(&self, format: WeightFormat) -> [PackedMatrix; 2] {
+        [self.forward.pack_hh(format), self.backward.pack_hh(format)]
+    }
+
+    /// [`Bidirectional::infer`] reusing `w_hh`, this layer's
+    /// [`Bidirectional::pack_hh`].
+    pub fn infer_packed(
+        &self,
+        x: ArrayView2<f32>,
+        w_hh: &[PackedMatrix; 2],
+    ) -> Result<Array2<f32>> {
+        let (f, b) = rayon::join(
+            || self.forward.infer_packed(x, &w_hh[0]),
+            || self.backward.infer_packed(x, &w_hh[1]),
+        );
         let (yf, yb) = (f?, b?);
         let (steps, hd) = yf.dim();
         let mut y = Array2::zeros((steps, 2 * hd));

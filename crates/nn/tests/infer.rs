@@ -47,10 +47,18 @@ fn cell_step_equals_the_training_forward_for_one_and_many_rows() {
         let (h1, c1, _) = cell
             .forward(&prepared, x.view(), h.view(), c.view())
             .unwrap();
-        for p in [Some(&prepared), None] {
+        let packed = cell.prepare_packed(lasr_nn::WeightFormat::F32);
+        for p in [Some(&prepared), Some(&packed), None] {
             let (h2, c2) = cell.step(p, x.view(), h.view(), c.view()).unwrap();
             assert!(max_rel_diff(&h2, &h1) < 1e-5 && max_rel_diff(&c2, &c1) < 1e-5);
         }
+        // bfloat16 weights: near, not equal.
+        let bf16 = cell.prepare_packed(lasr_nn::WeightFormat::Bf16);
+        let (h3, _) = cell
+            .step(Some(&bf16), x.view(), h.view(), c.view())
+            .unwrap();
+        let d = max_rel_diff(&h3, &h1);
+        assert!(d > 0.0 && d < 2e-2, "bf16 rows={rows}: differs by {d}");
     }
     assert!(cell
         .step(

@@ -5,7 +5,7 @@
 use lasr_nn::gradcheck::{check_input, check_params, projection, Discrepancy};
 use lasr_nn::{
     BiElman, BiGru, BiLstm, Bidirectional, Elman, ElmanCell, ElmanCellCache, Gru, GruCell,
-    GruCellCache, Lstm, Module, PreparedElmanCell, PreparedGruCell, Recurrent,
+    GruCellCache, Lstm, Module, PreparedElmanCell, PreparedGruCell, Recurrent, WeightFormat,
 };
 use ndarray::{s, Array2, Array3, ArrayD, ArrayView2, Axis, Ix2, Ix3};
 use rand::SeedableRng;
@@ -231,11 +231,28 @@ fn infer_matches_forward<R: Recurrent>(seed: u64) {
             "Bi{} [{steps}, {input}] -> {hidden}: differs by {d}",
             R::KIND
         );
+        // A recurrent weight rounded to bfloat16 moves the output a little (from the
+        // second step on: the first has no recurrent product).
+        let bf16 = layer
+            .infer_packed(x.view(), &layer.pack_hh(WeightFormat::Bf16))
+            .unwrap();
+        let d = max_rel_diff(&bf16, &y);
+        assert!(
+            (steps == 1 || d > 0.0) && d < 2e-2,
+            "Bi{} bf16 [{steps}, {input}] -> {hidden}: differs by {d}",
+            R::KIND
+        );
         // Both directions contribute: the reverse half is not a copy of the forward one.
         assert!(steps == 1 || fast.column(0) != fast.column(hidden));
     }
     let layer = Bidirectional::<R>::new(4, 3, 0, &mut g);
     assert!(layer.infer(Array2::zeros((5, 6)).view()).is_err());
+    // A packing of another layer's weights is refused, naming the layer.
+    let other = Bidirectional::<R>::new(4, 5, 0, &mut g).pack_hh(WeightFormat::F32);
+    let err = layer
+        .infer_packed(Array2::zeros((5, 4)).view(), &other)
+        .unwrap_err();
+    assert!(err.to_string().contains(R::KIND), "{err}");
 }
 
 #[test]
@@ -256,6 +273,7 @@ trait Cell: Module + Clone {
     const NAME: &'static str;
     fn create(input: usize, hidden: usize, seed: u64) -> Self;
     fn prep(&self) -> Self::Prepared;
+    fn prep_packed(&self, format: WeightFormat) -> Self::Prepared;
     fn fwd(
         &self,
         p: &Self::Prepared,
@@ -283,6 +301,9 @@ macro_rules! cell {
             }
             fn prep(&self) -> $prepared {
                 self.prepare()
+            }
+            fn prep_packed(&self, format: WeightFormat) -> $prepared {
+                self.prepare_packed(format)
             }
             fn fwd(
                 &self,
@@ -414,20 +435,40 @@ fn elman_cell_unrolled_over_three_steps() {
 }
 
 /// The cache-free `step` equals `forward`, for one row (matrix-vector products on the
-/// stored weights) and several (gemm, with and without prepared weights).
+/// stored or packed weights) and several (gemm, with and without prepared weights).
+/// With weights packed in bfloat16, one row and several agree with each other and
+/// stay near the f32 result.
 fn step_matches_forward<C: Cell>(seed: u64) {
     let cell = C::create(21, 19, seed);
     let prepared = cell.prep();
+    let packed = cell.prep_packed(WeightFormat::F32);
+    let bf16 = cell.prep_packed(WeightFormat::Bf16);
+    let x3 = random2((3, 21), seed + 3);
+    let h3 = random2((3, 19), seed + 13);
     for rows in [1, 3] {
-        let x = random2((rows, 21), seed + rows as u64);
-        let h = random2((rows, 19), seed + 10 + rows as u64);
-        let (h1, _) = cell.fwd(&prepared, x.view(), h.view());
-        for p in [Some(&prepared), None] {
-            let h2 = cell.stp(p, x.view(), h.view()).unwrap();
+        let x = x3.slice(s![..rows, ..]);
+        let h = h3.slice(s![..rows, ..]);
+        let (h1, _) = cell.fwd(&prepared, x, h);
+        for p in [Some(&prepared), Some(&packed), None] {
+            let h2 = cell.stp(p, x, h).unwrap();
             let d = max_rel_diff(&h2, &h1);
             assert!(d < 1e-5, "{} rows={rows}: differs by {d}", C::NAME);
         }
+        let h16 = cell.stp(Some(&bf16), x, h).unwrap();
+        let d = max_rel_diff(&h16, &h1);
+        assert!(
+            d > 0.0 && d < 2e-2,
+            "{} bf16 rows={rows}: differs by {d}",
+            C::NAME
+        );
     }
+    // Row 0 alone (packed products) equals row 0 of three (gemm on rounded weights).
+    let one = cell
+        .stp(Some(&bf16), x3.slice(s![..1, ..]), h3.slice(s![..1, ..]))
+        .unwrap();
+    let three = cell.stp(Some(&bf16), x3.view(), h3.view()).unwrap();
+    let d = max_rel_diff(&one, &three.slice(s![..1, ..]).to_owned());
+    assert!(d < 1e-5, "{} bf16: one row vs three differ by {d}", C::NAME);
     let x = Array2::zeros((1, 20));
     let h = Array2::zeros((1, 19));
     assert!(cell.stp(Some(&prepared), x.view(), h.view()).is_err());

@@ -1,0 +1,399 @@
+//! Weights packed for inference's one-vector products, in f32 or bfloat16.
+//!
+//! Decoding one utterance multiplies each recurrent weight matrix by a single vector
+//! per step. Those products read every weight once and do one multiply-add with it, so
+//! they run at the speed the weights stream from cache: the reference speller's 19 MB
+//! of cell weights come from L3 at ~27 GB/s on the machine in BENCHMARKS.md. Two
+//! things help:
+//!
+//! - **Layout.** [`PackedMatrix`] stores `W` `[N, K]` as panels of [`PANEL`] rows, each
+//!   panel column-major (`panel[k][r]`), so a product walks memory once, front to back,
+//!   keeping the panel's 128 outputs in eight 16-lane registers: no horizontal sums,
+//!   and one stream for the prefetcher instead of eight.
+//! - **bfloat16 storage** ([`WeightFormat::Bf16`]) halves the bytes. Each weight is
+//!   rounded to the nearest bfloat16 (8 significant bits, relative error at most 2^-8)
+//!   and widened back to f32 in registers; inputs, products and sums stay f32. This is
+//!   the same trade as whisper.cpp's f16 weights, and a choice of the caller: f32 is
+//!   the default and bit-for-bit what was trained.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ndarray::ArrayView2;
+
+use crate::error::{check_shape, Result};
+
+/// Rows per panel: eight 16-lane f32 accumulators.
+pub const PANEL: usize = 128;
+
+/// How a [`PackedMatrix`] stores its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum WeightFormat {
+    /// The trained f32 values, unchanged.
+    #[default]
+    F32,
+    /// Rounded to bfloat16 (round to nearest, ties to even): half the memory traffic.
+    Bf16,
+}
+
+impl WeightFormat {
+    /// Every format, for help texts and tests.
+    pub const ALL: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::Bf16];
+
+    /// `v` as this format stores it (bfloat16 values widened back to f32).
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            WeightFormat::F32 => v,
+            WeightFormat::Bf16 => from_bf16(to_bf16(v)),
+        }
+    }
+
+    /// The name `FromStr` reads and `Display` writes (`f32`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+        }
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        WeightFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown weight format `{s}` (expected f32 or bf16)"))
+    }
+}
+
+/// `f32` to bfloat16 bits, rounding to nearest with ties to even; NaN stays NaN.
+pub fn to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        // Keep it quiet and a NaN (truncation could clear every mantissa bit).
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// bfloat16 bits to `f32` (exact).
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// Refuses a packing of another shape than the layer's `weight` `[N, K]`.
+pub(crate) fn check_packed(layer: &str, w: &PackedMatrix, dim: (usize, usize)) -> Result<()> {
+    check_shape(
+        layer,
+        "packed weight",
+        &[w.rows, w.cols],
+        &[Some(dim.0), Some(dim.1)],
+    )
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Data {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// A weight matrix `W` `[N, K]` packed for `y += W x` on one vector at a time
+/// ([`PackedMatrix::gemv_acc`]). Rows past `N` in the last panel are zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMatrix {
+    rows: usize,
+    cols: usize,
+    data: Data,
+}
+
+impl PackedMatrix {
+    /// Packs `w` `[N, K]` (any strides) in `format`.
+    pub fn new(w: ArrayView2<f32>, format: WeightFormat) -> PackedMatrix {
+        let (n, k) = w.dim();
+        let mut packed = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
+        for (j, row) in w.rows().into_iter().enumerate() {
+            let (b, r) = (j / PANEL, j % PANEL);
+            let panel = &mut packed[b * k * PANEL..(b + 1) * k * PANEL];
+            for (p, &v) in row.iter().enumerate() {
+                panel[p * PANEL + r] = v;
+            }
+        }
+        let data = match format {
+            WeightFormat::F32 => Data::F32(packed),
+            WeightFormat::Bf16 => Data::Bf16(packed.into_iter().map(to_bf16).collect()),
+        };
+        PackedMatrix {
+            rows: n,
+            cols: k,
+            data,
+        }
+    }
+
+    /// `(N, K)`.
+    pub fn dim(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The storage format.
+    pub fn format(&self) -> WeightFormat {
+        match self.data {
+            Data::F32(_) => WeightFormat::F32,
+            Data::Bf16(_) => WeightFormat::Bf16,
+        }
+    }
+
+    /// Bytes of weights (padding included): what one product reads.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(d) => 4 * d.len(),
+            Data::Bf16(d) => 2 * d.len(),
+        }
+    }
+
+    /// `y += W x` for `x` `[K]`, `y` `[N]`.
+    ///
+    /// # Panics
+    /// When `x` or `y` has the wrong length (a bug in lasr: layers check user-facing
+    /// shapes first).
+    pub fn gemv_acc(&self, y: &mut [f32], x: &[f32]) {
+        assert!(
+            y.len() == self.rows && x.len() == self.cols,
+            "packed gemv: [{}, {}] x [{}] into [{}]",
+            self.rows,
+            self.cols,
+            x.len(),
+            y.len()
+        );
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx512() {
+            // SAFETY: the CPU has AVX-512F; the lengths were checked above and every
+            // panel holds `cols * PANEL` weights.
+            unsafe {
+                match &self.data {
+                    Data::F32(d) => f32_avx512(y, d, x),
+                    Data::Bf16(d) => bf16_avx512(y, d, x),
+                }
+            }
+            return;
+        }
+        match &self.data {
+            Data::F32(d) => portable(y, d, x, |v| *v),
+            Data::Bf16(d) => portable(y, d, x, |h| from_bf16(*h)),
+        }
+    }
+}
+
+/// Any CPU: the same panel walk with plain arrays (which the compiler vectorises).
+fn portable<T>(y: &mut [f32], data: &[T], x: &[f32], widen: impl Fn(&T) -> f32) {
+    let k = x.len();
+    for (b, panel) in data.chunks_exact(k * PANEL).enumerate() {
+        let mut acc = [0f32; PANEL];
+        for (col, &xp) in panel.chunks_exact(PANEL).zip(x) {
+            for (a, w) in acc.iter_mut().zip(col) {
+                *a = widen(w).mul_add(xp, *a);
+            }
+        }
+        let out = &mut y[b * PANEL..];
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o += a;
+        }
+    }
+}
+
+/// Adds the eight accumulators into the panel's rows of `y` that exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_panel(y: &mut [f32], b: usize, acc: &[std::arch::x86_64::__m512; 8]) {
+    use std::arch::x86_64::*;
+    let live = (y.len() - b * PANEL).min(PANEL);
+    for (a, v) in acc.iter().enumerate() {
+        let lo = 16 * a;
+        if lo >= live {
+            break;
+        }
+        let n = (live - lo).min(16);
+        let mask: __mmask16 = if n == 16 { 0xffff } else { (1 << n) - 1 };
+        // SAFETY: masked lanes lie within `y` (rows below `live`).
+        let p = y.as_mut_ptr().add(b * PANEL + lo);
+        let old = _mm512_maskz_loadu_ps(mask, p);
+        _mm512_mask_storeu_ps(p, mask, _mm512_add_ps(old, *v));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn f32_avx512(y: &mut [f32], data: &[f32], x: &[f32]) {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    for (b, panel) in data.chunks_exact(k * PANEL).enumerate() {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut w = panel.as_ptr();
+        for &xp in x {
+            let xb = _mm512_set1_ps(xp);
+            for (a, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `w` walks the panel's `k * PANEL` weights, PANEL per column.
+                *acc = _mm512_fmadd_ps(_mm512_loadu_ps(w.add(16 * a)), xb, *acc);
+            }
+            w = w.add(PANEL);
+        }
+        store_panel(y, b, &acc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bf16_avx512(y: &mut [f32], data: &[u16], x: &[f32]) {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    for (b, panel) in data.chunks_exact(k * PANEL).enumerate() {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut w = panel.as_ptr();
+        for &xp in x {
+            let xb = _mm512_set1_ps(xp);
+            for (a, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: as in `f32_avx512`, 16 bfloat16 values (32 bytes) per load.
+                let h = _mm256_loadu_si256(w.add(16 * a) as *const __m256i);
+                // bfloat16 is the top half of an f32: widen and shift into place.
+                let v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+                *acc = _mm512_fmadd_ps(v, xb, *acc);
+            }
+            w = w.add(PANEL);
+        }
+        store_panel(y, b, &acc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    fn want(w: &Array2<f32>, x: &[f32], y0: &[f32], widen: impl Fn(f32) -> f32) -> Vec<f64> {
+        w.rows()
+            .into_iter()
+            .zip(y0)
+            .map(|(row, &y)| {
+                f64::from(y)
+                    + row
+                        .iter()
+                        .zip(x)
+                        .map(|(&a, &b)| f64::from(widen(a)) * f64::from(b))
+                        .sum::<f64>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packed_products_match_f64_for_any_shape_and_format() {
+        for (n, k) in [
+            (1, 1),
+            (3, 5),
+            (17, 33),
+            (128, 16),
+            (129, 7),
+            (640, 160),
+            (1024, 256),
+        ] {
+            let w =
+                Array2::from_shape_fn((n, k), |(i, j)| ((i * 31 + j * 17) % 23) as f32 * 0.1 - 1.1);
+            // A transposed view packs like the same matrix stored row-major.
+            let wt = w.t().to_owned();
+            let x: Vec<f32> = (0..k).map(|i| ((i * 7) % 13) as f32 * 0.2 - 1.3).collect();
+            let y0: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            for format in WeightFormat::ALL {
+                let p = PackedMatrix::new(w.view(), format);
+                assert_eq!(p, PackedMatrix::new(wt.t(), format));
+                assert_eq!((p.dim(), p.format()), ((n, k), format));
+                let mut y = y0.clone();
+                p.gemv_acc(&mut y, &x);
+                let exact = want(&w, &x, &y0, |v| match format {
+                    WeightFormat::F32 => v,
+                    WeightFormat::Bf16 => from_bf16(to_bf16(v)),
+                });
+                for (i, (&got, &e)) in y.iter().zip(&exact).enumerate() {
+                    assert!(
+                        (f64::from(got) - e).abs() < 1e-4 * (1.0 + e.abs()),
+                        "{format} [{n}, {k}] row {i}: {got} vs {e}"
+                    );
+                }
+                // The portable loop agrees with whatever kernel ran.
+                let mut yp = y0.clone();
+                match &p.data {
+                    Data::F32(d) => portable(&mut yp, d, &x, |v| *v),
+                    Data::Bf16(d) => portable(&mut yp, d, &x, |h| from_bf16(*h)),
+                }
+                for (a, b) in y.iter().zip(&yp) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                        "{format}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even_and_keeps_specials() {
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even (1.0).
+        assert_eq!(from_bf16(to_bf16(1.0 + 2f32.powi(-8))), 1.0);
+        // Just above halfway rounds up.
+        assert_eq!(
+            from_bf16(to_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20))),
+            1.0 + 2f32.powi(-7)
+        );
+        // 1 + 3 * 2^-8 is halfway between odd 1 + 2^-7 and even 1 + 2^-6: up.
+        assert_eq!(
+            from_bf16(to_bf16(1.0 + 3.0 * 2f32.powi(-8))),
+            1.0 + 2f32.powi(-6)
+        );
+        for v in [0.0, -0.0, 1.0, -2.5, f32::INFINITY, f32::NEG_INFINITY] {
+            let r = from_bf16(to_bf16(v));
+            assert!(
+                r == v || (v - r).abs() <= v.abs() * 2f32.powi(-8),
+                "{v} -> {r}"
+            );
+        }
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        // A NaN whose payload sits only in the low bits stays a NaN.
+        assert!(from_bf16(to_bf16(f32::from_bits(0x7f80_0001))).is_nan());
+        // Relative error at most 2^-8 (the unit roundoff of 8 significant bits) over a sweep of magnitudes.
+        for i in 0..10_000 {
+            let v = (i as f32 * 0.7311).sin() * 10f32.powi(i % 7 - 3);
+            let r = from_bf16(to_bf16(v));
+            assert!((v - r).abs() <= v.abs() * 2f32.powi(-8), "{v} -> {r}");
+        }
+    }
+
+    #[test]
+    fn formats_parse_and_print() {
+        for f in WeightFormat::ALL {
+            assert_eq!(f.to_string().parse::<WeightFormat>(), Ok(f));
+        }
+        assert!("f16".parse::<WeightFormat>().unwrap_err().contains("f16"));
+        let w = Array2::<f32>::ones((130, 3));
+        assert_eq!(
+            PackedMatrix::new(w.view(), WeightFormat::F32).bytes(),
+            2 * 128 * 3 * 4
+        );
+        assert_eq!(
+            PackedMatrix::new(w.view(), WeightFormat::Bf16).bytes(),
+            2 * 128 * 3 * 2
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "packed gemv")]
+    fn wrong_lengths_panic_with_the_shapes() {
+        let p = PackedMatrix::new(Array2::<f32>::ones((3, 4)).view(), WeightFormat::F32);
+        p.gemv_acc(&mut [0.0; 3], &[1.0; 5]);
+    }
+}
