@@ -474,8 +474,8 @@ pub struct Las {
     pub ctc: Option<Linear>,
 }
 
-/// Loss of a batch.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Loss of a batch (or, added up, of several).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepStats {
     /// Sum of per-token cross-entropy (nats).
     pub loss_sum: f64,

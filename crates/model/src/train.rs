@@ -130,6 +130,10 @@ pub struct Progress {
     /// function of the seed and the epoch, so resuming skips exactly these.
     #[serde(default)]
     pub batch: usize,
+    /// Losses summed over those batches, so that an epoch's logged training loss
+    /// covers the whole epoch even when the run stopped and resumed inside it.
+    #[serde(default)]
+    pub epoch_stats: Option<crate::las::StepStats>,
 }
 
 /// Validation result of one epoch.
@@ -271,6 +275,24 @@ fn checkpoint(
     Ok(())
 }
 
+/// Deletes `out/epoch-N.safetensors` for every `N <= last` (all of them, so a run
+/// resumed with a smaller `keep_epochs` keeps no more than it asks for).
+fn prune_epochs(out: &Path, last: usize) -> Result<()> {
+    let io = |p: &Path, e: std::io::Error| Error::Model(format!("{}: {e}", p.display()));
+    for entry in std::fs::read_dir(out).map_err(|e| io(out, e))? {
+        let path = entry.map_err(|e| io(out, e))?.path();
+        let epoch = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("epoch-")?.strip_suffix(".safetensors"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if epoch.is_some_and(|e| e <= last) {
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Saves `model` as the best so far when `v` beats the best CER.
 fn keep_if_best(
     model: &ModelFile,
@@ -319,6 +341,7 @@ pub fn train(
         step: 0,
         best_cer: None,
         batch: 0,
+        epoch_stats: None,
     };
     if resume {
         model = ModelFile::load(&model_path)?;
@@ -368,7 +391,6 @@ pub fn train(
             });
         }
         let total = batches.len();
-        let mut epoch_stats: Option<crate::las::StepStats> = None;
         for (k, indices) in batches.iter().enumerate().skip(progress.batch) {
             let mut batch = tokens(&model.vocab, train, indices);
             let cfg = &model.las.config;
@@ -394,9 +416,9 @@ pub fn train(
             adam.lr = schedule.at(progress.step);
             adam.step(&mut model.las, &grads);
             progress.step += 1;
-            match &mut epoch_stats {
+            match &mut progress.epoch_stats {
                 Some(t) => t.add(&stats),
-                None => epoch_stats = Some(stats),
+                None => progress.epoch_stats = Some(stats),
             }
             let frames = batch.lengths.iter().sum();
             observer.step(&progress, stats.objective(), total - k - 1, frames);
@@ -442,6 +464,7 @@ pub fn train(
         }
         progress.epoch += 1;
         progress.batch = 0;
+        let epoch_stats = progress.epoch_stats.take();
         let mut v = validate(&model, valid, options.validate_decode, progress.epoch)?;
         v.step = progress.step;
         log_line(
@@ -454,12 +477,7 @@ pub fn train(
         keep_if_best(&model, &v, &mut progress, &best_path)?;
         if options.keep_epochs > 0 {
             model.save(&out.join(format!("epoch-{}.safetensors", progress.epoch)))?;
-            if let Some(old) = progress.epoch.checked_sub(options.keep_epochs) {
-                let old = out.join(format!("epoch-{old}.safetensors"));
-                if old.exists() {
-                    std::fs::remove_file(&old).map_err(|e| io(&old, e))?;
-                }
-            }
+            prune_epochs(out, progress.epoch.saturating_sub(options.keep_epochs))?;
         }
         checkpoint(&model, &adam, &progress, out)?;
         observer.validated(&v);

@@ -151,6 +151,21 @@ fn stop_and_resume_mid_epoch_equals_an_uninterrupted_run() {
         a.las, b.las,
         "resumed run differs from the uninterrupted one"
     );
+    // Each epoch's training loss covers the whole epoch, the stopped one included.
+    let train_losses = |out: &std::path::Path| -> Vec<f64> {
+        std::fs::read_to_string(out.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v.get("train_loss").and_then(|t| t.as_f64()))
+            .collect()
+    };
+    let (whole, split) = (train_losses(whole.path()), train_losses(split.path()));
+    assert_eq!(whole.len(), 3);
+    assert_eq!(whole.len(), split.len());
+    for (a, b) in whole.iter().zip(&split) {
+        assert!((a - b).abs() <= 1e-12 * a.abs(), "{whole:?} vs {split:?}");
+    }
 }
 
 /// The run's log, and the step of each validation it records.
@@ -191,7 +206,12 @@ fn the_last_epochs_models_are_kept_for_averaging() {
         keep_epochs: 2,
         ..options()
     };
+    // Left by an earlier run that kept more: pruned too. Other names are not touched.
+    std::fs::write(out.path().join("epoch-0.safetensors"), b"old").unwrap();
+    std::fs::write(out.path().join("epoch-x.safetensors"), b"mine").unwrap();
     train(model(), &data, &data, &opts, out.path(), false, &mut Quiet).unwrap();
+    assert!(!out.path().join("epoch-0.safetensors").exists());
+    assert!(out.path().join("epoch-x.safetensors").exists());
     let kept: Vec<bool> = (1..=3)
         .map(|e| out.path().join(format!("epoch-{e}.safetensors")).is_file())
         .collect();
