@@ -32,6 +32,15 @@ const BUILTIN_LM: Option<&[u8]> = Some(include_bytes!(concat!(
 #[cfg(not(lasr_builtin_lm))]
 const BUILTIN_LM: Option<&[u8]> = None;
 
+/// The default model's word list (the words of its language model's training text).
+#[cfg(lasr_builtin_words)]
+const BUILTIN_WORDS: Option<&str> = Some(include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../assets/words.txt"
+)));
+#[cfg(not(lasr_builtin_words))]
+const BUILTIN_WORDS: Option<&str> = None;
+
 /// The model at `path`, or the built-in one; the flag says which.
 fn load_model(path: Option<&Path>) -> Result<(lasr_model::ModelFile, bool)> {
     match (path, BUILTIN_MODEL) {
@@ -52,6 +61,16 @@ fn builtin_lm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedLm>
             lasr_decode::CharLm::from_bytes(bytes, vocab)
                 .context("the built-in language model")
                 .map(|lm| lasr_model::SharedLm(std::sync::Arc::new(lm)))
+        })
+        .transpose()
+}
+
+fn builtin_lexicon(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedLexicon>> {
+    BUILTIN_WORDS
+        .map(|text| {
+            lasr_decode::Lexicon::from_text(vocab, text)
+                .context("the built-in word list")
+                .map(|l| lasr_model::SharedLexicon(std::sync::Arc::new(l)))
         })
         .transpose()
 }
@@ -278,6 +297,17 @@ struct DecodeArgs {
     /// Weight of the language model's log-probabilities.
     #[arg(long, value_name = "W")]
     lm_weight: Option<f32>,
+    /// Known words for the CTC beam search (a word list, or any text: words are split
+    /// at white space), which charges --oov-penalty for every word outside them. The
+    /// built-in model comes with the built-in list unless --no-lexicon.
+    #[arg(long, value_name = "FILE")]
+    lexicon: Option<PathBuf>,
+    /// Decode without a word list.
+    #[arg(long, conflicts_with = "lexicon")]
+    no_lexicon: bool,
+    /// Score (natural log) subtracted per word outside the --lexicon.
+    #[arg(long, value_name = "P")]
+    oov_penalty: Option<f32>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the trained
     /// model; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
     /// listener and the attention decoder reads half the bytes, for a faster decode
@@ -342,6 +372,18 @@ impl DecodeArgs {
             )));
         } else if !self.no_lm && builtin {
             o.lm = builtin_lm(&model.vocab)?;
+        }
+        if let Some(p) = self.oov_penalty {
+            o.oov_penalty = p;
+        }
+        if let Some(path) = &self.lexicon {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read the word list", path.display()))?;
+            let lex = lasr_decode::Lexicon::from_text(&model.vocab, &text)
+                .with_context(|| format!("{}: not a usable word list", path.display()))?;
+            o.lexicon = Some(lasr_model::SharedLexicon(std::sync::Arc::new(lex)));
+        } else if !self.no_lexicon && builtin {
+            o.lexicon = builtin_lexicon(&model.vocab)?;
         }
         Ok(o)
     }
@@ -876,6 +918,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     // The settings without a language model come first, then the same with it.
     let plain = lasr_model::DecodeOptions {
         lm: None,
+        lexicon: None,
         ..beam.clone()
     };
     let mut settings = vec![
@@ -955,8 +998,13 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             });
             settings.push(lasr_model::BenchSetting {
                 name: format!(
-                    "CTC beam {} + LM {lm_w} bonus {}",
-                    beam.search.beam_size, beam.ctc_insertion_bonus
+                    "CTC beam {} + LM {lm_w} bonus {}{}",
+                    beam.search.beam_size,
+                    beam.ctc_insertion_bonus,
+                    match &beam.lexicon {
+                        Some(l) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
+                        None => String::new(),
+                    }
                 ),
                 options: lasr_model::DecodeOptions {
                     ctc_only: true,

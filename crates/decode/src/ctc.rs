@@ -53,6 +53,7 @@ use std::hash::BuildHasherDefault;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::lexicon::{Lexicon, ROOT};
 use crate::lm::{CharLm, KeyHasher};
 use crate::vocab::Vocab;
 
@@ -82,6 +83,9 @@ pub struct CtcSearchOptions {
     /// `<= 0` (a positive threshold would rule out every symbol). Symbols of
     /// probability 0 (`-inf`) are never tried.
     pub prune: Option<f32>,
+    /// With a [`Lexicon`]: subtracted from the score once for every word outside it
+    /// (finite and `>= 0`; see [`crate::lexicon`]). Without one it does nothing.
+    pub oov_penalty: f32,
 }
 
 impl Default for CtcSearchOptions {
@@ -91,6 +95,7 @@ impl Default for CtcSearchOptions {
             lm_weight: 0.0,
             insertion_bonus: 0.0,
             prune: Some(-12.0),
+            oov_penalty: 0.0,
         }
     }
 }
@@ -111,6 +116,12 @@ impl CtcSearchOptions {
             return Err(Error::Options(format!(
                 "insertion_bonus must be finite, not {}",
                 self.insertion_bonus
+            )));
+        }
+        if !(self.oov_penalty.is_finite() && self.oov_penalty >= 0.0) {
+            return Err(Error::Options(format!(
+                "oov_penalty must be finite and >= 0, not {}",
+                self.oov_penalty
             )));
         }
         if let Some(p) = self.prune {
@@ -140,8 +151,11 @@ pub struct CtcHypothesis {
     /// Natural log of the language model's probability of `tokens` followed by
     /// `<eos>`, each symbol given `<sos>` and the symbols before it; 0 without a model.
     pub lm_log_prob: f64,
-    /// `ctc_log_prob + lm_weight * lm_log_prob + insertion_bonus * n`, what ranked it
-    /// (the language model term is 0 when `lm_weight` is 0).
+    /// Words outside the lexicon, when searched with one (0 without).
+    #[serde(default)]
+    pub oov_words: usize,
+    /// `ctc_log_prob + lm_weight * lm_log_prob + insertion_bonus * n - oov_penalty *
+    /// oov_words`, what ranked it (the language model term is 0 when `lm_weight` is 0).
     pub score: f64,
 }
 
@@ -169,8 +183,31 @@ pub fn ctc_beam_search(
     lm: Option<&CharLm>,
     options: &CtcSearchOptions,
 ) -> Result<Vec<CtcHypothesis>> {
+    ctc_beam_search_with(log_probs, frames, vocab_size, blank, lm, None, options)
+}
+
+/// [`ctc_beam_search`] with a [`Lexicon`] as well: every word a hypothesis spells
+/// outside it costs `options.oov_penalty` (see [`crate::lexicon`]). [`Error::Lm`] for
+/// a lexicon over another number of symbols.
+pub fn ctc_beam_search_with(
+    log_probs: &[f32],
+    frames: usize,
+    vocab_size: usize,
+    blank: usize,
+    lm: Option<&CharLm>,
+    lexicon: Option<&Lexicon>,
+    options: &CtcSearchOptions,
+) -> Result<Vec<CtcHypothesis>> {
     options.validate()?;
     check_input(log_probs, frames, vocab_size, blank)?;
+    if let Some(lex) = lexicon {
+        if lex.vocab_size() != vocab_size {
+            return Err(Error::Lm(format!(
+                "cannot use a lexicon over {} symbols with CTC output over {vocab_size}",
+                lex.vocab_size()
+            )));
+        }
+    }
     if let Some(lm) = lm {
         let n = lm.vocab().len();
         if n != vocab_size {
@@ -188,6 +225,11 @@ pub fn ctc_beam_search(
             0.0
         },
         bonus: f64::from(options.insertion_bonus),
+        oov_penalty: if lexicon.is_some() {
+            f64::from(options.oov_penalty)
+        } else {
+            0.0
+        },
     };
     let fusing = scorer.lm_weight > 0.0;
     let prune = options.prune;
@@ -284,7 +326,9 @@ pub fn ctc_beam_search(
                         j
                     } else {
                         let lm_new = e.lm + f64::from(lm_c);
-                        if scorer.score(from + y_c, lm_new, e.len + 1) <= floor {
+                        let (lex, out) = lexicon.map_or((ROOT, false), |l| l.step(e.lex, c));
+                        let oov = e.oov + u32::from(out);
+                        if scorer.score(from + y_c, lm_new, e.len + 1, oov) <= floor {
                             continue;
                         }
                         next.push(Entry {
@@ -293,6 +337,8 @@ pub fn ctc_beam_search(
                             token: c,
                             len: e.len + 1,
                             lm: lm_new,
+                            lex,
+                            oov,
                             pb: f64::NEG_INFINITY,
                             pnb: f64::NEG_INFINITY,
                             vb: f64::NEG_INFINITY,
@@ -336,7 +382,7 @@ pub fn ctc_beam_search(
     }
 
     ranked.clear();
-    let mut finals: Vec<(f64, f64, f64)> = Vec::with_capacity(beam.len());
+    let mut finals: Vec<(f64, f64, f64, u32)> = Vec::with_capacity(beam.len());
     for (s, e) in beam.iter().enumerate() {
         let ctc = log_add(e.pb, e.pnb);
         let lm_total = match lm {
@@ -346,8 +392,9 @@ pub fn ctc_beam_search(
             }
             None => 0.0,
         };
-        let score = scorer.score(ctc, lm_total, e.len);
-        finals.push((ctc, lm_total, score));
+        let oov = e.oov + u32::from(lexicon.is_some_and(|l| l.unfinished(e.lex)));
+        let score = scorer.score(ctc, lm_total, e.len, oov);
+        finals.push((ctc, lm_total, score, oov));
         ranked.push((score, s));
     }
     keep_best(&mut ranked, k);
@@ -355,7 +402,7 @@ pub fn ctc_beam_search(
         .iter()
         .map(|&(score, s)| {
             let e = &beam[s];
-            let (ctc_log_prob, lm_log_prob, _) = finals[s];
+            let (ctc_log_prob, lm_log_prob, _, oov) = finals[s];
             let tokens = trie.tokens(e.node);
             let mut frames = Vec::with_capacity(tokens.len());
             let mut r = e.best_path().1;
@@ -370,6 +417,7 @@ pub fn ctc_beam_search(
                 frames,
                 ctc_log_prob,
                 lm_log_prob,
+                oov_words: oov as usize,
                 score,
             }
         })
@@ -413,21 +461,23 @@ struct Scorer {
     /// 0 without a model.
     lm_weight: f64,
     bonus: f64,
+    /// 0 without a lexicon.
+    oov_penalty: f64,
 }
 
 impl Scorer {
-    fn score(&self, ctc: f64, lm: f64, len: usize) -> f64 {
+    fn score(&self, ctc: f64, lm: f64, len: usize, oov: u32) -> f64 {
         // Skipping a zero weight keeps a model's `-inf` from turning into NaN.
         let lm_term = if self.lm_weight == 0.0 {
             0.0
         } else {
             self.lm_weight * lm
         };
-        ctc + lm_term + self.bonus * len as f64
+        ctc + lm_term + self.bonus * len as f64 - self.oov_penalty * f64::from(oov)
     }
 
     fn prefix(&self, e: &Entry) -> f64 {
-        self.score(log_add(e.pb, e.pnb), e.lm, e.len)
+        self.score(log_add(e.pb, e.pnb), e.lm, e.len, e.oov)
     }
 }
 
@@ -443,6 +493,10 @@ struct Entry {
     len: usize,
     /// `ln P_lm` of its symbols (without `<eos>`); 0 without a model.
     lm: f64,
+    /// Its state in the lexicon ([`ROOT`] without one), and the words it spelled
+    /// outside it.
+    lex: u32,
+    oov: u32,
     /// `ln p_b`, `ln p_nb`.
     pb: f64,
     pnb: f64,
@@ -466,6 +520,8 @@ impl Entry {
             token: NO_TOKEN,
             len: 0,
             lm: 0.0,
+            lex: ROOT,
+            oov: 0,
             pb: 0.0,
             pnb: f64::NEG_INFINITY,
             vb: 0.0,

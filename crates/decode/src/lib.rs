@@ -25,13 +25,15 @@
 
 pub mod ctc;
 pub mod error;
+pub mod lexicon;
 pub mod lm;
 pub mod score;
 pub mod search;
 pub mod vocab;
 
-pub use ctc::{ctc_beam_search, CtcHypothesis, CtcSearchOptions};
+pub use ctc::{ctc_beam_search, ctc_beam_search_with, CtcHypothesis, CtcSearchOptions};
 pub use error::{Error, LmFileErrorKind, Result, VocabErrorKind};
+pub use lexicon::Lexicon;
 pub use lm::{CharLm, Fused, FusedState};
 pub use score::{align, cer, char_units, error_counts, wer, word_units, EditOp, ErrorCounts};
 pub use search::{beam_search, greedy, Decoder, Hypothesis, LengthNorm, SearchOptions, Step};

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use lasr_decode::{ctc_beam_search, CharLm, CtcHypothesis, CtcSearchOptions, Error, Vocab};
+use lasr_decode::{
+    ctc_beam_search, ctc_beam_search_with, CharLm, CtcHypothesis, CtcSearchOptions, Error, Lexicon,
+    Vocab,
+};
 
 const BLANK: usize = 0;
 
@@ -422,6 +425,76 @@ fn the_language_model_flips_a_close_call_toward_likely_text() {
         assert!(h.ctc_log_prob <= forward + 1e-9 && h.ctc_log_prob > forward - 0.05);
     }
     assert!(fused[0].ctc_log_prob > forward - 1e-4);
+}
+
+#[test]
+fn a_lexicon_turns_a_misspelling_into_a_known_word() {
+    let v = vocab();
+    let lp = ambiguous_the_cat();
+    let lex = Lexicon::from_text(&v, "the cat sat").unwrap();
+    let with = |penalty: f32| {
+        let options = CtcSearchOptions {
+            oov_penalty: penalty,
+            ..CtcSearchOptions::default()
+        };
+        ctc_beam_search_with(&lp, lp.len() / 32, 32, BLANK, None, Some(&lex), &options).unwrap()
+    };
+    let plain = search(&lp, 32, None, &CtcSearchOptions::default());
+    assert_eq!(text(&plain[0].tokens), "the kat");
+    // Penalty 0: the lexicon counts unknown words but ranks as before.
+    let counted = with(0.0);
+    assert_eq!(counted[0].tokens, plain[0].tokens);
+    assert_eq!(
+        (counted[0].oov_words, counted[0].score),
+        (1, plain[0].score)
+    );
+    // A penalty bigger than the acoustic margin (ln 0.5/0.4 = 0.22) flips it.
+    let known = with(1.0);
+    assert_eq!(text(&known[0].tokens), "the cat");
+    assert_eq!(known[0].oov_words, 0);
+    let kat = known.iter().find(|h| text(&h.tokens) == "the kat").unwrap();
+    assert_eq!(kat.oov_words, 1);
+    assert!((kat.score - (kat.ctc_log_prob - 1.0)).abs() < 1e-9);
+    // A word cut short at the end counts as unknown too: "the ca" is not "the cat".
+    let lp = {
+        let mut lp = spiky("_tt_h_e_ _");
+        lp.extend(spiky("_cc_aa_"));
+        lp
+    };
+    let h = &ctc_beam_search_with(
+        &lp,
+        lp.len() / 32,
+        32,
+        BLANK,
+        None,
+        Some(&lex),
+        &CtcSearchOptions::default(),
+    )
+    .unwrap()[0];
+    assert_eq!((text(&h.tokens).as_str(), h.oov_words), ("the ca", 1));
+    // A lexicon over another vocabulary, or a negative penalty, is refused.
+    let small = Vocab::new(["<pad>", "<sos>", "<eos>", "<unk>", "a", " "]).unwrap();
+    let other = Lexicon::from_text(&small, "a").unwrap();
+    assert!(matches!(
+        ctc_beam_search_with(
+            &lp,
+            lp.len() / 32,
+            32,
+            BLANK,
+            None,
+            Some(&other),
+            &opts(4, None)
+        ),
+        Err(Error::Lm(_))
+    ));
+    let bad = CtcSearchOptions {
+        oov_penalty: -1.0,
+        ..CtcSearchOptions::default()
+    };
+    assert!(matches!(
+        ctc_beam_search_with(&lp, lp.len() / 32, 32, BLANK, None, Some(&lex), &bad),
+        Err(Error::Options(_))
+    ));
 }
 
 #[test]

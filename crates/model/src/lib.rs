@@ -24,4 +24,6 @@ pub use infer::{InferenceWeights, SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
 pub use lasr_nn::WeightFormat;
 pub use train::{train, validate, Finish, Observer, Progress, Quiet, TrainOptions, Validation};
-pub use transcribe::{chunk_bounds, Alternative, DecodeOptions, SharedLm, Transcript, Word};
+pub use transcribe::{
+    chunk_bounds, Alternative, DecodeOptions, SharedLexicon, SharedLm, Transcript, Word,
+};

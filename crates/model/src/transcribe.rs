@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lasr_decode::{beam_search, CharLm, Fused, SearchOptions, Vocab};
+use lasr_decode::{beam_search, CharLm, Fused, Lexicon, SearchOptions, Vocab};
 use lasr_features::{Audio, FrontEnd};
 use lasr_nn::WeightFormat;
 use ndarray::{s, ArrayView2};
@@ -89,6 +89,22 @@ impl PartialEq for SharedLm {
     }
 }
 
+/// A word list shared between threads (compared by identity).
+#[derive(Clone)]
+pub struct SharedLexicon(pub Arc<Lexicon>);
+
+impl std::fmt::Debug for SharedLexicon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lexicon({} words)", self.0.len())
+    }
+}
+
+impl PartialEq for SharedLexicon {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// How to decode. Every field has a default; unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -114,6 +130,12 @@ pub struct DecodeOptions {
     /// The language model (data, not an option: never serialised).
     #[serde(skip)]
     pub lm: Option<SharedLm>,
+    /// CTC prefix beam search with a `lexicon`: score subtracted per word outside it.
+    pub oov_penalty: f32,
+    /// Known words the CTC prefix beam search holds hypotheses to, at `oov_penalty`
+    /// per unknown word (data, never serialised; see [`lasr_decode::lexicon`]).
+    #[serde(skip)]
+    pub lexicon: Option<SharedLexicon>,
 }
 
 impl Default for DecodeOptions {
@@ -126,6 +148,8 @@ impl Default for DecodeOptions {
             max_chunk_seconds: 25.0,
             lm_weight: 0.3,
             lm: None,
+            oov_penalty: 0.0,
+            lexicon: None,
         }
     }
 }
@@ -150,6 +174,12 @@ impl DecodeOptions {
             return Err(Error::Model(format!(
                 "lm_weight {} must be finite and >= 0",
                 self.lm_weight
+            )));
+        }
+        if !(self.oov_penalty.is_finite() && self.oov_penalty >= 0.0) {
+            return Err(Error::Model(format!(
+                "oov_penalty {} must be finite and >= 0",
+                self.oov_penalty
             )));
         }
         if !self.ctc_insertion_bonus.is_finite() {
@@ -257,7 +287,7 @@ impl ModelFile {
             let logits = decoder
                 .ctc_logits()?
                 .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
-            if options.search.beam_size > 1 || options.lm.is_some() {
+            if options.search.beam_size > 1 || options.lm.is_some() || options.lexicon.is_some() {
                 return self.ctc_beam(logits, options);
             }
             let (tokens, frames) = lasr_nn::ctc_greedy(logits.view(), blank);
@@ -330,15 +360,17 @@ impl ModelFile {
                 0.0
             },
             insertion_bonus: options.ctc_insertion_bonus,
+            oov_penalty: options.oov_penalty,
             ..Default::default()
         };
         let lp = lp.as_standard_layout();
-        let hyps = lasr_decode::ctc_beam_search(
+        let hyps = lasr_decode::ctc_beam_search_with(
             lp.as_slice().expect("standard layout"),
             frames,
             v,
             self.las.config.blank,
             options.lm.as_ref().map(|lm| lm.0.as_ref()),
+            options.lexicon.as_ref().map(|l| l.0.as_ref()),
             &search,
         )?;
         let best = hyps
