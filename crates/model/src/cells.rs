@@ -330,6 +330,62 @@ impl SpellerCell {
     }
 }
 
+impl SpellerCell {
+    /// [`SpellerCell::backward`] with an LSTM cell's parameter gradients left for
+    /// [`SpellerCell::accumulate`]: its gate gradients are pushed onto `pending`
+    /// (GRU and RNN cells add theirs into `grads` at once and push nothing). A
+    /// backward pass through many steps then updates each weight gradient once, not
+    /// once per step (see [`LstmCell::backward_gates`]).
+    pub fn backward_deferred(
+        &self,
+        cache: &SpellerCellCache,
+        d: &CellState,
+        grads: &mut SpellerCell,
+        pending: &mut Vec<Array2<f32>>,
+    ) -> Result<(Array2<f32>, CellState)> {
+        match (self, cache) {
+            (SpellerCell::Lstm(cell), SpellerCellCache::Lstm(c)) => {
+                let (dx, dh, dc, dgates) = cell.backward_gates(c, d.h.view(), memory(&d.c)?)?;
+                pending.push(dgates);
+                Ok((dx, CellState { h: dh, c: Some(dc) }))
+            }
+            _ => self.backward(cache, d, grads),
+        }
+    }
+
+    /// Adds the parameter gradients `pending` holds for the steps whose caches are
+    /// `caches`, in the order they were pushed, into `grads`.
+    pub fn accumulate(
+        &self,
+        caches: &[&SpellerCellCache],
+        pending: &[Array2<f32>],
+        grads: &mut SpellerCell,
+    ) -> Result<()> {
+        match (self, grads) {
+            (SpellerCell::Lstm(cell), SpellerCell::Lstm(g)) => {
+                if caches.len() != pending.len() {
+                    return Err(Error::Batch(format!(
+                        "{} pending gate gradients for {} steps",
+                        pending.len(),
+                        caches.len()
+                    )));
+                }
+                let steps = caches
+                    .iter()
+                    .zip(pending)
+                    .map(|(c, dg)| match c {
+                        SpellerCellCache::Lstm(c) => Ok((c, dg.view())),
+                        _ => Err(mismatch("a speller cell's cache")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(cell.accumulate(&steps, g)?)
+            }
+            _ if pending.is_empty() => Ok(()),
+            _ => Err(mismatch("pending LSTM gradients")),
+        }
+    }
+}
+
 impl Module for SpellerCell {
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
         dispatch!(SpellerCell, self, c => c.visit(prefix, f))

@@ -396,6 +396,8 @@ impl Speller {
         // Gradient reaching this step's attention weights from the next step's
         // location term.
         let mut dalpha_next: Option<Array2<f32>> = None;
+        // The cells' weight gradients wait for one product over every step.
+        let (mut pending0, mut pending1) = (Vec::new(), Vec::new());
         for (t, step) in cache.steps.iter().enumerate().rev() {
             let mut dout_in = self.out.backward(
                 step.out_in.view(),
@@ -417,14 +419,24 @@ impl Speller {
             )?;
             dalpha_next = dprev;
             ds1.h = &dout_in.slice(s![.., ..sh]) + &ds + &ds1.h;
-            let (dx1, ds1_prev) = self.cell1.backward(&step.cell1, &ds1, &mut grads.cell1)?;
+            let (dx1, ds1_prev) =
+                self.cell1
+                    .backward_deferred(&step.cell1, &ds1, &mut grads.cell1, &mut pending1)?;
             ds0.h = dx1 + &ds0.h;
-            let (dx0, ds0_prev) = self.cell0.backward(&step.cell0, &ds0, &mut grads.cell0)?;
+            let (dx0, ds0_prev) =
+                self.cell0
+                    .backward_deferred(&step.cell0, &ds0, &mut grads.cell0, &mut pending0)?;
             self.emb
                 .backward(&cache.inputs[t], dx0.slice(s![.., ..e]), &mut grads.emb)?;
             dctx_next = dx0.slice(s![.., e..]).to_owned();
             (ds0, ds1) = (ds0_prev, ds1_prev);
         }
+        let caches0: Vec<_> = cache.steps.iter().rev().map(|s| &s.cell0).collect();
+        let caches1: Vec<_> = cache.steps.iter().rev().map(|s| &s.cell1).collect();
+        self.cell0
+            .accumulate(&caches0, &pending0, &mut grads.cell0)?;
+        self.cell1
+            .accumulate(&caches1, &pending1, &mut grads.cell1)?;
         dh += &self
             .attention
             .keys_backward(h, dkeys.view(), &mut grads.attention)?;

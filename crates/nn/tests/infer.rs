@@ -1,7 +1,7 @@
 //! The inference paths (no caches, matrix-vector products on the stored weights) agree
 //! with the training forward passes they stand in for.
 
-use lasr_nn::{BiLstm, LstmCell};
+use lasr_nn::{BiLstm, LstmCell, Module};
 use ndarray::{Array2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -67,5 +67,71 @@ fn cell_step_equals_the_training_forward_for_one_and_many_rows() {
             Array2::zeros((1, 19)).view(),
             Array2::zeros((1, 19)).view()
         )
+        .is_err());
+}
+
+#[test]
+fn cell_gradients_deferred_over_steps_equal_per_step_ones() {
+    // Three chained steps; backward step by step adding gradients each time, against
+    // backward_gates per step and one accumulate over all three.
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let cell = LstmCell::new(7, 5, &mut rng);
+    let prepared = cell.prepare();
+    let (mut h, mut c) = (Array2::zeros((2, 5)), Array2::zeros((2, 5)));
+    let mut caches = Vec::new();
+    for _ in 0..3 {
+        let x = lasr_nn::init::uniform((2, 7), 1.0, &mut rng);
+        let (h1, c1, cache) = cell
+            .forward(&prepared, x.view(), h.view(), c.view())
+            .unwrap();
+        (h, c) = (h1, c1);
+        caches.push(cache);
+    }
+    let dh_last = lasr_nn::init::uniform((2, 5), 1.0, &mut rng);
+    let run = |deferred: bool| {
+        let mut grads = cell.zeros_like();
+        let (mut dh, mut dc) = (dh_last.clone(), Array2::zeros((2, 5)));
+        let mut dxs = Vec::new();
+        let mut pending = Vec::new();
+        for cache in caches.iter().rev() {
+            let (dx, dh_prev, dc_prev) = if deferred {
+                let (dx, dhp, dcp, dg) = cell.backward_gates(cache, dh.view(), dc.view()).unwrap();
+                pending.push(dg);
+                (dx, dhp, dcp)
+            } else {
+                cell.backward(cache, dh.view(), dc.view(), &mut grads)
+                    .unwrap()
+            };
+            dxs.push(dx);
+            (dh, dc) = (dh_prev, dc_prev);
+        }
+        if deferred {
+            let steps: Vec<_> = caches
+                .iter()
+                .rev()
+                .zip(&pending)
+                .map(|(c, g)| (c, g.view()))
+                .collect();
+            cell.accumulate(&steps, &mut grads).unwrap();
+        }
+        (grads, dxs)
+    };
+    let (per_step, dx_a) = run(false);
+    let (deferred, dx_b) = run(true);
+    assert_eq!(dx_a, dx_b);
+    for (a, b) in [
+        (&per_step.weight_ih, &deferred.weight_ih),
+        (&per_step.weight_hh, &deferred.weight_hh),
+    ] {
+        assert!(a.iter().any(|&v| v != 0.0));
+        assert!(max_rel_diff(a, b) < 1e-5, "{}", max_rel_diff(a, b));
+    }
+    assert!((&per_step.bias_ih - &deferred.bias_ih)
+        .iter()
+        .all(|d| d.abs() < 1e-5));
+    // Gate gradients of the wrong width are refused.
+    let wrong = Array2::zeros((2, 19));
+    assert!(cell
+        .accumulate(&[(&caches[0], wrong.view())], &mut cell.zeros_like())
         .is_err());
 }
