@@ -612,6 +612,31 @@ pub(crate) fn transpose_as(w: &Array2<f32>, format: WeightFormat) -> Array2<f32>
     }
 }
 
+/// Refuses weights prepared from a cell of another shape (they would index out of
+/// their arrays): the transposes `[I, G]` and `[H, G]` of `weights` (`[G, I]`,
+/// `[G, H]`), the prepared bias length, and any packed copies.
+pub(crate) fn check_prepared(
+    layer: &str,
+    weights: [&Array2<f32>; 2],
+    transposed: [&Array2<f32>; 2],
+    bias: usize,
+    packed: Option<&[PackedMatrix; 2]>,
+) -> Result<()> {
+    let gates = weights[0].nrows();
+    for (name, w, t) in [
+        ("prepared weight_ih", weights[0], transposed[0]),
+        ("prepared weight_hh", weights[1], transposed[1]),
+    ] {
+        check_shape(layer, name, t.shape(), &[Some(w.ncols()), Some(w.nrows())])?;
+    }
+    check_shape(layer, "prepared bias", &[bias], &[Some(gates)])?;
+    if let Some([w_ih, w_hh]) = packed {
+        check_packed(layer, w_ih, weights[0].dim())?;
+        check_packed(layer, w_hh, weights[1].dim())?;
+    }
+    Ok(())
+}
+
 /// A cell's `weight_ih` and `weight_hh`, packed.
 pub(crate) fn pack_pair(
     w_ih: &Array2<f32>,
@@ -721,6 +746,15 @@ impl GruCell {
     ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>)> {
         let hd = self.hidden();
         let batch = check_step("GRUCell", x, h_prev, self.input_dim(), hd)?;
+        if let Some(p) = prepared {
+            check_prepared(
+                "GRUCell",
+                [&self.weight_ih, &self.weight_hh],
+                [&p.w_ih_t, &p.w_hh_t],
+                self.bias_ih.len(),
+                p.packed.as_ref(),
+            )?;
+        }
         // Input and hidden projections stay apart: the reset gate scales the hidden
         // projection of `n` alone.
         let mut gates = bias_rows(&self.bias_ih, batch);
@@ -901,6 +935,15 @@ impl ElmanCell {
         gemv: bool,
     ) -> Result<Array2<f32>> {
         let batch = check_step("RNNCell", x, h_prev, self.input_dim(), self.hidden())?;
+        if let Some(p) = prepared {
+            check_prepared(
+                "RNNCell",
+                [&self.weight_ih, &self.weight_hh],
+                [&p.w_ih_t, &p.w_hh_t],
+                p.bias.len(),
+                p.packed.as_ref(),
+            )?;
+        }
         let mut h = match prepared {
             Some(p) => bias_rows(&p.bias, batch),
             None => bias_rows(&(&self.bias_ih + &self.bias_hh), batch),

@@ -12,7 +12,7 @@ use rand::Rng;
 
 use crate::activation as act;
 use crate::error::{check_shape, Error, Result};
-use crate::gru::{pack_pair, transpose_as};
+use crate::gru::{check_prepared, pack_pair, transpose_as};
 use crate::linalg::{gemv_acc, matmul, transpose};
 use crate::module::{join, Module};
 use crate::packed::{check_packed, PackedMatrix, WeightFormat};
@@ -543,6 +543,17 @@ impl LstmCell {
         }
     }
 
+    /// Refuses weights prepared from a cell of another shape.
+    fn check_prepared(&self, p: &PreparedLstmCell) -> Result<()> {
+        check_prepared(
+            "LSTMCell",
+            [&self.weight_ih, &self.weight_hh],
+            [&p.w_ih_t, &p.w_hh_t],
+            p.bias.len(),
+            p.packed.as_ref(),
+        )
+    }
+
     /// Checks one step's shapes: `x` `[B, I]`, `h_prev` and `c_prev` `[B, H]`; returns
     /// `B`.
     fn check_step(
@@ -589,6 +600,9 @@ impl LstmCell {
     ) -> Result<(Array2<f32>, Array2<f32>)> {
         let hd = self.hidden();
         let batch = self.check_step(x, h_prev, c_prev)?;
+        if let Some(p) = prepared {
+            self.check_prepared(p)?;
+        }
         let mut gates = Array2::zeros((batch, 4 * hd));
         let bias = match prepared {
             Some(p) => std::borrow::Cow::Borrowed(&p.bias),
@@ -630,6 +644,7 @@ impl LstmCell {
     ) -> Result<(Array2<f32>, Array2<f32>, LstmCellCache)> {
         let hd = self.hidden();
         let batch = self.check_step(x, h_prev, c_prev)?;
+        self.check_prepared(prepared)?;
         let mut gates = Array2::zeros((batch, 4 * hd));
         gates.assign(
             &prepared

@@ -59,6 +59,17 @@ fn cell_step_equals_the_training_forward_for_one_and_many_rows() {
             .unwrap();
         let d = max_rel_diff(&h3, &h1);
         assert!(d > 0.0 && d < 2e-2, "bf16 rows={rows}: differs by {d}");
+        let other = LstmCell::new(21, 7, &mut rng).prepare_packed(lasr_nn::WeightFormat::F32);
+        // Weights prepared from a cell of another size are refused, not read out of
+        // bounds (or panicked on), by the single-row and the gemm paths alike.
+        let err = cell
+            .step(Some(&other), x.view(), h.view(), c.view())
+            .unwrap_err();
+        assert!(err.to_string().contains("prepared"), "{err}");
+        let err = cell
+            .forward(&other, x.view(), h.view(), c.view())
+            .unwrap_err();
+        assert!(err.to_string().contains("prepared"), "{err}");
     }
     assert!(cell
         .step(

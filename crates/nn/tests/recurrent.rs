@@ -469,6 +469,12 @@ fn step_matches_forward<C: Cell>(seed: u64) {
     let three = cell.stp(Some(&bf16), x3.view(), h3.view()).unwrap();
     let d = max_rel_diff(&one, &three.slice(s![..1, ..]).to_owned());
     assert!(d < 1e-5, "{} bf16: one row vs three differ by {d}", C::NAME);
+    // Weights packed from a cell of another size are refused, not read out of bounds.
+    let other = C::create(21, 7, seed).prep_packed(WeightFormat::F32);
+    let err = cell
+        .stp(Some(&other), x3.slice(s![..1, ..]), h3.slice(s![..1, ..]))
+        .unwrap_err();
+    assert!(err.to_string().contains("prepared"), "{err}");
     let x = Array2::zeros((1, 20));
     let h = Array2::zeros((1, 19));
     assert!(cell.stp(Some(&prepared), x.view(), h.view()).is_err());
