@@ -184,6 +184,11 @@ struct TrainArgs {
     /// it). Validation is never perturbed.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     speed_perturb: Vec<f32>,
+    /// Subtract each utterance's own mean from its features (per-utterance CMN, before
+    /// the training set's global CMVN), here and wherever the model is used: removes a
+    /// recording's fixed gain and microphone colouring.
+    #[arg(long)]
+    utterance_mean: bool,
     /// Output directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -741,8 +746,7 @@ fn cmvn(args: CmvnArgs) -> Result<ExitCode> {
         bail!("no audio given: pass files, directories or --list");
     }
     let bar = progress(files.len(), "cmvn");
-    let (stats, errors) =
-        lasr_features::corpus_cmvn_stats(&files, &config.features, &|| bar.inc(1))?;
+    let (stats, errors) = lasr_features::corpus_cmvn_stats(&files, &config, &|| bar.inc(1))?;
     bar.finish_and_clear();
     for e in &errors {
         eprintln!("skipped: {e}");
@@ -1362,6 +1366,24 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     // which travel inside every checkpoint.
     let mut front = FrontEndConfig::default();
     front.features.num_mel_bins = config.input_dim;
+    front.utterance_mean = args.utterance_mean;
+    if args.resume {
+        // The data is normalised here, the model's front end comes from its file: they
+        // must agree.
+        let path = args.out.join("model.safetensors");
+        let saved = lasr_model::ModelFile::load(&path)?;
+        if saved.front_end.utterance_mean != front.utterance_mean {
+            bail!(
+                "{}: trained {} --utterance-mean; resume with the same setting",
+                path.display(),
+                if saved.front_end.utterance_mean {
+                    "with"
+                } else {
+                    "without"
+                }
+            );
+        }
+    }
     let mut load = lasr_data::LoadOptions {
         front: front.clone(),
         cache: args.feature_cache.clone(),

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use lasr_features::{Audio, Cmvn, Fbank, FrontEndConfig, Resampler};
+use lasr_features::{Audio, Fbank, FrontEndConfig, Resampler};
 use ndarray::{s, Array2, Array3};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -97,7 +97,8 @@ struct Plan {
     /// Raw features (CMVN is applied after the cache).
     fbank: Fbank,
     rate: u32,
-    cmvn: Option<Cmvn>,
+    /// Normalisation after the cache (utterance mean, global CMVN).
+    front: FrontEndConfig,
     cache: Option<FeatureCache>,
     /// Speed 1 first, then the perturbations.
     speeds: Vec<Option<SpeedPerturb>>,
@@ -327,14 +328,12 @@ fn version_entry(plan: &Plan, entry: &Entry, v: usize) -> Entry {
 
 /// Normalises raw features of version `v` of `entry` and adds the utterance.
 fn finish(plan: &Plan, entry: &Entry, v: usize, mut feats: Array2<f32>, out: &mut Outcome) {
-    if let Some(cmvn) = &plan.cmvn {
-        if let Err(e) = cmvn.apply(feats.view_mut()) {
-            out.skipped.push(Skipped {
-                entry: version_entry(plan, entry, v),
-                error: e.into(),
-            });
-            return;
-        }
+    if let Err(e) = plan.front.normalize(feats.view_mut()) {
+        out.skipped.push(Skipped {
+            entry: version_entry(plan, entry, v),
+            error: e.into(),
+        });
+        return;
     }
     let id = match &plan.speeds[v] {
         None => entry.id.clone(),
@@ -394,7 +393,7 @@ impl Dataset {
         let plan = Plan {
             fbank,
             rate,
-            cmvn: options.front.cmvn.clone(),
+            front: options.front.clone(),
             cache,
             speeds,
         };

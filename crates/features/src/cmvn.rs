@@ -139,10 +139,42 @@ impl Cmvn {
     }
 }
 
+/// Per-utterance cepstral mean normalisation: subtracts each dimension's mean over the
+/// utterance's frames `[T, D]` (nothing for `T = 0`). A fixed gain or microphone
+/// colouring adds a constant to every frame of a log-mel dimension, so this removes it;
+/// what differs between speakers' voices partly goes with it.
+pub fn subtract_mean(mut feats: ArrayViewMut2<f32>) {
+    let frames = feats.nrows();
+    if frames == 0 {
+        return;
+    }
+    let mut mean = vec![0f64; feats.ncols()];
+    for row in feats.rows() {
+        for (m, &x) in mean.iter_mut().zip(row) {
+            *m += f64::from(x);
+        }
+    }
+    let mean: Vec<f32> = mean.iter().map(|m| (m / frames as f64) as f32).collect();
+    for mut row in feats.rows_mut() {
+        for (x, m) in row.iter_mut().zip(&mean) {
+            *x -= m;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::{array, Array2};
+
+    #[test]
+    fn utterance_means_become_zero() {
+        let mut f = array![[1.0f32, -3.0], [3.0, -5.0], [5.0, 2.0]];
+        subtract_mean(f.view_mut());
+        assert_eq!(f, array![[-2.0f32, -1.0], [0.0, -3.0], [2.0, 4.0]]);
+        let mut empty = Array2::<f32>::zeros((0, 4));
+        subtract_mean(empty.view_mut());
+    }
 
     #[test]
     fn normalised_corpus_has_zero_mean_unit_variance() {

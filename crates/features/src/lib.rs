@@ -49,6 +49,10 @@ pub struct FrontEndConfig {
     pub features: FeatureConfig,
     /// Global normalisation; `None` leaves features raw.
     pub cmvn: Option<Cmvn>,
+    /// Subtract each utterance's own mean from its features before `cmvn`
+    /// ([`cmvn::subtract_mean`]); absent from older model files: off.
+    #[serde(default)]
+    pub utterance_mean: bool,
 }
 
 impl Default for FrontEndConfig {
@@ -57,6 +61,7 @@ impl Default for FrontEndConfig {
             version: FRONT_END_VERSION,
             features: FeatureConfig::default(),
             cmvn: None,
+            utterance_mean: false,
         }
     }
 }
@@ -79,6 +84,18 @@ impl FrontEndConfig {
                     self.features.num_mel_bins
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Raw features `[T, D]` to model input: the utterance's mean off (if
+    /// `utterance_mean`), then global CMVN (if any).
+    pub fn normalize(&self, mut feats: ndarray::ArrayViewMut2<f32>) -> Result<()> {
+        if self.utterance_mean {
+            cmvn::subtract_mean(feats.view_mut());
+        }
+        if let Some(c) = &self.cmvn {
+            c.apply(feats)?;
         }
         Ok(())
     }
@@ -112,8 +129,8 @@ impl FrontEnd {
         &self.config
     }
 
-    /// Features `[T, num_mel_bins]` of audio at any rate (resampled as needed), CMVN
-    /// applied when configured.
+    /// Features `[T, num_mel_bins]` of audio at any rate (resampled as needed),
+    /// normalised as configured ([`FrontEndConfig::normalize`]).
     pub fn audio_features(&mut self, audio: Audio) -> Result<Array2<f32>> {
         let rate = self.config.features.sample_rate;
         let samples = if audio.sample_rate == rate {
@@ -130,9 +147,7 @@ impl FrontEnd {
             resampler.process(&audio.samples)
         };
         let mut feats = self.fbank.compute(&samples)?;
-        if let Some(cmvn) = &self.config.cmvn {
-            cmvn.apply(feats.view_mut())?;
-        }
+        self.config.normalize(feats.view_mut())?;
         Ok(feats)
     }
 
@@ -158,19 +173,20 @@ pub fn extract_files(
         .collect())
 }
 
-/// Global CMVN statistics of many files, in parallel. Files that fail are returned with
-/// their errors, and left out of the statistics; `on_file` is called once per file (for
-/// progress bars).
+/// Global CMVN statistics of many files, in parallel, of the features `front` makes
+/// before its own global CMVN (so with each utterance's mean off when
+/// `front.utterance_mean`). Files that fail are returned with their errors, and left
+/// out of the statistics; `on_file` is called once per file (for progress bars).
 pub fn corpus_cmvn_stats(
     paths: &[PathBuf],
-    features: &FeatureConfig,
+    front: &FrontEndConfig,
     on_file: &(dyn Fn() + Sync),
 ) -> Result<(CmvnStats, Vec<Error>)> {
+    let dim = front.features.num_mel_bins;
     let front = FrontEnd::new(FrontEndConfig {
-        features: features.clone(),
-        ..FrontEndConfig::default()
+        cmvn: None,
+        ..front.clone()
     })?;
-    let dim = features.num_mel_bins;
     let (stats, errors) = paths
         .par_iter()
         .map_init(
