@@ -192,9 +192,9 @@ struct TrainArgs {
     /// Output directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// A named model and its training options: `small` (3.7 M parameters, CTC +
-    /// location-aware attention, ~2 h on 2 cores for 7.8 h of speech; the shipped
-    /// model's recipe) or `reference` (the LAS paper's 13.6 M). --model-config and
+    /// A named model and its training options: `small` (3.65 M parameters, joint
+    /// CTC-attention, ~2 h on 2 cores for 7.8 h of speech; the shipped model's recipe)
+    /// or `reference` (the LAS paper's 13.6 M). --model-config and
     /// --options replace its halves; flags below override either.
     #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(lasr_model::ModelConfig::PRESETS))]
     preset: Option<String>,

@@ -41,10 +41,19 @@ fn presets_build_the_models_they_describe() {
     assert_eq!(reference, ModelConfig::default());
     let small = ModelConfig::preset("small").unwrap();
     let las = Las::new(small.clone(), &mut rng(0)).unwrap();
-    // The shipped model's 3,651,392 plus the location filters and their projection.
-    let location = 10 * 31 + 128 * 10;
-    assert_eq!(las.num_params(), 3_651_392 + location);
+    assert_eq!(las.num_params(), 3_651_392);
     assert!(small.has_ctc() && small.reduction() == 4);
+    // `small` is the shipped model's recipe, as committed next to it.
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let read = |f: &str| std::fs::read_to_string(assets.join(f)).unwrap();
+    assert_eq!(
+        small,
+        serde_json::from_str::<ModelConfig>(&read("model.json")).unwrap()
+    );
+    assert_eq!(
+        lasr_model::TrainOptions::preset("small").unwrap(),
+        serde_json::from_str(&read("train-options.json")).unwrap()
+    );
     assert!(ModelConfig::preset("huge").is_none());
     for name in ModelConfig::PRESETS {
         assert!(ModelConfig::preset(name).is_some());
