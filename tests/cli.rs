@@ -376,6 +376,42 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "{}",
         text(&out.stdout)
     );
+    // A word list and bfloat16 weights leave a clear answer as it is.
+    let tmp = tempfile::tempdir().unwrap();
+    let words = tmp.path().join("words.txt");
+    std::fs::write(&words, "hi\nyo\n").unwrap();
+    let high = dir.join("high.wav");
+    let with_list = |extra: &[&str]| {
+        let mut args = vec![
+            "transcribe",
+            "-m",
+            model.to_str().unwrap(),
+            "--lexicon",
+            words.to_str().unwrap(),
+            "--oov-penalty",
+            "5",
+            "--weights",
+            "bf16",
+        ];
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        lasr(&args)
+    };
+    let out = with_list(&["--ctc-only"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with("\tyo\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The list constrains CTC search only: asking it of the attention decoder is an error.
+    let out = with_list(&[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--ctc-only"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -279,8 +279,8 @@ struct DecodeArgs {
     /// (models trained with a CTC head; 0 = attention only).
     #[arg(long, value_name = "W")]
     ctc_weight: Option<f32>,
-    /// Decode with the CTC head alone, no attention: its best path with --beam 1 and
-    /// no --lm, else a CTC prefix beam search with the language model fused.
+    /// Decode with the CTC head alone, no attention: its best path with --beam 1, no
+    /// --lm and no --lexicon, else a CTC prefix beam search with them.
     #[arg(long)]
     ctc_only: bool,
     /// Decode with the attention decoder even if the model recommends CTC alone.
@@ -303,8 +303,9 @@ struct DecodeArgs {
     #[arg(long, value_name = "W")]
     lm_weight: Option<f32>,
     /// Known words for the CTC beam search (a word list, or any text: words are split
-    /// at white space), which charges --oov-penalty for every word outside them. The
-    /// built-in model comes with the built-in list unless --no-lexicon.
+    /// at white space), which charges --oov-penalty for every word outside them; with
+    /// --ctc-only. None by default (a build with assets/words.txt would embed one for
+    /// the built-in model).
     #[arg(long, value_name = "FILE")]
     lexicon: Option<PathBuf>,
     /// Decode without a word list.
@@ -974,13 +975,26 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             },
         });
         settings.push(lasr_model::BenchSetting {
-            name: format!("CTC beam {}", beam.search.beam_size),
+            name: format!(
+                "CTC beam {}{}",
+                beam.search.beam_size,
+                match &beam.lexicon {
+                    Some(l) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
+                    None => String::new(),
+                }
+            ),
             options: lasr_model::DecodeOptions {
                 ctc_only: true,
+                lexicon: beam.lexicon.clone(),
                 ..plain.clone()
             },
         });
     }
+    // The attention settings never take a word list (it constrains CTC search only).
+    let beam_att = lasr_model::DecodeOptions {
+        lexicon: None,
+        ..beam.clone()
+    };
     if beam.lm.is_some() {
         let lm_w = beam.lm_weight;
         settings.push(lasr_model::BenchSetting {
@@ -988,7 +1002,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             options: lasr_model::DecodeOptions {
                 ctc_weight: 0.0,
                 ctc_only: false,
-                ..beam.clone()
+                ..beam_att.clone()
             },
         });
         if model.las.ctc.is_some() {
@@ -997,7 +1011,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                 options: lasr_model::DecodeOptions {
                     ctc_weight: rerank,
                     ctc_only: false,
-                    ..beam.clone()
+                    ..beam_att.clone()
                 },
             });
             settings.push(lasr_model::BenchSetting {
@@ -1130,6 +1144,7 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "seconds_per_listener_frame": model.seconds_per_frame(),
         "features": model.front_end.features,
         "cmvn": model.front_end.cmvn.is_some(),
+        "utterance_mean": model.front_end.utterance_mean,
         "vocabulary": model.vocab.symbols(),
         "decode": model.decode,
         "built_in_lm": builtin && BUILTIN_LM.is_some(),

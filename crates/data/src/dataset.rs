@@ -68,8 +68,8 @@ pub struct Padded {
 /// How [`Dataset::load_with`] turns entries into features.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Feature settings; CMVN, when set, is applied after the cache (which holds raw
-    /// features).
+    /// Feature settings; the utterance mean and CMVN, when set, are applied after the
+    /// cache (which holds raw features).
     pub front: FrontEndConfig,
     /// Feature cache directory ([`crate::cache`]); `None` computes everything.
     pub cache: Option<PathBuf>,

@@ -176,6 +176,12 @@ impl DecodeOptions {
                 self.lm_weight
             )));
         }
+        if self.lexicon.is_some() && !self.ctc_only {
+            return Err(Error::Model(
+                "a lexicon constrains CTC prefix beam search only: decode with ctc_only (--ctc-only)"
+                    .into(),
+            ));
+        }
         if !(self.oov_penalty.is_finite() && self.oov_penalty >= 0.0) {
             return Err(Error::Model(format!(
                 "oov_penalty {} must be finite and >= 0",
