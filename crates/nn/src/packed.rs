@@ -367,6 +367,19 @@ mod tests {
                         "{format}: {a} vs {b}"
                     );
                 }
+                // And so does its AVX2 build, which CPUs without AVX-512 run.
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::avx2_fma() {
+                    let mut y2 = y0.clone();
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    unsafe {
+                        match &p.data {
+                            Data::F32(d) => portable_avx2(&mut y2, d, &x, |v| *v),
+                            Data::Bf16(d) => portable_avx2(&mut y2, d, &x, |h| from_bf16(*h)),
+                        }
+                    }
+                    assert_eq!(y2, yp, "{format}: the AVX2 build of the same loop");
+                }
             }
         }
     }
