@@ -253,43 +253,6 @@ impl Gru {
         Ok((h, cache))
     }
 
-    /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
-    /// [`Gru::forward`] without its cache, with one matrix-vector product per step
-    /// (equal to `forward` up to float summation order). Packs `weight_hh` on every
-    /// call; [`Gru::infer_packed`] reuses a packing.
-    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
-    }
-
-    /// `weight_hh` packed for [`Gru::infer_packed`].
-    pub fn pack_hh(&self, format: WeightFormat) -> PackedMatrix {
-        PackedMatrix::new(self.weight_hh.view(), format)
-    }
-
-    /// [`Gru::infer`] with `w_hh`, this layer's [`Gru::pack_hh`].
-    pub fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>> {
-        check_shape(
-            &self.name(),
-            "input",
-            x.shape(),
-            &[None, Some(self.input_dim())],
-        )?;
-        check_packed(&self.name(), w_hh, self.weight_hh.dim())?;
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return Ok(unsafe { self.infer_avx2(x, w_hh) });
-        }
-        Ok(self.infer_impl(x, w_hh))
-    }
-
-    /// [`Gru::infer_impl`] compiled for AVX2 and FMA, so the gate loop vectorises.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn infer_avx2(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
-        self.infer_impl(x, w_hh)
-    }
-
     #[inline(always)]
     fn infer_impl(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
         let steps = x.nrows();
@@ -448,43 +411,6 @@ impl Elman {
             live,
         };
         Ok((h, cache))
-    }
-
-    /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
-    /// [`Elman::forward`] without its cache, with one matrix-vector product per step
-    /// (equal to `forward` up to float summation order). Packs `weight_hh` on every
-    /// call; [`Elman::infer_packed`] reuses a packing.
-    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
-    }
-
-    /// `weight_hh` packed for [`Elman::infer_packed`].
-    pub fn pack_hh(&self, format: WeightFormat) -> PackedMatrix {
-        PackedMatrix::new(self.weight_hh.view(), format)
-    }
-
-    /// [`Elman::infer`] with `w_hh`, this layer's [`Elman::pack_hh`].
-    pub fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>> {
-        check_shape(
-            &self.name(),
-            "input",
-            x.shape(),
-            &[None, Some(self.input_dim())],
-        )?;
-        check_packed(&self.name(), w_hh, self.weight_hh.dim())?;
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return Ok(unsafe { self.infer_avx2(x, w_hh) });
-        }
-        Ok(self.infer_impl(x, w_hh))
-    }
-
-    /// [`Elman::infer_impl`] compiled for AVX2 and FMA, so the tanh loop vectorises.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn infer_avx2(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
-        self.infer_impl(x, w_hh)
     }
 
     #[inline(always)]

@@ -15,7 +15,7 @@ use crate::error::{check_shape, Error, Result};
 use crate::gru::{check_prepared, pack_pair, transpose_as};
 use crate::linalg::{gemv_acc, matmul, transpose};
 use crate::module::{join, Module};
-use crate::packed::{check_packed, PackedMatrix, WeightFormat};
+use crate::packed::{PackedMatrix, WeightFormat};
 use crate::recurrent::{order, recurrent_module};
 
 /// One direction of one LSTM layer. `weight_ih` `[4H, I]`, `weight_hh` `[4H, H]`,
@@ -152,43 +152,6 @@ impl Lstm {
             live,
         };
         (h, cache)
-    }
-
-    /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
-    /// [`Lstm::forward`] without its cache, with one matrix-vector product per step
-    /// (equal to `forward` up to float summation order). Packs `weight_hh` on every
-    /// call; [`Lstm::infer_packed`] reuses a packing.
-    pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
-    }
-
-    /// `weight_hh` `[4H, H]` packed for [`Lstm::infer_packed`].
-    pub fn pack_hh(&self, format: WeightFormat) -> PackedMatrix {
-        PackedMatrix::new(self.weight_hh.view(), format)
-    }
-
-    /// [`Lstm::infer`] with `w_hh`, this layer's [`Lstm::pack_hh`] (in bfloat16 the
-    /// recurrent products read half the bytes; see [`crate::packed`]).
-    pub fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>> {
-        check_shape(
-            &self.name(),
-            "input",
-            x.shape(),
-            &[None, Some(self.input_dim())],
-        )?;
-        check_packed(&self.name(), w_hh, self.weight_hh.dim())?;
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return Ok(unsafe { self.infer_avx2(x, w_hh) });
-        }
-        Ok(self.infer_impl(x, w_hh))
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn infer_avx2(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
-        self.infer_impl(x, w_hh)
     }
 
     #[inline(always)]

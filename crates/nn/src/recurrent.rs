@@ -23,8 +23,9 @@ pub(crate) fn order(reverse: bool, steps: usize) -> Vec<(usize, Option<usize>)> 
     }
 }
 
-/// PyTorch's initialisation, width accessors, a layer name for errors, and
-/// [`crate::Module`] for a layer with `$gates` gates and
+/// PyTorch's initialisation, width accessors, a layer name for errors, the inference
+/// entry points (`infer`, `pack_hh`, `infer_packed` around the layer's own
+/// `infer_impl`), and [`crate::Module`] for a layer with `$gates` gates and
 /// fields `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`, `reverse`, `suffix`.
 macro_rules! recurrent_module {
     ($ty:ident, $name:literal, $gates:literal) => {
@@ -63,6 +64,58 @@ macro_rules! recurrent_module {
 
             pub(crate) fn name(&self) -> String {
                 format!("{}{}", Self::KIND, self.suffix)
+            }
+
+            /// Inference over one sequence: `x` `[T, I]` -> `[T, H]`. The maths of
+            /// `forward` without its cache, with one matrix-vector product per step
+            /// (equal to `forward` up to float summation order). Packs `weight_hh` on
+            /// every call; `infer_packed` reuses a packing.
+            pub fn infer(
+                &self,
+                x: ndarray::ArrayView2<f32>,
+            ) -> $crate::error::Result<ndarray::Array2<f32>> {
+                self.infer_packed(x, &self.pack_hh($crate::packed::WeightFormat::F32))
+            }
+
+            /// `weight_hh` packed for `infer_packed`.
+            pub fn pack_hh(
+                &self,
+                format: $crate::packed::WeightFormat,
+            ) -> $crate::packed::PackedMatrix {
+                $crate::packed::PackedMatrix::new(self.weight_hh.view(), format)
+            }
+
+            /// `infer` with `w_hh`, this layer's `pack_hh` (in bfloat16 the recurrent
+            /// products read half the bytes; see [`crate::packed`]).
+            pub fn infer_packed(
+                &self,
+                x: ndarray::ArrayView2<f32>,
+                w_hh: &$crate::packed::PackedMatrix,
+            ) -> $crate::error::Result<ndarray::Array2<f32>> {
+                $crate::error::check_shape(
+                    &self.name(),
+                    "input",
+                    x.shape(),
+                    &[None, Some(self.input_dim())],
+                )?;
+                $crate::packed::check_packed(&self.name(), w_hh, self.weight_hh.dim())?;
+                #[cfg(target_arch = "x86_64")]
+                if $crate::simd::avx2_fma() {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return Ok(unsafe { self.infer_avx2(x, w_hh) });
+                }
+                Ok(self.infer_impl(x, w_hh))
+            }
+
+            /// `infer_impl` compiled for AVX2 and FMA, so the gate loop vectorises.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn infer_avx2(
+                &self,
+                x: ndarray::ArrayView2<f32>,
+                w_hh: &$crate::packed::PackedMatrix,
+            ) -> ndarray::Array2<f32> {
+                self.infer_impl(x, w_hh)
             }
         }
 
