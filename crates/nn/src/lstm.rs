@@ -7,16 +7,14 @@
 //! step outputs zero and hands a zero state on, so the reverse direction starts every
 //! sequence from zero at its own last frame, as PyTorch's packed sequences do.
 
-use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
-use rand::Rng;
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::activation as act;
 use crate::error::{check_shape, Error, Result};
 use crate::gru::{check_prepared, pack_pair, transpose_as};
 use crate::linalg::{gemv_acc, matmul, transpose};
-use crate::module::{join, Module};
 use crate::packed::{PackedMatrix, WeightFormat};
-use crate::recurrent::{order, recurrent_module};
+use crate::recurrent::{cell_module, order, recurrent_module};
 
 /// One direction of one LSTM layer. `weight_ih` `[4H, I]`, `weight_hh` `[4H, H]`,
 /// `bias_ih`, `bias_hh` `[4H]`, rows in gate order input, forget, cell, output.
@@ -462,28 +460,9 @@ pub struct LstmCellCache {
     c: Array2<f32>,
 }
 
+cell_module!(LstmCell, 4);
+
 impl LstmCell {
-    /// PyTorch's initialisation: uniform in `±1/sqrt(H)`.
-    pub fn new(input: usize, hidden: usize, rng: &mut impl Rng) -> Self {
-        let b = 1.0 / (hidden as f32).sqrt();
-        LstmCell {
-            weight_ih: crate::init::uniform((4 * hidden, input), b, rng),
-            weight_hh: crate::init::uniform((4 * hidden, hidden), b, rng),
-            bias_ih: crate::init::uniform(4 * hidden, b, rng),
-            bias_hh: crate::init::uniform(4 * hidden, b, rng),
-        }
-    }
-
-    /// Hidden width `H`.
-    pub fn hidden(&self) -> usize {
-        self.weight_hh.ncols()
-    }
-
-    /// Input width `I`.
-    pub fn input_dim(&self) -> usize {
-        self.weight_ih.ncols()
-    }
-
     /// Transposed weights and summed bias for [`LstmCell::forward`].
     pub fn prepare(&self) -> PreparedLstmCell {
         PreparedLstmCell {
@@ -747,40 +726,5 @@ impl LstmCell {
         let db = dgates.sum_axis(Axis(0));
         grads.bias_ih += &db;
         grads.bias_hh += &db;
-    }
-}
-
-impl Module for LstmCell {
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, ArrayViewD<'a, f32>)) {
-        f(join(prefix, "weight_ih"), self.weight_ih.view().into_dyn());
-        f(join(prefix, "weight_hh"), self.weight_hh.view().into_dyn());
-        f(join(prefix, "bias_ih"), self.bias_ih.view().into_dyn());
-        f(join(prefix, "bias_hh"), self.bias_hh.view().into_dyn());
-    }
-
-    fn visit_mut<'a>(
-        &'a mut self,
-        prefix: &str,
-        f: &mut dyn FnMut(String, ArrayViewMutD<'a, f32>),
-    ) {
-        f(
-            join(prefix, "weight_ih"),
-            self.weight_ih.view_mut().into_dyn(),
-        );
-        f(
-            join(prefix, "weight_hh"),
-            self.weight_hh.view_mut().into_dyn(),
-        );
-        f(join(prefix, "bias_ih"), self.bias_ih.view_mut().into_dyn());
-        f(join(prefix, "bias_hh"), self.bias_hh.view_mut().into_dyn());
-    }
-
-    fn zeros_like(&self) -> Self {
-        LstmCell {
-            weight_ih: Array2::zeros(self.weight_ih.raw_dim()),
-            weight_hh: Array2::zeros(self.weight_hh.raw_dim()),
-            bias_ih: Array1::zeros(self.bias_ih.raw_dim()),
-            bias_hh: Array1::zeros(self.bias_hh.raw_dim()),
-        }
     }
 }
