@@ -253,9 +253,20 @@ unsafe fn store_panel(y: &mut [f32], b: usize, acc: &[std::arch::x86_64::__m512;
     }
 }
 
+/// The panel walk shared by the AVX-512 kernels: eight 16-lane accumulators per panel,
+/// `load` turning 16 stored weights at a pointer into f32 lanes.
+///
+/// # Safety
+/// The CPU has AVX-512F; `data` holds whole panels of `x.len() * PANEL` weights and `y`
+/// has at most as many rows as those panels.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn f32_avx512(y: &mut [f32], data: &[f32], x: &[f32]) {
+#[inline(always)]
+unsafe fn panel_walk<T>(
+    y: &mut [f32],
+    data: &[T],
+    x: &[f32],
+    load: impl Fn(*const T) -> std::arch::x86_64::__m512,
+) {
     use std::arch::x86_64::*;
     let k = x.len();
     for (b, panel) in data.chunks_exact(k * PANEL).enumerate() {
@@ -265,7 +276,7 @@ unsafe fn f32_avx512(y: &mut [f32], data: &[f32], x: &[f32]) {
             let xb = _mm512_set1_ps(xp);
             for (a, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: `w` walks the panel's `k * PANEL` weights, PANEL per column.
-                *acc = _mm512_fmadd_ps(_mm512_loadu_ps(w.add(16 * a)), xb, *acc);
+                *acc = _mm512_fmadd_ps(load(w.add(16 * a)), xb, *acc);
             }
             w = w.add(PANEL);
         }
@@ -275,25 +286,22 @@ unsafe fn f32_avx512(y: &mut [f32], data: &[f32], x: &[f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+unsafe fn f32_avx512(y: &mut [f32], data: &[f32], x: &[f32]) {
+    use std::arch::x86_64::*;
+    // SAFETY: 16 f32 values from a pointer `panel_walk` keeps inside the panel.
+    panel_walk(y, data, x, |w| unsafe { _mm512_loadu_ps(w) })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
 unsafe fn bf16_avx512(y: &mut [f32], data: &[u16], x: &[f32]) {
     use std::arch::x86_64::*;
-    let k = x.len();
-    for (b, panel) in data.chunks_exact(k * PANEL).enumerate() {
-        let mut acc = [_mm512_setzero_ps(); 8];
-        let mut w = panel.as_ptr();
-        for &xp in x {
-            let xb = _mm512_set1_ps(xp);
-            for (a, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: as in `f32_avx512`, 16 bfloat16 values (32 bytes) per load.
-                let h = _mm256_loadu_si256(w.add(16 * a) as *const __m256i);
-                // bfloat16 is the top half of an f32: widen and shift into place.
-                let v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-                *acc = _mm512_fmadd_ps(v, xb, *acc);
-            }
-            w = w.add(PANEL);
-        }
-        store_panel(y, b, &acc);
-    }
+    panel_walk(y, data, x, |w| {
+        // SAFETY: 16 bfloat16 values (32 bytes) inside the panel, as above.
+        let h = unsafe { _mm256_loadu_si256(w as *const __m256i) };
+        // bfloat16 is the top half of an f32: widen and shift into place.
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+    })
 }
 
 #[cfg(test)]
