@@ -920,6 +920,11 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         bail!("{}: no utterances", args.corpus.display());
     }
     let beam = args.decode.options(&model, builtin)?;
+    // How the CTC beam settings name their word list, if one was given.
+    let lexicon_note = match &beam.lexicon {
+        Some(l) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
+        None => String::new(),
+    };
     // The settings without a language model come first, then the same with it.
     let plain = lasr_model::DecodeOptions {
         lm: None,
@@ -975,14 +980,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             },
         });
         settings.push(lasr_model::BenchSetting {
-            name: format!(
-                "CTC beam {}{}",
-                beam.search.beam_size,
-                match &beam.lexicon {
-                    Some(l) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
-                    None => String::new(),
-                }
-            ),
+            name: format!("CTC beam {}{}", beam.search.beam_size, lexicon_note),
             options: lasr_model::DecodeOptions {
                 ctc_only: true,
                 lexicon: beam.lexicon.clone(),
@@ -1017,12 +1015,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             settings.push(lasr_model::BenchSetting {
                 name: format!(
                     "CTC beam {} + LM {lm_w} bonus {}{}",
-                    beam.search.beam_size,
-                    beam.ctc_insertion_bonus,
-                    match &beam.lexicon {
-                        Some(l) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
-                        None => String::new(),
-                    }
+                    beam.search.beam_size, beam.ctc_insertion_bonus, lexicon_note
                 ),
                 options: lasr_model::DecodeOptions {
                     ctc_only: true,
