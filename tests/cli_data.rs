@@ -150,3 +150,82 @@ fn bench_reads_a_kaldi_directory_and_cuts_its_segments() {
     let hours = v["audio_hours"].as_f64().unwrap();
     assert!((hours * 3600.0 - 0.3).abs() < 0.01, "{v}");
 }
+
+/// Every tensor of a model file, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    use lasr_nn::Module;
+    let m = lasr_model::ModelFile::load(path).unwrap();
+    let mut out = Vec::new();
+    m.las.visit("", &mut |name, t| {
+        out.push((name, t.iter().copied().collect()))
+    });
+    out
+}
+
+#[test]
+fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = kaldi_dir(dir.path());
+    let cfg = dir.path().join("model.json");
+    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let run1 = dir.path().join("run1");
+    let out = train(&data, &run1, &cfg, &["--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = run1.join("model.safetensors");
+
+    // With a learning rate of 0 the weights stay the initial model's, not a fresh
+    // draw; the speed-perturbed data has other statistics, which must not replace the
+    // model's own.
+    let run2 = dir.path().join("run2");
+    let args = [
+        "train",
+        "--train",
+        data.to_str().unwrap(),
+        "--valid",
+        data.to_str().unwrap(),
+        "--out",
+        run2.to_str().unwrap(),
+        "--init",
+        first.to_str().unwrap(),
+        "--speed-perturb",
+        "0.8,1.0",
+        "--epochs",
+        "1",
+        "--lr",
+        "0",
+        "--seed",
+        "4",
+    ];
+    let out = lasr(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let second = run2.join("model.safetensors");
+    assert_eq!(tensors(&first), tensors(&second));
+    let (a, b) = (
+        lasr_model::ModelFile::load(&first).unwrap(),
+        lasr_model::ModelFile::load(&second).unwrap(),
+    );
+    assert_eq!(
+        serde_json::to_value(&a.front_end).unwrap(),
+        serde_json::to_value(&b.front_end).unwrap()
+    );
+
+    // A learning rate above 0 trains on from there.
+    let run3 = dir.path().join("run3");
+    let mut args = args;
+    args[6] = run3.to_str().unwrap();
+    args[14] = "0.01";
+    let out = lasr(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(tensors(&first), tensors(&run3.join("model.safetensors")));
+
+    // Sizes come from the model: a second description is refused.
+    let mut bad = args.to_vec();
+    bad.extend_from_slice(&["--model-config", cfg.to_str().unwrap()]);
+    let out = lasr(&bad);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--model-config"),
+        "{}",
+        text(&out.stderr)
+    );
+}

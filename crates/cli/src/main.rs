@@ -224,6 +224,12 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Start from this trained model instead of random weights (fine-tuning, or a
+    /// second phase with a new schedule or data): its sizes, feature settings and
+    /// normalisation statistics are kept; the optimiser, the learning-rate schedule
+    /// and the step count start afresh.
+    #[arg(long, value_name = "MODEL", conflicts_with_all = ["model_config", "resume", "utterance_mean"])]
+    init: Option<PathBuf>,
     /// Print the final validation as JSON.
     #[arg(long)]
     json: bool,
@@ -1344,9 +1350,14 @@ impl lasr_model::Observer for Bars {
 
 fn train(args: TrainArgs) -> Result<ExitCode> {
     let preset = args.preset.as_deref().unwrap_or("reference");
-    let config: lasr_model::ModelConfig = match &args.model_config {
-        Some(path) => read_json(Some(path.as_path()))?,
-        None => lasr_model::ModelConfig::preset(preset).expect("clap checked the name"),
+    let init = match &args.init {
+        Some(path) => Some(lasr_model::ModelFile::load(path)?),
+        None => None,
+    };
+    let config: lasr_model::ModelConfig = match (&init, &args.model_config) {
+        (Some(m), _) => m.las.config.clone(),
+        (None, Some(path)) => read_json(Some(path.as_path()))?,
+        (None, None) => lasr_model::ModelConfig::preset(preset).expect("clap checked the name"),
     };
     let mut options: lasr_model::TrainOptions = match &args.options {
         Some(path) => read_json(Some(path.as_path()))?,
@@ -1375,6 +1386,13 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut front = FrontEndConfig::default();
     front.features.num_mel_bins = config.input_dim;
     front.utterance_mean = args.utterance_mean;
+    // A model's weights only make sense on features normalised the way it was
+    // trained, so an initial model brings its own statistics instead of new ones.
+    let mut init_cmvn = None;
+    if let Some(m) = &init {
+        front = m.front_end.clone();
+        init_cmvn = front.cmvn.take();
+    }
     if args.resume {
         // The data is normalised here, the model's front end comes from its file: they
         // must agree.
@@ -1400,23 +1418,38 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut train_set = load_corpus(&args.train, &load, "train")?;
     load.speed_perturb.clear();
     let mut valid_set = load_corpus(std::slice::from_ref(&args.valid), &load, "valid")?;
-    let cmvn = train_set.cmvn_stats().finish()?;
+    let cmvn = match init_cmvn {
+        Some(c) => c,
+        None => train_set.cmvn_stats().finish()?,
+    };
     train_set.normalize(&cmvn)?;
     valid_set.normalize(&cmvn)?;
     front.cmvn = Some(cmvn);
-    let las = {
-        use rand::SeedableRng;
-        lasr_model::Las::new(
-            config,
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(options.seed),
-        )?
-    };
-    let model = lasr_model::ModelFile {
-        las,
-        front_end: front,
-        vocab: lasr_decode::Vocab::librispeech(),
-        info: serde_json::Value::Null,
-        decode: None,
+    let model = match init {
+        // Decoding settings were tuned for the initial weights; the new ones are
+        // tuned (and packed) again.
+        Some(m) => lasr_model::ModelFile {
+            front_end: front,
+            info: serde_json::Value::Null,
+            decode: None,
+            ..m
+        },
+        None => {
+            let las = {
+                use rand::SeedableRng;
+                lasr_model::Las::new(
+                    config,
+                    &mut rand_chacha::ChaCha8Rng::seed_from_u64(options.seed),
+                )?
+            };
+            lasr_model::ModelFile {
+                las,
+                front_end: front,
+                vocab: lasr_decode::Vocab::librispeech(),
+                info: serde_json::Value::Null,
+                decode: None,
+            }
+        }
     };
     model.validate()?;
     let bar = if std::io::stderr().is_terminal() {
