@@ -412,6 +412,72 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "{}",
         text(&out.stderr)
     );
+
+    // A word model built by `lasr lm --words` scores the CTC search's words.
+    let corpus = tmp.path().join("words-text.txt");
+    std::fs::write(&corpus, "u1 HI\nu2 YO\nu3 HI YO\n").unwrap();
+    let wlm = tmp.path().join("words.bin");
+    let built = lasr(&[
+        "lm",
+        corpus.to_str().unwrap(),
+        "--strip-ids",
+        "--words",
+        "--eval",
+        corpus.to_str().unwrap(),
+        "-o",
+        wlm.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&built.stdout).trim()).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["words"].as_u64(), v["order"].as_u64()),
+        (Some("word"), Some(2), Some(3)),
+        "{v}"
+    );
+    let with_words = |lm: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "transcribe",
+            "-m",
+            model.to_str().unwrap(),
+            "--word-lm",
+            lm.to_str().unwrap(),
+            "--word-lm-weight",
+            "0.5",
+            "--json",
+        ];
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        lasr(&args)
+    };
+    let out = with_words(&wlm, &["--ctc-only", "--beam", "4"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["text"], "yo", "{v}");
+    let out = with_words(&wlm, &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--ctc-only"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A character model given as a word model says what it is, naming the file.
+    let chars = tmp.path().join("chars.bin");
+    let built = lasr(&[
+        "lm",
+        corpus.to_str().unwrap(),
+        "--strip-ids",
+        "-o",
+        chars.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let out = with_words(&chars, &["--ctc-only"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("chars.bin") && err.contains("a lasr character language model"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -286,7 +286,7 @@ struct DecodeArgs {
     #[arg(long, value_name = "W")]
     ctc_weight: Option<f32>,
     /// Decode with the CTC head alone, no attention: its best path with --beam 1, no
-    /// --lm and no --lexicon, else a CTC prefix beam search with them.
+    /// --lm, --lexicon or --word-lm, else a CTC prefix beam search with them.
     #[arg(long)]
     ctc_only: bool,
     /// Decode with the attention decoder even if the model recommends CTC alone.
@@ -317,9 +317,20 @@ struct DecodeArgs {
     /// Decode without a word list.
     #[arg(long, conflicts_with = "lexicon")]
     no_lexicon: bool,
-    /// Score (natural log) subtracted per word outside the --lexicon.
+    /// Score (natural log) subtracted per word outside the --lexicon or --word-lm.
     #[arg(long, value_name = "P")]
     oov_penalty: Option<f32>,
+    /// Word language model (`lasr lm --words`) for the CTC beam search, with
+    /// --ctc-only: each finished word scores --word-lm-weight times its log-probability
+    /// given the words before it, and its words are the known words (as --lexicon).
+    #[arg(long, value_name = "FILE", conflicts_with = "lexicon")]
+    word_lm: Option<PathBuf>,
+    /// Weight of the word model's log-probabilities.
+    #[arg(long, value_name = "W")]
+    word_lm_weight: Option<f32>,
+    /// Score added per word with --word-lm (offsets its cost per word).
+    #[arg(long, value_name = "B")]
+    word_bonus: Option<f32>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the trained
     /// model; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
     /// listener and the attention decoder reads half the bytes, for a faster decode
@@ -394,8 +405,19 @@ impl DecodeArgs {
             let lex = lasr_decode::Lexicon::from_text(&model.vocab, &text)
                 .with_context(|| format!("{}: not a usable word list", path.display()))?;
             o.lexicon = Some(lasr_model::SharedLexicon(std::sync::Arc::new(lex)));
-        } else if !self.no_lexicon && builtin {
+        } else if !self.no_lexicon && builtin && self.word_lm.is_none() {
             o.lexicon = builtin_lexicon(&model.vocab)?;
+        }
+        if let Some(w) = self.word_lm_weight {
+            o.word_lm_weight = w;
+        }
+        if let Some(b) = self.word_bonus {
+            o.word_bonus = b;
+        }
+        if let Some(path) = &self.word_lm {
+            o.word_lm = Some(lasr_model::SharedWordLm(std::sync::Arc::new(
+                lasr_decode::WordLm::load(path, &model.vocab)?,
+            )));
         }
         Ok(o)
     }
@@ -441,16 +463,28 @@ struct BenchArgs {
 #[command(after_help = "Example:\n  \
     lasr lm ../shared/data/librispeech/lm-text/train-clean-100.txt --strip-ids --order 6 \\\n         \
     --eval ../shared/data/librispeech/lm-text/dev-clean.txt -o lm6.bin\n  \
-    lasr transcribe -m model.safetensors --lm lm6.bin --lm-weight 0.3 speech.flac\n\n\
+    lasr transcribe -m model.safetensors --lm lm6.bin --lm-weight 0.3 speech.flac\n  \
+    lasr lm ../shared/data/librispeech/lm-text/train-clean-100.txt --strip-ids --words \\\n         \
+    --order 3 -o words3.bin\n  \
+    lasr transcribe --ctc-only --word-lm words3.bin --word-lm-weight 0.5 speech.flac\n\n\
     One sentence per line, normalised as transcripts are (case folded, characters\n\
-    outside the model's alphabet dropped). Interpolated modified Kneser-Ney smoothing.")]
+    outside the model's alphabet dropped). Interpolated modified Kneser-Ney smoothing.\n\
+    A character model (the default) fuses into every search; a word model (--words)\n\
+    scores the words of the CTC prefix beam search, and its words become the known\n\
+    words (others are scored as <unk> and pay --oov-penalty).")]
 struct LmArgs {
     /// Text files, one sentence per line.
     #[arg(required = true, value_name = "TEXT")]
     text: Vec<PathBuf>,
-    /// Characters of context plus one.
-    #[arg(long, default_value_t = 6, value_name = "N")]
-    order: usize,
+    /// Symbols of context plus one (default: 6 characters, or 3 words with --words).
+    #[arg(long, value_name = "N")]
+    order: Option<usize>,
+    /// Build a word model instead of a character model.
+    #[arg(long)]
+    words: bool,
+    /// With --words: keep the words seen at least this often (others are <unk>).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "words")]
+    min_count: usize,
     /// Drop each line's first word (LibriSpeech transcripts start with an utterance id).
     #[arg(long)]
     strip_ids: bool,
@@ -927,14 +961,22 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     let beam = args.decode.options(&model, builtin)?;
     // How the CTC beam settings name their word list, if one was given.
-    let lexicon_note = match &beam.lexicon {
-        Some(l) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
-        None => String::new(),
+    let lexicon_note = match (&beam.word_lm, &beam.lexicon) {
+        (Some(w), _) => format!(
+            " + word LM {} ({} words) bonus {}, OOV {}",
+            beam.word_lm_weight,
+            w.0.num_words(),
+            beam.word_bonus,
+            beam.oov_penalty
+        ),
+        (None, Some(l)) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
+        (None, None) => String::new(),
     };
     // The settings without a language model come first, then the same with it.
     let plain = lasr_model::DecodeOptions {
         lm: None,
         lexicon: None,
+        word_lm: None,
         ..beam.clone()
     };
     let mut settings = vec![
@@ -990,6 +1032,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             options: lasr_model::DecodeOptions {
                 ctc_only: true,
                 lexicon: beam.lexicon.clone(),
+                word_lm: beam.word_lm.clone(),
                 ..plain.clone()
             },
         });
@@ -997,6 +1040,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     // The attention settings never take a word list (it constrains CTC search only).
     let beam_att = lasr_model::DecodeOptions {
         lexicon: None,
+        word_lm: None,
         ..beam.clone()
     };
     if beam.lm.is_some() {
@@ -1202,35 +1246,49 @@ fn lm(args: LmArgs) -> Result<ExitCode> {
     for p in &args.text {
         lines.extend(read_lines(p, args.strip_ids)?);
     }
-    let start = std::time::Instant::now();
-    let model = lasr_decode::CharLm::train(lines.iter().map(String::as_str), &vocab, args.order)?;
-    let seconds = start.elapsed().as_secs_f64();
-    model.save(&args.out)?;
-    let perplexity = match &args.eval {
-        Some(p) => {
-            let held = read_lines(p, args.strip_ids)?;
-            Some(model.perplexity(held.iter().map(String::as_str)))
-        }
+    let held = match &args.eval {
+        Some(p) => Some(read_lines(p, args.strip_ids)?),
         None => None,
     };
+    let start = std::time::Instant::now();
+    let text = lines.iter().map(String::as_str);
+    // What was built, for the summary: contexts, words, perplexity on --eval, its unit.
+    let (order, contexts, words, perplexity, unit) = if args.words {
+        let order = args.order.unwrap_or(3);
+        let model = lasr_decode::WordLm::train(text, &vocab, order, args.min_count)?;
+        model.save(&args.out)?;
+        let ppl = held
+            .as_ref()
+            .map(|h| model.perplexity(&vocab, h.iter().map(String::as_str)));
+        let n = model.num_words();
+        (order, model.num_contexts(), Some(n), ppl, "word")
+    } else {
+        let order = args.order.unwrap_or(6);
+        let model = lasr_decode::CharLm::train(text, &vocab, order)?;
+        model.save(&args.out)?;
+        let ppl = held
+            .as_ref()
+            .map(|h| model.perplexity(h.iter().map(String::as_str)));
+        (order, model.num_contexts(), None, ppl, "character")
+    };
+    let seconds = start.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&args.out).map_or(0, |m| m.len());
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"out": args.out, "order": args.order, "lines": lines.len(),
-                "contexts": model.num_contexts(), "bytes": bytes, "seconds": seconds,
-                "eval_perplexity": perplexity})
+            serde_json::json!({"out": args.out, "kind": unit, "order": order,
+                "lines": lines.len(), "words": words, "contexts": contexts, "bytes": bytes,
+                "seconds": seconds, "eval_perplexity": perplexity})
         );
     } else {
         println!(
-            "wrote {}: order {}, {} lines, {} contexts, {:.2} MB in {seconds:.2} s{}",
+            "wrote {}: {unit} model, order {order}, {} lines, {}{contexts} contexts, {:.2} MB in {seconds:.2} s{}",
             args.out.display(),
-            args.order,
             lines.len(),
-            model.num_contexts(),
+            words.map_or(String::new(), |n| format!("{n} words, ")),
             bytes as f64 / 1e6,
             perplexity.map_or(String::new(), |p| format!(
-                "; perplexity {p:.3} per character on {}",
+                "; perplexity {p:.3} per {unit} on {}",
                 args.eval.as_ref().expect("set with perplexity").display()
             ))
         );

@@ -24,7 +24,12 @@
 //!
 //! ```text
 //! score(l) = ln(p_b(l) + p_nb(l)) + lm_weight * ln P_lm(l) + insertion_bonus * |l|
+//!            + word_lm_weight * ln P_words(l) + word_bonus * words(l) - oov_penalty * oov(l)
 //! ```
+//!
+//! (the last three terms only with a [`Words`] list or model: `ln P_words(l)` sums a
+//! [`WordLm`]'s log-probabilities of the words `l` has finished, each given the words
+//! before it, `words(l)` counts them, `oov(l)` counts those outside the list).
 //!
 //! survive the frame, where `ln P_lm(l)` is the sum of the model's log-probabilities of
 //! `l`'s symbols, each given `<sos>` and the symbols before it. After the last frame,
@@ -56,6 +61,34 @@ use crate::error::{Error, Result};
 use crate::lexicon::{Lexicon, ROOT};
 use crate::lm::{CharLm, KeyHasher};
 use crate::vocab::Vocab;
+use crate::word_lm::WordLm;
+
+/// Words for [`ctc_beam_search_with`] to hold hypotheses to: a bare list, or a word
+/// language model (which brings its own list).
+#[derive(Debug, Clone, Copy)]
+pub enum Words<'a> {
+    /// Every word outside it costs `oov_penalty`.
+    List(&'a Lexicon),
+    /// As `List` with the model's words, and every finished word scores
+    /// `word_lm_weight * ln p(word | words before)` and `word_bonus`.
+    Lm(&'a WordLm),
+}
+
+impl<'a> Words<'a> {
+    fn lexicon(self) -> &'a Lexicon {
+        match self {
+            Words::List(l) => l,
+            Words::Lm(w) => w.lexicon(),
+        }
+    }
+
+    fn vocab_size(self) -> usize {
+        match self {
+            Words::List(l) => l.vocab_size(),
+            Words::Lm(w) => w.vocab_size(),
+        }
+    }
+}
 
 /// Settings of [`ctc_beam_search`]. Every field has a default, unknown fields are
 /// refused.
@@ -86,6 +119,11 @@ pub struct CtcSearchOptions {
     /// With a [`Lexicon`]: subtracted from the score once for every word outside it
     /// (finite and `>= 0`; see [`crate::lexicon`]). Without one it does nothing.
     pub oov_penalty: f32,
+    /// With a [`WordLm`]: weight of its log-probabilities (finite and `>= 0`).
+    pub word_lm_weight: f32,
+    /// With a [`WordLm`]: added per finished word (finite), which offsets the word
+    /// model's cost per word as `insertion_bonus` does the character model's.
+    pub word_bonus: f32,
 }
 
 impl Default for CtcSearchOptions {
@@ -96,6 +134,8 @@ impl Default for CtcSearchOptions {
             insertion_bonus: 0.0,
             prune: Some(-12.0),
             oov_penalty: 0.0,
+            word_lm_weight: 0.0,
+            word_bonus: 0.0,
         }
     }
 }
@@ -116,6 +156,18 @@ impl CtcSearchOptions {
             return Err(Error::Options(format!(
                 "insertion_bonus must be finite, not {}",
                 self.insertion_bonus
+            )));
+        }
+        if !(self.word_lm_weight.is_finite() && self.word_lm_weight >= 0.0) {
+            return Err(Error::Options(format!(
+                "word_lm_weight must be finite and >= 0, not {}",
+                self.word_lm_weight
+            )));
+        }
+        if !self.word_bonus.is_finite() {
+            return Err(Error::Options(format!(
+                "word_bonus must be finite, not {}",
+                self.word_bonus
             )));
         }
         if !(self.oov_penalty.is_finite() && self.oov_penalty >= 0.0) {
@@ -154,8 +206,16 @@ pub struct CtcHypothesis {
     /// Words outside the lexicon, when searched with one (0 without).
     #[serde(default)]
     pub oov_words: usize,
-    /// `ctc_log_prob + lm_weight * lm_log_prob + insertion_bonus * n - oov_penalty *
-    /// oov_words`, what ranked it (the language model term is 0 when `lm_weight` is 0).
+    /// With a [`WordLm`]: natural log of its probability of the words followed by
+    /// `<eos>` (unknown words as `<unk>`); 0 without.
+    #[serde(default)]
+    pub word_lm_log_prob: f64,
+    /// With a [`WordLm`]: the words scored (0 without).
+    #[serde(default)]
+    pub words: usize,
+    /// What ranked it: `ctc_log_prob + lm_weight * lm_log_prob + insertion_bonus *
+    /// n + word_lm_weight * word_lm_log_prob + word_bonus * words - oov_penalty *
+    /// oov_words` (a model's term is 0 when its weight is 0).
     pub score: f64,
 }
 
@@ -186,28 +246,37 @@ pub fn ctc_beam_search(
     ctc_beam_search_with(log_probs, frames, vocab_size, blank, lm, None, options)
 }
 
-/// [`ctc_beam_search`] with a [`Lexicon`] as well: every word a hypothesis spells
-/// outside it costs `options.oov_penalty` (see [`crate::lexicon`]). [`Error::Lm`] for
-/// a lexicon over another number of symbols.
+/// [`ctc_beam_search`] with [`Words`] as well: every word a hypothesis spells outside
+/// the list costs `options.oov_penalty` (see [`crate::lexicon`]), and with a
+/// [`WordLm`] every word it finishes is scored by it. Merging equal prefixes stays
+/// exact: both depend on nothing but the prefix. [`Error::Lm`] for words spelled in
+/// another number of symbols.
 pub fn ctc_beam_search_with(
     log_probs: &[f32],
     frames: usize,
     vocab_size: usize,
     blank: usize,
     lm: Option<&CharLm>,
-    lexicon: Option<&Lexicon>,
+    words: Option<Words<'_>>,
     options: &CtcSearchOptions,
 ) -> Result<Vec<CtcHypothesis>> {
     options.validate()?;
     check_input(log_probs, frames, vocab_size, blank)?;
-    if let Some(lex) = lexicon {
-        if lex.vocab_size() != vocab_size {
+    if let Some(w) = words {
+        if w.vocab_size() != vocab_size {
             return Err(Error::Lm(format!(
-                "cannot use a lexicon over {} symbols with CTC output over {vocab_size}",
-                lex.vocab_size()
+                "cannot use words spelled in {} symbols with CTC output over {vocab_size}",
+                w.vocab_size()
             )));
         }
     }
+    let lexicon = words.map(|w| w.lexicon());
+    let word_lm = match words {
+        Some(Words::Lm(w)) => Some(w),
+        _ => None,
+    };
+    // Where a word ends: the lexicon's space.
+    let space = lexicon.and_then(Lexicon::space);
     if let Some(lm) = lm {
         let n = lm.vocab().len();
         if n != vocab_size {
@@ -230,6 +299,16 @@ pub fn ctc_beam_search_with(
         } else {
             0.0
         },
+        word_weight: if word_lm.is_some() {
+            f64::from(options.word_lm_weight)
+        } else {
+            0.0
+        },
+        word_bonus: if word_lm.is_some() {
+            f64::from(options.word_bonus)
+        } else {
+            0.0
+        },
     };
     let fusing = scorer.lm_weight > 0.0;
     let prune = options.prune;
@@ -237,7 +316,7 @@ pub fn ctc_beam_search_with(
     let mut trie = Trie::new();
     let mut cache = LmCache::new(v);
     let mut records: Vec<Record> = Vec::new();
-    let mut beam = vec![Entry::root()];
+    let mut beam = vec![Entry::root(word_lm.map_or(0, |w| w.start()))];
     let mut next: Vec<Entry> = Vec::new();
     // The beam entries extending beam entry `i` by one symbol: a linked list from
     // `first_child[i]` through `next_sibling`.
@@ -328,10 +407,11 @@ pub fn ctc_beam_search_with(
                         let lm_new = e.lm + f64::from(lm_c);
                         let (lex, out) = lexicon.map_or((ROOT, false), |l| l.step(e.lex, c));
                         let oov = e.oov + u32::from(out);
-                        if scorer.score(from + y_c, lm_new, e.len + 1, oov) <= floor {
-                            continue;
+                        let mut w = e.words;
+                        if let (Some(wlm), true) = (word_lm, Some(c) == space) {
+                            w.finish(wlm, e.lex);
                         }
-                        next.push(Entry {
+                        let candidate = Entry {
                             node: NONE,
                             parent: e.node,
                             token: c,
@@ -339,6 +419,7 @@ pub fn ctc_beam_search_with(
                             lm: lm_new,
                             lex,
                             oov,
+                            words: w,
                             pb: f64::NEG_INFINITY,
                             pnb: f64::NEG_INFINITY,
                             vb: f64::NEG_INFINITY,
@@ -346,7 +427,11 @@ pub fn ctc_beam_search_with(
                             rec_b: NONE,
                             rec_nb: NONE,
                             nb_pending: false,
-                        });
+                        };
+                        if scorer.score(from + y_c, &candidate) <= floor {
+                            continue;
+                        }
+                        next.push(candidate);
                         next.len() - 1
                     };
                     let n = &mut next[slot];
@@ -382,19 +467,23 @@ pub fn ctc_beam_search_with(
     }
 
     ranked.clear();
-    let mut finals: Vec<(f64, f64, f64, u32)> = Vec::with_capacity(beam.len());
+    let mut finals: Vec<(f64, Entry)> = Vec::with_capacity(beam.len());
     for (s, e) in beam.iter().enumerate() {
         let ctc = log_add(e.pb, e.pnb);
-        let lm_total = match lm {
-            Some(lm) => {
-                let row = cache.row(lm, &trie, e.node);
-                e.lm + f64::from(cache.rows[row + Vocab::EOS])
+        let mut f = *e;
+        if let Some(lm) = lm {
+            let row = cache.row(lm, &trie, e.node);
+            f.lm += f64::from(cache.rows[row + Vocab::EOS]);
+        }
+        f.oov += u32::from(lexicon.is_some_and(|l| l.unfinished(e.lex)));
+        if let Some(wlm) = word_lm {
+            if e.lex != ROOT {
+                f.words.finish(wlm, e.lex);
             }
-            None => 0.0,
-        };
-        let oov = e.oov + u32::from(lexicon.is_some_and(|l| l.unfinished(e.lex)));
-        let score = scorer.score(ctc, lm_total, e.len, oov);
-        finals.push((ctc, lm_total, score, oov));
+            f.words.log_prob += f64::from(wlm.score(f.words.state, Vocab::EOS).1);
+        }
+        let score = scorer.score(ctc, &f);
+        finals.push((ctc, f));
         ranked.push((score, s));
     }
     keep_best(&mut ranked, k);
@@ -402,7 +491,7 @@ pub fn ctc_beam_search_with(
         .iter()
         .map(|&(score, s)| {
             let e = &beam[s];
-            let (ctc_log_prob, lm_log_prob, _, oov) = finals[s];
+            let (ctc_log_prob, f) = finals[s];
             let tokens = trie.tokens(e.node);
             let mut frames = Vec::with_capacity(tokens.len());
             let mut r = e.best_path().1;
@@ -416,8 +505,10 @@ pub fn ctc_beam_search_with(
                 tokens,
                 frames,
                 ctc_log_prob,
-                lm_log_prob,
-                oov_words: oov as usize,
+                lm_log_prob: if lm.is_some() { f.lm } else { 0.0 },
+                oov_words: f.oov as usize,
+                word_lm_log_prob: f.words.log_prob,
+                words: f.words.count as usize,
                 score,
             }
         })
@@ -463,21 +554,49 @@ struct Scorer {
     bonus: f64,
     /// 0 without a lexicon.
     oov_penalty: f64,
+    /// 0 without a word model.
+    word_weight: f64,
+    word_bonus: f64,
 }
 
 impl Scorer {
-    fn score(&self, ctc: f64, lm: f64, len: usize, oov: u32) -> f64 {
+    /// The score of `e` with CTC log-probability `ctc`.
+    fn score(&self, ctc: f64, e: &Entry) -> f64 {
         // Skipping a zero weight keeps a model's `-inf` from turning into NaN.
-        let lm_term = if self.lm_weight == 0.0 {
-            0.0
-        } else {
-            self.lm_weight * lm
-        };
-        ctc + lm_term + self.bonus * len as f64 - self.oov_penalty * f64::from(oov)
+        let weighted = |w: f64, lp: f64| if w == 0.0 { 0.0 } else { w * lp };
+        ctc + weighted(self.lm_weight, e.lm)
+            + self.bonus * e.len as f64
+            + weighted(self.word_weight, e.words.log_prob)
+            + self.word_bonus * f64::from(e.words.count)
+            - self.oov_penalty * f64::from(e.oov)
     }
 
     fn prefix(&self, e: &Entry) -> f64 {
-        self.score(log_add(e.pb, e.pnb), e.lm, e.len, e.oov)
+        self.score(log_add(e.pb, e.pnb), e)
+    }
+}
+
+/// A prefix's finished words as a [`WordLm`] sees them.
+#[derive(Clone, Copy)]
+struct WordScore {
+    /// The model's state after them.
+    state: u32,
+    /// `ln P_words`, and how many.
+    log_prob: f64,
+    count: u32,
+}
+
+impl WordScore {
+    /// Scores the word that ends in lexicon state `lex` (a space right after a space
+    /// or at the start ends none).
+    fn finish(&mut self, wlm: &WordLm, lex: u32) {
+        if lex == ROOT {
+            return;
+        }
+        let (state, lp) = wlm.score(self.state, wlm.word_at(lex));
+        self.state = state;
+        self.log_prob += f64::from(lp);
+        self.count += 1;
     }
 }
 
@@ -497,6 +616,7 @@ struct Entry {
     /// outside it.
     lex: u32,
     oov: u32,
+    words: WordScore,
     /// `ln p_b`, `ln p_nb`.
     pb: f64,
     pnb: f64,
@@ -513,7 +633,8 @@ struct Entry {
 }
 
 impl Entry {
-    fn root() -> Entry {
+    /// The empty prefix; `word_state` is the word model's start (0 without one).
+    fn root(word_state: u32) -> Entry {
         Entry {
             node: 0,
             parent: NONE,
@@ -522,6 +643,11 @@ impl Entry {
             lm: 0.0,
             lex: ROOT,
             oov: 0,
+            words: WordScore {
+                state: word_state,
+                log_prob: 0.0,
+                count: 0,
+            },
             pb: 0.0,
             pnb: f64::NEG_INFINITY,
             vb: 0.0,

@@ -79,8 +79,14 @@ pub enum LmFileErrorKind {
     #[error("{0}")]
     Io(#[source] std::io::Error),
     /// The file does not start with the format's magic bytes.
-    #[error("not a lasr character language model (wrong magic bytes)")]
+    #[error("not a lasr language model (wrong magic bytes)")]
     NotALanguageModel,
+    /// The file is the other kind of lasr language model.
+    #[error("{found}, where {expected} was expected")]
+    OtherKind {
+        found: &'static str,
+        expected: &'static str,
+    },
     /// A format version this build cannot read.
     #[error("format version {found} is not supported (this build reads version {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },

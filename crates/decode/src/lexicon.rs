@@ -22,12 +22,16 @@ pub(crate) const OUTSIDE: u32 = u32::MAX;
 /// The state between words (and at the start).
 pub(crate) const ROOT: u32 = 0;
 
+/// A trie node where no word ends.
+const NO_WORD: u32 = u32::MAX;
+
 #[derive(Debug, Clone, PartialEq)]
 struct Node {
     /// `(symbol, child)`, sorted by symbol.
     children: Vec<(u32, u32)>,
-    /// A word ends here.
-    word: bool,
+    /// The index (in order of first appearance) of the word that ends here;
+    /// [`NO_WORD`] if none does.
+    word: u32,
 }
 
 /// A trie of words over a [`Vocab`]'s symbol ids (see the [module docs](self)).
@@ -48,7 +52,7 @@ impl Lexicon {
         let mut lex = Lexicon {
             nodes: vec![Node {
                 children: Vec::new(),
-                word: false,
+                word: NO_WORD,
             }],
             words: 0,
             space: vocab.id(' '),
@@ -67,7 +71,7 @@ impl Lexicon {
                         let n = lex.nodes.len() as u32;
                         lex.nodes.push(Node {
                             children: Vec::new(),
-                            word: false,
+                            word: NO_WORD,
                         });
                         let kids = &mut lex.nodes[node as usize].children;
                         let at = kids.partition_point(|&(s, _)| s < id as u32);
@@ -77,8 +81,8 @@ impl Lexicon {
                 };
             }
             let end = &mut lex.nodes[node as usize].word;
-            if !*end {
-                *end = true;
+            if *end == NO_WORD {
+                *end = lex.words as u32;
                 lex.words += 1;
             }
         }
@@ -100,6 +104,11 @@ impl Lexicon {
         self.words == 0
     }
 
+    /// The symbol that ends a word.
+    pub(crate) fn space(&self) -> Option<usize> {
+        self.space
+    }
+
     /// Symbols of the vocabulary it was built over.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
@@ -114,7 +123,26 @@ impl Lexicon {
                 None => return false,
             }
         }
-        node != ROOT && self.nodes[node as usize].word
+        node != ROOT && self.nodes[node as usize].word != NO_WORD
+    }
+
+    /// The index of `word` (normalised as transcripts are) among the lexicon's words
+    /// in order of first appearance, if it holds it.
+    pub fn index(&self, vocab: &Vocab, word: &str) -> Option<usize> {
+        let mut node = ROOT;
+        for id in vocab.encode(word) {
+            node = self.child(node, id)?;
+        }
+        self.word_at(node).map(|w| w as usize)
+    }
+
+    /// The index of the word a hypothesis in `state` has just spelled, if it is one.
+    pub(crate) fn word_at(&self, state: u32) -> Option<u32> {
+        if state == OUTSIDE || state == ROOT {
+            return None;
+        }
+        let w = self.nodes[state as usize].word;
+        (w != NO_WORD).then_some(w)
     }
 
     fn child(&self, node: u32, symbol: usize) -> Option<u32> {
@@ -142,7 +170,7 @@ impl Lexicon {
     /// `true` if a hypothesis ending in `state` ends inside a word that is not one
     /// (charged at a space and at the end of the utterance).
     pub(crate) fn unfinished(&self, state: u32) -> bool {
-        state != OUTSIDE && state != ROOT && !self.nodes[state as usize].word
+        state != OUTSIDE && state != ROOT && self.nodes[state as usize].word == NO_WORD
     }
 }
 
@@ -170,6 +198,10 @@ mod tests {
         assert_eq!(lex.len(), 4);
         assert!(lex.contains(&v, "Then") && lex.contains(&v, "DON'T"));
         assert!(!lex.contains(&v, "th") && !lex.contains(&v, "speaks"));
+        // Indices in order of first appearance, repeats and left-out words skipped.
+        assert_eq!(lex.index(&v, "then"), Some(1));
+        assert_eq!(lex.index(&v, "DON'T"), Some(3));
+        assert_eq!(lex.index(&v, "th"), None);
         for (text, unknown) in [
             ("the speak", 0),
             ("then the", 0),

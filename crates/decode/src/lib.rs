@@ -4,7 +4,8 @@
 //! vocabulary ([`vocab`]), greedy and beam search over any autoregressive model that
 //! implements [`Decoder`] ([`search`]), CTC prefix beam search over a CTC head's output
 //! ([`ctc`]), word/character error rates ([`score`]), and a character n-gram language
-//! model with shallow fusion into any [`Decoder`] or into the CTC search ([`lm`]).
+//! model with shallow fusion into any [`Decoder`] or into the CTC search ([`lm`]), and a
+//! word n-gram model for the CTC search ([`word_lm`]).
 //!
 //! Scoring a hypothesis the way the recogniser sees text:
 //!
@@ -27,14 +28,17 @@ pub mod ctc;
 pub mod error;
 pub mod lexicon;
 pub mod lm;
+mod ngram;
 pub mod score;
 pub mod search;
 pub mod vocab;
+pub mod word_lm;
 
-pub use ctc::{ctc_beam_search, ctc_beam_search_with, CtcHypothesis, CtcSearchOptions};
+pub use ctc::{ctc_beam_search, ctc_beam_search_with, CtcHypothesis, CtcSearchOptions, Words};
 pub use error::{Error, LmFileErrorKind, Result, VocabErrorKind};
 pub use lexicon::Lexicon;
 pub use lm::{CharLm, Fused, FusedState};
 pub use score::{align, cer, char_units, error_counts, wer, word_units, EditOp, ErrorCounts};
 pub use search::{beam_search, greedy, Decoder, Hypothesis, LengthNorm, SearchOptions, Step};
 pub use vocab::{Vocab, UNK_MARKER};
+pub use word_lm::WordLm;

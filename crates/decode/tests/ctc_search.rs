@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use lasr_decode::{
     ctc_beam_search, ctc_beam_search_with, CharLm, CtcHypothesis, CtcSearchOptions, Error, Lexicon,
-    Vocab,
+    Vocab, WordLm, Words,
 };
 
 const BLANK: usize = 0;
@@ -437,7 +437,16 @@ fn a_lexicon_turns_a_misspelling_into_a_known_word() {
             oov_penalty: penalty,
             ..CtcSearchOptions::default()
         };
-        ctc_beam_search_with(&lp, lp.len() / 32, 32, BLANK, None, Some(&lex), &options).unwrap()
+        ctc_beam_search_with(
+            &lp,
+            lp.len() / 32,
+            32,
+            BLANK,
+            None,
+            Some(Words::List(&lex)),
+            &options,
+        )
+        .unwrap()
     };
     let plain = search(&lp, 32, None, &CtcSearchOptions::default());
     assert_eq!(text(&plain[0].tokens), "the kat");
@@ -467,7 +476,7 @@ fn a_lexicon_turns_a_misspelling_into_a_known_word() {
         32,
         BLANK,
         None,
-        Some(&lex),
+        Some(Words::List(&lex)),
         &CtcSearchOptions::default(),
     )
     .unwrap()[0];
@@ -482,7 +491,7 @@ fn a_lexicon_turns_a_misspelling_into_a_known_word() {
             32,
             BLANK,
             None,
-            Some(&other),
+            Some(Words::List(&other)),
             &opts(4, None)
         ),
         Err(Error::Lm(_))
@@ -492,7 +501,15 @@ fn a_lexicon_turns_a_misspelling_into_a_known_word() {
         ..CtcSearchOptions::default()
     };
     assert!(matches!(
-        ctc_beam_search_with(&lp, lp.len() / 32, 32, BLANK, None, Some(&lex), &bad),
+        ctc_beam_search_with(
+            &lp,
+            lp.len() / 32,
+            32,
+            BLANK,
+            None,
+            Some(Words::List(&lex)),
+            &bad
+        ),
         Err(Error::Options(_))
     ));
 }
@@ -614,4 +631,170 @@ fn options_deserialize_with_defaults_and_refuse_unknown_fields() {
         serde_json::from_str(r#"{"beam_size": 4, "lm_weight": 0.3, "prune": null}"#).unwrap();
     assert_eq!((o.beam_size, o.lm_weight, o.prune), (4, 0.3, None));
     assert!(serde_json::from_str::<CtcSearchOptions>(r#"{"beam": 4}"#).is_err());
+}
+
+/// "the cat" where the `c` frame slightly prefers `h`: both "the hat" and "the cat"
+/// are words.
+fn ambiguous_the_hat() -> Vec<f32> {
+    let v = vocab();
+    let mut lp = spiky("_tt_h_e_ _");
+    let mut frame = vec![(0.05f64 / 28.0).ln() as f32; 32];
+    frame[BLANK] = 0.05f64.ln() as f32;
+    frame[v.id('h').unwrap()] = 0.5f64.ln() as f32;
+    frame[v.id('c').unwrap()] = 0.4f64.ln() as f32;
+    lp.extend(frame);
+    lp.extend(spiky("_aa_t_"));
+    lp
+}
+
+fn word_search(lp: &[f32], wlm: &WordLm, options: &CtcSearchOptions) -> Vec<CtcHypothesis> {
+    ctc_beam_search_with(
+        lp,
+        lp.len() / 32,
+        32,
+        BLANK,
+        None,
+        Some(Words::Lm(wlm)),
+        options,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_word_model_picks_the_word_its_context_expects() {
+    let v = vocab();
+    let wlm = WordLm::train(
+        [
+            "the cat",
+            "the cat sat",
+            "the cat ran",
+            "a hat",
+            "a red hat",
+        ],
+        &v,
+        2,
+        1,
+    )
+    .unwrap();
+    let lp = ambiguous_the_hat();
+    // Both are known words: a word list alone cannot choose.
+    let plain = word_search(&lp, &wlm, &CtcSearchOptions::default());
+    assert_eq!(text(&plain[0].tokens), "the hat");
+    assert_eq!(plain[0].oov_words, 0);
+    assert_eq!(plain[0].score, plain[0].ctc_log_prob);
+    // The model knows "the cat", never "the hat".
+    let options = CtcSearchOptions {
+        word_lm_weight: 0.5,
+        word_bonus: 0.3,
+        ..CtcSearchOptions::default()
+    };
+    let fused = word_search(&lp, &wlm, &options);
+    assert_eq!(text(&fused[0].tokens), "the cat");
+    for h in &fused {
+        // Specials (probability 0.05 / 28 here) vanish from the text: leave them out.
+        if h.tokens.iter().any(|&t| t <= Vocab::UNK) {
+            continue;
+        }
+        let (lp_words, n) = wlm.sentence_log_prob(&v, &text(&h.tokens));
+        assert!(n > 0, "the search never empties this input");
+        assert!(
+            (h.word_lm_log_prob - lp_words).abs() < 1e-4,
+            "{:?}: {} by search, {lp_words} by the model",
+            text(&h.tokens),
+            h.word_lm_log_prob
+        );
+        // Every word and <eos> scored; <eos> is not a word.
+        assert_eq!(h.words + 1, n, "{:?}", text(&h.tokens));
+        let expected = h.ctc_log_prob
+            + f64::from(0.5f32) * h.word_lm_log_prob
+            + f64::from(0.3f32) * h.words as f64;
+        assert!((h.score - expected).abs() < 1e-9);
+    }
+    // Options out of range are refused.
+    for bad in [
+        CtcSearchOptions {
+            word_lm_weight: -0.1,
+            ..CtcSearchOptions::default()
+        },
+        CtcSearchOptions {
+            word_bonus: f32::NAN,
+            ..CtcSearchOptions::default()
+        },
+    ] {
+        assert!(matches!(
+            ctc_beam_search_with(
+                &lp,
+                lp.len() / 32,
+                32,
+                BLANK,
+                None,
+                Some(Words::Lm(&wlm)),
+                &bad
+            ),
+            Err(Error::Options(_))
+        ));
+    }
+}
+
+#[test]
+fn a_full_beam_with_a_word_model_scores_every_labelling_exactly() {
+    // Symbols: blank (id 0, <pad>), `a`, `b`, space; the other specials get
+    // probability 0, so labellings hold only letters and spaces.
+    let small = Vocab::new(["<pad>", "<sos>", "<eos>", "<unk>", "a", "b", " "]).unwrap();
+    let v = small.len();
+    let wlm = WordLm::train(["a b", "ab a", "b b a", "a a ab"], &small, 2, 1).unwrap();
+    let options = CtcSearchOptions {
+        beam_size: 5000,
+        prune: None,
+        word_lm_weight: 0.7,
+        word_bonus: 0.4,
+        oov_penalty: 1.5,
+        ..CtcSearchOptions::default()
+    };
+    for case in 0..60u64 {
+        let t = 1 + (case % 4) as usize;
+        let mut lp = random_log_probs(500 + case, t, v, [1.0, 4.0][(case / 4 % 2) as usize]);
+        for row in lp.chunks_exact_mut(v) {
+            row[1..4].fill(f32::NEG_INFINITY);
+        }
+        let exact = brute_force(&lp, t, v);
+        let hyps =
+            ctc_beam_search_with(&lp, t, v, BLANK, None, Some(Words::Lm(&wlm)), &options).unwrap();
+        let live = exact.values().filter(|l| l.prob > 0.0).count();
+        assert_eq!(hyps.len(), live, "case {case}");
+        let score = |tokens: &[usize], prob: f64| {
+            let words: Vec<String> = small
+                .decode(tokens)
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .map(String::from)
+                .collect();
+            // An empty labelling still ends: `<eos>` right after `<sos>`.
+            let lw = if words.is_empty() {
+                f64::from(wlm.log_prob(&[Vocab::SOS], Vocab::EOS))
+            } else {
+                wlm.sentence_log_prob(&small, &words.join(" ")).0
+            };
+            let oov = words.iter().filter(|w| wlm.id(w) == Vocab::UNK).count();
+            prob.ln() + f64::from(0.7f32) * lw + f64::from(0.4f32) * words.len() as f64
+                - 1.5 * oov as f64
+        };
+        for h in &hyps {
+            let l = &exact[&h.tokens];
+            let expected = score(&h.tokens, l.prob);
+            assert!(
+                (h.score - expected).abs() < 1e-4,
+                "case {case}: {:?} scores {} by search, {expected} by brute force",
+                small.decode(&h.tokens),
+                h.score
+            );
+        }
+        let best = exact
+            .iter()
+            .filter(|e| e.1.prob > 0.0)
+            .map(|(k, l)| (score(k, l.prob), k))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap();
+        assert!((hyps[0].score - best.0).abs() < 1e-4, "case {case}");
+    }
 }

@@ -25,5 +25,6 @@ pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
 pub use lasr_nn::WeightFormat;
 pub use train::{train, validate, Finish, Observer, Progress, Quiet, TrainOptions, Validation};
 pub use transcribe::{
-    chunk_bounds, Alternative, DecodeOptions, SharedLexicon, SharedLm, Transcript, Word,
+    chunk_bounds, Alternative, DecodeOptions, SharedLexicon, SharedLm, SharedWordLm, Transcript,
+    Word,
 };

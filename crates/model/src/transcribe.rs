@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lasr_decode::{beam_search, CharLm, Fused, Lexicon, SearchOptions, Vocab};
+use lasr_decode::{beam_search, CharLm, Fused, Lexicon, SearchOptions, Vocab, WordLm};
 use lasr_features::{Audio, FrontEnd};
 use lasr_nn::WeightFormat;
 use ndarray::{s, ArrayView2};
@@ -105,6 +105,27 @@ impl PartialEq for SharedLexicon {
     }
 }
 
+/// A word language model shared between threads (compared by identity).
+#[derive(Clone)]
+pub struct SharedWordLm(pub Arc<WordLm>);
+
+impl std::fmt::Debug for SharedWordLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WordLm(order {}, {} words)",
+            self.0.order(),
+            self.0.num_words()
+        )
+    }
+}
+
+impl PartialEq for SharedWordLm {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// How to decode. Every field has a default; unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -136,6 +157,15 @@ pub struct DecodeOptions {
     /// per unknown word (data, never serialised; see [`lasr_decode::lexicon`]).
     #[serde(skip)]
     pub lexicon: Option<SharedLexicon>,
+    /// CTC prefix beam search with a `word_lm`: weight of its log-probabilities.
+    pub word_lm_weight: f32,
+    /// CTC prefix beam search with a `word_lm`: score added per word.
+    pub word_bonus: f32,
+    /// A word model the CTC prefix beam search scores finished words with; its words
+    /// are the known words, as a `lexicon`'s (data, never serialised; see
+    /// [`lasr_decode::word_lm`]).
+    #[serde(skip)]
+    pub word_lm: Option<SharedWordLm>,
 }
 
 impl Default for DecodeOptions {
@@ -150,6 +180,9 @@ impl Default for DecodeOptions {
             lm: None,
             oov_penalty: 0.0,
             lexicon: None,
+            word_lm_weight: 0.0,
+            word_bonus: 0.0,
+            word_lm: None,
         }
     }
 }
@@ -181,6 +214,30 @@ impl DecodeOptions {
                 "a lexicon constrains CTC prefix beam search only: decode with ctc_only (--ctc-only)"
                     .into(),
             ));
+        }
+        if self.word_lm.is_some() && !self.ctc_only {
+            return Err(Error::Model(
+                "a word language model scores CTC prefix beam search only: decode with ctc_only (--ctc-only)"
+                    .into(),
+            ));
+        }
+        if self.word_lm.is_some() && self.lexicon.is_some() {
+            return Err(Error::Model(
+                "a word language model brings its own word list: give it or a lexicon, not both"
+                    .into(),
+            ));
+        }
+        if !(self.word_lm_weight.is_finite() && self.word_lm_weight >= 0.0) {
+            return Err(Error::Model(format!(
+                "word_lm_weight {} must be finite and >= 0",
+                self.word_lm_weight
+            )));
+        }
+        if !self.word_bonus.is_finite() {
+            return Err(Error::Model(format!(
+                "word_bonus {} must be finite",
+                self.word_bonus
+            )));
         }
         if !(self.oov_penalty.is_finite() && self.oov_penalty >= 0.0) {
             return Err(Error::Model(format!(
@@ -293,7 +350,11 @@ impl ModelFile {
             let logits = decoder
                 .ctc_logits()?
                 .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
-            if options.search.beam_size > 1 || options.lm.is_some() || options.lexicon.is_some() {
+            if options.search.beam_size > 1
+                || options.lm.is_some()
+                || options.lexicon.is_some()
+                || options.word_lm.is_some()
+            {
                 return self.ctc_beam(logits, options);
             }
             let (tokens, frames) = lasr_nn::ctc_greedy(logits.view(), blank);
@@ -367,7 +428,14 @@ impl ModelFile {
             },
             insertion_bonus: options.ctc_insertion_bonus,
             oov_penalty: options.oov_penalty,
+            word_lm_weight: options.word_lm_weight,
+            word_bonus: options.word_bonus,
             ..Default::default()
+        };
+        let words = match (&options.word_lm, &options.lexicon) {
+            (Some(w), _) => Some(lasr_decode::Words::Lm(w.0.as_ref())),
+            (None, Some(l)) => Some(lasr_decode::Words::List(l.0.as_ref())),
+            (None, None) => None,
         };
         let lp = lp.as_standard_layout();
         let hyps = lasr_decode::ctc_beam_search_with(
@@ -376,7 +444,7 @@ impl ModelFile {
             v,
             self.las.config.blank,
             options.lm.as_ref().map(|lm| lm.0.as_ref()),
-            options.lexicon.as_ref().map(|l| l.0.as_ref()),
+            words,
             &search,
         )?;
         let best = hyps
@@ -390,7 +458,9 @@ impl ModelFile {
                 .iter()
                 .map(|h| Alternative {
                     text: self.vocab.decode(&h.tokens),
-                    log_prob: h.ctc_log_prob + f64::from(search.lm_weight) * h.lm_log_prob,
+                    log_prob: h.ctc_log_prob
+                        + f64::from(search.lm_weight) * h.lm_log_prob
+                        + f64::from(search.word_lm_weight) * h.word_lm_log_prob,
                     ctc_log_prob: Some(h.ctc_log_prob),
                     score: h.score,
                 })
