@@ -376,6 +376,30 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "{}",
         text(&out.stdout)
     );
+    // Joint CTC/attention decoding agrees on a clear answer, and reports the CTC score
+    // it ranked by.
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        "--ctc-weight",
+        "0.5",
+        "--joint",
+        "--beam",
+        "3",
+        "--no-lm",
+        "--json",
+        dir.join("high.wav").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["text"], "yo", "{v}");
+    let best = &v["nbest"][0];
+    let (lp, ctc) = (
+        best["log_prob"].as_f64().unwrap(),
+        best["ctc_log_prob"].as_f64().unwrap(),
+    );
+    assert!(ctc < 0.0 && lp < 0.0, "{v}");
     // A word list and bfloat16 weights leave a clear answer as it is.
     let tmp = tempfile::tempdir().unwrap();
     let words = tmp.path().join("words.txt");

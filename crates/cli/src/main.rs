@@ -285,6 +285,11 @@ struct DecodeArgs {
     /// (models trained with a CTC head; 0 = attention only).
     #[arg(long, value_name = "W")]
     ctc_weight: Option<f32>,
+    /// Apply --ctc-weight at every step of the attention beam (one-pass joint
+    /// CTC/attention decoding: hypotheses that run past the audio or skip some of it
+    /// drop out at once) instead of re-ranking the finished hypotheses.
+    #[arg(long)]
+    joint: bool,
     /// Decode with the CTC head alone, no attention: its best path with --beam 1, no
     /// --lm, --lexicon or --word-lm, else a CTC prefix beam search with them.
     #[arg(long)]
@@ -370,6 +375,9 @@ impl DecodeArgs {
         }
         if let Some(w) = self.ctc_weight {
             o.ctc_weight = w;
+        }
+        if self.joint {
+            o.ctc_joint = true;
         }
         if let Some(t) = self.eos_threshold {
             o.search.eos_threshold = Some(t);
@@ -1007,9 +1015,10 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         DEFAULT_CTC_WEIGHT
     };
+    let joint = if beam.ctc_joint { "joint " } else { "" };
     if model.las.ctc.is_some() {
         settings.push(lasr_model::BenchSetting {
-            name: format!("beam {} + CTC {rerank}", beam.search.beam_size),
+            name: format!("beam {} + {joint}CTC {rerank}", beam.search.beam_size),
             options: lasr_model::DecodeOptions {
                 ctc_weight: rerank,
                 ctc_only: false,
@@ -1055,7 +1064,10 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         });
         if model.las.ctc.is_some() {
             settings.push(lasr_model::BenchSetting {
-                name: format!("beam {} + CTC {rerank} + LM {lm_w}", beam.search.beam_size),
+                name: format!(
+                    "beam {} + {joint}CTC {rerank} + LM {lm_w}",
+                    beam.search.beam_size
+                ),
                 options: lasr_model::DecodeOptions {
                     ctc_weight: rerank,
                     ctc_only: false,

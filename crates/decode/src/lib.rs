@@ -26,6 +26,7 @@
 
 pub mod ctc;
 pub mod error;
+pub mod joint;
 pub mod lexicon;
 pub mod lm;
 mod ngram;
@@ -36,6 +37,7 @@ pub mod word_lm;
 
 pub use ctc::{ctc_beam_search, ctc_beam_search_with, CtcHypothesis, CtcSearchOptions, Words};
 pub use error::{Error, LmFileErrorKind, Result, VocabErrorKind};
+pub use joint::{JointCtc, JointState};
 pub use lexicon::Lexicon;
 pub use lm::{CharLm, Fused, FusedState};
 pub use score::{align, cer, char_units, error_counts, wer, word_units, EditOp, ErrorCounts};

@@ -74,7 +74,7 @@ use std::path::Path;
 use crate::error::{Error, LmFileErrorKind, Result};
 pub(crate) use crate::ngram::KeyHasher;
 use crate::ngram::{self, Ngram};
-use crate::search::{Decoder, Step};
+use crate::search::{boxed, Decoder, Step};
 use crate::vocab::Vocab;
 
 pub use crate::ngram::{FORMAT_VERSION, MAX_ORDER};
@@ -454,8 +454,4 @@ impl<D: Decoder + ?Sized> Decoder for Fused<'_, D> {
             rows: rows.len(),
         })
     }
-}
-
-fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
-    Error::Decoder(Box::new(e))
 }

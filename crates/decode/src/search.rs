@@ -338,6 +338,11 @@ pub fn beam_search<D: Decoder + ?Sized>(
                     }),
             );
         }
+        // An extension of probability 0 can never become anything: unless nothing
+        // else is left, it takes no place in the beam.
+        if candidates.iter().any(|c| c.log_prob > f64::NEG_INFINITY) {
+            candidates.retain(|c| c.log_prob > f64::NEG_INFINITY);
+        }
         keep_best(&mut candidates, k);
 
         let mut next = Vec::with_capacity(candidates.len());
@@ -489,7 +494,8 @@ fn hypothesis(
     }
 }
 
-fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
+/// A wrapped decoder's error as this crate's, passed through if it already is one.
+pub(crate) fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
     let e: Box<dyn std::error::Error + Send + Sync + 'static> = Box::new(e);
     match e.downcast::<Error>() {
         Ok(own) => *own,

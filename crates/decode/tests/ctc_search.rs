@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use lasr_decode::{
-    ctc_beam_search, ctc_beam_search_with, CharLm, CtcHypothesis, CtcSearchOptions, Error, Lexicon,
-    Vocab, WordLm, Words,
+    beam_search, ctc_beam_search, ctc_beam_search_with, CharLm, CtcHypothesis, CtcSearchOptions,
+    Decoder, Error, JointCtc, Lexicon, SearchOptions, Step, Vocab, WordLm, Words,
 };
 
 const BLANK: usize = 0;
@@ -797,4 +797,114 @@ fn a_full_beam_with_a_word_model_scores_every_labelling_exactly() {
             .unwrap();
         assert!((hyps[0].score - best.0).abs() < 1e-4, "case {case}");
     }
+}
+
+/// An attention decoder with no opinion: every symbol equally likely at every step.
+/// Symbols: blank 0, `<sos>` 1, `<eos>` 2, then letters.
+struct Flat {
+    v: usize,
+    frames: usize,
+}
+
+impl Decoder for Flat {
+    type State = usize;
+    type Error = std::convert::Infallible;
+    fn vocab_size(&self) -> usize {
+        self.v
+    }
+    fn sos(&self) -> usize {
+        1
+    }
+    fn eos(&self) -> usize {
+        2
+    }
+    fn encoder_len(&self) -> usize {
+        self.frames
+    }
+    fn initial(&self) -> Result<usize, Self::Error> {
+        Ok(1)
+    }
+    fn step(&self, prev: &[usize], _rows: usize) -> Result<Step<usize>, Self::Error> {
+        Ok(Step {
+            log_probs: vec![-(self.v as f32).ln(); prev.len() * self.v],
+            state: prev.len(),
+            attention_peaks: None,
+        })
+    }
+    fn select(&self, _rows: usize, rows: &[usize]) -> Result<usize, Self::Error> {
+        Ok(rows.len())
+    }
+}
+
+#[test]
+fn joint_decoding_with_ctc_alone_gives_every_labelling_its_ctc_probability() {
+    let v = 6;
+    let search = SearchOptions {
+        beam_size: 300,
+        max_len: 12,
+        max_len_per_frame: None,
+        ..SearchOptions::default()
+    };
+    for case in 0..40u64 {
+        let t = 1 + (case % 4) as usize;
+        let mut lp = random_log_probs(900 + case, t, v, [1.0, 4.0][(case / 4 % 2) as usize]);
+        // The CTC head never emits <sos> or <eos>.
+        for row in lp.chunks_exact_mut(v) {
+            row[1..3].fill(f32::NEG_INFINITY);
+        }
+        let exact = brute_force(&lp, t, v);
+        let flat = Flat { v, frames: t };
+        let joint = JointCtc::new(&flat, &lp, t, BLANK, 1.0, v).unwrap();
+        let hyps = beam_search(&joint, &search).unwrap();
+        // The search stops once nothing live can beat the best finished hypothesis, so
+        // the list may be short; what it holds is exact.
+        for h in &hyps {
+            assert!(h.finished);
+            let p = exact[&h.tokens].prob.ln();
+            assert!(
+                (h.log_prob - p).abs() < 1e-4,
+                "case {case}: {:?} has {} by joint search, ln P_ctc {p}",
+                h.tokens,
+                h.log_prob
+            );
+        }
+        let best = exact
+            .iter()
+            .max_by(|a, b| a.1.prob.total_cmp(&b.1.prob))
+            .unwrap();
+        assert_eq!(&hyps[0].tokens, best.0, "case {case}");
+        // Halfway: half the (flat) attention log-probability per step, half CTC.
+        let half = JointCtc::new(&flat, &lp, t, BLANK, 0.5, v).unwrap();
+        let h = &beam_search(&half, &search).unwrap()[0];
+        let steps = (h.tokens.len() + 1) as f64;
+        let expected = 0.5 * steps * -(v as f64).ln() + 0.5 * exact[&h.tokens].prob.ln();
+        assert!((h.log_prob - expected).abs() < 1e-4, "case {case}");
+    }
+}
+
+#[test]
+fn joint_decoding_refuses_bad_settings() {
+    let flat = Flat { v: 6, frames: 2 };
+    let lp = random_log_probs(1, 2, 6, 1.0);
+    for (w, k, blank) in [
+        (0.0, 6, 0),
+        (1.5, 6, 0),
+        (f32::NAN, 6, 0),
+        (0.5, 0, 0),
+        (0.5, 6, 1),
+        (0.5, 6, 2),
+        (0.5, 6, 6),
+    ] {
+        assert!(
+            JointCtc::new(&flat, &lp, 2, blank, w, k).is_err(),
+            "{w} {k} {blank}"
+        );
+    }
+    assert!(JointCtc::new(&flat, &lp[..6], 2, 0, 0.5, 6).is_err());
+    // Candidates cut to the best by attention: a flat decoder ties, so the lowest ids win,
+    // and the others cannot be extended.
+    let joint = JointCtc::new(&flat, &lp, 2, 0, 0.5, 2).unwrap();
+    let step = joint.step(&[1], joint.initial().unwrap()).unwrap();
+    let finite: Vec<usize> = (0..6).filter(|&c| step.log_probs[c].is_finite()).collect();
+    assert_eq!(finite, vec![2, 3]);
 }

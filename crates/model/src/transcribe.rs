@@ -136,6 +136,11 @@ pub struct DecodeOptions {
     /// `(1 - w) * attention + w * CTC`. 0 ranks by attention (and `length_norm`)
     /// alone. Needs a model with a CTC head.
     pub ctc_weight: f32,
+    /// Apply `ctc_weight` during the attention beam search (one-pass joint
+    /// CTC/attention decoding, [`lasr_decode::joint`]) rather than re-ranking its
+    /// final hypotheses: each step adds the CTC prefix score, so hypotheses that run
+    /// past the audio or skip some of it leave the beam at once.
+    pub ctc_joint: bool,
     /// Decode with the CTC head only, no attention: its best path when
     /// `search.beam_size` is 1 and there is no language model, else a CTC prefix beam
     /// search of that width with the language model fused.
@@ -173,6 +178,7 @@ impl Default for DecodeOptions {
         DecodeOptions {
             search: SearchOptions::default(),
             ctc_weight: 0.0,
+            ctc_joint: false,
             ctc_only: false,
             ctc_insertion_bonus: 0.0,
             max_chunk_seconds: 25.0,
@@ -371,23 +377,57 @@ impl ModelFile {
                 finished: true,
             });
         }
-        let mut hyps = match &options.lm {
-            Some(lm) => beam_search(
+        let ctc_logits = if options.ctc_weight > 0.0 {
+            Some(
+                decoder
+                    .ctc_logits()?
+                    .ok_or_else(|| Error::Model("this model has no CTC head".into()))?,
+            )
+        } else {
+            None
+        };
+        let ctc_log_probs = match (&ctc_logits, options.ctc_joint) {
+            (Some(l), true) => {
+                let mut lp = l.as_standard_layout().into_owned();
+                lasr_nn::activation::log_softmax_rows(lp.view_mut());
+                Some(lp)
+            }
+            _ => None,
+        };
+        // ESPnet's CTC pre-beam: CTC scores the 1.5 x beam best tokens by attention.
+        let candidates = (options.search.beam_size * 3).div_ceil(2).max(2);
+        let joint = match &ctc_log_probs {
+            Some(lp) => Some(lasr_decode::JointCtc::new(
+                &decoder,
+                lp.as_slice().expect("standard layout"),
+                lp.nrows(),
+                blank,
+                options.ctc_weight,
+                candidates,
+            )?),
+            None => None,
+        };
+        let mut hyps = match (&options.lm, &joint) {
+            (Some(lm), Some(j)) => {
+                beam_search(&Fused::new(j, &lm.0, options.lm_weight)?, &options.search)?
+            }
+            (Some(lm), None) => beam_search(
                 &Fused::new(&decoder, &lm.0, options.lm_weight)?,
                 &options.search,
             )?,
-            None => beam_search(&decoder, &options.search)?,
+            (None, Some(j)) => beam_search(j, &options.search)?,
+            (None, None) => beam_search(&decoder, &options.search)?,
         };
         let mut ctc_scores = vec![None; hyps.len()];
-        if options.ctc_weight > 0.0 {
-            let logits = decoder
-                .ctc_logits()?
-                .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
+        if let Some(logits) = &ctc_logits {
             let w = f64::from(options.ctc_weight);
             for (h, c) in hyps.iter_mut().zip(&mut ctc_scores) {
                 let ctc = -lasr_nn::ctc_score(logits.view(), &h.tokens, blank);
                 *c = Some(ctc);
-                h.score = (1.0 - w) * h.log_prob + w * ctc;
+                // Joint decoding has ranked by CTC already, step by step.
+                if !options.ctc_joint {
+                    h.score = (1.0 - w) * h.log_prob + w * ctc;
+                }
             }
             let mut order: Vec<usize> = (0..hyps.len()).collect();
             // Hypotheses CTC cannot align score -inf and sink to the end.
