@@ -1,4 +1,4 @@
-//! Embeds the default model (and its language model and word list) from `assets/` when they are
+//! Embeds the default model (and its character and word language models) from `assets/` when they are
 //! there, so that `lasr transcribe` works with no flags; a build without them (a
 //! source package, say) still works, with `--model` required.
 
@@ -7,12 +7,12 @@ use std::path::Path;
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(lasr_builtin_model)");
     println!("cargo::rustc-check-cfg=cfg(lasr_builtin_lm)");
-    println!("cargo::rustc-check-cfg=cfg(lasr_builtin_words)");
+    println!("cargo::rustc-check-cfg=cfg(lasr_builtin_word_lm)");
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
     for (file, cfg) in [
         ("model.safetensors", "lasr_builtin_model"),
         ("lm.bin", "lasr_builtin_lm"),
-        ("words.txt", "lasr_builtin_words"),
+        ("words.bin", "lasr_builtin_word_lm"),
     ] {
         let path = assets.join(file);
         println!("cargo::rerun-if-changed={}", path.display());

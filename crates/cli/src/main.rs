@@ -32,14 +32,14 @@ const BUILTIN_LM: Option<&[u8]> = Some(include_bytes!(concat!(
 #[cfg(not(lasr_builtin_lm))]
 const BUILTIN_LM: Option<&[u8]> = None;
 
-/// The default model's word list (the words of its language model's training text).
-#[cfg(lasr_builtin_words)]
-const BUILTIN_WORDS: Option<&str> = Some(include_str!(concat!(
+/// The default model's word language model.
+#[cfg(lasr_builtin_word_lm)]
+const BUILTIN_WORD_LM: Option<&[u8]> = Some(include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../assets/words.txt"
+    "/../../assets/words.bin"
 )));
-#[cfg(not(lasr_builtin_words))]
-const BUILTIN_WORDS: Option<&str> = None;
+#[cfg(not(lasr_builtin_word_lm))]
+const BUILTIN_WORD_LM: Option<&[u8]> = None;
 
 /// The model at `path`, or the built-in one; the flag says which.
 fn load_model(path: Option<&Path>) -> Result<(lasr_model::ModelFile, bool)> {
@@ -65,12 +65,12 @@ fn builtin_lm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedLm>
         .transpose()
 }
 
-fn builtin_lexicon(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedLexicon>> {
-    BUILTIN_WORDS
-        .map(|text| {
-            lasr_decode::Lexicon::from_text(vocab, text)
-                .context("the built-in word list")
-                .map(|l| lasr_model::SharedLexicon(std::sync::Arc::new(l)))
+fn builtin_word_lm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedWordLm>> {
+    BUILTIN_WORD_LM
+        .map(|bytes| {
+            lasr_decode::WordLm::from_bytes(bytes, vocab)
+                .context("the built-in word language model")
+                .map(|lm| lasr_model::SharedWordLm(std::sync::Arc::new(lm)))
         })
         .transpose()
 }
@@ -315,21 +315,21 @@ struct DecodeArgs {
     lm_weight: Option<f32>,
     /// Known words for the CTC beam search (a word list, or any text: words are split
     /// at white space), which charges --oov-penalty for every word outside them; with
-    /// --ctc-only. None by default (a build with assets/words.txt would embed one for
-    /// the built-in model).
+    /// --ctc-only. Replaces the built-in word model.
     #[arg(long, value_name = "FILE")]
     lexicon: Option<PathBuf>,
-    /// Decode without a word list.
-    #[arg(long, conflicts_with = "lexicon")]
-    no_lexicon: bool,
     /// Score (natural log) subtracted per word outside the --lexicon or --word-lm.
     #[arg(long, value_name = "P")]
     oov_penalty: Option<f32>,
     /// Word language model (`lasr lm --words`) for the CTC beam search, with
     /// --ctc-only: each finished word scores --word-lm-weight times its log-probability
     /// given the words before it, and its words are the known words (as --lexicon).
+    /// The built-in model comes with the built-in word model unless --no-word-lm.
     #[arg(long, value_name = "FILE", conflicts_with = "lexicon")]
     word_lm: Option<PathBuf>,
+    /// Decode without a word language model.
+    #[arg(long, conflicts_with = "word_lm")]
+    no_word_lm: bool,
     /// Weight of the word model's log-probabilities.
     #[arg(long, value_name = "W")]
     word_lm_weight: Option<f32>,
@@ -413,8 +413,6 @@ impl DecodeArgs {
             let lex = lasr_decode::Lexicon::from_text(&model.vocab, &text)
                 .with_context(|| format!("{}: not a usable word list", path.display()))?;
             o.lexicon = Some(lasr_model::SharedLexicon(std::sync::Arc::new(lex)));
-        } else if !self.no_lexicon && builtin && self.word_lm.is_none() {
-            o.lexicon = builtin_lexicon(&model.vocab)?;
         }
         if let Some(w) = self.word_lm_weight {
             o.word_lm_weight = w;
@@ -426,6 +424,9 @@ impl DecodeArgs {
             o.word_lm = Some(lasr_model::SharedWordLm(std::sync::Arc::new(
                 lasr_decode::WordLm::load(path, &model.vocab)?,
             )));
+        } else if !self.no_word_lm && builtin && o.ctc_only && self.lexicon.is_none() {
+            // Only CTC search uses one: the attention decoder would refuse it.
+            o.word_lm = builtin_word_lm(&model.vocab)?;
         }
         Ok(o)
     }
@@ -1203,6 +1204,7 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "vocabulary": model.vocab.symbols(),
         "decode": model.decode,
         "built_in_lm": builtin && BUILTIN_LM.is_some(),
+        "built_in_word_lm": builtin && BUILTIN_WORD_LM.is_some(),
         "info": model.info,
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
