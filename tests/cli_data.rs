@@ -218,6 +218,31 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_ne!(tensors(&first), tensors(&run3.join("model.safetensors")));
 
+    // Resuming an --init run (without --init) keeps the initial model's statistics,
+    // not this data's.
+    let resumed = lasr(&[
+        "train",
+        "--train",
+        data.to_str().unwrap(),
+        "--valid",
+        data.to_str().unwrap(),
+        "--out",
+        run3.to_str().unwrap(),
+        "--speed-perturb",
+        "0.8,1.0",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.01",
+        "--resume",
+    ]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let c = lasr_model::ModelFile::load(&run3.join("model.safetensors")).unwrap();
+    assert_eq!(
+        serde_json::to_value(&a.front_end).unwrap(),
+        serde_json::to_value(&c.front_end).unwrap()
+    );
+
     // Sizes come from the model: a second description is refused.
     let mut bad = args.to_vec();
     bad.extend_from_slice(&["--model-config", cfg.to_str().unwrap()]);

@@ -377,7 +377,12 @@ impl DecodeArgs {
             o.ctc_weight = w;
         }
         if self.joint {
+            // Joint decoding is an attention search scored by CTC.
             o.ctc_joint = true;
+            o.ctc_only = false;
+            if o.ctc_weight == 0.0 {
+                o.ctc_weight = DEFAULT_CTC_WEIGHT;
+            }
         }
         if let Some(t) = self.eos_threshold {
             o.search.eos_threshold = Some(t);
@@ -997,6 +1002,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                     ..beam.search.clone()
                 },
                 ctc_weight: 0.0,
+                ctc_joint: false,
                 ctc_only: false,
                 ..plain.clone()
             },
@@ -1005,6 +1011,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             name: format!("beam {}", beam.search.beam_size),
             options: lasr_model::DecodeOptions {
                 ctc_weight: 0.0,
+                ctc_joint: false,
                 ctc_only: false,
                 ..plain.clone()
             },
@@ -1030,6 +1037,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             name: "CTC best path".into(),
             options: lasr_model::DecodeOptions {
                 ctc_only: true,
+                ctc_joint: false,
                 search: lasr_decode::SearchOptions {
                     beam_size: 1,
                     ..beam.search.clone()
@@ -1041,6 +1049,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             name: format!("CTC beam {}{}", beam.search.beam_size, lexicon_note),
             options: lasr_model::DecodeOptions {
                 ctc_only: true,
+                ctc_joint: false,
                 lexicon: beam.lexicon.clone(),
                 word_lm: beam.word_lm.clone(),
                 ..plain.clone()
@@ -1059,6 +1068,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             name: format!("beam {} + LM {lm_w}", beam.search.beam_size),
             options: lasr_model::DecodeOptions {
                 ctc_weight: 0.0,
+                ctc_joint: false,
                 ctc_only: false,
                 ..beam_att.clone()
             },
@@ -1082,6 +1092,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                 ),
                 options: lasr_model::DecodeOptions {
                     ctc_only: true,
+                    ctc_joint: false,
                     ..beam.clone()
                 },
             });
@@ -1265,11 +1276,14 @@ fn lm(args: LmArgs) -> Result<ExitCode> {
         None => None,
     };
     let start = std::time::Instant::now();
+    // Training time only: saving and --eval are not the model's build cost.
+    let seconds;
     let text = lines.iter().map(String::as_str);
     // What was built, for the summary: contexts, words, perplexity on --eval, its unit.
     let (order, contexts, words, perplexity, unit) = if args.words {
         let order = args.order.unwrap_or(3);
         let model = lasr_decode::WordLm::train(text, &vocab, order, args.min_count)?;
+        seconds = start.elapsed().as_secs_f64();
         model.save(&args.out)?;
         let ppl = held
             .as_ref()
@@ -1279,13 +1293,13 @@ fn lm(args: LmArgs) -> Result<ExitCode> {
     } else {
         let order = args.order.unwrap_or(6);
         let model = lasr_decode::CharLm::train(text, &vocab, order)?;
+        seconds = start.elapsed().as_secs_f64();
         model.save(&args.out)?;
         let ppl = held
             .as_ref()
             .map(|h| model.perplexity(h.iter().map(String::as_str)));
         (order, model.num_contexts(), None, ppl, "character")
     };
-    let seconds = start.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&args.out).map_or(0, |m| m.len());
     if args.json {
         println!(
@@ -1467,7 +1481,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     }
     if args.resume {
         // The data is normalised here, the model's front end comes from its file: they
-        // must agree.
+        // must agree, so the run goes on with the statistics it started with (which an
+        // --init run took from its initial model, not from this data).
         let path = args.out.join("model.safetensors");
         let saved = lasr_model::ModelFile::load(&path)?;
         if saved.front_end.utterance_mean != front.utterance_mean {
@@ -1481,6 +1496,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 }
             );
         }
+        front = saved.front_end;
+        init_cmvn = front.cmvn.take();
     }
     let mut load = lasr_data::LoadOptions {
         front: front.clone(),

@@ -27,13 +27,14 @@
 //!            + word_lm_weight * ln P_words(l) + word_bonus * words(l) - oov_penalty * oov(l)
 //! ```
 //!
-//! (the last three terms only with a [`Words`] list or model: `ln P_words(l)` sums a
-//! [`WordLm`]'s log-probabilities of the words `l` has finished, each given the words
-//! before it, `words(l)` counts them, `oov(l)` counts those outside the list).
-//!
-//! survive the frame, where `ln P_lm(l)` is the sum of the model's log-probabilities of
-//! `l`'s symbols, each given `<sos>` and the symbols before it. After the last frame,
-//! each surviving prefix's final score adds `lm_weight * ln p_lm(<eos> | l)`; the
+//! survive the frame, where `ln P_lm(l)` is the sum of the character model's
+//! log-probabilities of `l`'s symbols, each given `<sos>` and the symbols before it.
+//! The last three terms count only with [`Words`]: `ln P_words(l)` sums a [`WordLm`]'s
+//! log-probabilities of the words `l` has finished (ended by a space), each given the
+//! words before it, `words(l)` counts them, and `oov(l)` counts the words outside the
+//! list. After the last frame, each surviving prefix's final score adds
+//! `lm_weight * ln p_lm(<eos> | l)`, and with [`Words`] its unfinished last word
+//! (scored, and charged if outside the list) and the word model's `<eos>`; the
 //! n-best list is the survivors sorted by that. All sums are kept as natural logs in
 //! `f64`.
 //!
@@ -116,8 +117,9 @@ pub struct CtcSearchOptions {
     /// `<= 0` (a positive threshold would rule out every symbol). Symbols of
     /// probability 0 (`-inf`) are never tried.
     pub prune: Option<f32>,
-    /// With a [`Lexicon`]: subtracted from the score once for every word outside it
-    /// (finite and `>= 0`; see [`crate::lexicon`]). Without one it does nothing.
+    /// With [`Words`] (a [`Lexicon`] or a [`WordLm`]'s words): subtracted from the
+    /// score once for every word outside them (finite and `>= 0`; see
+    /// [`crate::lexicon`]). Without them it does nothing.
     pub oov_penalty: f32,
     /// With a [`WordLm`]: weight of its log-probabilities (finite and `>= 0`).
     pub word_lm_weight: f32,

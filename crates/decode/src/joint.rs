@@ -63,9 +63,9 @@ const NO_SLOT: u32 = u32::MAX;
 impl<'a, D: Decoder + ?Sized> JointCtc<'a, D> {
     /// `log_probs` `[frames, V]` row-major: the CTC head's log-softmax for the
     /// utterance `decoder` decodes, over the decoder's `V` symbols with `blank` among
-    /// them; `weight` `w` in `(0, 1]`; `candidates` (at least 1) the most tokens per
-    /// hypothesis and step that CTC scores, best by attention first (`<eos>` always
-    /// among them).
+    /// them; `weight` `w` in `(0, 1]`; `candidates` (at least 1): CTC scores `<eos>`
+    /// and the `max(candidates - 1, 1)` best other tokens by attention per hypothesis
+    /// and step.
     ///
     /// Errors: [`Error::Options`] for a weight or a candidate count out of range,
     /// [`Error::Input`] for `log_probs` of another shape, a NaN or `+inf` in them, or

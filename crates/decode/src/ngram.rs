@@ -51,7 +51,7 @@ pub(crate) struct Ngram {
 }
 
 impl Ngram {
-    /// Estimates an order-`order` model over `v` symbols from `sentences`, each the
+    /// Estimates an order-`order` model over `v` symbols from `lines`, each the
     /// ids of one sentence without `<sos>` and `<eos>` (empty ones are skipped).
     ///
     /// Errors ([`Error::Lm`]): `order` outside `1..=`[`MAX_ORDER`], more than 65536

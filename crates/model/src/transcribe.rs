@@ -203,6 +203,12 @@ impl DecodeOptions {
                 self.ctc_weight
             )));
         }
+        if self.ctc_joint && (self.ctc_only || self.ctc_weight == 0.0) {
+            return Err(Error::Model(
+                "joint CTC/attention decoding scores an attention search: give it a ctc_weight above 0 and no ctc_only"
+                    .into(),
+            ));
+        }
         if (self.ctc_weight > 0.0 || self.ctc_only) && model.las.ctc.is_none() {
             return Err(Error::Model(
                 "CTC decoding asked for, but this model has no CTC head (ctc_weight 0 in its config)"
@@ -394,7 +400,8 @@ impl ModelFile {
             }
             _ => None,
         };
-        // ESPnet's CTC pre-beam: CTC scores the 1.5 x beam best tokens by attention.
+        // ESPnet's CTC pre-beam: CTC scores the 1.5 x beam best tokens by attention
+        // (`<eos>` among them).
         let candidates = (options.search.beam_size * 3).div_ceil(2).max(2);
         let joint = match &ctc_log_probs {
             Some(lp) => Some(lasr_decode::JointCtc::new(
