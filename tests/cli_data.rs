@@ -32,7 +32,8 @@ fn kaldi_dir(root: &Path) -> std::path::PathBuf {
     data
 }
 
-fn train(data: &Path, out: &Path, cfg: &Path, extra: &[&str]) -> Output {
+/// `lasr train` on `data` (training and validation) into `out`, with `extra` flags.
+fn train_on(data: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "train",
         "--train",
@@ -41,6 +42,13 @@ fn train(data: &Path, out: &Path, cfg: &Path, extra: &[&str]) -> Output {
         data.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    lasr(&args)
+}
+
+fn train(data: &Path, out: &Path, cfg: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "--model-config",
         cfg.to_str().unwrap(),
         "--epochs",
@@ -48,7 +56,7 @@ fn train(data: &Path, out: &Path, cfg: &Path, extra: &[&str]) -> Output {
         "--json",
     ];
     args.extend_from_slice(extra);
-    lasr(&args)
+    train_on(data, out, &args)
 }
 
 #[test]
@@ -177,26 +185,17 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
     // draw; the speed-perturbed data has other statistics, which must not replace the
     // model's own.
     let run2 = dir.path().join("run2");
-    let args = [
-        "train",
-        "--train",
-        data.to_str().unwrap(),
-        "--valid",
-        data.to_str().unwrap(),
-        "--out",
-        run2.to_str().unwrap(),
-        "--init",
-        first.to_str().unwrap(),
-        "--speed-perturb",
-        "0.8,1.0",
-        "--epochs",
-        "1",
-        "--lr",
-        "0",
-        "--seed",
-        "4",
-    ];
-    let out = lasr(&args);
+    let from_first = |out: &Path, extra: &[&str]| {
+        let init = [
+            "--init",
+            first.to_str().unwrap(),
+            "--speed-perturb",
+            "0.8,1.0",
+        ];
+        let once = ["--epochs", "1", "--seed", "4"];
+        train_on(&data, out, &[&init[..], &once[..], extra].concat())
+    };
+    let out = from_first(&run2, &["--lr", "0"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let second = run2.join("model.safetensors");
     assert_eq!(tensors(&first), tensors(&second));
@@ -211,31 +210,25 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
 
     // A learning rate above 0 trains on from there.
     let run3 = dir.path().join("run3");
-    let mut args = args;
-    args[6] = run3.to_str().unwrap();
-    args[14] = "0.01";
-    let out = lasr(&args);
+    let out = from_first(&run3, &["--lr", "0.01"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_ne!(tensors(&first), tensors(&run3.join("model.safetensors")));
 
     // Resuming an --init run (without --init) keeps the initial model's statistics,
     // not this data's.
-    let resumed = lasr(&[
-        "train",
-        "--train",
-        data.to_str().unwrap(),
-        "--valid",
-        data.to_str().unwrap(),
-        "--out",
-        run3.to_str().unwrap(),
-        "--speed-perturb",
-        "0.8,1.0",
-        "--epochs",
-        "2",
-        "--lr",
-        "0.01",
-        "--resume",
-    ]);
+    let resumed = train_on(
+        &data,
+        &run3,
+        &[
+            "--speed-perturb",
+            "0.8,1.0",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.01",
+            "--resume",
+        ],
+    );
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
     let c = lasr_model::ModelFile::load(&run3.join("model.safetensors")).unwrap();
     assert_eq!(
@@ -244,9 +237,10 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
     );
 
     // Sizes come from the model: a second description is refused.
-    let mut bad = args.to_vec();
-    bad.extend_from_slice(&["--model-config", cfg.to_str().unwrap()]);
-    let out = lasr(&bad);
+    let out = from_first(
+        &run3,
+        &["--lr", "0.01", "--model-config", cfg.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("--model-config"),

@@ -517,7 +517,13 @@ pub fn ctc_beam_search_with(
         .collect())
 }
 
-fn check_input(log_probs: &[f32], frames: usize, vocab_size: usize, blank: usize) -> Result<()> {
+/// Checks a `[frames, vocab_size]` log-probability table and its blank id.
+pub(crate) fn check_input(
+    log_probs: &[f32],
+    frames: usize,
+    vocab_size: usize,
+    blank: usize,
+) -> Result<()> {
     if blank >= vocab_size {
         return Err(Error::Input(format!(
             "blank {blank} is outside the vocabulary of {vocab_size} symbols"
@@ -775,7 +781,7 @@ impl LmCache {
 }
 
 /// `ln(e^a + e^b)`, exact for `-inf` arguments.
-fn log_add(a: f64, b: f64) -> f64 {
+pub(crate) fn log_add(a: f64, b: f64) -> f64 {
     let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
     if lo == f64::NEG_INFINITY {
         return hi;

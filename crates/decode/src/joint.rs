@@ -25,6 +25,7 @@
 //! hypothesis and scored candidate; `candidates` limits CTC scoring to the best tokens
 //! by attention (the others get probability 0), as ESPnet's CTC pre-beam does.
 
+use crate::ctc::{check_input, log_add};
 use crate::error::{Error, Result};
 use crate::search::{boxed, Decoder, Step};
 
@@ -87,27 +88,10 @@ impl<'a, D: Decoder + ?Sized> JointCtc<'a, D> {
         if candidates == 0 {
             return Err(Error::Options("CTC candidates must be at least 1".into()));
         }
-        let v = decoder.vocab_size();
-        if frames.checked_mul(v) != Some(log_probs.len()) {
+        check_input(log_probs, frames, decoder.vocab_size(), blank)?;
+        if blank == decoder.sos() || blank == decoder.eos() {
             return Err(Error::Input(format!(
-                "{} CTC log-probabilities for {frames} frames of {v} symbols",
-                log_probs.len()
-            )));
-        }
-        if blank >= v || blank == decoder.sos() || blank == decoder.eos() {
-            return Err(Error::Input(format!(
-                "CTC blank {blank} must be a symbol of the {v} and not <sos> or <eos>"
-            )));
-        }
-        if let Some(i) = log_probs
-            .iter()
-            .position(|x| x.is_nan() || *x == f32::INFINITY)
-        {
-            return Err(Error::Input(format!(
-                "CTC log-probability of symbol {} at frame {} is {}",
-                i % v,
-                i / v,
-                log_probs[i]
+                "CTC blank {blank} must not be the decoder's <sos> or <eos>"
             )));
         }
         Ok(JointCtc {
@@ -141,15 +125,6 @@ impl<'a, D: Decoder + ?Sized> JointCtc<'a, D> {
         }
         Row { psi, slot, gamma }
     }
-}
-
-/// `ln(e^a + e^b)`, exact for `-inf` arguments.
-fn log_add(a: f64, b: f64) -> f64 {
-    let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
-    if lo == f64::NEG_INFINITY {
-        return hi;
-    }
-    hi + (lo - hi).exp().ln_1p()
 }
 
 impl<D: Decoder + ?Sized> Decoder for JointCtc<'_, D> {

@@ -9,6 +9,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::path::Path;
 
 use crate::error::{Error, LmFileErrorKind, Result};
 use crate::vocab::Vocab;
@@ -337,15 +338,8 @@ impl Ngram {
         let mut ctx = first;
         let mut depth = 1;
         // `state`'s tokens newest first are the `oldest` tokens of its chain of
-        // parents read from the empty context up; the chain is at most N - 1 long.
-        let mut chain = [0u32; MAX_ORDER];
-        let mut n = 0;
-        let mut c = state;
-        while c != 0 {
-            chain[n] = c;
-            n += 1;
-            c = self.parent[c as usize];
-        }
+        // parents read from the empty context up.
+        let (chain, n) = self.chain(state);
         for &c in chain[..n].iter().rev() {
             if depth == self.order - 1 {
                 break;
@@ -362,12 +356,9 @@ impl Ngram {
         ctx
     }
 
-    /// Natural log of `p(next | state)`, equal to the bit to [`Ngram::log_prob`] of
-    /// the history that led to `state` by [`Ngram::advance`].
-    pub(crate) fn state_log_prob(&self, state: u32, next: usize) -> f32 {
-        if self.unpredictable(next) {
-            return f32::NEG_INFINITY;
-        }
+    /// Context `state` and its ancestors up to (not including) the empty context,
+    /// longest first, in the first `n` slots: at most `N - 1` of them.
+    fn chain(&self, state: u32) -> ([u32; MAX_ORDER], usize) {
         let mut chain = [0u32; MAX_ORDER];
         let mut n = 0;
         let mut c = state;
@@ -376,6 +367,16 @@ impl Ngram {
             n += 1;
             c = self.parent[c as usize];
         }
+        (chain, n)
+    }
+
+    /// Natural log of `p(next | state)`, equal to the bit to [`Ngram::log_prob`] of
+    /// the history that led to `state` by [`Ngram::advance`].
+    pub(crate) fn state_log_prob(&self, state: u32, next: usize) -> f32 {
+        if self.unpredictable(next) {
+            return f32::NEG_INFINITY;
+        }
+        let (chain, n) = self.chain(state);
         let mut acc = self.log_uniform;
         self.apply(0, next, &mut acc);
         for &c in chain[..n].iter().rev() {
@@ -536,6 +537,27 @@ impl<'a> Reader<'a> {
 
 fn malformed(what: String) -> LmFileErrorKind {
     LmFileErrorKind::Malformed(what)
+}
+
+/// Writes a model's bytes to `path`; errors name it.
+pub(crate) fn save(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::LmFile {
+        path: Some(path.to_path_buf()),
+        kind: LmFileErrorKind::Io(e),
+    })
+}
+
+/// Reads `path` and parses it with `parse`; errors name the file.
+pub(crate) fn load<T>(
+    path: &Path,
+    parse: impl FnOnce(&[u8]) -> std::result::Result<T, LmFileErrorKind>,
+) -> Result<T> {
+    let with_path = |kind| Error::LmFile {
+        path: Some(path.to_path_buf()),
+        kind,
+    };
+    let bytes = std::fs::read(path).map_err(|e| with_path(LmFileErrorKind::Io(e)))?;
+    parse(&bytes).map_err(with_path)
 }
 
 /// Reads a whole file of the kind `magic` names: its symbols and its model. The

@@ -257,22 +257,12 @@ impl WordLm {
 
     /// Writes [`WordLm::to_bytes`] to `path`.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()).map_err(|e| Error::LmFile {
-            path: Some(path.to_path_buf()),
-            kind: LmFileErrorKind::Io(e),
-        })
+        ngram::save(path.as_ref(), &self.to_bytes())
     }
 
     /// Reads a model saved by [`WordLm::save`]; errors name `path`.
     pub fn load(path: impl AsRef<Path>, vocab: &Vocab) -> Result<WordLm> {
-        let path = path.as_ref();
-        let with_path = |kind| Error::LmFile {
-            path: Some(path.to_path_buf()),
-            kind,
-        };
-        let bytes = std::fs::read(path).map_err(|e| with_path(LmFileErrorKind::Io(e)))?;
-        parse(&bytes, vocab).map_err(with_path)
+        ngram::load(path.as_ref(), |bytes| parse(bytes, vocab))
     }
 
     pub(crate) fn lexicon(&self) -> &Lexicon {

@@ -647,7 +647,11 @@ fn ambiguous_the_hat() -> Vec<f32> {
     lp
 }
 
-fn word_search(lp: &[f32], wlm: &WordLm, options: &CtcSearchOptions) -> Vec<CtcHypothesis> {
+fn word_search(
+    lp: &[f32],
+    wlm: &WordLm,
+    options: &CtcSearchOptions,
+) -> lasr_decode::Result<Vec<CtcHypothesis>> {
     ctc_beam_search_with(
         lp,
         lp.len() / 32,
@@ -657,7 +661,6 @@ fn word_search(lp: &[f32], wlm: &WordLm, options: &CtcSearchOptions) -> Vec<CtcH
         Some(Words::Lm(wlm)),
         options,
     )
-    .unwrap()
 }
 
 #[test]
@@ -678,7 +681,7 @@ fn a_word_model_picks_the_word_its_context_expects() {
     .unwrap();
     let lp = ambiguous_the_hat();
     // Both are known words: a word list alone cannot choose.
-    let plain = word_search(&lp, &wlm, &CtcSearchOptions::default());
+    let plain = word_search(&lp, &wlm, &CtcSearchOptions::default()).unwrap();
     assert_eq!(text(&plain[0].tokens), "the hat");
     assert_eq!(plain[0].oov_words, 0);
     assert_eq!(plain[0].score, plain[0].ctc_log_prob);
@@ -688,7 +691,7 @@ fn a_word_model_picks_the_word_its_context_expects() {
         word_bonus: 0.3,
         ..CtcSearchOptions::default()
     };
-    let fused = word_search(&lp, &wlm, &options);
+    let fused = word_search(&lp, &wlm, &options).unwrap();
     assert_eq!(text(&fused[0].tokens), "the cat");
     for h in &fused {
         // Specials (probability 0.05 / 28 here) vanish from the text: leave them out.
@@ -722,15 +725,7 @@ fn a_word_model_picks_the_word_its_context_expects() {
         },
     ] {
         assert!(matches!(
-            ctc_beam_search_with(
-                &lp,
-                lp.len() / 32,
-                32,
-                BLANK,
-                None,
-                Some(Words::Lm(&wlm)),
-                &bad
-            ),
+            word_search(&lp, &wlm, &bad),
             Err(Error::Options(_))
         ));
     }

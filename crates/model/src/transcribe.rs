@@ -344,6 +344,14 @@ struct Chunk {
     nbest: Vec<Alternative>,
 }
 
+/// A CTC head's logits `[T, V]` as row-major natural-log probabilities `[T, V]`, what
+/// both CTC searches read.
+fn ctc_log_probs(logits: ndarray::Array2<f32>) -> ndarray::Array2<f32> {
+    let mut lp = logits.as_standard_layout().into_owned();
+    lasr_nn::activation::log_softmax_rows(lp.view_mut());
+    lp
+}
+
 impl ModelFile {
     /// Seconds of audio per listener frame.
     pub fn seconds_per_frame(&self) -> f32 {
@@ -393,11 +401,7 @@ impl ModelFile {
             None
         };
         let ctc_log_probs = match (&ctc_logits, options.ctc_joint) {
-            (Some(l), true) => {
-                let mut lp = l.as_standard_layout().into_owned();
-                lasr_nn::activation::log_softmax_rows(lp.view_mut());
-                Some(lp)
-            }
+            (Some(l), true) => Some(ctc_log_probs(l.clone())),
             _ => None,
         };
         // ESPnet's CTC pre-beam: CTC scores the 1.5 x beam best tokens by attention
@@ -464,8 +468,7 @@ impl ModelFile {
 
     fn ctc_beam(&self, logits: ndarray::Array2<f32>, options: &DecodeOptions) -> Result<Chunk> {
         let (frames, v) = logits.dim();
-        let mut lp = logits;
-        lasr_nn::activation::log_softmax_rows(lp.view_mut());
+        let lp = ctc_log_probs(logits);
         let search = lasr_decode::CtcSearchOptions {
             beam_size: options.search.beam_size,
             lm_weight: if options.lm.is_some() {
@@ -484,7 +487,6 @@ impl ModelFile {
             (None, Some(l)) => Some(lasr_decode::Words::List(l.0.as_ref())),
             (None, None) => None,
         };
-        let lp = lp.as_standard_layout();
         let hyps = lasr_decode::ctc_beam_search_with(
             lp.as_slice().expect("standard layout"),
             frames,
