@@ -400,6 +400,68 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         best["ctc_log_prob"].as_f64().unwrap(),
     );
     assert!(ctc < 0.0 && lp < 0.0, "{v}");
+    // Attention rescoring of the CTC beam's n-best: each alternative's score gains W
+    // times the attention decoder's log-probability of its text, which is what the
+    // attention beam search itself gives that text.
+    let high_wav = dir.join("high.wav");
+    let decode = |extra: &[&str]| {
+        let mut args = vec![
+            "transcribe",
+            "-m",
+            model.to_str().unwrap(),
+            "--no-lm",
+            "--json",
+            "--nbest",
+            "4",
+        ];
+        args.extend(extra);
+        args.push(high_wav.to_str().unwrap());
+        let out = lasr(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        v["nbest"].as_array().unwrap().clone()
+    };
+    let plain = decode(&["--ctc-only", "--beam", "4"]);
+    let rescored = decode(&["--ctc-only", "--beam", "4", "--rescore", "0.5"]);
+    let attention = decode(&["--attention", "--beam", "4", "--ctc-weight", "0"]);
+    assert_eq!(rescored.len(), plain.len());
+    assert!(rescored.len() > 1, "{rescored:?}");
+    let mut compared = 0;
+    for (i, alt) in rescored.iter().enumerate() {
+        let att = alt["attention_log_prob"].as_f64().unwrap();
+        assert!(att < 0.0, "{alt}");
+        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
+        let want = before["score"].as_f64().unwrap() + 0.5 * att;
+        assert!(
+            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
+            "{alt}"
+        );
+        if i > 0 {
+            assert!(rescored[i - 1]["score"].as_f64() >= alt["score"].as_f64());
+        }
+        if let Some(a) = attention.iter().find(|a| a["text"] == alt["text"]) {
+            let lp = a["log_prob"].as_f64().unwrap();
+            assert!((lp - att).abs() < 1e-4, "{a} vs {alt}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 0, "{attention:?}");
+    assert!(plain.iter().all(|p| p.get("attention_log_prob").is_none()));
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        "--attention",
+        "--rescore",
+        "1",
+        dir.join("high.wav").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ctc_only"),
+        "{}",
+        text(&out.stderr)
+    );
     // A word list and bfloat16 weights leave a clear answer as it is.
     let tmp = tempfile::tempdir().unwrap();
     let words = tmp.path().join("words.txt");

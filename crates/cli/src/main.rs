@@ -336,6 +336,14 @@ struct DecodeArgs {
     /// Score added per word with --word-lm (offsets its cost per word).
     #[arg(long, value_name = "B")]
     word_bonus: Option<f32>,
+    /// Attention rescoring, with CTC beam search: add W times the attention decoder's
+    /// log-probability to each of the --rescore-nbest best hypotheses and re-rank
+    /// them (0 = off).
+    #[arg(long, value_name = "W")]
+    rescore: Option<f32>,
+    /// How many of the CTC beam's best hypotheses --rescore re-ranks.
+    #[arg(long, value_name = "N")]
+    rescore_nbest: Option<usize>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the trained
     /// model; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
     /// listener and the attention decoder reads half the bytes, for a faster decode
@@ -424,6 +432,12 @@ impl DecodeArgs {
         }
         if let Some(b) = self.word_bonus {
             o.word_bonus = b;
+        }
+        if let Some(w) = self.rescore {
+            o.attention_rescore_weight = w;
+        }
+        if let Some(n) = self.rescore_nbest {
+            o.rescore_nbest = n;
         }
         if let Some(path) = &self.word_lm {
             o.word_lm = Some(lasr_model::SharedWordLm(std::sync::Arc::new(
@@ -986,11 +1000,21 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         (None, Some(l)) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
         (None, None) => String::new(),
     };
-    // The settings without a language model come first, then the same with it.
+    let rescore_note = if beam.attention_rescore_weight > 0.0 {
+        format!(
+            " + attention rescore {} ({}-best)",
+            beam.attention_rescore_weight, beam.rescore_nbest
+        )
+    } else {
+        String::new()
+    };
+    // The settings without a language model come first, then the same with it. Only
+    // the last (the full CTC search) rescores with attention.
     let plain = lasr_model::DecodeOptions {
         lm: None,
         lexicon: None,
         word_lm: None,
+        attention_rescore_weight: 0.0,
         ..beam.clone()
     };
     let mut settings = vec![
@@ -1060,6 +1084,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     let beam_att = lasr_model::DecodeOptions {
         lexicon: None,
         word_lm: None,
+        attention_rescore_weight: 0.0,
         ..beam.clone()
     };
     if beam.lm.is_some() {
@@ -1087,8 +1112,8 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             });
             settings.push(lasr_model::BenchSetting {
                 name: format!(
-                    "CTC beam {} + LM {lm_w} bonus {}{}",
-                    beam.search.beam_size, beam.ctc_insertion_bonus, lexicon_note
+                    "CTC beam {} + LM {lm_w} bonus {}{}{}",
+                    beam.search.beam_size, beam.ctc_insertion_bonus, lexicon_note, rescore_note
                 ),
                 options: lasr_model::DecodeOptions {
                     ctc_only: true,

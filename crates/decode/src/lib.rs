@@ -41,6 +41,8 @@ pub use joint::{JointCtc, JointState};
 pub use lexicon::Lexicon;
 pub use lm::{CharLm, Fused, FusedState};
 pub use score::{align, cer, char_units, error_counts, wer, word_units, EditOp, ErrorCounts};
-pub use search::{beam_search, greedy, Decoder, Hypothesis, LengthNorm, SearchOptions, Step};
+pub use search::{
+    beam_search, greedy, score_sequences, Decoder, Hypothesis, LengthNorm, SearchOptions, Step,
+};
 pub use vocab::{Vocab, UNK_MARKER};
 pub use word_lm::WordLm;

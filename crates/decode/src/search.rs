@@ -422,6 +422,68 @@ pub fn beam_search<D: Decoder + ?Sized>(
         .collect())
 }
 
+/// Teacher-forced scoring: for each token sequence `seqs[i]` `[n_i]` (without `<sos>`
+/// and `<eos>`), the natural-log probability the decoder gives it followed by `<eos>`,
+/// summed token by token as [`beam_search`] sums them (so a finished hypothesis's
+/// `log_prob` is reproduced to the bit). Returns `[seqs.len()]`, in the input order.
+///
+/// All sequences run as one batch, longest first; each leaves the batch after its
+/// `<eos>` is scored, so the work is the sum of the lengths, not `len x longest`.
+/// Used to rescore another search's n-best list with an attention decoder.
+pub fn score_sequences<D: Decoder + ?Sized>(decoder: &D, seqs: &[Vec<usize>]) -> Result<Vec<f64>> {
+    let v = check_decoder(decoder)?;
+    if let Some((i, &t)) = seqs
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| s.iter().find(|&&t| t >= v).map(|t| (i, t)))
+    {
+        return Err(Error::Contract(format!(
+            "sequence {i} holds token {t}, outside the decoder's {v} symbols"
+        )));
+    }
+    let mut scores = vec![0.0f64; seqs.len()];
+    if seqs.is_empty() {
+        return Ok(scores);
+    }
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    // Longest first, so the rows still running are always a prefix of the batch.
+    order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+    let eos = decoder.eos();
+    let mut state = decoder
+        .select(decoder.initial().map_err(boxed)?, &vec![0; order.len()])
+        .map_err(boxed)?;
+    let mut prev = vec![decoder.sos(); order.len()];
+    let mut peaks_given = None;
+    let mut rows = order.len();
+    for step in 0.. {
+        let out = decoder.step(&prev[..rows], state).map_err(boxed)?;
+        check_step(&out, rows, v, decoder.encoder_len(), &mut peaks_given)?;
+        for (r, row) in out.log_probs.chunks_exact(v).enumerate() {
+            let seq = &seqs[order[r]];
+            let target = seq.get(step).copied().unwrap_or(eos);
+            scores[order[r]] += f64::from(row[target]);
+        }
+        let running = order[..rows]
+            .iter()
+            .take_while(|&&i| seqs[i].len() > step)
+            .count();
+        if running == 0 {
+            break;
+        }
+        state = if running == rows {
+            out.state
+        } else {
+            let keep: Vec<usize> = (0..running).collect();
+            decoder.select(out.state, &keep).map_err(boxed)?
+        };
+        rows = running;
+        for (p, &i) in prev.iter_mut().zip(&order[..rows]) {
+            *p = seqs[i][step];
+        }
+    }
+    Ok(scores)
+}
+
 struct Node {
     parent: Option<usize>,
     token: usize,

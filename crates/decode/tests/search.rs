@@ -5,7 +5,8 @@
 use std::cell::{Cell, RefCell};
 
 use lasr_decode::{
-    beam_search, greedy, Decoder, Error, Hypothesis, LengthNorm, SearchOptions, Step,
+    beam_search, greedy, score_sequences, Decoder, Error, Hypothesis, LengthNorm, SearchOptions,
+    Step,
 };
 
 const SOS: usize = 1;
@@ -607,4 +608,59 @@ fn options_serialise_with_defaults_and_refuse_unknown_fields() {
     assert_eq!(none.length_norm, LengthNorm::None);
     assert_eq!(none.max_len_per_frame, None);
     assert!(serde_json::from_str::<SearchOptions>(r#"{"beam": 4}"#).is_err());
+}
+
+#[test]
+fn teacher_forced_scores_reproduce_the_search_log_probs_in_any_order() {
+    for seed in 0..20 {
+        let toy = Toy::new(7, random_model(7, seed, -1.0));
+        let nbest = beam_search(&toy, &options(6, 12, LengthNorm::None)).unwrap();
+        assert!(nbest[0].finished);
+        // Scrambled, with an empty sequence and a repeat, to exercise the batch order.
+        let mut seqs: Vec<Vec<usize>> = nbest.iter().rev().map(|h| h.tokens.clone()).collect();
+        seqs.push(Vec::new());
+        seqs.push(seqs[0].clone());
+        toy.batch_sizes.borrow_mut().clear();
+        let scores = score_sequences(&toy, &seqs).unwrap();
+        assert_eq!(scores.len(), seqs.len());
+        for (seq, &score) in seqs.iter().zip(&scores) {
+            // Bit for bit: the same sums in the same order as the search.
+            assert_eq!(score, toy.log_prob(seq, true), "{seq:?}");
+        }
+        for h in &nbest {
+            let i = seqs.iter().position(|s| *s == h.tokens).unwrap();
+            assert_eq!(scores[i], h.log_prob);
+        }
+        // Each sequence takes its length plus one rows in all, in one batched step
+        // per position, and never more rows than are still running.
+        let sizes = toy.batch_sizes.borrow();
+        let longest = seqs.iter().map(Vec::len).max().unwrap();
+        assert_eq!(sizes.len(), longest + 1);
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            seqs.iter().map(|s| s.len() + 1).sum::<usize>()
+        );
+        for (step, &n) in sizes.iter().enumerate() {
+            assert_eq!(n, seqs.iter().filter(|s| s.len() >= step).count());
+        }
+    }
+}
+
+#[test]
+fn teacher_forced_scoring_refuses_foreign_tokens_and_passes_model_errors() {
+    let toy = Toy::new(6, random_model(6, 3, 0.0));
+    assert!(score_sequences(&toy, &[]).unwrap().is_empty());
+    let e = score_sequences(&toy, &[vec![3, 4], vec![3, 6]]).unwrap_err();
+    assert!(matches!(e, Error::Contract(_)), "{e:?}");
+    assert!(e.to_string().contains("sequence 1 holds token 6"), "{e}");
+    assert!(toy.batch_sizes.borrow().is_empty());
+
+    let mut toy = Toy::new(6, random_model(6, 3, 0.0));
+    toy.fault = Fault::FailAtCall(1);
+    let e = score_sequences(&toy, &[vec![3, 4, 5]]).unwrap_err();
+    assert!(matches!(e, Error::Decoder(_)), "{e:?}");
+    let mut toy = Toy::new(6, random_model(6, 3, 0.0));
+    toy.fault = Fault::NanAtCall(2);
+    let e = score_sequences(&toy, &[vec![3, 4, 5]]).unwrap_err();
+    assert!(matches!(e, Error::Contract(_)), "{e:?}");
 }

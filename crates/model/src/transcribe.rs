@@ -41,6 +41,10 @@ pub struct Alternative {
     /// CTC log-probability of the text, when it was used to rank.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ctc_log_prob: Option<f64>,
+    /// The attention decoder's log-probability of the text (`<eos>` included), when
+    /// it rescored a CTC search's n-best list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_log_prob: Option<f64>,
     /// What ranked the alternatives (higher is better).
     pub score: f64,
 }
@@ -171,6 +175,15 @@ pub struct DecodeOptions {
     /// [`lasr_decode::word_lm`]).
     #[serde(skip)]
     pub word_lm: Option<SharedWordLm>,
+    /// CTC prefix beam search: weight of the attention decoder's log-probability
+    /// added to the score of each of the `rescore_nbest` best hypotheses, which are
+    /// then re-ranked (attention rescoring, as in WeNet); 0 turns it off. The
+    /// attention decoder only reads finished hypotheses here, so it cannot run on or
+    /// stop early as it can when it searches on its own.
+    pub attention_rescore_weight: f32,
+    /// How many of the CTC search's best hypotheses `attention_rescore_weight`
+    /// rescores; the rest keep their order after them.
+    pub rescore_nbest: usize,
 }
 
 impl Default for DecodeOptions {
@@ -189,6 +202,8 @@ impl Default for DecodeOptions {
             word_lm_weight: 0.0,
             word_bonus: 0.0,
             word_lm: None,
+            attention_rescore_weight: 0.0,
+            rescore_nbest: 8,
         }
     }
 }
@@ -244,6 +259,21 @@ impl DecodeOptions {
                 "word_lm_weight {} must be finite and >= 0",
                 self.word_lm_weight
             )));
+        }
+        if !(self.attention_rescore_weight.is_finite() && self.attention_rescore_weight >= 0.0) {
+            return Err(Error::Model(format!(
+                "attention_rescore_weight {} must be finite and >= 0",
+                self.attention_rescore_weight
+            )));
+        }
+        if self.attention_rescore_weight > 0.0 && !self.ctc_only {
+            return Err(Error::Model(
+                "attention rescoring re-ranks a CTC prefix beam search: decode with ctc_only (--ctc-only)"
+                    .into(),
+            ));
+        }
+        if self.rescore_nbest == 0 {
+            return Err(Error::Model("rescore_nbest must be at least 1".into()));
         }
         if !self.word_bonus.is_finite() {
             return Err(Error::Model(format!(
@@ -375,7 +405,7 @@ impl ModelFile {
                 || options.lexicon.is_some()
                 || options.word_lm.is_some()
             {
-                return self.ctc_beam(logits, options);
+                return self.ctc_beam(&decoder, logits, options);
             }
             let (tokens, frames) = lasr_nn::ctc_greedy(logits.view(), blank);
             let ctc = -lasr_nn::ctc_score(logits.view(), &tokens, blank);
@@ -384,6 +414,7 @@ impl ModelFile {
                     text: self.vocab.decode(&tokens),
                     log_prob: ctc,
                     ctc_log_prob: Some(ctc),
+                    attention_log_prob: None,
                     score: ctc,
                 }],
                 tokens,
@@ -460,13 +491,19 @@ impl ModelFile {
                     text: self.vocab.decode(&h.tokens),
                     log_prob: h.log_prob,
                     ctc_log_prob: ctc,
+                    attention_log_prob: None,
                     score: h.score,
                 })
                 .collect(),
         })
     }
 
-    fn ctc_beam(&self, logits: ndarray::Array2<f32>, options: &DecodeOptions) -> Result<Chunk> {
+    fn ctc_beam(
+        &self,
+        decoder: &crate::infer::UtteranceDecoder<'_>,
+        logits: ndarray::Array2<f32>,
+        options: &DecodeOptions,
+    ) -> Result<Chunk> {
         let (frames, v) = logits.dim();
         let lp = ctc_log_probs(logits);
         let search = lasr_decode::CtcSearchOptions {
@@ -487,7 +524,7 @@ impl ModelFile {
             (None, Some(l)) => Some(lasr_decode::Words::List(l.0.as_ref())),
             (None, None) => None,
         };
-        let hyps = lasr_decode::ctc_beam_search_with(
+        let mut hyps = lasr_decode::ctc_beam_search_with(
             lp.as_slice().expect("standard layout"),
             frames,
             v,
@@ -496,6 +533,28 @@ impl ModelFile {
             words,
             &search,
         )?;
+        let mut attention = vec![None; hyps.len()];
+        if options.attention_rescore_weight > 0.0 {
+            let n = options.rescore_nbest.min(hyps.len());
+            let seqs: Vec<Vec<usize>> = hyps[..n].iter().map(|h| h.tokens.clone()).collect();
+            let att = lasr_decode::score_sequences(decoder, &seqs)?;
+            let w = f64::from(options.attention_rescore_weight);
+            for ((h, a), &lp) in hyps.iter_mut().zip(&mut attention).zip(&att) {
+                h.score += w * lp;
+                *a = Some(lp);
+            }
+            let mut order: Vec<usize> = (0..n).collect();
+            // Stable: ties keep the CTC search's order.
+            order.sort_by(|&a, &b| hyps[b].score.total_cmp(&hyps[a].score));
+            let top: Vec<_> = order
+                .iter()
+                .map(|&i| (hyps[i].clone(), attention[i]))
+                .collect();
+            for (i, (h, a)) in top.into_iter().enumerate() {
+                hyps[i] = h;
+                attention[i] = a;
+            }
+        }
         let best = hyps
             .first()
             .ok_or_else(|| Error::Model("CTC beam search returned nothing".into()))?;
@@ -505,12 +564,14 @@ impl ModelFile {
             finished: true,
             nbest: hyps
                 .iter()
-                .map(|h| Alternative {
+                .zip(attention)
+                .map(|(h, attention_log_prob)| Alternative {
                     text: self.vocab.decode(&h.tokens),
                     log_prob: h.ctc_log_prob
                         + f64::from(search.lm_weight) * h.lm_log_prob
                         + f64::from(search.word_lm_weight) * h.word_lm_log_prob,
                     ctc_log_prob: Some(h.ctc_log_prob),
+                    attention_log_prob,
                     score: h.score,
                 })
                 .collect(),
@@ -576,6 +637,7 @@ impl ModelFile {
                 text: t.text.clone(),
                 log_prob: f64::NAN,
                 ctc_log_prob: None,
+                attention_log_prob: None,
                 score: f64::NAN,
             }];
         }

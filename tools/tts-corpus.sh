@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Synthesises a training corpus from text with Debian's offline TTS engines: one WAV
+# per sentence, each in a voice and speaking rate drawn from a seeded sequence, and a
+# manifest `OUT/manifest.tsv` (PATH<TAB>TRANSCRIPT) that `lasr train --train` reads.
+#
+#   tools/tts-corpus.sh OUT N SEED TEXT...
+#
+# TEXT: files of one sentence per line, LibriSpeech lm-text style (a leading utterance
+# id such as 19-198-0001 is dropped). N sentences of at most MAX_WORDS (default 40)
+# words are drawn at random (seeded), so the same arguments give the same corpus.
+# Needs: flite, festival (voices kal_diphone, cmu_us_slt_arctic_hts), espeak-ng
+#   apt-get install flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng
+# Re-running skips sentences whose WAV exists, so an interrupted run can go on.
+set -euo pipefail
+
+if [ $# -lt 4 ]; then
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+fi
+out=$1 n=$2 seed=$3
+shift 3
+max_words=${MAX_WORDS:-40}
+for tool in flite text2wave espeak-ng; do
+    command -v "$tool" > /dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
+done
+mkdir -p "$out/wav"
+
+# Voices: half the sentences go to the six closest to natural speech (flite's four
+# 16 kHz voices, festival's two), half to espeak-ng's English accents with its male and
+# female variants (formant synthesis: robotic, but many speakers). The default model
+# reads flite's rms at ~37% WER and espeak-ng's voices at 70-90%.
+natural=(flite:kal16 flite:awb flite:rms flite:slt festival:kal_diphone
+    festival:cmu_us_slt_arctic_hts)
+robotic=()
+for accent in en-us en-gb en-gb-scotland en-gb-x-rp en-029 en-gb-x-gbclan en-gb-x-gbcwmd; do
+    for variant in m1 m3 m5 m7 f1 f2 f4; do
+        robotic+=("espeak:$accent+$variant")
+    done
+done
+
+# Pick the sentences: strip ids, keep lengths in range, shuffle with a seeded stream.
+awk -v max="$max_words" '{ if ($1 ~ /^[0-9]+-[0-9]+-[0-9]+$/) { $1 = ""; sub(/^ /, "") }
+    if (NF >= 3 && NF <= max) print }' "$@" |
+    shuf --random-source=<(yes "$seed") -n "$n" > "$out/sentences.txt"
+
+: > "$out/manifest.tsv.tmp"
+: > "$out/voices.tsv.tmp"
+i=0
+# Each sentence gets a voice and a rate from an LCG seeded with SEED (bash's $RANDOM
+# would differ between runs).
+state=$seed
+# Sets `rnd` (no subshell, so that `state` advances).
+next() { state=$(( (state * 1103515245 + 12345) % 2147483648 )); rnd=$(( state / 65536 )); }
+while IFS= read -r text; do
+    i=$((i + 1))
+    id=$(printf 'tts-%06d' "$i")
+    wav="$out/wav/$id.wav"
+    next
+    if (( rnd % 2 == 0 )); then
+        next; voice=${natural[$(( rnd % ${#natural[@]} ))]}
+    else
+        next; voice=${robotic[$(( rnd % ${#robotic[@]} ))]}
+    fi
+    next; r=$(( rnd % 41 ))   # 0..40: rate from 0.8x to 1.2x
+    lower=$(printf '%s' "$text" | tr 'A-Z' 'a-z')
+    if [ ! -s "$wav" ]; then
+        case $voice in
+            flite:*)
+                stretch=$(awk -v r="$r" 'BEGIN { printf "%.2f", 1.2 - r / 100 }')
+                flite -voice "${voice#flite:}" --setf duration_stretch="$stretch" \
+                    -t "$lower" -o "$wav.tmp.wav" ;;
+            festival:*)
+                printf '%s\n' "$lower" > "$wav.txt"
+                text2wave -eval "(voice_${voice#festival:})" "$wav.txt" -o "$wav.tmp.wav"
+                rm -f "$wav.txt" ;;
+            espeak:*)
+                espeak-ng -v "${voice#espeak:}" -s $((140 + r)) -w "$wav.tmp.wav" "$lower" ;;
+        esac
+        mv "$wav.tmp.wav" "$wav"
+    fi
+    printf '%s\t%s\n' "$(realpath "$wav")" "$text" >> "$out/manifest.tsv.tmp"
+    printf '%s\t%s\n' "$id" "$voice" >> "$out/voices.tsv.tmp"
+    if (( i % 100 == 0 )); then echo "$i / $n" >&2; fi
+done < "$out/sentences.txt"
+mv "$out/manifest.tsv.tmp" "$out/manifest.tsv"
+mv "$out/voices.tsv.tmp" "$out/voices.tsv"
+echo "$out/manifest.tsv: $i utterances" >&2
