@@ -305,6 +305,7 @@ fn greedy_and_beam_search_spell_what_the_model_learned() {
     let options = lasr_decode::SearchOptions::default();
     let weights = las.inference_weights(WeightFormat::F32);
     let bf16 = las.inference_weights(WeightFormat::Bf16);
+    let int8 = las.inference_weights(WeightFormat::Int8);
     for b in 0..4 {
         let len = batch.lengths[b];
         let dec = las
@@ -316,6 +317,11 @@ fn greedy_and_beam_search_spell_what_the_model_learned() {
             .unwrap();
         let greedy16 = lasr_decode::greedy(&dec16, &options).unwrap();
         assert_eq!(greedy16.tokens, batch.targets[b], "utterance {b}, bf16");
+        let dec8 = las
+            .encode(&int8, batch.feats.slice(s![..len, b, ..]))
+            .unwrap();
+        let greedy8 = lasr_decode::greedy(&dec8, &options).unwrap();
+        assert_eq!(greedy8.tokens, batch.targets[b], "utterance {b}, int8");
         assert_eq!(lasr_decode::Decoder::encoder_len(&dec), len / 2);
         let greedy = lasr_decode::greedy(&dec, &options).unwrap();
         assert_eq!(greedy.tokens, batch.targets[b], "utterance {b}");
@@ -458,7 +464,7 @@ fn step_by_step_decoding_scores_a_transcript_as_training_does() {
                 }
                 by_format.push(log_prob);
             }
-            let [f32, bf16] = by_format[..] else {
+            let [f32, bf16, int8] = by_format[..] else {
                 unreachable!()
             };
             assert!(
@@ -471,6 +477,12 @@ fn step_by_step_decoding_scores_a_transcript_as_training_does() {
             assert!(
                 moved > 0.0 && moved < 0.02 * (1.0 + nll),
                 "{cell:?}, location {location_channels}: bf16 {bf16} vs f32 {f32}"
+            );
+            // So do int8 weights with a scale per row.
+            let moved = (int8 - f32).abs();
+            assert!(
+                moved > 0.0 && moved < 0.02 * (1.0 + nll),
+                "{cell:?}, location {location_channels}: int8 {int8} vs f32 {f32}"
             );
         }
     }

@@ -534,7 +534,7 @@ fn step_product(
 pub(crate) fn transpose_as(w: &Array2<f32>, format: WeightFormat) -> Array2<f32> {
     match format {
         WeightFormat::F32 => transpose(w.view()),
-        _ => transpose(w.mapv(|v| format.round(v)).view()),
+        _ => transpose(format.stored(w.view()).view()),
     }
 }
 

@@ -15,11 +15,17 @@
 //!   and widened back to f32 in registers; inputs, products and sums stay f32. This is
 //!   the same trade as whisper.cpp's f16 weights, and a choice of the caller: f32 is
 //!   the default and bit-for-bit what was trained.
+//! - **int8 storage** ([`WeightFormat::Int8`]) quarters them: each row `r` of `W` is
+//!   stored as integers `q` in [-127, 127] with one f32 scale `s_r = max |W_r| / 127`,
+//!   and `y_r += s_r * sum_k q_rk x_k`, the sum in f32 over exactly converted
+//!   integers (inputs stay f32: no activation quantization). Weights that stream from
+//!   L3 (a reference-size speller step reads 19 MB in f32) come in at twice bf16's
+//!   rate; weights already in L2 gain nothing, since widening costs what it saves.
 
 use std::fmt;
 use std::str::FromStr;
 
-use ndarray::ArrayView2;
+use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use crate::error::{check_shape, Result};
 
@@ -34,17 +40,29 @@ pub enum WeightFormat {
     F32,
     /// Rounded to bfloat16 (round to nearest, ties to even): half the memory traffic.
     Bf16,
+    /// Symmetric 8-bit integers with one scale per row: a quarter of the traffic.
+    Int8,
 }
 
 impl WeightFormat {
     /// Every format, for help texts and tests.
-    pub const ALL: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::Bf16];
+    pub const ALL: [WeightFormat; 3] = [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8];
 
-    /// `v` as this format stores it (bfloat16 values widened back to f32).
-    pub fn round(self, v: f32) -> f32 {
+    /// `w` `[N, K]` with the values this format stores (bfloat16 values, or each row's
+    /// integers times its scale, as f32), so that products on other code paths
+    /// compute with the same weights as a [`PackedMatrix`] of this format.
+    pub fn stored(self, w: ArrayView2<f32>) -> Array2<f32> {
         match self {
-            WeightFormat::F32 => v,
-            WeightFormat::Bf16 => from_bf16(to_bf16(v)),
+            WeightFormat::F32 => w.to_owned(),
+            WeightFormat::Bf16 => w.mapv(|v| from_bf16(to_bf16(v))),
+            WeightFormat::Int8 => {
+                let mut out = w.to_owned();
+                for mut row in out.rows_mut() {
+                    let scale = int8_scale(row.view());
+                    row.mapv_inplace(|v| f32::from(quantize(v, scale)) * scale);
+                }
+                out
+            }
         }
     }
 
@@ -53,6 +71,7 @@ impl WeightFormat {
         match self {
             WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
         }
     }
 }
@@ -70,7 +89,7 @@ impl FromStr for WeightFormat {
         WeightFormat::ALL
             .into_iter()
             .find(|f| f.name() == s)
-            .ok_or_else(|| format!("unknown weight format `{s}` (expected f32 or bf16)"))
+            .ok_or_else(|| format!("unknown weight format `{s}` (expected f32, bf16 or int8)"))
     }
 }
 
@@ -90,6 +109,21 @@ pub fn from_bf16(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
+/// The int8 scale of one row: its largest magnitude maps to 127 (0 for a zero row;
+/// non-finite weights are not expected in a trained model and give a NaN scale).
+fn int8_scale(row: ArrayView1<f32>) -> f32 {
+    row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
+}
+
+/// `v / scale` rounded to the nearest integer in [-127, 127] (0 when `scale` is 0).
+fn quantize(v: f32, scale: f32) -> i8 {
+    if scale > 0.0 {
+        (v / scale).round().clamp(-127.0, 127.0) as i8
+    } else {
+        0
+    }
+}
+
 /// Refuses a packing of another shape than the layer's `weight` `[N, K]`.
 pub(crate) fn check_packed(layer: &str, w: &PackedMatrix, dim: (usize, usize)) -> Result<()> {
     check_shape(
@@ -104,6 +138,8 @@ pub(crate) fn check_packed(layer: &str, w: &PackedMatrix, dim: (usize, usize)) -
 enum Data {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    /// The integers, packed as the others, and one scale per (padded) row.
+    Int8(Vec<i8>, Vec<f32>),
 }
 
 /// A weight matrix `W` `[N, K]` packed for `y += W x` on one vector at a time
@@ -130,6 +166,22 @@ impl PackedMatrix {
         let data = match format {
             WeightFormat::F32 => Data::F32(packed),
             WeightFormat::Bf16 => Data::Bf16(packed.into_iter().map(to_bf16).collect()),
+            WeightFormat::Int8 => {
+                let mut scales = vec![0f32; n.div_ceil(PANEL) * PANEL];
+                for (s, row) in scales.iter_mut().zip(w.rows()) {
+                    *s = int8_scale(row);
+                }
+                // Element `i` of a panel belongs to row `i % PANEL` of that panel.
+                let q = packed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let row = i / (k * PANEL) * PANEL + i % PANEL;
+                        quantize(v, scales[row])
+                    })
+                    .collect();
+                Data::Int8(q, scales)
+            }
         };
         PackedMatrix {
             rows: n,
@@ -148,14 +200,16 @@ impl PackedMatrix {
         match self.data {
             Data::F32(_) => WeightFormat::F32,
             Data::Bf16(_) => WeightFormat::Bf16,
+            Data::Int8(..) => WeightFormat::Int8,
         }
     }
 
-    /// Bytes of weights (padding included): what one product reads.
+    /// Bytes of weights (padding and int8 scales included): what one product reads.
     pub fn bytes(&self) -> usize {
         match &self.data {
             Data::F32(d) => 4 * d.len(),
             Data::Bf16(d) => 2 * d.len(),
+            Data::Int8(q, s) => q.len() + 4 * s.len(),
         }
     }
 
@@ -184,6 +238,7 @@ impl PackedMatrix {
                 match &self.data {
                     Data::F32(d) => f32_avx512(y, d, x),
                     Data::Bf16(d) => bf16_avx512(y, d, x),
+                    Data::Int8(q, s) => int8_avx512(y, q, s, x),
                 }
             }
             return;
@@ -193,15 +248,17 @@ impl PackedMatrix {
             // SAFETY: the CPU has AVX2 and FMA.
             unsafe {
                 match &self.data {
-                    Data::F32(d) => portable_avx2(y, d, x, |v| *v),
-                    Data::Bf16(d) => portable_avx2(y, d, x, |h| from_bf16(*h)),
+                    Data::F32(d) => portable_avx2(y, d, None, x, |v| *v),
+                    Data::Bf16(d) => portable_avx2(y, d, None, x, |h| from_bf16(*h)),
+                    Data::Int8(q, s) => portable_avx2(y, q, Some(s), x, |v| f32::from(*v)),
                 }
             }
             return;
         }
         match &self.data {
-            Data::F32(d) => portable(y, d, x, |v| *v),
-            Data::Bf16(d) => portable(y, d, x, |h| from_bf16(*h)),
+            Data::F32(d) => portable(y, d, None, x, |v| *v),
+            Data::Bf16(d) => portable(y, d, None, x, |h| from_bf16(*h)),
+            Data::Int8(q, s) => portable(y, q, Some(s), x, |v| f32::from(*v)),
         }
     }
 }
@@ -210,20 +267,38 @@ impl PackedMatrix {
 /// loop vectorises and `mul_add` is one instruction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn portable_avx2<T>(y: &mut [f32], data: &[T], x: &[f32], widen: impl Fn(&T) -> f32) {
-    portable(y, data, x, widen)
+unsafe fn portable_avx2<T>(
+    y: &mut [f32],
+    data: &[T],
+    scales: Option<&[f32]>,
+    x: &[f32],
+    widen: impl Fn(&T) -> f32,
+) {
+    portable(y, data, scales, x, widen)
 }
 
-/// Any CPU: the same panel walk with plain arrays. Built for the baseline target,
-/// `mul_add` is a library call; [`portable_avx2`] is what AVX2 machines run.
+/// Any CPU: the same panel walk with plain arrays, each row's sum multiplied by its
+/// scale when there are `scales` (int8). Built for the baseline target, `mul_add` is a
+/// library call; [`portable_avx2`] is what AVX2 machines run.
 #[inline(always)]
-fn portable<T>(y: &mut [f32], data: &[T], x: &[f32], widen: impl Fn(&T) -> f32) {
+fn portable<T>(
+    y: &mut [f32],
+    data: &[T],
+    scales: Option<&[f32]>,
+    x: &[f32],
+    widen: impl Fn(&T) -> f32,
+) {
     let k = x.len();
     for (b, panel) in data.chunks_exact(k * PANEL).enumerate() {
         let mut acc = [0f32; PANEL];
         for (col, &xp) in panel.chunks_exact(PANEL).zip(x) {
             for (a, w) in acc.iter_mut().zip(col) {
                 *a = widen(w).mul_add(xp, *a);
+            }
+        }
+        if let Some(s) = scales {
+            for (a, s) in acc.iter_mut().zip(&s[b * PANEL..]) {
+                *a *= s;
             }
         }
         let out = &mut y[b * PANEL..];
@@ -264,6 +339,7 @@ unsafe fn store_panel(y: &mut [f32], b: usize, acc: &[std::arch::x86_64::__m512;
 unsafe fn panel_walk<T>(
     y: &mut [f32],
     data: &[T],
+    scales: Option<&[f32]>,
     x: &[f32],
     load: impl Fn(*const T) -> std::arch::x86_64::__m512,
 ) {
@@ -280,6 +356,13 @@ unsafe fn panel_walk<T>(
             }
             w = w.add(PANEL);
         }
+        if let Some(s) = scales {
+            for (a, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `scales` holds PANEL entries per panel (padded rows too).
+                let sv = _mm512_loadu_ps(s.as_ptr().add(b * PANEL + 16 * a));
+                *acc = _mm512_mul_ps(*acc, sv);
+            }
+        }
         store_panel(y, b, &acc);
     }
 }
@@ -289,18 +372,30 @@ unsafe fn panel_walk<T>(
 unsafe fn f32_avx512(y: &mut [f32], data: &[f32], x: &[f32]) {
     use std::arch::x86_64::*;
     // SAFETY: 16 f32 values from a pointer `panel_walk` keeps inside the panel.
-    panel_walk(y, data, x, |w| unsafe { _mm512_loadu_ps(w) })
+    panel_walk(y, data, None, x, |w| unsafe { _mm512_loadu_ps(w) })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn bf16_avx512(y: &mut [f32], data: &[u16], x: &[f32]) {
     use std::arch::x86_64::*;
-    panel_walk(y, data, x, |w| {
+    panel_walk(y, data, None, x, |w| {
         // SAFETY: 16 bfloat16 values (32 bytes) inside the panel, as above.
         let h = unsafe { _mm256_loadu_si256(w as *const __m256i) };
         // bfloat16 is the top half of an f32: widen and shift into place.
         _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn int8_avx512(y: &mut [f32], data: &[i8], scales: &[f32], x: &[f32]) {
+    use std::arch::x86_64::*;
+    panel_walk(y, data, Some(scales), x, |w| {
+        // SAFETY: 16 int8 values (16 bytes) inside the panel, as above.
+        let q = unsafe { _mm_loadu_si128(w as *const __m128i) };
+        // Sign-extend to 32 bits and convert: exact for every integer in range.
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))
     })
 }
 
@@ -309,7 +404,7 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
-    fn want(w: &Array2<f32>, x: &[f32], y0: &[f32], widen: impl Fn(f32) -> f32) -> Vec<f64> {
+    fn want(w: &Array2<f32>, x: &[f32], y0: &[f32]) -> Vec<f64> {
         w.rows()
             .into_iter()
             .zip(y0)
@@ -318,10 +413,32 @@ mod tests {
                     + row
                         .iter()
                         .zip(x)
-                        .map(|(&a, &b)| f64::from(widen(a)) * f64::from(b))
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
                         .sum::<f64>()
             })
             .collect()
+    }
+
+    /// The portable loop (or its AVX2 build) on `p`'s data.
+    fn run_portable(p: &PackedMatrix, y: &mut [f32], x: &[f32], avx2: bool) {
+        macro_rules! go {
+            ($f:ident) => {
+                match &p.data {
+                    Data::F32(d) => $f(y, d, None, x, |v| *v),
+                    Data::Bf16(d) => $f(y, d, None, x, |h| from_bf16(*h)),
+                    Data::Int8(q, s) => $f(y, q, Some(s), x, |v| f32::from(*v)),
+                }
+            };
+        }
+        if avx2 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: callers check that the CPU has AVX2 and FMA.
+            unsafe {
+                go!(portable_avx2)
+            }
+        } else {
+            go!(portable)
+        }
     }
 
     #[test]
@@ -352,10 +469,7 @@ mod tests {
                 assert_eq!((p.dim(), p.format()), ((n, k), format));
                 let mut y = y0.clone();
                 p.gemv_acc(&mut y, &x);
-                let exact = want(&w, &x, &y0, |v| match format {
-                    WeightFormat::F32 => v,
-                    WeightFormat::Bf16 => from_bf16(to_bf16(v)),
-                });
+                let exact = want(&format.stored(w.view()), &x, &y0);
                 for (i, (&got, &e)) in y.iter().zip(&exact).enumerate() {
                     assert!(
                         (f64::from(got) - e).abs() < 1e-4 * (1.0 + e.abs()),
@@ -365,10 +479,7 @@ mod tests {
                 // The portable loop agrees with whatever kernel ran (the AVX-512 one on
                 // machines that have it, such as the one CI runs on).
                 let mut yp = y0.clone();
-                match &p.data {
-                    Data::F32(d) => portable(&mut yp, d, &x, |v| *v),
-                    Data::Bf16(d) => portable(&mut yp, d, &x, |h| from_bf16(*h)),
-                }
+                run_portable(&p, &mut yp, &x, false);
                 for (a, b) in y.iter().zip(&yp) {
                     assert!(
                         (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
@@ -379,13 +490,7 @@ mod tests {
                 #[cfg(target_arch = "x86_64")]
                 if crate::simd::avx2_fma() {
                     let mut y2 = y0.clone();
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    unsafe {
-                        match &p.data {
-                            Data::F32(d) => portable_avx2(&mut y2, d, &x, |v| *v),
-                            Data::Bf16(d) => portable_avx2(&mut y2, d, &x, |h| from_bf16(*h)),
-                        }
-                    }
+                    run_portable(&p, &mut y2, &x, true);
                     assert_eq!(y2, yp, "{format}: the AVX2 build of the same loop");
                 }
             }
@@ -439,6 +544,50 @@ mod tests {
             PackedMatrix::new(w.view(), WeightFormat::Bf16).bytes(),
             2 * 128 * 3 * 2
         );
+        assert_eq!(
+            PackedMatrix::new(w.view(), WeightFormat::Int8).bytes(),
+            2 * 128 * 3 + 4 * 2 * 128
+        );
+    }
+
+    #[test]
+    fn int8_rows_keep_their_largest_weight_and_err_by_at_most_half_a_step() {
+        let mut w = Array2::from_shape_fn((5, 40), |(i, j)| {
+            ((i * 40 + j) as f32 * 0.37).sin() * 10f32.powi(i as i32 - 2)
+        });
+        w.row_mut(3).fill(0.0);
+        let q = WeightFormat::Int8.stored(w.view());
+        for (r, (row, qrow)) in w.rows().into_iter().zip(q.rows()).enumerate() {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = max / 127.0;
+            for (&v, &s) in row.iter().zip(qrow) {
+                // Half a step, plus f32 rounding of the division and the product.
+                assert!(
+                    (v - s).abs() <= 0.5 * step * (1.0 + 1e-5),
+                    "row {r}: {v} -> {s}"
+                );
+                if v.abs() == max {
+                    assert!((s.abs() - max).abs() <= max * 1e-6, "row {r}: the largest");
+                }
+            }
+            if r == 3 {
+                assert!(qrow.iter().all(|&s| s == 0.0));
+            }
+        }
+        // Scales are per row: a row of tiny weights keeps its precision beside a row
+        // of large ones (a per-matrix scale would round it to zero).
+        assert!(q.row(0).iter().any(|&v| v != 0.0));
+        // Packing quantises exactly as `stored` does.
+        let p = PackedMatrix::new(w.view(), WeightFormat::Int8);
+        let x: Vec<f32> = (0..40).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut y = vec![0f32; 5];
+        p.gemv_acc(&mut y, &x);
+        for (got, e) in y.iter().zip(want(&q, &x, &[0.0; 5])) {
+            assert!(
+                (f64::from(*got) - e).abs() < 1e-5 * (1.0 + e.abs()),
+                "{got} vs {e}"
+            );
+        }
     }
 
     #[test]
