@@ -564,6 +564,44 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         err.contains("chars.bin") && err.contains("a lasr character language model"),
         "{err}"
     );
+    // In `bench`, the word model goes with the char LM into the full CTC setting; the
+    // plain "CTC beam" setting then has neither (the CTC search alone). Without a
+    // char LM, the plain one is the full setting and keeps the word model.
+    let manifest = tmp.path().join("one.tsv");
+    std::fs::write(&manifest, format!("{}\tYO\n", high.display())).unwrap();
+    let bench_names = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            manifest.to_str().unwrap(),
+            "-m",
+            model.to_str().unwrap(),
+            "--word-lm",
+            wlm.to_str().unwrap(),
+            "--beam",
+            "4",
+            "--json",
+        ];
+        args.extend(extra);
+        let out = lasr(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        v["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let names = bench_names(&[
+        "--lm",
+        chars.to_str().unwrap(),
+        "--only",
+        "ctc-beam,ctc-beam+lm",
+    ]);
+    assert_eq!(names[0], "CTC beam 4", "{names:?}");
+    assert!(names[1].contains("word LM"), "{names:?}");
+    let names = bench_names(&["--no-lm", "--only", "ctc-beam"]);
+    assert!(names[0].starts_with("CTC beam 4 + word LM"), "{names:?}");
 }
 
 #[test]

@@ -1070,13 +1070,30 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                 ..plain.clone()
             },
         });
+        // With a char LM, the last setting has every model and this one none (the
+        // CTC search alone: a word model without the char LM under it mostly deletes
+        // words, which made a poor ablation); without one, this is the full setting.
+        let full = beam.lm.is_none();
         settings.push(lasr_model::BenchSetting {
-            name: format!("CTC beam {}{}", beam.search.beam_size, lexicon_note),
+            name: format!(
+                "CTC beam {}{}",
+                beam.search.beam_size,
+                if full {
+                    format!("{lexicon_note}{rescore_note}")
+                } else {
+                    String::new()
+                }
+            ),
             options: lasr_model::DecodeOptions {
                 ctc_only: true,
                 ctc_joint: false,
-                lexicon: beam.lexicon.clone(),
-                word_lm: beam.word_lm.clone(),
+                lexicon: beam.lexicon.clone().filter(|_| full),
+                word_lm: beam.word_lm.clone().filter(|_| full),
+                attention_rescore_weight: if full {
+                    beam.attention_rescore_weight
+                } else {
+                    0.0
+                },
                 ..plain.clone()
             },
         });
