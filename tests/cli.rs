@@ -422,7 +422,15 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         v["nbest"].as_array().unwrap().clone()
     };
     let plain = decode(&["--ctc-only", "--beam", "4"]);
-    let rescored = decode(&["--ctc-only", "--beam", "4", "--rescore", "0.5"]);
+    let rescored = decode(&[
+        "--ctc-only",
+        "--beam",
+        "4",
+        "--rescore",
+        "0.5",
+        "--rescore-nbest",
+        "4",
+    ]);
     let attention = decode(&["--attention", "--beam", "4", "--ctc-weight", "0"]);
     assert_eq!(rescored.len(), plain.len());
     assert!(rescored.len() > 1, "{rescored:?}");
@@ -447,6 +455,17 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     }
     assert!(compared > 0, "{attention:?}");
     assert!(plain.iter().all(|p| p.get("attention_log_prob").is_none()));
+    // Only the rescored hypotheses are kept: the others' scores are on another scale.
+    let top2 = decode(&[
+        "--ctc-only",
+        "--beam",
+        "4",
+        "--rescore",
+        "0.5",
+        "--rescore-nbest",
+        "2",
+    ]);
+    assert_eq!(top2.len(), 2, "{top2:?}");
     let out = lasr(&[
         "transcribe",
         "-m",

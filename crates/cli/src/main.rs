@@ -341,7 +341,7 @@ struct DecodeArgs {
     /// them (0 = off).
     #[arg(long, value_name = "W")]
     rescore: Option<f32>,
-    /// How many of the CTC beam's best hypotheses --rescore re-ranks.
+    /// How many of the CTC beam's best hypotheses --rescore re-ranks (and keeps).
     #[arg(long, value_name = "N")]
     rescore_nbest: Option<usize>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the trained

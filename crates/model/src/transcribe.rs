@@ -182,7 +182,7 @@ pub struct DecodeOptions {
     /// stop early as it can when it searches on its own.
     pub attention_rescore_weight: f32,
     /// How many of the CTC search's best hypotheses `attention_rescore_weight`
-    /// rescores; the rest keep their order after them.
+    /// rescores; they are the n-best list then.
     pub rescore_nbest: usize,
 }
 
@@ -535,7 +535,11 @@ impl ModelFile {
         )?;
         let mut attention = vec![None; hyps.len()];
         if options.attention_rescore_weight > 0.0 {
+            // Only rescored hypotheses stay: their scores and the others' are not on
+            // one scale.
             let n = options.rescore_nbest.min(hyps.len());
+            hyps.truncate(n);
+            attention.truncate(n);
             let seqs: Vec<Vec<usize>> = hyps[..n].iter().map(|h| h.tokens.clone()).collect();
             let att = lasr_decode::score_sequences(decoder, &seqs)?;
             let w = f64::from(options.attention_rescore_weight);
