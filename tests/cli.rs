@@ -481,6 +481,20 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "{}",
         text(&out.stderr)
     );
+    // Word-model settings without a word model are refused, not ignored.
+    for flags in [
+        &["--word-lm-weight", "0.5"][..],
+        &["--word-bonus", "1"][..],
+        &["--oov-penalty", "2"][..],
+    ] {
+        let mut args = vec!["transcribe", "-m", model.to_str().unwrap(), "--ctc-only"];
+        args.extend(flags);
+        args.push(high_wav.to_str().unwrap());
+        let out = lasr(&args);
+        assert!(!out.status.success(), "{flags:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(flags[0]) && err.contains("--word-lm"), "{err}");
+    }
     // A word list and bfloat16 weights leave a clear answer as it is.
     let tmp = tempfile::tempdir().unwrap();
     let words = tmp.path().join("words.txt");

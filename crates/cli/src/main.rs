@@ -448,6 +448,22 @@ impl DecodeArgs {
             // Only CTC search uses one: the attention decoder would refuse it.
             o.word_lm = builtin_word_lm(&model.vocab)?;
         }
+        // A setting for a word model that is not there would be silently ignored.
+        if o.word_lm.is_none() {
+            for (flag, given) in [
+                ("--word-lm-weight", self.word_lm_weight.is_some()),
+                ("--word-bonus", self.word_bonus.is_some()),
+            ] {
+                if given {
+                    bail!(
+                        "{flag} needs a word model: give --word-lm FILE (with --ctc-only), or use the built-in model with CTC decoding"
+                    );
+                }
+            }
+        }
+        if self.oov_penalty.is_some() && o.word_lm.is_none() && o.lexicon.is_none() {
+            bail!("--oov-penalty needs known words: give --word-lm or --lexicon (with --ctc-only)");
+        }
         Ok(o)
     }
 }
