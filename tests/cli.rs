@@ -493,8 +493,47 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         let out = lasr(&args);
         assert!(!out.status.success(), "{flags:?}");
         let err = text(&out.stderr);
-        assert!(err.contains(flags[0]) && err.contains("--word-lm"), "{err}");
+        assert!(
+            err.contains(flags[0]) && err.contains("give --word-lm FILE"),
+            "{err}"
+        );
     }
+    // And the reason is named when a flag turned the word model off.
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        "--ctc-only",
+        "--no-word-lm",
+        "--word-bonus",
+        "1",
+        high_wav.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stderr).contains("--no-word-lm turned"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        "--ctc-only",
+        "--rescore-nbest",
+        "3",
+        high_wav.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("give --rescore W"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Rescoring takes the CTC best path through the prefix search, so the one
+    // hypothesis still gets its attention score.
+    let best_path = decode(&["--ctc-only", "--beam", "1", "--rescore", "1"]);
+    assert_eq!(best_path.len(), 1);
+    assert!(best_path[0]["attention_log_prob"].as_f64().unwrap() < 0.0);
     // A word list and bfloat16 weights leave a clear answer as it is.
     let tmp = tempfile::tempdir().unwrap();
     let words = tmp.path().join("words.txt");

@@ -6,8 +6,9 @@
 #   tools/tts-corpus.sh OUT N SEED TEXT...
 #
 # TEXT: files of one sentence per line, LibriSpeech lm-text style (a leading utterance
-# id such as 19-198-0001 is dropped). N sentences of at most MAX_WORDS (default 40)
-# words are drawn at random (seeded), so the same arguments give the same corpus.
+# id such as 19-198-0001 is dropped). N sentences of 3 to MAX_WORDS (default 40) words
+# are drawn at random; SEED (a positive integer) makes the draw, the voices and the
+# rates, so the same arguments give the same corpus.
 # Needs: flite, festival (voices kal_diphone, cmu_us_slt_arctic_hts), espeak-ng
 #   apt-get install flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng
 # Re-running skips sentences whose WAV exists, so an interrupted run can go on.
@@ -19,6 +20,10 @@ if [ $# -lt 4 ]; then
 fi
 out=$1 n=$2 seed=$3
 shift 3
+if ! [[ $seed =~ ^[1-9][0-9]{0,8}$ && $n =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: N and SEED must be positive integers (SEED below 10^9), not '$n' and '$seed'" >&2
+    exit 2
+fi
 max_words=${MAX_WORDS:-40}
 for tool in flite text2wave espeak-ng; do
     command -v "$tool" > /dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
@@ -28,7 +33,8 @@ mkdir -p "$out/wav"
 # Voices: half the sentences go to the six closest to natural speech (flite's four
 # 16 kHz voices, festival's two), half to espeak-ng's English accents with its male and
 # female variants (formant synthesis: robotic, but many speakers). The default model
-# reads flite's rms at ~37% WER and espeak-ng's voices at 70-90%.
+# reads festival's HTS voice at ~29% WER, flite's at 54-76% and espeak-ng's at 72-93%
+# (DEVELOPERS.md).
 natural=(flite:kal16 flite:awb flite:rms flite:slt festival:kal_diphone
     festival:cmu_us_slt_arctic_hts)
 robotic=()
@@ -38,10 +44,15 @@ for accent in en-us en-gb en-gb-scotland en-gb-x-rp en-029 en-gb-x-gbclan en-gb-
     done
 done
 
-# Pick the sentences: strip ids, keep lengths in range, shuffle with a seeded stream.
-awk -v max="$max_words" '{ if ($1 ~ /^[0-9]+-[0-9]+-[0-9]+$/) { $1 = ""; sub(/^ /, "") }
-    if (NF >= 3 && NF <= max) print }' "$@" |
-    shuf --random-source=<(yes "$seed") -n "$n" > "$out/sentences.txt"
+# Pick the sentences: strip ids, keep lengths in range, and shuffle by sorting on keys
+# from a Park-Miller generator seeded with SEED (exact in awk's doubles, so every awk
+# draws the same; `shuf --random-source=<(yes SEED)` was deterministic but far from
+# uniform: it kept neighbouring sentences together and favoured the start).
+awk -v max="$max_words" -v seed="$seed" 'BEGIN { s = seed % 2147483647
+        for (i = 0; i < 20; i++) s = (s * 16807) % 2147483647 }  # small seeds start small
+    { if ($1 ~ /^[0-9]+-[0-9]+-[0-9]+$/) { $1 = ""; sub(/^ /, "") }
+      if (NF >= 3 && NF <= max) { s = (s * 16807) % 2147483647; printf "%d\t%s\n", s, $0 } }' "$@" |
+    sort -s -n -k1,1 | awk -v n="$n" 'NR <= n' | cut -f2- > "$out/sentences.txt"
 
 : > "$out/manifest.tsv.tmp"
 : > "$out/voices.tsv.tmp"
@@ -61,20 +72,22 @@ while IFS= read -r text; do
     else
         next; voice=${robotic[$(( rnd % ${#robotic[@]} ))]}
     fi
-    next; r=$(( rnd % 41 ))   # 0..40: rate from 0.8x to 1.2x
+    next; r=$(( rnd % 41 ))   # 0..40: speaking rate 0.8x to 1.2x (festival: its own)
     lower=$(printf '%s' "$text" | tr 'A-Z' 'a-z')
     if [ ! -s "$wav" ]; then
         case $voice in
             flite:*)
-                stretch=$(awk -v r="$r" 'BEGIN { printf "%.2f", 1.2 - r / 100 }')
+                stretch=$(awk -v r="$r" 'BEGIN { printf "%.3f", 1 / (0.8 + r / 100) }')
                 flite -voice "${voice#flite:}" --setf duration_stretch="$stretch" \
-                    -t "$lower" -o "$wav.tmp.wav" ;;
+                    -t "$lower" -o "$wav.tmp.wav" < /dev/null ;;
             festival:*)
                 printf '%s\n' "$lower" > "$wav.txt"
-                text2wave -eval "(voice_${voice#festival:})" "$wav.txt" -o "$wav.tmp.wav"
+                text2wave -eval "(voice_${voice#festival:})" "$wav.txt" -o "$wav.tmp.wav" < /dev/null
                 rm -f "$wav.txt" ;;
             espeak:*)
-                espeak-ng -v "${voice#espeak:}" -s $((140 + r)) -w "$wav.tmp.wav" "$lower" ;;
+                # espeak-ng speaks 175 words per minute by default.
+                espeak-ng -v "${voice#espeak:}" -s $((140 + r * 70 / 40)) -w "$wav.tmp.wav" \
+                    "$lower" < /dev/null ;;
         esac
         mv "$wav.tmp.wav" "$wav"
     fi

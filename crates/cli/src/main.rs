@@ -450,19 +450,33 @@ impl DecodeArgs {
         }
         // A setting for a word model that is not there would be silently ignored.
         if o.word_lm.is_none() {
+            let why = if self.no_word_lm {
+                "--no-word-lm turned the word model off"
+            } else if self.lexicon.is_some() {
+                "--lexicon replaces the word model with a plain word list"
+            } else if !o.ctc_only {
+                "only the CTC search (--ctc-only) uses a word model"
+            } else {
+                "this model comes without one: give --word-lm FILE"
+            };
             for (flag, given) in [
                 ("--word-lm-weight", self.word_lm_weight.is_some()),
                 ("--word-bonus", self.word_bonus.is_some()),
             ] {
                 if given {
-                    bail!(
-                        "{flag} needs a word model: give --word-lm FILE (with --ctc-only), or use the built-in model with CTC decoding"
-                    );
+                    bail!("{flag} has no word model to apply to: {why}");
                 }
             }
+            if self.oov_penalty.is_some() && o.lexicon.is_none() {
+                bail!(
+                    "--oov-penalty has no known words to apply to (--word-lm or --lexicon): {why}"
+                );
+            }
         }
-        if self.oov_penalty.is_some() && o.word_lm.is_none() && o.lexicon.is_none() {
-            bail!("--oov-penalty needs known words: give --word-lm or --lexicon (with --ctc-only)");
+        if self.rescore_nbest.is_some() && o.attention_rescore_weight == 0.0 {
+            bail!(
+                "--rescore-nbest sets how many hypotheses --rescore re-ranks: give --rescore W too"
+            );
         }
         Ok(o)
     }

@@ -425,7 +425,11 @@ pub fn beam_search<D: Decoder + ?Sized>(
 /// Teacher-forced scoring: for each token sequence `seqs[i]` `[n_i]` (without `<sos>`
 /// and `<eos>`), the natural-log probability the decoder gives it followed by `<eos>`,
 /// summed token by token as [`beam_search`] sums them (so a finished hypothesis's
-/// `log_prob` is reproduced to the bit). Returns `[seqs.len()]`, in the input order.
+/// `log_prob` is reproduced to the bit when the decoder's rows do not depend on the
+/// batch they are in; a model whose one-row steps take another product path agrees
+/// to rounding). Returns `[seqs.len()]`, in the input order. A token outside the
+/// vocabulary is refused; `<sos>` or `<eos>` inside a sequence is scored as any token
+/// (beam search can emit `<sos>`, and a CTC search any symbol).
 ///
 /// All sequences run as one batch, longest first; each leaves the batch after its
 /// `<eos>` is scored, so the work is the sum of the lengths, not `len x longest`.
@@ -441,6 +445,7 @@ pub fn score_sequences<D: Decoder + ?Sized>(decoder: &D, seqs: &[Vec<usize>]) ->
             "sequence {i} holds token {t}, outside the decoder's {v} symbols"
         )));
     }
+    let (sos, eos) = (decoder.sos(), decoder.eos());
     let mut scores = vec![0.0f64; seqs.len()];
     if seqs.is_empty() {
         return Ok(scores);
@@ -448,11 +453,10 @@ pub fn score_sequences<D: Decoder + ?Sized>(decoder: &D, seqs: &[Vec<usize>]) ->
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     // Longest first, so the rows still running are always a prefix of the batch.
     order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-    let eos = decoder.eos();
     let mut state = decoder
         .select(decoder.initial().map_err(boxed)?, &vec![0; order.len()])
         .map_err(boxed)?;
-    let mut prev = vec![decoder.sos(); order.len()];
+    let mut prev = vec![sos; order.len()];
     let mut peaks_given = None;
     let mut rows = order.len();
     for step in 0.. {

@@ -653,6 +653,7 @@ fn teacher_forced_scoring_refuses_foreign_tokens_and_passes_model_errors() {
     let e = score_sequences(&toy, &[vec![3, 4], vec![3, 6]]).unwrap_err();
     assert!(matches!(e, Error::Contract(_)), "{e:?}");
     assert!(e.to_string().contains("sequence 1 holds token 6"), "{e}");
+
     assert!(toy.batch_sizes.borrow().is_empty());
 
     let mut toy = Toy::new(6, random_model(6, 3, 0.0));

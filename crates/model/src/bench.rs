@@ -87,7 +87,7 @@ pub struct BenchReport {
     /// Wall-clock seconds of the whole run.
     pub wall_seconds: f64,
     pub threads: usize,
-    /// Storage of the packed recurrent weights (`f32` or `bf16`).
+    /// Storage of the packed recurrent weights (`f32`, `bf16` or `int8`).
     pub weights: String,
     pub settings: Vec<SettingSummary>,
     pub skipped: Vec<BenchSkip>,

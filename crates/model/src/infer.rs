@@ -3,7 +3,7 @@
 //! [`lasr_decode::Decoder`], so greedy and beam search work on it unchanged.
 //!
 //! Decoding reads the recurrent weights from [`InferenceWeights`], laid out once per
-//! model for one-vector products (and optionally rounded to bfloat16, see
+//! model for one-vector products (optionally as bfloat16 or int8, see
 //! [`lasr_nn::packed`]): made per utterance, the speller's would cost more than its
 //! greedy decoding saves.
 
@@ -61,7 +61,8 @@ pub struct SpellerState {
 
 impl Las {
     /// This model's weights laid out for [`Las::encode`], the packed ones stored in
-    /// `format` (f32 is exactly the trained model; bf16 halves what each step reads).
+    /// `format` (f32 is exactly the trained model; bf16 halves what each step reads,
+    /// int8 quarters it).
     pub fn inference_weights(&self, format: WeightFormat) -> InferenceWeights {
         InferenceWeights {
             config: self.config.clone(),

@@ -179,11 +179,22 @@ pub struct DecodeOptions {
     /// added to the score of each of the `rescore_nbest` best hypotheses, which are
     /// then re-ranked (attention rescoring, as in WeNet); 0 turns it off. The
     /// attention decoder only reads finished hypotheses here, so it cannot run on or
-    /// stop early as it can when it searches on its own.
+    /// stop early as it can when it searches on its own. Left out of the model
+    /// file when 0, so that files without it stay readable by earlier versions.
+    #[serde(skip_serializing_if = "is_zero")]
     pub attention_rescore_weight: f32,
     /// How many of the CTC search's best hypotheses `attention_rescore_weight`
     /// rescores; they are the n-best list then.
+    #[serde(skip_serializing_if = "is_default_nbest")]
     pub rescore_nbest: usize,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
+}
+
+fn is_default_nbest(n: &usize) -> bool {
+    *n == DecodeOptions::default().rescore_nbest
 }
 
 impl Default for DecodeOptions {
@@ -404,6 +415,7 @@ impl ModelFile {
                 || options.lm.is_some()
                 || options.lexicon.is_some()
                 || options.word_lm.is_some()
+                || options.attention_rescore_weight > 0.0
             {
                 return self.ctc_beam(&decoder, logits, options);
             }
@@ -540,7 +552,7 @@ impl ModelFile {
             let n = options.rescore_nbest.min(hyps.len());
             hyps.truncate(n);
             attention.truncate(n);
-            let seqs: Vec<Vec<usize>> = hyps[..n].iter().map(|h| h.tokens.clone()).collect();
+            let seqs: Vec<Vec<usize>> = hyps.iter().map(|h| h.tokens.clone()).collect();
             let att = lasr_decode::score_sequences(decoder, &seqs)?;
             let w = f64::from(options.attention_rescore_weight);
             for ((h, a), &lp) in hyps.iter_mut().zip(&mut attention).zip(&att) {

@@ -109,8 +109,9 @@ pub fn from_bf16(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
-/// The int8 scale of one row: its largest magnitude maps to 127 (0 for a zero row;
-/// non-finite weights are not expected in a trained model and give a NaN scale).
+/// The int8 scale of one row: its largest magnitude maps to 127 (0 for a zero row).
+/// Trained weights are finite (training stops on a NaN); an infinite one would give an
+/// infinite scale and NaN products, a NaN one is skipped by the maximum.
 fn int8_scale(row: ArrayView1<f32>) -> f32 {
     row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
 }
@@ -577,6 +578,34 @@ mod tests {
         // Scales are per row: a row of tiny weights keeps its precision beside a row
         // of large ones (a per-matrix scale would round it to zero).
         assert!(q.row(0).iter().any(|&v| v != 0.0));
+        // Rows of many panels with scales a thousandfold apart: a kernel that read
+        // another row's (or another panel's) scale would be off by orders of magnitude.
+        let (n, k) = (300, 37);
+        let wide = Array2::from_shape_fn((n, k), |(i, j)| {
+            ((i * k + j) as f32 * 0.61).sin() * (1.0 + i as f32) * 10f32.powi(i as i32 % 4 - 2)
+        });
+        let stored = WeightFormat::Int8.stored(wide.view());
+        let pw = PackedMatrix::new(wide.view(), WeightFormat::Int8);
+        let xw: Vec<f32> = (0..k).map(|i| (i as f32 * 0.23).cos()).collect();
+        let exact = want(&stored, &xw, &vec![0.0; n]);
+        for avx in [None, Some(false), Some(true)] {
+            let mut y = vec![0f32; n];
+            match avx {
+                None => pw.gemv_acc(&mut y, &xw),
+                Some(a) => {
+                    if a && !crate::simd::avx2_fma() {
+                        continue;
+                    }
+                    run_portable(&pw, &mut y, &xw, a);
+                }
+            }
+            for (i, (&got, &e)) in y.iter().zip(&exact).enumerate() {
+                assert!(
+                    (f64::from(got) - e).abs() < 1e-4 * (1e-3 + e.abs()),
+                    "{avx:?} row {i}: {got} vs {e}"
+                );
+            }
+        }
         // Packing quantises exactly as `stored` does.
         let p = PackedMatrix::new(w.view(), WeightFormat::Int8);
         let x: Vec<f32> = (0..40).map(|i| (i as f32 * 0.11).cos()).collect();
