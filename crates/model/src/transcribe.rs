@@ -724,3 +724,27 @@ impl ModelFile {
         Ok(t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rescoring_fields_stay_out_of_files_at_their_defaults_and_read_back() {
+        // Model files written without rescoring must not carry fields that versions
+        // before it refuse (`deny_unknown_fields`).
+        let plain = serde_json::to_string(&DecodeOptions::default()).unwrap();
+        assert!(!plain.contains("rescore"), "{plain}");
+        let o = DecodeOptions {
+            attention_rescore_weight: 0.5,
+            rescore_nbest: 4,
+            ..DecodeOptions::default()
+        };
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(json.contains("\"rescore_nbest\":4"), "{json}");
+        let back: DecodeOptions = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, o);
+        let back: DecodeOptions = serde_json::from_str(&plain).unwrap();
+        assert_eq!(back, DecodeOptions::default());
+    }
+}
