@@ -364,13 +364,20 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         lines.iter().any(|l| l.ends_with("high.wav\tyo")),
         "{lines:?}"
     );
-    let out = lasr(&[
-        "transcribe",
-        "-m",
-        model.to_str().unwrap(),
-        "--ctc-only",
-        dir.join("high.wav").to_str().unwrap(),
-    ]);
+    // Every run below transcribes high.wav with this model and some flags.
+    let high = dir.join("high.wav");
+    let on_high = |extra: &[&str]| {
+        let mut args = vec!["transcribe", "-m", model.to_str().unwrap()];
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        lasr(&args)
+    };
+    // A run that must fail: its error message.
+    let refused = |out: std::process::Output| {
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    let out = on_high(&["--ctc-only"]);
     assert!(
         text(&out.stdout).ends_with("\tyo\n"),
         "{}",
@@ -378,10 +385,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     );
     // Joint CTC/attention decoding agrees on a clear answer, and reports the CTC score
     // it ranked by.
-    let out = lasr(&[
-        "transcribe",
-        "-m",
-        model.to_str().unwrap(),
+    let out = on_high(&[
         "--ctc-weight",
         "0.5",
         "--joint",
@@ -389,7 +393,6 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "3",
         "--no-lm",
         "--json",
-        dir.join("high.wav").to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
@@ -403,20 +406,10 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     // Attention rescoring of the CTC beam's n-best: each alternative's score gains W
     // times the attention decoder's log-probability of its text, which is what the
     // attention beam search itself gives that text.
-    let high_wav = dir.join("high.wav");
     let decode = |extra: &[&str]| {
-        let mut args = vec![
-            "transcribe",
-            "-m",
-            model.to_str().unwrap(),
-            "--no-lm",
-            "--json",
-            "--nbest",
-            "4",
-        ];
+        let mut args = vec!["--no-lm", "--json", "--nbest", "4"];
         args.extend(extra);
-        args.push(high_wav.to_str().unwrap());
-        let out = lasr(&args);
+        let out = on_high(&args);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
         v["nbest"].as_array().unwrap().clone()
@@ -466,69 +459,32 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "2",
     ]);
     assert_eq!(top2.len(), 2, "{top2:?}");
-    let out = lasr(&[
-        "transcribe",
-        "-m",
-        model.to_str().unwrap(),
-        "--attention",
-        "--rescore",
-        "1",
-        dir.join("high.wav").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("ctc_only"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = refused(on_high(&["--attention", "--rescore", "1"]));
+    assert!(err.contains("ctc_only"), "{err}");
     // Word-model settings without a word model are refused, not ignored.
     for flags in [
         &["--word-lm-weight", "0.5"][..],
         &["--word-bonus", "1"][..],
         &["--oov-penalty", "2"][..],
     ] {
-        let mut args = vec!["transcribe", "-m", model.to_str().unwrap(), "--ctc-only"];
+        let mut args = vec!["--ctc-only"];
         args.extend(flags);
-        args.push(high_wav.to_str().unwrap());
-        let out = lasr(&args);
-        assert!(!out.status.success(), "{flags:?}");
-        let err = text(&out.stderr);
+        let err = refused(on_high(&args));
         assert!(
             err.contains(flags[0]) && err.contains("give --word-lm FILE"),
             "{err}"
         );
     }
     // And the reason is named when a flag turned the word model off.
-    let out = lasr(&[
-        "transcribe",
-        "-m",
-        model.to_str().unwrap(),
+    let err = refused(on_high(&[
         "--ctc-only",
         "--no-word-lm",
         "--word-bonus",
         "1",
-        high_wav.to_str().unwrap(),
-    ]);
-    assert!(
-        text(&out.stderr).contains("--no-word-lm turned"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = lasr(&[
-        "transcribe",
-        "-m",
-        model.to_str().unwrap(),
-        "--ctc-only",
-        "--rescore-nbest",
-        "3",
-        high_wav.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("give --rescore W"),
-        "{}",
-        text(&out.stderr)
-    );
+    ]));
+    assert!(err.contains("--no-word-lm turned"), "{err}");
+    let err = refused(on_high(&["--ctc-only", "--rescore-nbest", "3"]));
+    assert!(err.contains("give --rescore W"), "{err}");
     // Rescoring takes the CTC best path through the prefix search, so the one
     // hypothesis still gets its attention score.
     let best_path = decode(&["--ctc-only", "--beam", "1", "--rescore", "1"]);
@@ -538,12 +494,8 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     let tmp = tempfile::tempdir().unwrap();
     let words = tmp.path().join("words.txt");
     std::fs::write(&words, "hi\nyo\n").unwrap();
-    let high = dir.join("high.wav");
     let with_list = |extra: &[&str]| {
-        let mut args = vec![
-            "transcribe",
-            "-m",
-            model.to_str().unwrap(),
+        let list = [
             "--lexicon",
             words.to_str().unwrap(),
             "--oov-penalty",
@@ -551,9 +503,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
             "--weights",
             "bf16",
         ];
-        args.extend(extra);
-        args.push(high.to_str().unwrap());
-        lasr(&args)
+        on_high(&[&list[..], extra].concat())
     };
     let out = with_list(&["--ctc-only"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -563,13 +513,8 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         text(&out.stdout)
     );
     // The list constrains CTC search only: asking it of the attention decoder is an error.
-    let out = with_list(&[]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--ctc-only"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = refused(with_list(&[]));
+    assert!(err.contains("--ctc-only"), "{err}");
 
     // A word model built by `lasr lm --words` scores the CTC search's words.
     let corpus = tmp.path().join("words-text.txt");
@@ -594,31 +539,21 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "{v}"
     );
     let with_words = |lm: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "transcribe",
-            "-m",
-            model.to_str().unwrap(),
+        let model = [
             "--word-lm",
             lm.to_str().unwrap(),
             "--word-lm-weight",
             "0.5",
             "--json",
         ];
-        args.extend(extra);
-        args.push(high.to_str().unwrap());
-        lasr(&args)
+        on_high(&[&model[..], extra].concat())
     };
     let out = with_words(&wlm, &["--ctc-only", "--beam", "4"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(v["text"], "yo", "{v}");
-    let out = with_words(&wlm, &[]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--ctc-only"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = refused(with_words(&wlm, &[]));
+    assert!(err.contains("--ctc-only"), "{err}");
     // A character model given as a word model says what it is, naming the file.
     let chars = tmp.path().join("chars.bin");
     let built = lasr(&[
@@ -629,9 +564,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         chars.to_str().unwrap(),
     ]);
     assert!(built.status.success(), "{}", text(&built.stderr));
-    let out = with_words(&chars, &["--ctc-only"]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let err = refused(with_words(&chars, &["--ctc-only"]));
     assert!(
         err.contains("chars.bin") && err.contains("a lasr character language model"),
         "{err}"

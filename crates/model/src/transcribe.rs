@@ -193,8 +193,11 @@ fn is_zero(v: &f32) -> bool {
     *v == 0.0
 }
 
+/// [`DecodeOptions::rescore_nbest`] unless set.
+const DEFAULT_RESCORE_NBEST: usize = 8;
+
 fn is_default_nbest(n: &usize) -> bool {
-    *n == DecodeOptions::default().rescore_nbest
+    *n == DEFAULT_RESCORE_NBEST
 }
 
 impl Default for DecodeOptions {
@@ -214,7 +217,7 @@ impl Default for DecodeOptions {
             word_bonus: 0.0,
             word_lm: None,
             attention_rescore_weight: 0.0,
-            rescore_nbest: 8,
+            rescore_nbest: DEFAULT_RESCORE_NBEST,
         }
     }
 }
@@ -549,27 +552,21 @@ impl ModelFile {
         if options.attention_rescore_weight > 0.0 {
             // Only rescored hypotheses stay: their scores and the others' are not on
             // one scale.
-            let n = options.rescore_nbest.min(hyps.len());
-            hyps.truncate(n);
-            attention.truncate(n);
+            hyps.truncate(options.rescore_nbest);
             let seqs: Vec<Vec<usize>> = hyps.iter().map(|h| h.tokens.clone()).collect();
             let att = lasr_decode::score_sequences(decoder, &seqs)?;
             let w = f64::from(options.attention_rescore_weight);
-            for ((h, a), &lp) in hyps.iter_mut().zip(&mut attention).zip(&att) {
-                h.score += w * lp;
-                *a = Some(lp);
-            }
-            let mut order: Vec<usize> = (0..n).collect();
-            // Stable: ties keep the CTC search's order.
-            order.sort_by(|&a, &b| hyps[b].score.total_cmp(&hyps[a].score));
-            let top: Vec<_> = order
-                .iter()
-                .map(|&i| (hyps[i].clone(), attention[i]))
+            let mut ranked: Vec<_> = hyps
+                .into_iter()
+                .zip(att)
+                .map(|(mut h, lp)| {
+                    h.score += w * lp;
+                    (h, Some(lp))
+                })
                 .collect();
-            for (i, (h, a)) in top.into_iter().enumerate() {
-                hyps[i] = h;
-                attention[i] = a;
-            }
+            // Stable: ties keep the CTC search's order.
+            ranked.sort_by(|a, b| b.0.score.total_cmp(&a.0.score));
+            (hyps, attention) = ranked.into_iter().unzip();
         }
         let best = hyps
             .first()
