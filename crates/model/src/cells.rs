@@ -8,7 +8,7 @@ use rand::Rng;
 
 use lasr_nn::{
     BiElman, BiElmanCache, BiGru, BiGruCache, BiLstm, BiLstmCache, ElmanCell, ElmanCellCache,
-    GruCell, GruCellCache, LstmCell, LstmCellCache, Module, PackedMatrix, PreparedElmanCell,
+    GruCell, GruCellCache, LstmCell, LstmCellCache, Module, PackedRecurrent, PreparedElmanCell,
     PreparedGruCell, PreparedLstmCell, WeightFormat,
 };
 
@@ -88,19 +88,18 @@ impl ListenerLayer {
         Ok(dispatch!(ListenerLayer, self, l => l.infer(x)?))
     }
 
-    /// Both directions' `weight_hh` packed for [`ListenerLayer::infer_packed`].
-    pub fn pack_hh(&self, format: WeightFormat) -> [PackedMatrix; 2] {
-        dispatch!(ListenerLayer, self, l => l.pack_hh(format))
+    /// Both directions' weights packed for [`ListenerLayer::infer_packed`].
+    pub fn pack(&self, format: WeightFormat) -> [PackedRecurrent; 2] {
+        dispatch!(ListenerLayer, self, l => l.pack(format))
     }
 
-    /// [`ListenerLayer::infer`] reusing `w_hh`, this layer's
-    /// [`ListenerLayer::pack_hh`].
+    /// [`ListenerLayer::infer`] reusing `w`, this layer's [`ListenerLayer::pack`].
     pub fn infer_packed(
         &self,
         x: ArrayView2<f32>,
-        w_hh: &[PackedMatrix; 2],
+        w: &[PackedRecurrent; 2],
     ) -> Result<Array2<f32>> {
-        Ok(dispatch!(ListenerLayer, self, l => l.infer_packed(x, w_hh)?))
+        Ok(dispatch!(ListenerLayer, self, l => l.infer_packed(x, w)?))
     }
 
     /// `dy` `[T, B, 2H]` -> `dx` `[T, B, I]`, gradients added into `grads`.

@@ -10,7 +10,7 @@
 use ndarray::{concatenate, Array2, ArrayView2, Axis};
 
 use lasr_decode::{Decoder, Step};
-use lasr_nn::{PackedMatrix, WeightFormat};
+use lasr_nn::{PackedRecurrent, WeightFormat};
 
 use crate::cells::{CellState, PreparedCell};
 use crate::error::{Error, Result};
@@ -25,8 +25,8 @@ pub struct InferenceWeights {
     /// The config of the model they were made from (checked by [`Las::encode`]).
     config: crate::ModelConfig,
     format: WeightFormat,
-    /// Per listener layer, bottom first: both directions' packed `weight_hh`.
-    listener: Vec<[PackedMatrix; 2]>,
+    /// Per listener layer, bottom first: both directions' packed weights.
+    listener: Vec<[PackedRecurrent; 2]>,
     cell0: PreparedCell,
     cell1: PreparedCell,
 }
@@ -67,7 +67,7 @@ impl Las {
         InferenceWeights {
             config: self.config.clone(),
             format,
-            listener: self.listener.pack_hh(format),
+            listener: self.listener.pack(format),
             cell0: self.speller.cell0.prepare_packed(format),
             cell1: self.speller.cell1.prepare_packed(format),
         }

@@ -27,7 +27,7 @@ use lasr_nn::module::join;
 use lasr_nn::{
     ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward,
     softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, Dropout, Embedding, Linear,
-    Module, PackedMatrix, WeightFormat,
+    Module, PackedRecurrent, WeightFormat,
 };
 
 use crate::cells::{ListenerLayer, ListenerLayerCache, SpellerCell, SpellerCellCache};
@@ -145,22 +145,22 @@ impl Listener {
     /// Inference over one utterance: `x` `[T, F]` -> states `[U, 2H]` (no caches;
     /// equal to [`Listener::forward`] up to float summation order).
     pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
+        self.infer_packed(x, &self.pack(WeightFormat::F32))
     }
 
-    /// Every layer's `weight_hh` packed for [`Listener::infer_packed`], bottom first.
-    pub fn pack_hh(&self, format: WeightFormat) -> Vec<[PackedMatrix; 2]> {
+    /// Every layer's weights packed for [`Listener::infer_packed`], bottom first.
+    pub fn pack(&self, format: WeightFormat) -> Vec<[PackedRecurrent; 2]> {
         std::iter::once(&self.l0)
             .chain(&self.pyr)
-            .map(|l| l.pack_hh(format))
+            .map(|l| l.pack(format))
             .collect()
     }
 
-    /// [`Listener::infer`] reusing `w_hh`, this listener's [`Listener::pack_hh`].
+    /// [`Listener::infer`] reusing `w_hh`, this listener's [`Listener::pack`].
     pub fn infer_packed(
         &self,
         x: ArrayView2<f32>,
-        w_hh: &[[PackedMatrix; 2]],
+        w_hh: &[[PackedRecurrent; 2]],
     ) -> Result<Array2<f32>> {
         if w_hh.len() != 1 + self.pyr.len() {
             return Err(Error::Config(format!(

@@ -16,7 +16,7 @@ use crate::activation as act;
 use crate::error::{check_shape, Result};
 use crate::linalg::{gemv_acc, matmul, transpose};
 use crate::lstm::live_mask;
-use crate::packed::{check_packed, PackedMatrix, WeightFormat};
+use crate::packed::{check_packed, PackedMatrix, PackedRecurrent, WeightFormat};
 use crate::recurrent::{cell_module, order, recurrent_module, Bidirectional, BidirectionalCache};
 
 /// `h_prev[t]`: the state each step started from (zero for the first).
@@ -254,7 +254,7 @@ impl Gru {
     }
 
     #[inline(always)]
-    fn infer_impl(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
+    fn infer_impl(&self, x: ArrayView2<f32>, w: &PackedRecurrent) -> Array2<f32> {
         let steps = x.nrows();
         let hd = self.hidden();
         let mut gates = Array2::zeros((steps, 3 * hd));
@@ -264,8 +264,9 @@ impl Gru {
                 .broadcast((steps, 3 * hd))
                 .expect("bias is [3H]"),
         );
-        // All steps' input projections at once; gemm packs the transposed view itself.
-        matmul(gates.view_mut(), x, self.weight_ih.t(), true);
+        // All steps' input projections at once.
+        w.input_projection(gates.view_mut(), x, self.weight_ih.view());
+        let w_hh = &w.hh;
         let mut h = Array2::<f32>::zeros((steps, hd));
         let (mut h_prev, mut hg) = (vec![0f32; hd], vec![0f32; 3 * hd]);
         for (t, prev) in order(self.reverse, steps) {
@@ -414,13 +415,14 @@ impl Elman {
     }
 
     #[inline(always)]
-    fn infer_impl(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Array2<f32> {
+    fn infer_impl(&self, x: ArrayView2<f32>, w: &PackedRecurrent) -> Array2<f32> {
         let steps = x.nrows();
         let hd = self.hidden();
         let bias = &self.bias_ih + &self.bias_hh;
         let mut h = Array2::zeros((steps, hd));
         h.assign(&bias.broadcast((steps, hd)).expect("bias is [H]"));
-        matmul(h.view_mut(), x, self.weight_ih.t(), true);
+        w.input_projection(h.view_mut(), x, self.weight_ih.view());
+        let w_hh = &w.hh;
         let mut h_prev = vec![0f32; hd];
         for (t, prev) in order(self.reverse, steps) {
             let mut ht = h.row_mut(t);
@@ -504,8 +506,9 @@ pub type BiElmanCache = BidirectionalCache<Elman>;
 ///
 /// With `gemv`, a single row takes a matrix-vector product on `packed` if the caller
 /// packed `w`, else on `w` as stored (greedy decoding: gemm's kernels lose to
-/// matrix-vector products there). Otherwise gemm runs on `w_t`, or on a transposed view of `w` (correct, but
-/// gemm then repacks the weights on every call).
+/// matrix-vector products there). Otherwise int8 `packed` weights take all rows at
+/// once, and f32 or bf16 run gemm on `w_t`, or on a transposed view of `w` (correct,
+/// but gemm then repacks the weights on every call).
 fn step_product(
     mut out: ArrayViewMut2<f32>,
     x: ArrayView2<f32>,
@@ -522,6 +525,10 @@ fn step_product(
             Some(p) => p.gemv_acc(y, &x),
             None => gemv_acc(y, w.view(), &x),
         }
+    } else if let Some(p) = packed.filter(|p| p.format() == WeightFormat::Int8) {
+        // int8 rows share each weight read, and each row gets exactly what it would
+        // alone (so a beam of one is greedy decoding).
+        p.gemm_acc(out, x);
     } else if let Some(w_t) = w_t {
         matmul(out, x, w_t.view(), true);
     } else {

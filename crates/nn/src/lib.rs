@@ -43,7 +43,7 @@ pub use loss::{softmax_cross_entropy, softmax_cross_entropy_smoothed, CrossEntro
 pub use lstm::{BiLstm, BiLstmCache, Lstm, LstmCache, LstmCell, LstmCellCache, PreparedLstmCell};
 pub use module::Module;
 pub use optim::{clip_grad_norm, grad_norm, Adam, LrSchedule, Sgd};
-pub use packed::{PackedMatrix, WeightFormat};
+pub use packed::{PackedMatrix, PackedRecurrent, WeightFormat};
 pub use pyramid::{pyramid_lengths, pyramid_reduce, pyramid_reduce_backward};
 pub use recurrent::{Bidirectional, BidirectionalCache, Recurrent};
 pub mod activation;

@@ -15,18 +15,24 @@
 //!   and widened back to f32 in registers; inputs, products and sums stay f32. This is
 //!   the same trade as whisper.cpp's f16 weights, and a choice of the caller: f32 is
 //!   the default and bit-for-bit what was trained.
-//! - **int8 storage** ([`WeightFormat::Int8`]) quarters them: each row `r` of `W` is
-//!   stored as integers `q` in [-127, 127] with one f32 scale `s_r = max |W_r| / 127`,
-//!   and `y_r += s_r * sum_k q_rk x_k`, the sum in f32 over exactly converted
-//!   integers (inputs stay f32: no activation quantization). Weights that stream from
-//!   L3 (a reference-size speller step reads 19 MB in f32) come in at nearly twice
-//!   bf16's rate (BENCHMARKS.md: 70 against 96 ms for 150 greedy steps); weights
-//!   already in L2 gain nothing, since widening costs what it saves.
+//! - **int8** ([`WeightFormat::Int8`]) quarters them and multiplies in integers, as
+//!   PyTorch's dynamically quantized LSTM and CTranslate2's int8 do: each row `r` of
+//!   `W` is stored as integers `q` in [-127, 127] with one f32 scale
+//!   `s_r = max |W_r| / 127`; each input vector is quantized at the product with its
+//!   own scale `s_x = max |x| / 127`, and `y_r += s_r s_x sum_k q_rk x_k` with the sum
+//!   exact in 32-bit integers (AVX-512 VNNI's `vpdpbusd` where the CPU has it, a plain
+//!   loop elsewhere: the two give the same bits). The speller's weights that stream
+//!   from L3 come in at a quarter of f32's bytes, and the listener's, resident in L2,
+//!   take a quarter of the instructions of widening loads. Products over many inputs
+//!   ([`PackedMatrix::gemm_acc`]: a layer's input projections over all frames, a
+//!   beam's rows) reuse each weight for six inputs at a time. Per-vector scales suit
+//!   inputs of one magnitude, such as hidden states (within [-1, 1]); BENCHMARKS.md
+//!   has the accuracy of decoding this way.
 
 use std::fmt;
 use std::str::FromStr;
 
-use ndarray::{Array2, ArrayView1, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2};
 
 use crate::error::{check_shape, Result};
 
@@ -41,7 +47,8 @@ pub enum WeightFormat {
     F32,
     /// Rounded to bfloat16 (round to nearest, ties to even): half the memory traffic.
     Bf16,
-    /// Symmetric 8-bit integers with one scale per row: a quarter of the traffic.
+    /// Symmetric 8-bit integers with one scale per row, multiplied with inputs
+    /// quantized per vector: a quarter of the traffic, integer arithmetic.
     Int8,
 }
 
@@ -51,7 +58,8 @@ impl WeightFormat {
 
     /// `w` `[N, K]` with the values this format stores (bfloat16 values, or each row's
     /// integers times its scale, as f32), so that products on other code paths
-    /// compute with the same weights as a [`PackedMatrix`] of this format.
+    /// compute with the same weights as a [`PackedMatrix`] of this format (int8
+    /// products also round their inputs, which these weights alone do not).
     pub fn stored(self, w: ArrayView2<f32>) -> Array2<f32> {
         match self {
             WeightFormat::F32 => w.to_owned(),
@@ -140,8 +148,14 @@ pub(crate) fn check_packed(layer: &str, w: &PackedMatrix, dim: (usize, usize)) -
 enum Data {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
-    /// The integers, packed as the others, and one scale per (padded) row.
-    Int8(Vec<i8>, Vec<f32>),
+    /// The integers in groups of [`GROUP`] columns (`panel[g][r][j]` holds column
+    /// `GROUP g + j` of the panel's row `r`; columns past `K` are zero), one scale per
+    /// (padded) row, and each row's integer sum (to undo the inputs' offset).
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        sums: Vec<i32>,
+    },
 }
 
 /// A weight matrix `W` `[N, K]` packed for `y += W x` on one vector at a time
@@ -157,32 +171,36 @@ impl PackedMatrix {
     /// Packs `w` `[N, K]` (any strides) in `format`.
     pub fn new(w: ArrayView2<f32>, format: WeightFormat) -> PackedMatrix {
         let (n, k) = w.dim();
-        let mut packed = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
-        for (j, row) in w.rows().into_iter().enumerate() {
-            let (b, r) = (j / PANEL, j % PANEL);
-            let panel = &mut packed[b * k * PANEL..(b + 1) * k * PANEL];
-            for (p, &v) in row.iter().enumerate() {
-                panel[p * PANEL + r] = v;
-            }
-        }
-        let data = match format {
-            WeightFormat::F32 => Data::F32(packed),
-            WeightFormat::Bf16 => Data::Bf16(packed.into_iter().map(to_bf16).collect()),
-            WeightFormat::Int8 => {
-                let mut scales = vec![0f32; n.div_ceil(PANEL) * PANEL];
-                for (s, row) in scales.iter_mut().zip(w.rows()) {
-                    *s = int8_scale(row);
+        let column_major = || {
+            let mut packed = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
+            for (j, row) in w.rows().into_iter().enumerate() {
+                let (b, r) = (j / PANEL, j % PANEL);
+                let panel = &mut packed[b * k * PANEL..(b + 1) * k * PANEL];
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p * PANEL + r] = v;
                 }
-                // Element `i` of a panel belongs to row `i % PANEL` of that panel.
-                let q = packed
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| {
-                        let row = i / (k * PANEL) * PANEL + i % PANEL;
-                        quantize(v, scales[row])
-                    })
-                    .collect();
-                Data::Int8(q, scales)
+            }
+            packed
+        };
+        let data = match format {
+            WeightFormat::F32 => Data::F32(column_major()),
+            WeightFormat::Bf16 => Data::Bf16(column_major().into_iter().map(to_bf16).collect()),
+            WeightFormat::Int8 => {
+                let kp = k.div_ceil(GROUP) * GROUP;
+                let mut q = vec![0i8; n.div_ceil(PANEL) * kp * PANEL];
+                let mut scales = vec![0f32; n.div_ceil(PANEL) * PANEL];
+                let mut sums = vec![0i32; scales.len()];
+                for (j, row) in w.rows().into_iter().enumerate() {
+                    let (b, r) = (j / PANEL, j % PANEL);
+                    scales[j] = int8_scale(row);
+                    let panel = &mut q[b * kp * PANEL..(b + 1) * kp * PANEL];
+                    for (p, &v) in row.iter().enumerate() {
+                        let v = quantize(v, scales[j]);
+                        panel[(p / GROUP) * GROUP * PANEL + r * GROUP + p % GROUP] = v;
+                        sums[j] += i32::from(v);
+                    }
+                }
+                Data::Int8 { q, scales, sums }
             }
         };
         PackedMatrix {
@@ -202,7 +220,7 @@ impl PackedMatrix {
         match self.data {
             Data::F32(_) => WeightFormat::F32,
             Data::Bf16(_) => WeightFormat::Bf16,
-            Data::Int8(..) => WeightFormat::Int8,
+            Data::Int8 { .. } => WeightFormat::Int8,
         }
     }
 
@@ -211,7 +229,7 @@ impl PackedMatrix {
         match &self.data {
             Data::F32(d) => 4 * d.len(),
             Data::Bf16(d) => 2 * d.len(),
-            Data::Int8(q, s) => q.len() + 4 * s.len(),
+            Data::Int8 { q, scales, sums } => q.len() + 4 * (scales.len() + sums.len()),
         }
     }
 
@@ -232,6 +250,9 @@ impl PackedMatrix {
         if self.rows == 0 || self.cols == 0 {
             return;
         }
+        if let Data::Int8 { .. } = self.data {
+            return self.int8_products(y, x, 1);
+        }
         #[cfg(target_arch = "x86_64")]
         if crate::simd::avx512() {
             // SAFETY: the CPU has AVX-512F; the lengths were checked above and every
@@ -240,7 +261,7 @@ impl PackedMatrix {
                 match &self.data {
                     Data::F32(d) => f32_avx512(y, d, x),
                     Data::Bf16(d) => bf16_avx512(y, d, x),
-                    Data::Int8(q, s) => int8_avx512(y, q, s, x),
+                    Data::Int8 { .. } => unreachable!("int8 returned above"),
                 }
             }
             return;
@@ -250,17 +271,315 @@ impl PackedMatrix {
             // SAFETY: the CPU has AVX2 and FMA.
             unsafe {
                 match &self.data {
-                    Data::F32(d) => portable_avx2(y, d, None, x, |v| *v),
-                    Data::Bf16(d) => portable_avx2(y, d, None, x, |h| from_bf16(*h)),
-                    Data::Int8(q, s) => portable_avx2(y, q, Some(s), x, |v| f32::from(*v)),
+                    Data::F32(d) => portable_avx2(y, d, x, |v| *v),
+                    Data::Bf16(d) => portable_avx2(y, d, x, |h| from_bf16(*h)),
+                    Data::Int8 { .. } => unreachable!("int8 returned above"),
                 }
             }
             return;
         }
         match &self.data {
-            Data::F32(d) => portable(y, d, None, x, |v| *v),
-            Data::Bf16(d) => portable(y, d, None, x, |h| from_bf16(*h)),
-            Data::Int8(q, s) => portable(y, q, Some(s), x, |v| f32::from(*v)),
+            Data::F32(d) => portable(y, d, x, |v| *v),
+            Data::Bf16(d) => portable(y, d, x, |h| from_bf16(*h)),
+            Data::Int8 { .. } => unreachable!("int8 returned above"),
+        }
+    }
+
+    /// `y[m] += W x[m]` for every row `m` of `x` `[M, K]` and `y` `[M, N]` (a layer's
+    /// input projections over all frames, or a beam's rows). Each row's result is what
+    /// [`PackedMatrix::gemv_acc`] gives it alone, bit for bit; in int8 the rows share
+    /// each weight read six at a time, in f32 and bf16 the rows run one by one (gemm on
+    /// the weights is faster there).
+    ///
+    /// # Panics
+    /// When the shapes disagree (a bug in lasr: layers check user-facing shapes first).
+    pub fn gemm_acc(&self, mut y: ArrayViewMut2<f32>, x: ArrayView2<f32>) {
+        assert!(
+            y.ncols() == self.rows && x.ncols() == self.cols && x.nrows() == y.nrows(),
+            "packed gemm: [{}, {}] x {:?} into {:?}",
+            self.rows,
+            self.cols,
+            x.shape(),
+            y.shape()
+        );
+        let x = x.as_standard_layout();
+        let x = x.as_slice().expect("standard layout");
+        if let (Data::Int8 { .. }, Some(y)) = (&self.data, y.as_slice_mut()) {
+            if self.rows > 0 && self.cols > 0 {
+                self.int8_products(y, x, x.len() / self.cols);
+            }
+            return;
+        }
+        let mut row = vec![0f32; self.rows];
+        for (mut yr, xr) in y
+            .rows_mut()
+            .into_iter()
+            .zip(x.chunks_exact(self.cols.max(1)))
+        {
+            row.iter_mut().zip(&yr).for_each(|(r, &v)| *r = v);
+            self.gemv_acc(&mut row, xr);
+            yr.iter_mut().zip(&row).for_each(|(v, &r)| *v = r);
+        }
+    }
+
+    /// The int8 products of `m` inputs `x` `[m, K]` into `y` `[m, N]`, both row-major.
+    fn int8_products(&self, y: &mut [f32], x: &[f32], m: usize) {
+        let Data::Int8 { q, scales, sums } = &self.data else {
+            unreachable!("called on int8 data only")
+        };
+        let w = Int8Weights {
+            q,
+            scales,
+            sums,
+            n: self.rows,
+            k: self.cols,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx512_vnni() {
+            // SAFETY: the CPU has AVX-512F and VNNI.
+            return unsafe { int8_products_vnni(&w, y, x, m) };
+        }
+        int8_products(&w, y, x, m, int8_dots_portable)
+    }
+}
+
+/// Borrowed int8 data of a [`PackedMatrix`] `[n, k]`.
+struct Int8Weights<'a> {
+    q: &'a [i8],
+    scales: &'a [f32],
+    sums: &'a [i32],
+    n: usize,
+    k: usize,
+}
+
+/// [`int8_products`] with the VNNI kernels, and its quantization and scaling loops
+/// vectorised for AVX-512 (the same IEEE operations, so the same bits as elsewhere).
+///
+/// # Safety
+/// The CPU has AVX-512F and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni,avx2,fma")]
+unsafe fn int8_products_vnni(w: &Int8Weights, y: &mut [f32], x: &[f32], m: usize) {
+    int8_products(w, y, x, m, |panel, xq, kp, acc| {
+        // SAFETY: the CPU has AVX-512F and VNNI; `int8_products` passes whole panels
+        // and `acc.len()` inputs of `kp` bytes.
+        unsafe { vnni_block(panel, xq, kp, acc) }
+    })
+}
+
+/// Quantizes every input, takes the integer sums with `dots` panel by panel (blocks of
+/// [`INT8_BLOCK`] inputs, then single ones), and adds the scaled sums into `y`.
+#[inline(always)]
+fn int8_products(
+    w: &Int8Weights,
+    y: &mut [f32],
+    x: &[f32],
+    m: usize,
+    dots: impl Fn(&[i8], &[u8], usize, &mut [[i32; PANEL]]),
+) {
+    let (n, k) = (w.n, w.k);
+    let kp = k.div_ceil(GROUP) * GROUP;
+    // Taken out and put back rather than borrowed in a closure: `LocalKey::with`'s
+    // closure would be compiled without the caller's AVX-512 features.
+    let (mut xq, mut sx) = INT8_INPUTS.take();
+    xq.resize(m * kp, 0);
+    sx.resize(m, 0.0);
+    for ((xr, qr), s) in x
+        .chunks_exact(k)
+        .zip(xq.chunks_exact_mut(kp))
+        .zip(sx.iter_mut())
+    {
+        *s = quantize_input(xr, qr);
+    }
+    let mut acc = [[0i32; PANEL]; INT8_BLOCK];
+    for (b, panel) in w.q.chunks_exact(kp * PANEL).enumerate() {
+        let live = (n - b * PANEL).min(PANEL);
+        let rs = &w.scales[b * PANEL..][..live];
+        let sum = &w.sums[b * PANEL..][..live];
+        let mut row = 0;
+        while row < m {
+            let f = if m - row >= INT8_BLOCK { INT8_BLOCK } else { 1 };
+            dots(panel, &xq[row * kp..(row + f) * kp], kp, &mut acc[..f]);
+            for (i, acc) in acc[..f].iter().enumerate() {
+                let out = &mut y[(row + i) * n + b * PANEL..][..live];
+                let s_x = sx[row + i];
+                for (((o, &a), &s), &sm) in out.iter_mut().zip(acc).zip(rs).zip(sum) {
+                    // Undo the inputs' offset of 128, then both scales.
+                    *o += (a - 128 * sm) as f32 * (s * s_x);
+                }
+            }
+            row += f;
+        }
+    }
+    INT8_INPUTS.set((xq, sx));
+}
+
+/// A recurrent layer's weights laid out for inference ([`crate::Lstm::pack`] and the
+/// other layers'): `weight_hh` for the one-vector product of every step, and in int8
+/// also `weight_ih` `[G, I]` for the input projections of all steps at once (f32 and
+/// bf16 leave those to gemm on the trained weights, which is as fast as they go).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedRecurrent {
+    pub(crate) ih: Option<PackedMatrix>,
+    pub(crate) hh: PackedMatrix,
+}
+
+impl PackedRecurrent {
+    /// Packs a layer's `w_ih` `[G, I]` and `w_hh` `[G, H]` in `format`.
+    pub fn new(w_ih: ArrayView2<f32>, w_hh: ArrayView2<f32>, format: WeightFormat) -> Self {
+        PackedRecurrent {
+            ih: (format == WeightFormat::Int8).then(|| PackedMatrix::new(w_ih, format)),
+            hh: PackedMatrix::new(w_hh, format),
+        }
+    }
+
+    /// The storage format.
+    pub fn format(&self) -> WeightFormat {
+        self.hh.format()
+    }
+
+    /// `gates` `[T, G]` += `x` `[T, I]` `W_ih^T`: on the packed `weight_ih` if there is
+    /// one, else gemm on `w_ih` (the layer's trained weights).
+    pub(crate) fn input_projection(
+        &self,
+        gates: ArrayViewMut2<f32>,
+        x: ArrayView2<f32>,
+        w_ih: ArrayView2<f32>,
+    ) {
+        match &self.ih {
+            Some(p) => p.gemm_acc(gates, x),
+            // gemm packs the transposed view itself.
+            None => crate::linalg::matmul(gates, x, w_ih.t(), true),
+        }
+    }
+
+    /// Refuses a packing of another shape than the layer's weights.
+    pub(crate) fn check(
+        &self,
+        layer: &str,
+        w_ih: (usize, usize),
+        w_hh: (usize, usize),
+    ) -> Result<()> {
+        if let Some(ih) = &self.ih {
+            check_packed(layer, ih, w_ih)?;
+        }
+        check_packed(layer, &self.hh, w_hh)
+    }
+}
+
+/// Inputs an int8 product shares each weight read between ([`PackedMatrix::gemm_acc`]):
+/// six inputs by 64 rows take 24 of the 32 vector registers.
+const INT8_BLOCK: usize = 6;
+
+/// Columns per int8 group: `vpdpbusd` multiplies four byte pairs per 32-bit lane.
+const GROUP: usize = 4;
+
+thread_local! {
+    /// Quantized inputs and their scales, reused between products.
+    static INT8_INPUTS: std::cell::Cell<(Vec<u8>, Vec<f32>)> =
+        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// Writes `x` into `out` as unsigned bytes `round(x / s) + 128`, `s = max |x| / 127`
+/// (rounding half to even), padding `out` past `x` with 128 (zero), and returns `s`: 0
+/// for a zero vector, NaN or infinite when `x` holds a NaN or infinity, so that the
+/// products carry it.
+#[inline(always)]
+fn quantize_input(x: &[f32], out: &mut [u8]) -> f32 {
+    // The largest |x| as the largest of the bit patterns with the sign cleared: they
+    // order as the magnitudes do, and a NaN's lie above infinity's, so a NaN wins
+    // (`f32::max` would drop it). An integer maximum also vectorises.
+    let max = f32::from_bits(x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff)));
+    let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+    // Adding and taking away 1.5 * 2^23 rounds |t| < 2^22 to the nearest integer
+    // (ties to even) in two plain additions: no `roundf` call on CPUs without SSE4.1,
+    // and the same bits on every CPU.
+    const MAGIC: f32 = 12_582_912.0;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let t = ((v * inv).clamp(-127.0, 127.0) + MAGIC) - MAGIC;
+        *o = (t as i32 + 128) as u8;
+    }
+    out[x.len()..].fill(128);
+    max / 127.0
+}
+
+/// The integer sums of one panel of int8 weights (`kp` columns) with `acc.len()` (1 or
+/// [`INT8_BLOCK`]) quantized inputs of `kp` bytes each, on AVX-512 VNNI.
+///
+/// # Safety
+/// The CPU has AVX-512F and VNNI; `panel` holds `kp * PANEL` weights, `xq`
+/// `acc.len() * kp` bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn vnni_block(panel: &[i8], xq: &[u8], kp: usize, acc: &mut [[i32; PANEL]]) {
+    debug_assert_eq!(panel.len(), kp * PANEL);
+    debug_assert_eq!(xq.len(), kp * acc.len());
+    match acc.len() {
+        1 => vnni_dots::<1, 8>(panel, xq, kp, acc, 0),
+        INT8_BLOCK => {
+            vnni_dots::<INT8_BLOCK, 4>(panel, xq, kp, acc, 0);
+            vnni_dots::<INT8_BLOCK, 4>(panel, xq, kp, acc, PANEL / 2);
+        }
+        _ => unreachable!("blocks of 1 or INT8_BLOCK inputs"),
+    }
+}
+
+/// Integer sums `acc[f][r] = sum_k q[r][k] xq[f][k]` (the unsigned inputs as stored)
+/// for one panel of int8 weights (`kp` columns) and `acc.len()` inputs of `kp` bytes,
+/// on any CPU: the same sums as [`vnni_block`], so the same bits.
+fn int8_dots_portable(panel: &[i8], xq: &[u8], kp: usize, acc: &mut [[i32; PANEL]]) {
+    for (a, x) in acc.iter_mut().zip(xq.chunks_exact(kp)) {
+        *a = [0; PANEL];
+        for (group, xg) in panel.chunks_exact(GROUP * PANEL).zip(x.chunks_exact(GROUP)) {
+            for (r, w) in group.chunks_exact(GROUP).enumerate() {
+                a[r] += w
+                    .iter()
+                    .zip(xg)
+                    .map(|(&w, &x)| i32::from(w) * i32::from(x))
+                    .sum::<i32>();
+            }
+        }
+    }
+}
+
+/// [`vnni_block`]'s kernel: `F` inputs over `16 A` rows of the panel from `row0`: `A` 16-lane
+/// accumulators per input, one `vpdpbusd` per accumulator and group of four columns.
+///
+/// # Safety
+/// The CPU has AVX-512F and VNNI; `panel` holds `kp / GROUP` groups of
+/// `GROUP * PANEL` weights, `xq` `F` inputs of `kp` bytes, and `row0 + 16 A <= PANEL`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn vnni_dots<const F: usize, const A: usize>(
+    panel: &[i8],
+    xq: &[u8],
+    kp: usize,
+    acc: &mut [[i32; PANEL]],
+    row0: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut sums = [[_mm512_setzero_si512(); A]; F];
+    let mut w = panel.as_ptr().add(row0 * GROUP);
+    for g in 0..kp / GROUP {
+        let mut xb = [_mm512_setzero_si512(); F];
+        for (f, xb) in xb.iter_mut().enumerate() {
+            // SAFETY: four bytes of input `f` at group `g`, inside `xq`.
+            let x4 = std::ptr::read_unaligned(xq.as_ptr().add(f * kp + g * GROUP) as *const i32);
+            *xb = _mm512_set1_epi32(x4);
+        }
+        for a in 0..A {
+            // SAFETY: 64 bytes (16 rows of four columns) inside this group.
+            let wv = _mm512_loadu_si512(w.add(64 * a) as *const __m512i);
+            for (s, &x) in sums.iter_mut().zip(&xb) {
+                s[a] = _mm512_dpbusd_epi32(s[a], x, wv);
+            }
+        }
+        w = w.add(GROUP * PANEL);
+    }
+    for (f, s) in sums.iter().enumerate() {
+        for (a, v) in s.iter().enumerate() {
+            // SAFETY: rows `row0 + 16 a ..+16` lie within the panel's PANEL rows.
+            _mm512_storeu_si512(acc[f].as_mut_ptr().add(row0 + 16 * a) as *mut __m512i, *v);
         }
     }
 }
@@ -269,38 +588,20 @@ impl PackedMatrix {
 /// loop vectorises and `mul_add` is one instruction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn portable_avx2<T>(
-    y: &mut [f32],
-    data: &[T],
-    scales: Option<&[f32]>,
-    x: &[f32],
-    widen: impl Fn(&T) -> f32,
-) {
-    portable(y, data, scales, x, widen)
+unsafe fn portable_avx2<T>(y: &mut [f32], data: &[T], x: &[f32], widen: impl Fn(&T) -> f32) {
+    portable(y, data, x, widen)
 }
 
-/// Any CPU: the same panel walk with plain arrays, each row's sum multiplied by its
-/// scale when there are `scales` (int8). Built for the baseline target, `mul_add` is a
-/// library call; [`portable_avx2`] is what AVX2 machines run.
+/// Any CPU: the same panel walk with plain arrays. Built for the baseline target,
+/// `mul_add` is a library call; [`portable_avx2`] is what AVX2 machines run.
 #[inline(always)]
-fn portable<T>(
-    y: &mut [f32],
-    data: &[T],
-    scales: Option<&[f32]>,
-    x: &[f32],
-    widen: impl Fn(&T) -> f32,
-) {
+fn portable<T>(y: &mut [f32], data: &[T], x: &[f32], widen: impl Fn(&T) -> f32) {
     let k = x.len();
     for (b, panel) in data.chunks_exact(k * PANEL).enumerate() {
         let mut acc = [0f32; PANEL];
         for (col, &xp) in panel.chunks_exact(PANEL).zip(x) {
             for (a, w) in acc.iter_mut().zip(col) {
                 *a = widen(w).mul_add(xp, *a);
-            }
-        }
-        if let Some(s) = scales {
-            for (a, s) in acc.iter_mut().zip(&s[b * PANEL..]) {
-                *a *= s;
             }
         }
         let out = &mut y[b * PANEL..];
@@ -341,7 +642,6 @@ unsafe fn store_panel(y: &mut [f32], b: usize, acc: &[std::arch::x86_64::__m512;
 unsafe fn panel_walk<T>(
     y: &mut [f32],
     data: &[T],
-    scales: Option<&[f32]>,
     x: &[f32],
     load: impl Fn(*const T) -> std::arch::x86_64::__m512,
 ) {
@@ -358,13 +658,6 @@ unsafe fn panel_walk<T>(
             }
             w = w.add(PANEL);
         }
-        if let Some(s) = scales {
-            for (a, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: `scales` holds PANEL entries per panel (padded rows too).
-                let sv = _mm512_loadu_ps(s.as_ptr().add(b * PANEL + 16 * a));
-                *acc = _mm512_mul_ps(*acc, sv);
-            }
-        }
         store_panel(y, b, &acc);
     }
 }
@@ -374,30 +667,18 @@ unsafe fn panel_walk<T>(
 unsafe fn f32_avx512(y: &mut [f32], data: &[f32], x: &[f32]) {
     use std::arch::x86_64::*;
     // SAFETY: 16 f32 values from a pointer `panel_walk` keeps inside the panel.
-    panel_walk(y, data, None, x, |w| unsafe { _mm512_loadu_ps(w) })
+    panel_walk(y, data, x, |w| unsafe { _mm512_loadu_ps(w) })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn bf16_avx512(y: &mut [f32], data: &[u16], x: &[f32]) {
     use std::arch::x86_64::*;
-    panel_walk(y, data, None, x, |w| {
+    panel_walk(y, data, x, |w| {
         // SAFETY: 16 bfloat16 values (32 bytes) inside the panel, as above.
         let h = unsafe { _mm256_loadu_si256(w as *const __m256i) };
         // bfloat16 is the top half of an f32: widen and shift into place.
         _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn int8_avx512(y: &mut [f32], data: &[i8], scales: &[f32], x: &[f32]) {
-    use std::arch::x86_64::*;
-    panel_walk(y, data, Some(scales), x, |w| {
-        // SAFETY: 16 int8 values (16 bytes) inside the panel, as above.
-        let q = unsafe { _mm_loadu_si128(w as *const __m128i) };
-        // Sign-extend to 32 bits and convert: exact for every integer in range.
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))
     })
 }
 
@@ -421,14 +702,15 @@ mod tests {
             .collect()
     }
 
-    /// The portable loop (or its AVX2 build) on `p`'s data.
+    /// The portable loop (or its AVX2 build) on `p`'s data (f32 and bf16; int8 has
+    /// its own, see `int8_kernels_agree_bit_for_bit`).
     fn run_portable(p: &PackedMatrix, y: &mut [f32], x: &[f32], avx2: bool) {
         macro_rules! go {
             ($f:ident) => {
                 match &p.data {
-                    Data::F32(d) => $f(y, d, None, x, |v| *v),
-                    Data::Bf16(d) => $f(y, d, None, x, |h| from_bf16(*h)),
-                    Data::Int8(q, s) => $f(y, q, Some(s), x, |v| f32::from(*v)),
+                    Data::F32(d) => $f(y, d, x, |v| *v),
+                    Data::Bf16(d) => $f(y, d, x, |h| from_bf16(*h)),
+                    Data::Int8 { .. } => unreachable!("f32 and bf16 only"),
                 }
             };
         }
@@ -471,12 +753,33 @@ mod tests {
                 assert_eq!((p.dim(), p.format()), ((n, k), format));
                 let mut y = y0.clone();
                 p.gemv_acc(&mut y, &x);
-                let exact = want(&format.stored(w.view()), &x, &y0);
+                // int8 products also round the input, to its own 127 steps.
+                let xs = match format {
+                    WeightFormat::Int8 => input_as_quantized(&x),
+                    _ => x.clone(),
+                };
+                let exact = want(&format.stored(w.view()), &xs, &y0);
                 for (i, (&got, &e)) in y.iter().zip(&exact).enumerate() {
                     assert!(
                         (f64::from(got) - e).abs() < 1e-4 * (1.0 + e.abs()),
                         "{format} [{n}, {k}] row {i}: {got} vs {e}"
                     );
+                }
+                // Many inputs at once: each row exactly as it comes alone, through
+                // blocks of INT8_BLOCK and the single rows after them.
+                let xm = Array2::from_shape_fn((2 * INT8_BLOCK + 1, k), |(r, j)| {
+                    ((r * 13 + j * 7) % 11) as f32 * 0.3 * (r + 1) as f32 - 1.0
+                });
+                let mut ym = Array2::from_shape_fn((xm.nrows(), n), |(r, i)| (r + i) as f32);
+                let y0m = ym.clone();
+                p.gemm_acc(ym.view_mut(), xm.view());
+                for (r, (got, xr)) in ym.rows().into_iter().zip(xm.rows()).enumerate() {
+                    let mut alone = y0m.row(r).to_vec();
+                    p.gemv_acc(&mut alone, xr.as_slice().unwrap());
+                    assert_eq!(got.to_vec(), alone, "{format} [{n}, {k}] gemm row {r}");
+                }
+                if format == WeightFormat::Int8 {
+                    continue;
                 }
                 // The portable loop agrees with whatever kernel ran (the AVX-512 one on
                 // machines that have it, such as the one CI runs on).
@@ -497,6 +800,120 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `x` as int8 products see it: rounded to multiples of its `max |x| / 127`.
+    fn input_as_quantized(x: &[f32]) -> Vec<f32> {
+        let mut q = vec![0u8; x.len().div_ceil(GROUP) * GROUP];
+        let s = quantize_input(x, &mut q);
+        q[..x.len()]
+            .iter()
+            .map(|&v| (i32::from(v) - 128) as f32 * s)
+            .collect()
+    }
+
+    #[test]
+    fn int8_kernels_agree_bit_for_bit() {
+        // The VNNI kernels (on CPUs that have them, such as CI's) and the portable
+        // loop compute the same integer sums, for single inputs and blocks.
+        for (rows, k) in [(128, 4), (200, 37), (256, 1024)] {
+            let w =
+                Array2::from_shape_fn((rows, k), |(i, j)| ((i * 29 + j * 13) % 41) as f32 - 20.0);
+            let p = PackedMatrix::new(w.view(), WeightFormat::Int8);
+            let Data::Int8 { q, scales, sums } = &p.data else {
+                unreachable!()
+            };
+            let kp = k.div_ceil(GROUP) * GROUP;
+            // Whole products, with quantization and scaling: the portable build against
+            // whatever `gemm_acc` ran, over blocks and single rows.
+            let x = Array2::from_shape_fn((INT8_BLOCK + 2, k), |(r, c)| {
+                ((r * 7 + c * 3) as f32 * 0.41).sin() * (r + 1) as f32
+            });
+            let mut fast = Array2::<f32>::ones((x.nrows(), rows));
+            let mut slow = fast.clone();
+            p.gemm_acc(fast.view_mut(), x.view());
+            let w8 = Int8Weights {
+                q,
+                scales,
+                sums,
+                n: rows,
+                k,
+            };
+            let (xs, m) = (x.as_slice().unwrap(), x.nrows());
+            int8_products(&w8, slow.as_slice_mut().unwrap(), xs, m, int8_dots_portable);
+            assert_eq!(fast, slow, "[{rows}, {k}] products");
+            for f in [1, INT8_BLOCK] {
+                let xq: Vec<u8> = (0..f * kp).map(|i| ((i * 37 + 11) % 256) as u8).collect();
+                for panel in q.chunks_exact(kp * PANEL) {
+                    let mut fast = vec![[0i32; PANEL]; f];
+                    let mut slow = vec![[7i32; PANEL]; f];
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::simd::avx512_vnni() {
+                        // SAFETY: the CPU has VNNI; whole panel, `f` inputs of `kp`.
+                        unsafe { vnni_block(panel, &xq, kp, &mut fast) };
+                    } else {
+                        int8_dots_portable(panel, &xq, kp, &mut fast);
+                    }
+                    int8_dots_portable(panel, &xq, kp, &mut slow);
+                    assert_eq!(fast, slow, "[{rows}, {k}], {f} inputs");
+                    // Against a direct sum over the matrix as given.
+                    for (fi, acc) in slow.iter().enumerate() {
+                        for (r, &a) in acc.iter().enumerate().take(rows.min(PANEL)) {
+                            let direct: i32 = (0..k)
+                                .map(|c| {
+                                    i32::from(
+                                        panel[(c / GROUP) * GROUP * PANEL + r * GROUP + c % GROUP],
+                                    ) * i32::from(xq[fi * kp + c])
+                                })
+                                .sum();
+                            assert_eq!(a, direct);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_products_err_within_both_roundings_and_carry_nan() {
+        let (n, k) = (150, 70);
+        let w = Array2::from_shape_fn((n, k), |(i, j)| {
+            ((i * k + j) as f32 * 0.37).sin() * (1.0 + i as f32 * 0.1)
+        });
+        let x: Vec<f32> = (0..k).map(|j| (j as f32 * 0.7).cos() * 3.0).collect();
+        let p = PackedMatrix::new(w.view(), WeightFormat::Int8);
+        let mut y = vec![0f32; n];
+        p.gemv_acc(&mut y, &x);
+        let sx = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        for (r, (row, &got)) in w.rows().into_iter().zip(&y).enumerate() {
+            let sw = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let exact: f64 = row
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            // Each product is off by at most |x| sw/2 + |w| sx/2 + sw sx/4.
+            let bound: f64 = row
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| f64::from(b.abs() * sw / 2.0 + a.abs() * sx / 2.0 + sw * sx / 4.0))
+                .sum();
+            let err = (f64::from(got) - exact).abs();
+            assert!(
+                err <= bound * 1.001 + 1e-5,
+                "row {r}: {got} vs {exact}, bound {bound}"
+            );
+            // And the bound is not loose to the point of meaning nothing.
+            assert!(bound < 0.05 * row.iter().map(|v| v.abs()).sum::<f32>() as f64 * 3.0);
+        }
+        // A zero input adds nothing; a NaN anywhere in the input reaches every row.
+        let mut z = vec![1f32; n];
+        p.gemv_acc(&mut z, &vec![0.0; k]);
+        assert!(z.iter().all(|&v| v == 1.0));
+        let mut bad = x.clone();
+        bad[5] = f32::NAN;
+        p.gemv_acc(&mut z, &bad);
+        assert!(z.iter().all(|v| v.is_nan()));
     }
 
     #[test]
@@ -548,7 +965,8 @@ mod tests {
         );
         assert_eq!(
             PackedMatrix::new(w.view(), WeightFormat::Int8).bytes(),
-            2 * 128 * 3 + 4 * 2 * 128
+            // Columns padded to a group of four; a scale and a sum per padded row.
+            2 * 128 * 4 + 2 * 4 * 2 * 128
         );
     }
 
@@ -588,31 +1006,21 @@ mod tests {
         let stored = WeightFormat::Int8.stored(wide.view());
         let pw = PackedMatrix::new(wide.view(), WeightFormat::Int8);
         let xw: Vec<f32> = (0..k).map(|i| (i as f32 * 0.23).cos()).collect();
-        let exact = want(&stored, &xw, &vec![0.0; n]);
-        for avx in [None, Some(false), Some(true)] {
-            let mut y = vec![0f32; n];
-            match avx {
-                None => pw.gemv_acc(&mut y, &xw),
-                Some(a) => {
-                    if a && !crate::simd::avx2_fma() {
-                        continue;
-                    }
-                    run_portable(&pw, &mut y, &xw, a);
-                }
-            }
-            for (i, (&got, &e)) in y.iter().zip(&exact).enumerate() {
-                assert!(
-                    (f64::from(got) - e).abs() < 1e-4 * (1e-3 + e.abs()),
-                    "{avx:?} row {i}: {got} vs {e}"
-                );
-            }
+        let exact = want(&stored, &input_as_quantized(&xw), &vec![0.0; n]);
+        let mut y = vec![0f32; n];
+        pw.gemv_acc(&mut y, &xw);
+        for (i, (&got, &e)) in y.iter().zip(&exact).enumerate() {
+            assert!(
+                (f64::from(got) - e).abs() < 1e-4 * (1e-3 + e.abs()),
+                "row {i}: {got} vs {e}"
+            );
         }
         // Packing quantises exactly as `stored` does.
         let p = PackedMatrix::new(w.view(), WeightFormat::Int8);
         let x: Vec<f32> = (0..40).map(|i| (i as f32 * 0.11).cos()).collect();
         let mut y = vec![0f32; 5];
         p.gemv_acc(&mut y, &x);
-        for (got, e) in y.iter().zip(want(&q, &x, &[0.0; 5])) {
+        for (got, e) in y.iter().zip(want(&q, &input_as_quantized(&x), &[0.0; 5])) {
             assert!(
                 (f64::from(*got) - e).abs() < 1e-5 * (1.0 + e.abs()),
                 "{got} vs {e}"

@@ -9,7 +9,7 @@ use crate::error::{check_shape, Result};
 use crate::gru::{Elman, ElmanCache, Gru, GruCache};
 use crate::lstm::{Lstm, LstmCache};
 use crate::module::Module;
-use crate::packed::{PackedMatrix, WeightFormat};
+use crate::packed::{PackedRecurrent, WeightFormat};
 
 /// Processing order of time steps and each step's predecessor.
 pub(crate) fn order(reverse: bool, steps: usize) -> Vec<(usize, Option<usize>)> {
@@ -24,7 +24,7 @@ pub(crate) fn order(reverse: bool, steps: usize) -> Vec<(usize, Option<usize>)> 
 }
 
 /// PyTorch's initialisation, width accessors, a layer name for errors, the inference
-/// entry points (`infer`, `pack_hh`, `infer_packed` around the layer's own
+/// entry points (`infer`, `pack`, `infer_packed` around the layer's own
 /// `infer_impl`), and [`crate::Module`] for a layer with `$gates` gates and
 /// fields `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`, `reverse`, `suffix`.
 macro_rules! recurrent_module {
@@ -74,23 +74,28 @@ macro_rules! recurrent_module {
                 &self,
                 x: ndarray::ArrayView2<f32>,
             ) -> $crate::error::Result<ndarray::Array2<f32>> {
-                self.infer_packed(x, &self.pack_hh($crate::packed::WeightFormat::F32))
+                self.infer_packed(x, &self.pack($crate::packed::WeightFormat::F32))
             }
 
-            /// `weight_hh` packed for `infer_packed`.
-            pub fn pack_hh(
+            /// The weights packed for `infer_packed`.
+            pub fn pack(
                 &self,
                 format: $crate::packed::WeightFormat,
-            ) -> $crate::packed::PackedMatrix {
-                $crate::packed::PackedMatrix::new(self.weight_hh.view(), format)
+            ) -> $crate::packed::PackedRecurrent {
+                $crate::packed::PackedRecurrent::new(
+                    self.weight_ih.view(),
+                    self.weight_hh.view(),
+                    format,
+                )
             }
 
-            /// `infer` with `w_hh`, this layer's `pack_hh` (in bfloat16 the recurrent
-            /// products read half the bytes; see [`crate::packed`]).
+            /// `infer` with `w`, this layer's `pack` (in bfloat16 the recurrent
+            /// products read half the bytes, in int8 a quarter; see
+            /// [`crate::packed`]).
             pub fn infer_packed(
                 &self,
                 x: ndarray::ArrayView2<f32>,
-                w_hh: &$crate::packed::PackedMatrix,
+                w: &$crate::packed::PackedRecurrent,
             ) -> $crate::error::Result<ndarray::Array2<f32>> {
                 $crate::error::check_shape(
                     &self.name(),
@@ -98,13 +103,30 @@ macro_rules! recurrent_module {
                     x.shape(),
                     &[None, Some(self.input_dim())],
                 )?;
-                $crate::packed::check_packed(&self.name(), w_hh, self.weight_hh.dim())?;
+                w.check(&self.name(), self.weight_ih.dim(), self.weight_hh.dim())?;
+                #[cfg(target_arch = "x86_64")]
+                if $crate::simd::avx512() {
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+                    return Ok(unsafe { self.infer_avx512(x, w) });
+                }
                 #[cfg(target_arch = "x86_64")]
                 if $crate::simd::avx2_fma() {
                     // SAFETY: the CPU has AVX2 and FMA.
-                    return Ok(unsafe { self.infer_avx2(x, w_hh) });
+                    return Ok(unsafe { self.infer_avx2(x, w) });
                 }
-                Ok(self.infer_impl(x, w_hh))
+                Ok(self.infer_impl(x, w))
+            }
+
+            /// `infer_impl` compiled for AVX-512: the gate loop 16 lanes wide (the same
+            /// operations as the AVX2 build, so the same results).
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn infer_avx512(
+                &self,
+                x: ndarray::ArrayView2<f32>,
+                w: &$crate::packed::PackedRecurrent,
+            ) -> ndarray::Array2<f32> {
+                self.infer_impl(x, w)
             }
 
             /// `infer_impl` compiled for AVX2 and FMA, so the gate loop vectorises.
@@ -113,9 +135,9 @@ macro_rules! recurrent_module {
             unsafe fn infer_avx2(
                 &self,
                 x: ndarray::ArrayView2<f32>,
-                w_hh: &$crate::packed::PackedMatrix,
+                w: &$crate::packed::PackedRecurrent,
             ) -> ndarray::Array2<f32> {
-                self.infer_impl(x, w_hh)
+                self.infer_impl(x, w)
             }
         }
 
@@ -295,11 +317,11 @@ pub trait Recurrent: Module + Clone + std::fmt::Debug + Send + Sync {
     /// Inference over one sequence, no cache: `x` `[T, I]` -> `[T, H]`.
     fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>>;
 
-    /// `weight_hh` packed for [`Recurrent::infer_packed`].
-    fn pack_hh(&self, format: WeightFormat) -> PackedMatrix;
+    /// The weights packed for [`Recurrent::infer_packed`].
+    fn pack(&self, format: WeightFormat) -> PackedRecurrent;
 
-    /// [`Recurrent::infer`] reusing `w_hh`, this layer's [`Recurrent::pack_hh`].
-    fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>>;
+    /// [`Recurrent::infer`] reusing `w`, this layer's [`Recurrent::pack`].
+    fn infer_packed(&self, x: ArrayView2<f32>, w: &PackedRecurrent) -> Result<Array2<f32>>;
 }
 
 /// The layers' inherent methods, which are what their own users call.
@@ -344,12 +366,12 @@ macro_rules! impl_recurrent {
                 $ty::infer(self, x)
             }
 
-            fn pack_hh(&self, format: WeightFormat) -> PackedMatrix {
-                $ty::pack_hh(self, format)
+            fn pack(&self, format: WeightFormat) -> PackedRecurrent {
+                $ty::pack(self, format)
             }
 
-            fn infer_packed(&self, x: ArrayView2<f32>, w_hh: &PackedMatrix) -> Result<Array2<f32>> {
-                $ty::infer_packed(self, x, w_hh)
+            fn infer_packed(&self, x: ArrayView2<f32>, w: &PackedRecurrent) -> Result<Array2<f32>> {
+                $ty::infer_packed(self, x, w)
             }
         }
     };
@@ -417,25 +439,24 @@ impl<R: Recurrent> Bidirectional<R> {
     /// Inference over one sequence: `x` `[T, I]` -> `[T, 2H]` (see
     /// [`Recurrent::infer`]).
     pub fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        self.infer_packed(x, &self.pack_hh(WeightFormat::F32))
+        self.infer_packed(x, &self.pack(WeightFormat::F32))
     }
 
-    /// Both directions' `weight_hh` packed for [`Bidirectional::infer_packed`],
-    /// forward first.
-    pub fn pack_hh(&self, format: WeightFormat) -> [PackedMatrix; 2] {
-        [self.forward.pack_hh(format), self.backward.pack_hh(format)]
+    /// Both directions' weights packed for [`Bidirectional::infer_packed`], forward
+    /// first.
+    pub fn pack(&self, format: WeightFormat) -> [PackedRecurrent; 2] {
+        [self.forward.pack(format), self.backward.pack(format)]
     }
 
-    /// [`Bidirectional::infer`] reusing `w_hh`, this layer's
-    /// [`Bidirectional::pack_hh`].
+    /// [`Bidirectional::infer`] reusing `w`, this layer's [`Bidirectional::pack`].
     pub fn infer_packed(
         &self,
         x: ArrayView2<f32>,
-        w_hh: &[PackedMatrix; 2],
+        w: &[PackedRecurrent; 2],
     ) -> Result<Array2<f32>> {
         let (f, b) = rayon::join(
-            || self.forward.infer_packed(x, &w_hh[0]),
-            || self.backward.infer_packed(x, &w_hh[1]),
+            || self.forward.infer_packed(x, &w[0]),
+            || self.backward.infer_packed(x, &w[1]),
         );
         let (yf, yb) = (f?, b?);
         let (steps, hd) = yf.dim();

@@ -17,3 +17,11 @@ pub(crate) fn avx512() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && avx2_fma())
 }
+
+/// The CPU runs AVX-512 VNNI (`vpdpbusd`, four byte products per 32-bit lane) besides
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_vnni() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni") && avx512())
+}

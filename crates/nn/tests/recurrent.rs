@@ -234,7 +234,7 @@ fn infer_matches_forward<R: Recurrent>(seed: u64) {
         // A recurrent weight rounded to bfloat16 moves the output a little (from the
         // second step on: the first has no recurrent product).
         let bf16 = layer
-            .infer_packed(x.view(), &layer.pack_hh(WeightFormat::Bf16))
+            .infer_packed(x.view(), &layer.pack(WeightFormat::Bf16))
             .unwrap();
         let d = max_rel_diff(&bf16, &y);
         assert!(
@@ -248,7 +248,7 @@ fn infer_matches_forward<R: Recurrent>(seed: u64) {
     let layer = Bidirectional::<R>::new(4, 3, 0, &mut g);
     assert!(layer.infer(Array2::zeros((5, 6)).view()).is_err());
     // A packing of another layer's weights is refused, naming the layer.
-    let other = Bidirectional::<R>::new(4, 5, 0, &mut g).pack_hh(WeightFormat::F32);
+    let other = Bidirectional::<R>::new(4, 5, 0, &mut g).pack(WeightFormat::F32);
     let err = layer
         .infer_packed(Array2::zeros((5, 4)).view(), &other)
         .unwrap_err();
