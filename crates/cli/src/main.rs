@@ -349,7 +349,8 @@ struct DecodeArgs {
     /// listener and the attention decoder reads half the bytes; `int8` stores 8-bit
     /// integers with a scale per row, a quarter of the bytes, and quantizes each input
     /// vector too, summing the products in integers (the fastest: AVX-512 VNNI where
-    /// the CPU has it). Both decode faster with scores that may differ slightly.
+    /// the CPU has it, else AVX2). Both decode faster with scores that may differ
+    /// slightly.
     #[arg(long, value_name = "FORMAT", default_value_t = lasr_model::WeightFormat::F32)]
     weights: lasr_model::WeightFormat,
 }

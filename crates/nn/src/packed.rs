@@ -339,6 +339,11 @@ impl PackedMatrix {
             // SAFETY: the CPU has AVX-512F and VNNI.
             return unsafe { int8_products_vnni(&w, y, x, m) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { int8_products_avx2(&w, y, x, m) };
+        }
         int8_products(&w, y, x, m, int8_dots_portable)
     }
 }
@@ -365,6 +370,61 @@ unsafe fn int8_products_vnni(w: &Int8Weights, y: &mut [f32], x: &[f32], m: usize
         // and `acc.len()` inputs of `kp` bytes.
         unsafe { vnni_block(panel, xq, kp, acc) }
     })
+}
+
+/// [`int8_products`] on AVX2 (16-bit multiply-adds, `vpmaddwd`), for CPUs without
+/// VNNI: integer sums, so the same bits.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn int8_products_avx2(w: &Int8Weights, y: &mut [f32], x: &[f32], m: usize) {
+    int8_products(w, y, x, m, |panel, xq, kp, acc| {
+        for (a, x) in acc.iter_mut().zip(xq.chunks_exact(kp)) {
+            // SAFETY: the CPU has AVX2; `int8_products` passes whole panels and
+            // inputs of `kp` bytes.
+            unsafe { avx2_dots(panel, x, kp, a) }
+        }
+    })
+}
+
+/// The integer sums of one panel with one input on AVX2, exactly as
+/// [`int8_dots_portable`]: each group's 16 weights of four rows are widened to 16 bits
+/// and `vpmaddwd` multiplies them with the input's four bytes (as two 16-bit pairs),
+/// leaving two partial sums per row that the end adds.
+///
+/// # Safety
+/// The CPU has AVX2; `panel` holds `kp * PANEL` weights and `x` `kp` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_dots(panel: &[i8], x: &[u8], kp: usize, acc: &mut [i32; PANEL]) {
+    use std::arch::x86_64::*;
+    const ROWS: usize = 32;
+    for r0 in (0..PANEL).step_by(ROWS) {
+        let mut sums = [_mm256_setzero_si256(); ROWS / 4];
+        for g in 0..kp / GROUP {
+            let xg = &x[g * GROUP..g * GROUP + GROUP];
+            // Lanes alternate (x0, x1) and (x2, x3) as pairs of 16-bit integers.
+            let lo = i32::from(xg[0]) | (i32::from(xg[1]) << 16);
+            let hi = i32::from(xg[2]) | (i32::from(xg[3]) << 16);
+            let xv = _mm256_setr_epi32(lo, hi, lo, hi, lo, hi, lo, hi);
+            let w = panel.as_ptr().add(g * GROUP * PANEL + r0 * GROUP);
+            for (i, s) in sums.iter_mut().enumerate() {
+                // SAFETY: 16 bytes (four rows of four columns) inside this group.
+                let wb = _mm_loadu_si128(w.add(16 * i) as *const __m128i);
+                let w16 = _mm256_cvtepi8_epi16(wb);
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(w16, xv));
+            }
+        }
+        for (i, s) in sums.iter().enumerate() {
+            let mut lanes = [0i32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, *s);
+            for (j, pair) in lanes.chunks_exact(2).enumerate() {
+                acc[r0 + 4 * i + j] = pair[0] + pair[1];
+            }
+        }
+    }
 }
 
 /// Quantizes every input, takes the integer sums with `dots` panel by panel (blocks of
@@ -527,6 +587,7 @@ unsafe fn vnni_block(panel: &[i8], xq: &[u8], kp: usize, acc: &mut [[i32; PANEL]
 /// Integer sums `acc[f][r] = sum_k q[r][k] xq[f][k]` (the unsigned inputs as stored)
 /// for one panel of int8 weights (`kp` columns) and `acc.len()` inputs of `kp` bytes,
 /// on any CPU: the same sums as [`vnni_block`], so the same bits.
+#[inline(always)]
 fn int8_dots_portable(panel: &[i8], xq: &[u8], kp: usize, acc: &mut [[i32; PANEL]]) {
     for (a, x) in acc.iter_mut().zip(xq.chunks_exact(kp)) {
         *a = [0; PANEL];
@@ -842,6 +903,13 @@ mod tests {
             let (xs, m) = (x.as_slice().unwrap(), x.nrows());
             int8_products(&w8, slow.as_slice_mut().unwrap(), xs, m, int8_dots_portable);
             assert_eq!(fast, slow, "[{rows}, {k}] products");
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::avx2_fma() {
+                let mut avx2 = Array2::<f32>::ones((x.nrows(), rows));
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { int8_products_avx2(&w8, avx2.as_slice_mut().unwrap(), xs, m) };
+                assert_eq!(avx2, slow, "[{rows}, {k}] products, AVX2 build");
+            }
             for f in [1, INT8_BLOCK] {
                 let xq: Vec<u8> = (0..f * kp).map(|i| ((i * 37 + 11) % 256) as u8).collect();
                 for panel in q.chunks_exact(kp * PANEL) {
