@@ -6,9 +6,9 @@
 #   tools/tts-corpus.sh OUT N SEED TEXT...
 #
 # TEXT: files of one sentence per line, LibriSpeech lm-text style (a leading utterance
-# id such as 19-198-0001 is dropped). N sentences of 3 to MAX_WORDS (default 40) words
-# are drawn at random; SEED (a positive integer) makes the draw, the voices and the
-# rates, so the same arguments give the same corpus.
+# id such as 19-198-0001 is dropped). N sentences of MIN_WORDS (default 3) to
+# MAX_WORDS (default 40) words are drawn at random; SEED (a positive integer) makes the
+# draw, the voices and the rates, so the same arguments give the same corpus.
 # Needs: flite, festival (voices kal_diphone, cmu_us_slt_arctic_hts), espeak-ng
 #   apt-get install flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng
 # Re-running skips sentences whose WAV exists, so an interrupted run can go on.
@@ -25,6 +25,7 @@ if ! [[ $seed =~ ^[1-9][0-9]{0,8}$ && $n =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 max_words=${MAX_WORDS:-40}
+min_words=${MIN_WORDS:-3}
 for tool in flite text2wave espeak-ng; do
     command -v "$tool" > /dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
 done
@@ -48,10 +49,10 @@ done
 # from a Park-Miller generator seeded with SEED (exact in awk's doubles, so every awk
 # draws the same; `shuf --random-source=<(yes SEED)` was deterministic but far from
 # uniform: it kept neighbouring sentences together and favoured the start).
-awk -v max="$max_words" -v seed="$seed" 'BEGIN { s = seed % 2147483647
+awk -v min="$min_words" -v max="$max_words" -v seed="$seed" 'BEGIN { s = seed % 2147483647
         for (i = 0; i < 20; i++) s = (s * 16807) % 2147483647 }  # small seeds start small
     { if ($1 ~ /^[0-9]+-[0-9]+-[0-9]+$/) { $1 = ""; sub(/^ /, "") }
-      if (NF >= 3 && NF <= max) { s = (s * 16807) % 2147483647; printf "%d\t%s\n", s, $0 } }' "$@" |
+      if (NF >= min && NF <= max) { s = (s * 16807) % 2147483647; printf "%d\t%s\n", s, $0 } }' "$@" |
     sort -s -n -k1,1 | awk -v n="$n" 'NR <= n' | cut -f2- > "$out/sentences.txt"
 
 : > "$out/manifest.tsv.tmp"
