@@ -228,7 +228,7 @@ impl SpellerCell {
     }
 
     /// [`SpellerCell::prepare`] plus the weights packed in `format` for single-row
-    /// steps (greedy decoding).
+    /// steps (greedy decoding), and in int8 for beams' rows too.
     pub fn prepare_packed(&self, format: WeightFormat) -> PreparedCell {
         match self {
             SpellerCell::Lstm(c) => PreparedCell::Lstm(c.prepare_packed(format)),
@@ -239,7 +239,8 @@ impl SpellerCell {
 
     /// One inference step, no cache: `x` `[B, I]`, state of `B` rows -> new state. A
     /// single row takes matrix-vector products on `prepared`'s packed weights (or the
-    /// weights as stored); more rows run gemm on `prepared`'s transposed weights.
+    /// weights as stored); more rows run gemm on `prepared`'s transposed weights (int8:
+    /// packed products over all rows).
     pub fn step(
         &self,
         prepared: Option<&PreparedCell>,

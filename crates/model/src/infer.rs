@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 use crate::las::Las;
 
 /// A model's recurrent weights laid out for decoding ([`Las::inference_weights`]):
-/// each listener layer's `weight_hh` and both speller cells' weights packed for
-/// one-vector products, and the speller's transposed weights for beams. Make it once
+/// each listener layer's `weight_hh` (in int8 its `weight_ih` too) and both speller
+/// cells' weights packed for one-vector products, and the speller's transposed
+/// weights for beams (f32 and bf16; int8 beams run the packed products). Make it once
 /// per model and again whenever the model's weights change.
 #[derive(Debug, Clone)]
 pub struct InferenceWeights {

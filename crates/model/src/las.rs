@@ -156,21 +156,21 @@ impl Listener {
             .collect()
     }
 
-    /// [`Listener::infer`] reusing `w_hh`, this listener's [`Listener::pack`].
+    /// [`Listener::infer`] reusing `w`, this listener's [`Listener::pack`].
     pub fn infer_packed(
         &self,
         x: ArrayView2<f32>,
-        w_hh: &[[PackedRecurrent; 2]],
+        w: &[[PackedRecurrent; 2]],
     ) -> Result<Array2<f32>> {
-        if w_hh.len() != 1 + self.pyr.len() {
+        if w.len() != 1 + self.pyr.len() {
             return Err(Error::Config(format!(
                 "packed weights for {} listener layers given to a listener of {}",
-                w_hh.len(),
+                w.len(),
                 1 + self.pyr.len()
             )));
         }
-        let mut h = self.l0.infer_packed(x, &w_hh[0])?;
-        for (layer, w) in self.pyr.iter().zip(&w_hh[1..]) {
+        let mut h = self.l0.infer_packed(x, &w[0])?;
+        for (layer, w) in self.pyr.iter().zip(&w[1..]) {
             let joined = pyramid_reduce(h.view().insert_axis(Axis(1)));
             h = layer.infer_packed(joined.index_axis(Axis(1), 0), w)?;
         }

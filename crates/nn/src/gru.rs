@@ -537,7 +537,8 @@ fn step_product(
 }
 
 /// The transpose of `w` with its values as `format` stores them, so that batched
-/// steps (gemm) compute with the same weights as single-row steps (packed).
+/// steps (gemm, in f32 and bf16) compute with the same weights as single-row steps
+/// (packed).
 pub(crate) fn transpose_as(w: &Array2<f32>, format: WeightFormat) -> Array2<f32> {
     match format {
         WeightFormat::F32 => transpose(w.view()),
@@ -632,7 +633,8 @@ cell_module!(GruCell, 3);
 pub struct PreparedGruCell {
     w_ih_t: Array2<f32>,
     w_hh_t: Array2<f32>,
-    /// `weight_ih` and `weight_hh` packed for single-row steps, if asked for.
+    /// `weight_ih` and `weight_hh` packed for single-row steps (and, in int8, for
+    /// several rows too), if asked for.
     packed: Option<[PackedMatrix; 2]>,
 }
 
@@ -726,7 +728,8 @@ impl GruCell {
     /// One inference step, no cache: `x` `[B, I]`, `h_prev` `[B, H]` -> new `h`
     /// `[B, H]`. A single row (greedy decoding) takes matrix-vector products on
     /// `prepared`'s packed weights if it has them ([`GruCell::prepare_packed`]), else
-    /// on the weights as stored; more rows run gemm on `prepared`'s transposed
+    /// on the weights as stored; more rows run int8 packed products, or gemm on
+    /// `prepared`'s transposed
     /// weights, or on transposed views without it.
     pub fn step(
         &self,
@@ -823,7 +826,8 @@ pub struct PreparedElmanCell {
     w_ih_t: Array2<f32>,
     w_hh_t: Array2<f32>,
     bias: Array1<f32>,
-    /// `weight_ih` and `weight_hh` packed for single-row steps, if asked for.
+    /// `weight_ih` and `weight_hh` packed for single-row steps (and, in int8, for
+    /// several rows too), if asked for.
     packed: Option<[PackedMatrix; 2]>,
 }
 
@@ -904,7 +908,8 @@ impl ElmanCell {
     /// One inference step, no cache: `x` `[B, I]`, `h_prev` `[B, H]` -> new `h`
     /// `[B, H]`. A single row takes matrix-vector products on `prepared`'s packed
     /// weights if it has them ([`ElmanCell::prepare_packed`]), else on the weights as
-    /// stored; more rows run gemm on `prepared`'s transposed weights, or on transposed
+    /// stored; more rows run int8 packed products, or gemm on `prepared`'s transposed
+    /// weights, or on transposed
     /// views without it.
     pub fn step(
         &self,

@@ -483,7 +483,8 @@ pub struct PreparedLstmCell {
     w_ih_t: Array2<f32>,
     w_hh_t: Array2<f32>,
     bias: Array1<f32>,
-    /// `weight_ih` and `weight_hh` packed for single-row steps, if asked for.
+    /// `weight_ih` and `weight_hh` packed for single-row steps (and, in int8, for
+    /// several rows too), if asked for.
     packed: Option<[PackedMatrix; 2]>,
 }
 

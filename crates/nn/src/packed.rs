@@ -1,4 +1,5 @@
-//! Weights packed for inference's one-vector products, in f32 or bfloat16.
+//! Weights packed for inference's products (one vector per step, or a few rows at
+//! once), in f32, bfloat16 or int8.
 //!
 //! Decoding one utterance multiplies each recurrent weight matrix by a single vector
 //! per step. Those products read every weight once and do one multiply-add with it, so
@@ -7,7 +8,8 @@
 //! things help:
 //!
 //! - **Layout.** [`PackedMatrix`] stores `W` `[N, K]` as panels of [`PANEL`] rows, each
-//!   panel column-major (`panel[k][r]`), so a product walks memory once, front to back,
+//!   panel column-major (`panel[k][r]`; int8 keeps four columns of a row together,
+//!   `panel[k / 4][r][k % 4]`), so a product walks memory once, front to back,
 //!   keeping the panel's 128 outputs in eight 16-lane registers: no horizontal sums,
 //!   and one stream for the prefetcher instead of eight.
 //! - **bfloat16 storage** ([`WeightFormat::Bf16`]) halves the bytes. Each weight is
@@ -20,8 +22,10 @@
 //!   `W` is stored as integers `q` in [-127, 127] with one f32 scale
 //!   `s_r = max |W_r| / 127`; each input vector is quantized at the product with its
 //!   own scale `s_x = max |x| / 127`, and `y_r += s_r s_x sum_k q_rk x_k` with the sum
-//!   exact in 32-bit integers (AVX-512 VNNI's `vpdpbusd` where the CPU has it, a plain
-//!   loop elsewhere: the two give the same bits). The speller's weights that stream
+//!   exact in 32-bit integers (AVX-512 VNNI's `vpdpbusd` where the CPU has it, AVX2's
+//!   `vpmaddwd` or a plain loop elsewhere: all give the same bits). Exact for `K` up
+//!   to 66,000 columns (`255 * 127 * K` within an i32; [`PackedMatrix::new`] refuses
+//!   more). The speller's weights that stream
 //!   from L3 come in at a quarter of f32's bytes, and the listener's, resident in L2,
 //!   take a quarter of the instructions of widening loads. Products over many inputs
 //!   ([`PackedMatrix::gemm_acc`]: a layer's input projections over all frames, a
@@ -75,7 +79,7 @@ impl WeightFormat {
         }
     }
 
-    /// The name `FromStr` reads and `Display` writes (`f32`, `bf16`).
+    /// The name `FromStr` reads and `Display` writes (`f32`, `bf16`, `int8`).
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
@@ -158,8 +162,9 @@ enum Data {
     },
 }
 
-/// A weight matrix `W` `[N, K]` packed for `y += W x` on one vector at a time
-/// ([`PackedMatrix::gemv_acc`]). Rows past `N` in the last panel are zero.
+/// A weight matrix `W` `[N, K]` packed for `y += W x`, one vector at a time
+/// ([`PackedMatrix::gemv_acc`]) or a few rows at once ([`PackedMatrix::gemm_acc`]).
+/// Rows past `N` in the last panel are zero.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedMatrix {
     rows: usize,
@@ -169,6 +174,9 @@ pub struct PackedMatrix {
 
 impl PackedMatrix {
     /// Packs `w` `[N, K]` (any strides) in `format`.
+    ///
+    /// # Panics
+    /// In int8, when `K` is over 66,000 (the integer sums could overflow).
     pub fn new(w: ArrayView2<f32>, format: WeightFormat) -> PackedMatrix {
         let (n, k) = w.dim();
         let column_major = || {
@@ -187,6 +195,11 @@ impl PackedMatrix {
             WeightFormat::Bf16 => Data::Bf16(column_major().into_iter().map(to_bf16).collect()),
             WeightFormat::Int8 => {
                 let kp = k.div_ceil(GROUP) * GROUP;
+                // Integer sums of up to `kp` products of at most 255 * 127 stay exact.
+                assert!(
+                    kp <= i32::MAX as usize / (255 * 127),
+                    "int8 packing: {k} columns would overflow the 32-bit sums"
+                );
                 let mut q = vec![0i8; n.div_ceil(PANEL) * kp * PANEL];
                 let mut scales = vec![0f32; n.div_ceil(PANEL) * PANEL];
                 let mut sums = vec![0i32; scales.len()];
@@ -471,7 +484,11 @@ fn int8_products(
             row += f;
         }
     }
-    INT8_INPUTS.set((xq, sx));
+    // Kept for the next product unless a long input made it large: a thread should not
+    // hold an hour of quantized audio.
+    if xq.capacity() <= 1 << 22 {
+        INT8_INPUTS.set((xq, sx));
+    }
 }
 
 /// A recurrent layer's weights laid out for inference ([`crate::Lstm::pack`] and the
@@ -550,7 +567,13 @@ fn quantize_input(x: &[f32], out: &mut [u8]) -> f32 {
     // order as the magnitudes do, and a NaN's lie above infinity's, so a NaN wins
     // (`f32::max` would drop it). An integer maximum also vectorises.
     let max = f32::from_bits(x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff)));
-    let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+    let inv = 127.0 / max;
+    if max == 0.0 || inv.is_infinite() {
+        // A zero vector, or one so tiny (below 1e-36) that its steps would not be
+        // representable: its products are zero.
+        out.fill(128);
+        return 0.0;
+    }
     // Adding and taking away 1.5 * 2^23 rounds |t| < 2^22 to the nearest integer
     // (ties to even) in two plain additions: no `roundf` call on CPUs without SSE4.1,
     // and the same bits on every CPU.
@@ -620,8 +643,10 @@ unsafe fn vnni_dots<const F: usize, const A: usize>(
 ) {
     use std::arch::x86_64::*;
     let mut sums = [[_mm512_setzero_si512(); A]; F];
-    let mut w = panel.as_ptr().add(row0 * GROUP);
     for g in 0..kp / GROUP {
+        // Computed per group, not stepped: a step after the last group could point
+        // past the allocation, which `add` does not allow even unread.
+        let w = panel.as_ptr().add(g * GROUP * PANEL + row0 * GROUP);
         let mut xb = [_mm512_setzero_si512(); F];
         for (f, xb) in xb.iter_mut().enumerate() {
             // SAFETY: four bytes of input `f` at group `g`, inside `xq`.
@@ -635,7 +660,6 @@ unsafe fn vnni_dots<const F: usize, const A: usize>(
                 s[a] = _mm512_dpbusd_epi32(s[a], x, wv);
             }
         }
-        w = w.add(GROUP * PANEL);
     }
     for (f, s) in sums.iter().enumerate() {
         for (a, v) in s.iter().enumerate() {
@@ -974,14 +998,47 @@ mod tests {
             // And the bound is not loose to the point of meaning nothing.
             assert!(bound < 0.05 * row.iter().map(|v| v.abs()).sum::<f32>() as f64 * 3.0);
         }
-        // A zero input adds nothing; a NaN anywhere in the input reaches every row.
+        // A zero input adds nothing, nor does one too tiny for its own steps; a NaN
+        // anywhere in the input reaches every row.
         let mut z = vec![1f32; n];
         p.gemv_acc(&mut z, &vec![0.0; k]);
         assert!(z.iter().all(|&v| v == 1.0));
+        let mut tiny = vec![0f32; k];
+        tiny[3] = 1e-38;
+        tiny[9] = -1e-45;
+        let mut zt = vec![0f32; n];
+        p.gemv_acc(&mut zt, &tiny);
+        assert!(zt.iter().all(|&v| v == 0.0), "{zt:?}");
         let mut bad = x.clone();
         bad[5] = f32::NAN;
         p.gemv_acc(&mut z, &bad);
         assert!(z.iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn int8_sums_stay_exact_at_their_widest() {
+        // Every weight at +-127 and every input at an extreme byte, over many columns:
+        // the largest sums the kernels can meet, against exact f64.
+        let (n, k) = (130, 8191);
+        let w = Array2::from_shape_fn((n, k), |(i, j)| if (i + j) % 3 == 0 { -1.0 } else { 1.0 });
+        let x: Vec<f32> = (0..k)
+            .map(|j| if j % 5 == 0 { -2.0 } else { 2.0 })
+            .collect();
+        let p = PackedMatrix::new(w.view(), WeightFormat::Int8);
+        let mut y = vec![0f32; n];
+        p.gemv_acc(&mut y, &x);
+        for (r, (&got, e)) in y.iter().zip(want(&w, &x, &vec![0.0; n])).enumerate() {
+            assert!(
+                (f64::from(got) - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "row {r}: {got} vs {e}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "overflow")]
+    fn int8_refuses_more_columns_than_its_sums_hold() {
+        PackedMatrix::new(Array2::<f32>::zeros((1, 70_000)).view(), WeightFormat::Int8);
     }
 
     #[test]

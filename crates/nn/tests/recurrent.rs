@@ -242,17 +242,31 @@ fn infer_matches_forward<R: Recurrent>(seed: u64) {
             "Bi{} bf16 [{steps}, {input}] -> {hidden}: differs by {d}",
             R::KIND
         );
+        // int8 rounds the weights and, in the input projections too, every input
+        // vector: the output moves more, but still little, from the first step on.
+        let int8 = layer
+            .infer_packed(x.view(), &layer.pack(WeightFormat::Int8))
+            .unwrap();
+        let d = max_rel_diff(&int8, &y);
+        assert!(
+            d > 0.0 && d < 5e-2,
+            "Bi{} int8 [{steps}, {input}] -> {hidden}: differs by {d}",
+            R::KIND
+        );
         // Both directions contribute: the reverse half is not a copy of the forward one.
         assert!(steps == 1 || fast.column(0) != fast.column(hidden));
     }
     let layer = Bidirectional::<R>::new(4, 3, 0, &mut g);
     assert!(layer.infer(Array2::zeros((5, 6)).view()).is_err());
-    // A packing of another layer's weights is refused, naming the layer.
-    let other = Bidirectional::<R>::new(4, 5, 0, &mut g).pack(WeightFormat::F32);
-    let err = layer
-        .infer_packed(Array2::zeros((5, 4)).view(), &other)
-        .unwrap_err();
-    assert!(err.to_string().contains(R::KIND), "{err}");
+    // A packing of another layer's weights is refused, naming the layer: another
+    // hidden width, or (int8, which packs the input projection) another input width.
+    for (input, hidden, format) in [(4, 5, WeightFormat::F32), (6, 3, WeightFormat::Int8)] {
+        let other = Bidirectional::<R>::new(input, hidden, 0, &mut g).pack(format);
+        let err = layer
+            .infer_packed(Array2::zeros((5, 4)).view(), &other)
+            .unwrap_err();
+        assert!(err.to_string().contains(R::KIND), "{format}: {err}");
+    }
 }
 
 #[test]
