@@ -25,9 +25,9 @@
 //!   exact in 32-bit integers (AVX-512 VNNI's `vpdpbusd` where the CPU has it, AVX2's
 //!   `vpmaddwd` or a plain loop elsewhere: all give the same bits). Exact for `K` up
 //!   to 66,000 columns (`255 * 127 * K` within an i32; [`PackedMatrix::new`] refuses
-//!   more). The speller's weights that stream
-//!   from L3 come in at a quarter of f32's bytes, and the listener's, resident in L2,
-//!   take a quarter of the instructions of widening loads. Products over many inputs
+//!   more). The speller's weights that stream from L3 come in at a quarter of f32's
+//!   bytes, and the listener's, resident in L2, take a quarter of the instructions of
+//!   widening loads. Products over many inputs
 //!   ([`PackedMatrix::gemm_acc`]: a layer's input projections over all frames, a
 //!   beam's rows) reuse each weight for six inputs at a time. Per-vector scales suit
 //!   inputs of one magnitude, such as hidden states (within [-1, 1]); BENCHMARKS.md
