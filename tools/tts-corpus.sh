@@ -15,7 +15,7 @@
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 out=$1 n=$2 seed=$3
@@ -26,6 +26,10 @@ if ! [[ $seed =~ ^[1-9][0-9]{0,8}$ && $n =~ ^[1-9][0-9]*$ ]]; then
 fi
 max_words=${MAX_WORDS:-40}
 min_words=${MIN_WORDS:-3}
+if ! [[ $min_words =~ ^[1-9][0-9]*$ && $max_words =~ ^[1-9][0-9]*$ ]] || ((min_words > max_words)); then
+    echo "error: MIN_WORDS and MAX_WORDS must be positive integers, MIN_WORDS <= MAX_WORDS (not '$min_words', '$max_words')" >&2
+    exit 2
+fi
 for tool in flite text2wave espeak-ng; do
     command -v "$tool" > /dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
 done
