@@ -509,7 +509,7 @@ pub type BiElmanCache = BidirectionalCache<Elman>;
 /// matrix-vector products there). Otherwise int8 `packed` weights take all rows at
 /// once, and f32 or bf16 run gemm on `w_t`, or on a transposed view of `w` (correct,
 /// but gemm then repacks the weights on every call).
-fn step_product(
+pub(crate) fn step_product(
     mut out: ArrayViewMut2<f32>,
     x: ArrayView2<f32>,
     w: &Array2<f32>,

@@ -11,8 +11,8 @@ use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::activation as act;
 use crate::error::{check_shape, Error, Result};
-use crate::gru::{check_prepared, pack_pair, transpose_as};
-use crate::linalg::{gemv_acc, matmul, transpose};
+use crate::gru::{check_prepared, pack_pair, step_product, transpose_as};
+use crate::linalg::{matmul, transpose};
 use crate::packed::{PackedMatrix, PackedRecurrent, WeightFormat};
 use crate::recurrent::{cell_module, order, recurrent_module};
 
@@ -589,37 +589,23 @@ impl LstmCell {
             None => std::borrow::Cow::Owned(&self.bias_ih + &self.bias_hh),
         };
         gates.assign(&bias.broadcast((batch, 4 * hd)).expect("bias is [4H]"));
-        if batch == 1 {
-            let g = gates.as_slice_mut().expect("fresh arrays are contiguous");
-            let x = x.row(0).to_vec();
-            let h = h_prev.row(0).to_vec();
-            match prepared.and_then(|p| p.packed.as_ref()) {
-                Some([w_ih, w_hh]) => {
-                    w_ih.gemv_acc(g, &x);
-                    w_hh.gemv_acc(g, &h);
-                }
-                None => {
-                    gemv_acc(g, self.weight_ih.view(), &x);
-                    gemv_acc(g, self.weight_hh.view(), &h);
-                }
-            }
-        } else if let Some(p) = prepared {
-            match &p.packed {
-                // int8 rows share each weight read, and each row gets exactly what it
-                // would alone (so a beam of one is greedy decoding).
-                Some([w_ih, w_hh]) if w_ih.format() == WeightFormat::Int8 => {
-                    w_ih.gemm_acc(gates.view_mut(), x);
-                    w_hh.gemm_acc(gates.view_mut(), h_prev);
-                }
-                _ => {
-                    matmul(gates.view_mut(), x, p.w_ih_t.view(), true);
-                    matmul(gates.view_mut(), h_prev, p.w_hh_t.view(), true);
-                }
-            }
-        } else {
-            matmul(gates.view_mut(), x, self.weight_ih.t(), true);
-            matmul(gates.view_mut(), h_prev, self.weight_hh.t(), true);
-        }
+        let packed = prepared.and_then(|p| p.packed.as_ref());
+        step_product(
+            gates.view_mut(),
+            x,
+            &self.weight_ih,
+            prepared.map(|p| &p.w_ih_t),
+            packed.map(|[w, _]| w),
+            true,
+        );
+        step_product(
+            gates.view_mut(),
+            h_prev,
+            &self.weight_hh,
+            prepared.map(|p| &p.w_hh_t),
+            packed.map(|[_, w]| w),
+            true,
+        );
         Ok(activate(&mut gates, c_prev))
     }
 
