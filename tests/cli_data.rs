@@ -248,3 +248,50 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = kaldi_dir(dir.path());
+    let cfg = dir.path().join("model.json");
+    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let run1 = dir.path().join("run1");
+    let out = train(&data, &run1, &cfg, &["--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = run1.join("model.safetensors");
+    let a = lasr_model::ModelFile::load(&first).unwrap();
+    assert_eq!(a.front_end.pad_frames, 0);
+
+    let run2 = dir.path().join("run2");
+    let padded = |extra: &[&str]| {
+        let init = [
+            "--init",
+            first.to_str().unwrap(),
+            "--seed",
+            "4",
+            "--lr",
+            "0.01",
+        ];
+        train_on(&data, &run2, &[&init[..], extra].concat())
+    };
+    let out = padded(&["--epochs", "1", "--pad-frames", "5"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b = lasr_model::ModelFile::load(&run2.join("model.safetensors")).unwrap();
+    assert_eq!(b.front_end.pad_frames, 5);
+    // The initial model's statistics stay, padding or not.
+    assert_eq!(a.front_end.cmvn, b.front_end.cmvn);
+
+    let resume = |pad: &str| {
+        train_on(
+            &data,
+            &run2,
+            &["--epochs", "2", "--resume", "--pad-frames", pad],
+        )
+    };
+    let out = resume("3");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("--pad-frames 5"), "{err}");
+    let out = resume("5");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

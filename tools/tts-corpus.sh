@@ -9,19 +9,29 @@
 # id such as 19-198-0001 is dropped). N sentences of MIN_WORDS (default 3) to
 # MAX_WORDS (default 40) words are drawn at random; SEED (a positive integer) makes the
 # draw, the voices and the rates, so the same arguments give the same corpus.
+# VOICES='engine:voice ...' replaces the voice mix below with these, drawn uniformly
+# (engines: flite, festival, espeak; e.g. 'espeak:de espeak:fr-fr' for English words
+# read by other languages' letter-to-sound rules, a crude stand-in for accents).
+# VARY_PITCH=1 also draws each flite and espeak-ng utterance's mean pitch (flite 70 to
+# 250 Hz, espeak-ng 10 to 90 of its 0-99 scale): more voices from the same engines.
 # Needs: flite, festival (voices kal_diphone, cmu_us_slt_arctic_hts), espeak-ng
 #   apt-get install flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng
 # Re-running skips sentences whose WAV exists, so an interrupted run can go on.
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 out=$1 n=$2 seed=$3
 shift 3
 if ! [[ $seed =~ ^[1-9][0-9]{0,8}$ && $n =~ ^[1-9][0-9]*$ ]]; then
     echo "error: N and SEED must be positive integers (SEED below 10^9), not '$n' and '$seed'" >&2
+    exit 2
+fi
+vary_pitch=${VARY_PITCH:-0}
+if ! [[ $vary_pitch =~ ^[01]$ ]]; then
+    echo "error: VARY_PITCH must be 0 or 1, not '$vary_pitch'" >&2
     exit 2
 fi
 max_words=${MAX_WORDS:-40}
@@ -49,6 +59,14 @@ for accent in en-us en-gb en-gb-scotland en-gb-x-rp en-029 en-gb-x-gbclan en-gb-
     done
 done
 
+read -r -a chosen <<< "${VOICES:-}"
+for v in "${chosen[@]}"; do
+    if ! [[ $v =~ ^(flite|festival|espeak):[A-Za-z0-9_+-]+$ ]]; then
+        echo "error: VOICES entries are ENGINE:VOICE with ENGINE flite, festival or espeak, not '$v'" >&2
+        exit 2
+    fi
+done
+
 # Pick the sentences: strip ids, keep lengths in range, and shuffle by sorting on keys
 # from a Park-Miller generator seeded with SEED (exact in awk's doubles, so every awk
 # draws the same; `shuf --random-source=<(yes SEED)` was deterministic but far from
@@ -72,27 +90,36 @@ while IFS= read -r text; do
     id=$(printf 'tts-%06d' "$i")
     wav="$out/wav/$id.wav"
     next
-    if (( rnd % 2 == 0 )); then
+    if (( ${#chosen[@]} > 0 )); then
+        voice=${chosen[$(( rnd % ${#chosen[@]} ))]}
+    elif (( rnd % 2 == 0 )); then
         next; voice=${natural[$(( rnd % ${#natural[@]} ))]}
     else
         next; voice=${robotic[$(( rnd % ${#robotic[@]} ))]}
     fi
     next; r=$(( rnd % 41 ))   # 0..40: speaking rate 0.8x to 1.2x (festival: its own)
+    # Drawn only when asked, so that corpora made without it keep their voices.
+    flite_pitch=() espeak_pitch=()
+    if (( vary_pitch )); then
+        next; p=$(( rnd % 81 ))
+        flite_pitch=(--setf int_f0_target_mean=$((70 + p * 180 / 80)))
+        espeak_pitch=(-p $((10 + p)))
+    fi
     lower=$(printf '%s' "$text" | tr 'A-Z' 'a-z')
     if [ ! -s "$wav" ]; then
         case $voice in
             flite:*)
                 stretch=$(awk -v r="$r" 'BEGIN { printf "%.3f", 1 / (0.8 + r / 100) }')
                 flite -voice "${voice#flite:}" --setf duration_stretch="$stretch" \
-                    -t "$lower" -o "$wav.tmp.wav" < /dev/null ;;
+                    "${flite_pitch[@]}" -t "$lower" -o "$wav.tmp.wav" < /dev/null ;;
             festival:*)
                 printf '%s\n' "$lower" > "$wav.txt"
                 text2wave -eval "(voice_${voice#festival:})" "$wav.txt" -o "$wav.tmp.wav" < /dev/null
                 rm -f "$wav.txt" ;;
             espeak:*)
                 # espeak-ng speaks 175 words per minute by default.
-                espeak-ng -v "${voice#espeak:}" -s $((140 + r * 70 / 40)) -w "$wav.tmp.wav" \
-                    "$lower" < /dev/null ;;
+                espeak-ng -v "${voice#espeak:}" -s $((140 + r * 70 / 40)) "${espeak_pitch[@]}" \
+                    -w "$wav.tmp.wav" "$lower" < /dev/null ;;
         esac
         mv "$wav.tmp.wav" "$wav"
     fi

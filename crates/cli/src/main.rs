@@ -189,6 +189,12 @@ struct TrainArgs {
     /// recording's fixed gain and microphone colouring.
     #[arg(long)]
     utterance_mean: bool,
+    /// Frames (10 ms) of each band's floor added at both ends of every utterance, here
+    /// and wherever the model is used: gives the CTC head room to spell words in audio
+    /// cut tight around them (spoken digits, commands). Allowed with --init; default:
+    /// the initial model's setting, else 0.
+    #[arg(long, value_name = "N")]
+    pad_frames: Option<usize>,
     /// Output directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -1287,6 +1293,7 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "features": model.front_end.features,
         "cmvn": model.front_end.cmvn.is_some(),
         "utterance_mean": model.front_end.utterance_mean,
+        "pad_frames": model.front_end.pad_frames,
         "vocabulary": model.vocab.symbols(),
         "decode": model.decode,
         "built_in_lm": builtin && BUILTIN_LM.is_some(),
@@ -1554,6 +1561,11 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         front = m.front_end.clone();
         init_cmvn = front.cmvn.take();
     }
+    // Padding adds rows of each band's floor, which the statistics barely notice, so
+    // an initial model may be taught to read padded audio with its own statistics.
+    if let Some(p) = args.pad_frames {
+        front.pad_frames = p;
+    }
     if args.resume {
         // The data is normalised here, the model's front end comes from its file: they
         // must agree, so the run goes on with the statistics it started with (which an
@@ -1569,6 +1581,16 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 } else {
                     "without"
                 }
+            );
+        }
+        if args
+            .pad_frames
+            .is_some_and(|p| p != saved.front_end.pad_frames)
+        {
+            bail!(
+                "{}: trained with --pad-frames {}; resume with the same setting",
+                path.display(),
+                saved.front_end.pad_frames
             );
         }
         front = saved.front_end;

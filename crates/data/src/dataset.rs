@@ -326,15 +326,18 @@ fn version_entry(plan: &Plan, entry: &Entry, v: usize) -> Entry {
     }
 }
 
-/// Normalises raw features of version `v` of `entry` and adds the utterance.
-fn finish(plan: &Plan, entry: &Entry, v: usize, mut feats: Array2<f32>, out: &mut Outcome) {
-    if let Err(e) = plan.front.normalize(feats.view_mut()) {
-        out.skipped.push(Skipped {
-            entry: version_entry(plan, entry, v),
-            error: e.into(),
-        });
-        return;
-    }
+/// Pads and normalises raw features of version `v` of `entry` and adds the utterance.
+fn finish(plan: &Plan, entry: &Entry, v: usize, feats: Array2<f32>, out: &mut Outcome) {
+    let feats = match plan.front.prepare(feats) {
+        Ok(f) => f,
+        Err(e) => {
+            out.skipped.push(Skipped {
+                entry: version_entry(plan, entry, v),
+                error: e.into(),
+            });
+            return;
+        }
+    };
     let id = match &plan.speeds[v] {
         None => entry.id.clone(),
         Some(sp) => perturbed_id(&entry.id, sp.factor()),

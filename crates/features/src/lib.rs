@@ -53,6 +53,19 @@ pub struct FrontEndConfig {
     /// ([`cmvn::subtract_mean`]); absent from older model files: off.
     #[serde(default)]
     pub utterance_mean: bool,
+    /// Frames added at each end of every utterance before any normalisation, each
+    /// band set to its quietest value in the utterance ([`pad_edges`]); absent from
+    /// older model files: 0. Audio cut tight around a word leaves a CTC head too few
+    /// output frames to spell it ("THREE" needs six, blank included, and 0.24 s makes
+    /// five at 4x reduction); a few frames of floor on each side give it room.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pad_frames: usize,
+}
+
+// Model files without padding stay readable by versions that predate it
+// (`deny_unknown_fields`).
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for FrontEndConfig {
@@ -62,6 +75,7 @@ impl Default for FrontEndConfig {
             features: FeatureConfig::default(),
             cmvn: None,
             utterance_mean: false,
+            pad_frames: 0,
         }
     }
 }
@@ -76,6 +90,13 @@ impl FrontEndConfig {
             )));
         }
         self.features.validate()?;
+        if self.pad_frames > Self::MAX_PAD_FRAMES {
+            return Err(Error::Config(format!(
+                "pad_frames {} is more than {} frames",
+                self.pad_frames,
+                Self::MAX_PAD_FRAMES
+            )));
+        }
         if let Some(c) = &self.cmvn {
             if c.dim() != self.features.num_mel_bins || c.std.len() != c.dim() {
                 return Err(Error::Config(format!(
@@ -88,7 +109,19 @@ impl FrontEndConfig {
         Ok(())
     }
 
-    /// Raw features `[T, D]` to model input: the utterance's mean off (if
+    /// Most `pad_frames` accepted (10 s at the usual 10 ms shift).
+    pub const MAX_PAD_FRAMES: usize = 1000;
+
+    /// Raw features `[T, D]` to model input `[T + 2 * pad_frames, D]` (`T` when `T` is
+    /// 0): the edges padded ([`pad_edges`]), then [`Self::normalize`].
+    pub fn prepare(&self, feats: Array2<f32>) -> Result<Array2<f32>> {
+        let mut feats = pad_edges(feats, self.pad_frames);
+        self.normalize(feats.view_mut())?;
+        Ok(feats)
+    }
+
+    /// Raw features `[T, D]` to model input, without the padding of [`Self::prepare`]
+    /// (for features padded already): the utterance's mean off (if
     /// `utterance_mean`), then global CMVN (if any).
     pub fn normalize(&self, mut feats: ndarray::ArrayViewMut2<f32>) -> Result<()> {
         if self.utterance_mean {
@@ -146,9 +179,8 @@ impl FrontEnd {
             let resampler = self.resampler.as_ref().expect("set just above");
             resampler.process(&audio.samples)
         };
-        let mut feats = self.fbank.compute(&samples)?;
-        self.config.normalize(feats.view_mut())?;
-        Ok(feats)
+        let feats = self.fbank.compute(&samples)?;
+        self.config.prepare(feats)
     }
 
     /// Features `[T, num_mel_bins]` of a WAV or FLAC file; errors name the file.
@@ -157,6 +189,39 @@ impl FrontEnd {
         let audio = load(path)?;
         self.audio_features(audio).map_err(|e| e.in_file(path))
     }
+}
+
+/// Raw features `[T, D]` with `frames` rows added before and after, `[T + 2 * frames,
+/// D]`: every added row holds each band's minimum over the utterance, the closest
+/// thing a recording cut tight around its speech has to its own silence (a constant
+/// noise floor in the same channel, unlike digital zeros, which the log floor turns
+/// into values no recording has). An empty input stays empty: it has no floor.
+pub fn pad_edges(feats: Array2<f32>, frames: usize) -> Array2<f32> {
+    let (t, d) = feats.dim();
+    if frames == 0 || t == 0 {
+        return feats;
+    }
+    let mut floor = vec![f32::INFINITY; d];
+    for row in feats.rows() {
+        for (f, &x) in floor.iter_mut().zip(row) {
+            // NaN never wins a comparison: a NaN stays in its own frame rather than
+            // spreading to the padding (a band with no number at all pads with 0).
+            if x < *f {
+                *f = x;
+            }
+        }
+    }
+    let mut out = Array2::<f32>::zeros((t + 2 * frames, d));
+    for (i, mut row) in out.rows_mut().into_iter().enumerate() {
+        if i < frames || i >= frames + t {
+            for (o, f) in row.iter_mut().zip(&floor) {
+                *o = if f.is_finite() { *f } else { 0.0 };
+            }
+        } else {
+            row.assign(&feats.row(i - frames));
+        }
+    }
+    out
 }
 
 /// Features of many files in parallel on the rayon pool, one [`FrontEnd`] per worker

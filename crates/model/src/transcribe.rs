@@ -318,8 +318,16 @@ impl DecodeOptions {
 }
 
 /// Groups tokens into words at spaces; a word spans its letters' frames plus one
-/// listener frame (`seconds_per_frame`), shifted by `offset` seconds.
-fn words(vocab: &Vocab, tokens: &[usize], frames: &[usize], spf: f32, offset: f32) -> Vec<Word> {
+/// listener frame (`seconds_per_frame`), shifted by `offset` seconds (negative for the
+/// front end's edge padding) and held within `[0, duration]`.
+fn words(
+    vocab: &Vocab,
+    tokens: &[usize],
+    frames: &[usize],
+    spf: f32,
+    offset: f32,
+    duration: f32,
+) -> Vec<Word> {
     let mut out = Vec::new();
     let mut current: Option<(String, usize, usize)> = None;
     for (&tok, &frame) in tokens.iter().zip(frames) {
@@ -337,8 +345,8 @@ fn words(vocab: &Vocab, tokens: &[usize], frames: &[usize], spf: f32, offset: f3
     out.into_iter()
         .map(|(word, a, b)| Word {
             word,
-            start: offset + a as f32 * spf,
-            end: offset + (b + 1) as f32 * spf,
+            start: (offset + a as f32 * spf).clamp(0.0, duration),
+            end: (offset + (b + 1) as f32 * spf).clamp(0.0, duration),
         })
         .collect()
 }
@@ -598,7 +606,8 @@ impl ModelFile {
         self.las.inference_weights(format)
     }
 
-    /// Transcribes normalised features `[T, F]` (as `front_end` makes them), cutting
+    /// Transcribes normalised features `[T, F]` (as `front_end` makes them, edge
+    /// padding included: times are of the audio, without it), cutting
     /// them into chunks of at most `options.max_chunk_seconds`; `weights` are this
     /// model's [`ModelFile::inference_weights`].
     pub fn transcribe_features(
@@ -613,23 +622,31 @@ impl ModelFile {
         let max = (options.max_chunk_seconds / shift) as usize;
         let bounds = chunk_bounds(feats, max, self.las.config.reduction());
         let spf = self.seconds_per_frame();
+        let pad = self.front_end.pad_frames;
+        let duration = feats.nrows().saturating_sub(2 * pad) as f32 * shift;
         let mut t = Transcript {
             text: String::new(),
             tokens: Vec::new(),
             words: Vec::new(),
             nbest: Vec::new(),
             finished: true,
-            duration: feats.nrows() as f32 * shift,
+            duration,
             chunks: bounds.len() - 1,
             seconds: 0.0,
         };
         for pair in bounds.windows(2) {
             let chunk =
                 self.decode_chunk(weights, feats.slice(s![pair[0]..pair[1], ..]), options)?;
-            let offset = pair[0] as f32 * shift;
+            let offset = (pair[0] as f32 - pad as f32) * shift;
             if let Some(frames) = &chunk.frames {
-                t.words
-                    .extend(words(&self.vocab, &chunk.tokens, frames, spf, offset));
+                t.words.extend(words(
+                    &self.vocab,
+                    &chunk.tokens,
+                    frames,
+                    spf,
+                    offset,
+                    duration,
+                ));
             }
             if let (false, false, Some(space)) = (
                 t.tokens.is_empty(),
@@ -725,6 +742,33 @@ impl ModelFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_times_leave_out_the_edge_padding_and_stay_inside_the_audio() {
+        let vocab = Vocab::librispeech();
+        let tokens = vocab.encode("AB CD");
+        // Listener frames of 40 ms; the front end added 0.2 s before the audio, so
+        // frame 5 is the audio's first instant and frame 30 is past its 0.9 s end.
+        let frames = [3, 6, 7, 10, 30];
+        let w = words(&vocab, &tokens, &frames, 0.04, -0.2, 0.9);
+        let times: Vec<(&str, f32, f32)> = w
+            .iter()
+            .map(|w| (w.word.as_str(), w.start, w.end))
+            .collect();
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert_eq!(times.len(), 2, "{times:?}");
+        assert_eq!((times[0].0, times[1].0), ("ab", "cd"));
+        // "AB" starts in the padding (3 * 0.04 - 0.2 < 0), so at 0; ends after frame 6.
+        assert!(
+            close(times[0].1, 0.0) && close(times[0].2, 0.08),
+            "{times:?}"
+        );
+        // "CD" starts at frame 10 and would end at 31 * 0.04 - 0.2 = 1.04 s: held to 0.9.
+        assert!(
+            close(times[1].1, 0.2) && close(times[1].2, 0.9),
+            "{times:?}"
+        );
+    }
 
     #[test]
     fn rescoring_fields_stay_out_of_files_at_their_defaults_and_read_back() {
