@@ -53,6 +53,7 @@
 //! `V - 1`), plus picking the best `beam_size` of the candidates.
 
 use std::cmp::Ordering;
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -326,6 +327,7 @@ pub fn ctc_beam_search_with(
     let mut next_sibling: Vec<usize> = Vec::new();
     let mut symbols: Vec<usize> = Vec::new();
     let mut ranked: Vec<(f64, usize)> = Vec::new();
+    let mut word_memo = StateMap::default();
 
     for (t, y) in log_probs.chunks_exact(v).enumerate() {
         let y_blank = f64::from(y[blank]);
@@ -407,11 +409,27 @@ pub fn ctc_beam_search_with(
                         j
                     } else {
                         let lm_new = e.lm + f64::from(lm_c);
+                        // Walking the lexicon and scoring a finished word can only lower
+                        // the score (more unknown words, a log-probability added), bar
+                        // the word bonus a space earns: scored without them, a candidate
+                        // that still misses the cut is dropped before that work. Same
+                        // formula, so rounding cannot put the bound under the score.
+                        if floor > f64::NEG_INFINITY {
+                            let mut bound = *e;
+                            bound.lm = lm_new;
+                            bound.len = e.len + 1;
+                            if word_lm.is_some() && Some(c) == space && e.lex != ROOT {
+                                bound.words.count += 1;
+                            }
+                            if scorer.score(from + y_c, &bound) <= floor {
+                                continue;
+                            }
+                        }
                         let (lex, out) = lexicon.map_or((ROOT, false), |l| l.step(e.lex, c));
                         let oov = e.oov + u32::from(out);
                         let mut w = e.words;
                         if let (Some(wlm), true) = (word_lm, Some(c) == space) {
-                            w.finish(wlm, e.lex);
+                            w.finish(wlm, e.lex, &mut word_memo);
                         }
                         let candidate = Entry {
                             node: NONE,
@@ -480,7 +498,7 @@ pub fn ctc_beam_search_with(
         f.oov += u32::from(lexicon.is_some_and(|l| l.unfinished(e.lex)));
         if let Some(wlm) = word_lm {
             if e.lex != ROOT {
-                f.words.finish(wlm, e.lex);
+                f.words.finish(wlm, e.lex, &mut word_memo);
             }
             f.words.log_prob += f64::from(wlm.score(f.words.state, Vocab::EOS).1);
         }
@@ -597,11 +615,18 @@ struct WordScore {
 impl WordScore {
     /// Scores the word that ends in lexicon state `lex` (a space right after a space
     /// or at the start ends none).
-    fn finish(&mut self, wlm: &WordLm, lex: u32) {
+    /// `memo` remembers `wlm.score` by state and word: many prefixes of a beam end
+    /// the same word after the same words.
+    fn finish(&mut self, wlm: &WordLm, lex: u32, memo: &mut StateMap<(u32, f32)>) {
         if lex == ROOT {
             return;
         }
-        let (state, lp) = wlm.score(self.state, wlm.word_at(lex));
+        let word = wlm.word_at(lex);
+        // Word ids fit 16 bits (at most 65,536 symbols).
+        let key = u64::from(self.state) << 16 | word as u64;
+        let (state, lp) = *memo
+            .entry(key)
+            .or_insert_with(|| wlm.score(self.state, word));
         self.state = state;
         self.log_prob += f64::from(lp);
         self.count += 1;
@@ -734,19 +759,30 @@ struct LmCache {
     v: usize,
     /// Node -> offset of its row in `rows`, [`NONE`] if not computed yet.
     row_of: Vec<usize>,
+    /// Node -> the model's state after it, [`NO_STATE`] if not computed yet.
+    state_of: Vec<u32>,
+    /// Model state (as `u64`, which the hasher takes whole) -> offset of its row.
+    row_of_state: StateMap<usize>,
+    /// `state << 16 | token` -> the state after it: one lookup for what
+    /// [`CharLm::advance`] does in up to `order - 1`.
+    advanced: StateMap<u32>,
     rows: Vec<f32>,
-    history: Vec<usize>,
-    scratch: Vec<f32>,
 }
+
+type StateMap<T> = HashMap<u64, T, BuildHasherDefault<KeyHasher>>;
+
+/// No language-model state computed.
+const NO_STATE: u32 = u32::MAX;
 
 impl LmCache {
     fn new(v: usize) -> LmCache {
         LmCache {
             v,
             row_of: Vec::new(),
+            state_of: Vec::new(),
+            row_of_state: StateMap::default(),
+            advanced: StateMap::default(),
             rows: Vec::new(),
-            history: Vec::new(),
-            scratch: vec![0.0; v],
         }
     }
 
@@ -754,29 +790,55 @@ impl LmCache {
     fn row(&mut self, lm: &CharLm, trie: &Trie, node: usize) -> usize {
         if self.row_of.len() <= node {
             self.row_of.resize(trie.parent.len(), NONE);
+            self.state_of.resize(trie.parent.len(), NO_STATE);
         }
         if self.row_of[node] != NONE {
             return self.row_of[node];
         }
-        // `<sos>` and the last `order - 1` symbols, the most the model looks at.
-        let width = lm.order() - 1;
-        self.history.clear();
-        let mut n = node;
-        while self.history.len() < width {
-            if n == 0 {
-                self.history.push(Vocab::SOS);
-                break;
+        let state = self.state(lm, trie, node);
+        // Prefixes that end alike share the model's context, and so its row: far
+        // fewer rows than prefixes.
+        let offset = match self.row_of_state.entry(u64::from(state)) {
+            MapEntry::Occupied(o) => *o.get(),
+            MapEntry::Vacant(slot) => {
+                let offset = self.rows.len();
+                self.rows.resize(offset + self.v, 0.0);
+                lm.state_log_probs_into(state, &mut self.rows[offset..]);
+                *slot.insert(offset)
             }
-            self.history.push(trie.token[n]);
-            n = trie.parent[n];
-        }
-        self.history.reverse();
-        lm.log_probs_into(&self.history, &mut self.scratch);
-        let offset = self.rows.len();
-        self.rows.extend_from_slice(&self.scratch);
-        debug_assert_eq!(self.rows.len(), offset + self.v);
+        };
         self.row_of[node] = offset;
         offset
+    }
+
+    /// The model's state after `node`'s prefix, from the nearest ancestor that has
+    /// one (a prefix's parent was in the beam before it, so usually that).
+    fn state(&mut self, lm: &CharLm, trie: &Trie, node: usize) -> u32 {
+        let mut path = Vec::new();
+        let mut n = node;
+        let mut state = loop {
+            if self.state_of[n] != NO_STATE {
+                break self.state_of[n];
+            }
+            if n == 0 {
+                let s = lm.start();
+                self.state_of[0] = s;
+                break s;
+            }
+            path.push(n);
+            n = trie.parent[n];
+        };
+        for &n in path.iter().rev() {
+            let token = trie.token[n];
+            // Symbol ids fit 16 bits (the model files store them so).
+            let key = u64::from(state) << 16 | token as u64;
+            state = *self
+                .advanced
+                .entry(key)
+                .or_insert_with(|| lm.advance(state, token));
+            self.state_of[n] = state;
+        }
+        state
     }
 }
 

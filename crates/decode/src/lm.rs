@@ -173,6 +173,23 @@ impl CharLm {
         self.ngram.log_probs_into(history, out);
     }
 
+    /// The search state after `<sos>` (see [`CharLm::advance`]).
+    pub(crate) fn start(&self) -> u32 {
+        self.ngram.start()
+    }
+
+    /// The state after `state` reads `token`: the longest context of the model that
+    /// ends the history, which is all the model's next prediction depends on.
+    pub(crate) fn advance(&self, state: u32, token: usize) -> u32 {
+        self.ngram.advance(state, token)
+    }
+
+    /// [`CharLm::log_probs_into`] of the history that led to `state`.
+    pub(crate) fn state_log_probs_into(&self, state: u32, out: &mut [f32]) {
+        debug_assert_eq!(out.len(), self.vocab.len());
+        self.ngram.state_log_probs_into(state, out);
+    }
+
     /// Natural log of the probability of one line (normalised and encoded as in
     /// training, `<eos>` included) and the number of symbols it predicts; `(0.0, 0)`
     /// for a line that is empty after normalisation.
@@ -443,5 +460,39 @@ impl<D: Decoder + ?Sized> Decoder for Fused<'_, D> {
             history,
             rows: rows.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_by_state_equal_rows_by_history_to_the_bit() {
+        let lines = [
+            "the cat sat on the mat",
+            "a cat and a dog ate the hat",
+            "that is what the cat said",
+        ];
+        let mut by_history = vec![0.0f32; Vocab::librispeech().len()];
+        let mut by_state = by_history.clone();
+        for order in [1, 2, 3, 6] {
+            let lm = CharLm::train(lines, &Vocab::librispeech(), order).unwrap();
+            let v = lm.vocab().clone();
+            // Seen text, unseen text and letters the model never met after these.
+            for text in ["the cat sat", "zq xj the", "hat that what"] {
+                let mut history = vec![Vocab::SOS];
+                let mut state = lm.start();
+                for t in v.encode(text) {
+                    lm.log_probs_into(&history, &mut by_history);
+                    lm.state_log_probs_into(state, &mut by_state);
+                    let a: Vec<u32> = by_history.iter().map(|x| x.to_bits()).collect();
+                    let b: Vec<u32> = by_state.iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(a, b, "order {order}, {text:?} after {}", history.len());
+                    history.push(t);
+                    state = lm.advance(state, t);
+                }
+            }
+        }
     }
 }

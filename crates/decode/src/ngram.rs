@@ -319,6 +319,25 @@ impl Ngram {
         });
     }
 
+    /// [`Ngram::log_probs_into`] of the history that led to `state` by
+    /// [`Ngram::advance`], equal to the bit: the same contexts, shortest first.
+    pub(crate) fn state_log_probs_into(&self, state: u32, out: &mut [f32]) {
+        out.fill(self.log_uniform);
+        out[Vocab::PAD] = f32::NEG_INFINITY;
+        out[Vocab::SOS] = f32::NEG_INFINITY;
+        let (chain, n) = self.chain(state);
+        for c in std::iter::once(0).chain(chain[..n].iter().rev().map(|&c| c as usize)) {
+            let lb = self.log_backoff[c];
+            for x in out.iter_mut() {
+                *x += lb;
+            }
+            let (tokens, log_probs) = self.entries(c);
+            for (&t, &lp) in tokens.iter().zip(log_probs) {
+                out[usize::from(t)] = lp;
+            }
+        }
+    }
+
     /// The state after `<sos>`: what a sentence starts from in [`Ngram::advance`].
     pub(crate) fn start(&self) -> u32 {
         self.advance(0, Vocab::SOS)

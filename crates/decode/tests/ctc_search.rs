@@ -903,3 +903,176 @@ fn joint_decoding_refuses_bad_settings() {
     let finite: Vec<usize> = (0..6).filter(|&c| step.log_probs[c].is_finite()).collect();
     assert_eq!(finite, vec![2, 3]);
 }
+
+/// The prefix beam search written plainly: every prefix's whole score recomputed
+/// from its text, every candidate listed, the best `k` kept by sorting. No shortcut
+/// of the real search (skipping candidates that cannot make the cut, cached model
+/// rows, remembered word scores) is here, so agreeing with it checks them.
+fn reference_search(
+    lp: &[f32],
+    v: usize,
+    lm: &CharLm,
+    wlm: &WordLm,
+    o: &CtcSearchOptions,
+) -> Vec<(Vec<usize>, f64)> {
+    let voc = vocab();
+    let space = voc.id(' ').unwrap();
+    let known: Vec<Vec<usize>> = wlm.symbols()[4..].iter().map(|w| voc.encode(w)).collect();
+    let log_add = |a: f64, b: f64| {
+        let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+        if lo == f64::NEG_INFINITY {
+            hi
+        } else {
+            hi + (lo - hi).exp().ln_1p()
+        }
+    };
+    // (score terms other than CTC) of a prefix; `last` scores it as finished.
+    let terms = |prefix: &[usize], last: bool| -> f64 {
+        let mut seq = vec![Vocab::SOS];
+        seq.extend(prefix);
+        if last {
+            seq.push(Vocab::EOS);
+        }
+        let lm_lp: f64 = (1..seq.len())
+            .map(|i| f64::from(lm.log_prob(&seq[..i], seq[i])))
+            .sum();
+        let words: Vec<&[usize]> = prefix.split(|&t| t == space).collect();
+        let (done, partial) = words.split_at(words.len() - 1);
+        let mut finished: Vec<&[usize]> = done.iter().copied().filter(|w| !w.is_empty()).collect();
+        let mut oov = 0;
+        let partial = partial[0];
+        if last && !partial.is_empty() {
+            finished.push(partial);
+        } else if !partial.is_empty() && !known.iter().any(|k| k.starts_with(partial)) {
+            oov += 1;
+        }
+        let mut history = vec![Vocab::SOS];
+        let mut word_lp = 0.0;
+        for w in &finished {
+            // Spelled with a symbol that prints as nothing, a word is not the word it
+            // prints as.
+            let id = if known.iter().any(|k| k == w) {
+                wlm.id(&voc.decode(w))
+            } else {
+                oov += 1;
+                Vocab::UNK
+            };
+            word_lp += f64::from(wlm.log_prob(&history, id));
+            history.push(id);
+        }
+        if last {
+            word_lp += f64::from(wlm.log_prob(&history, Vocab::EOS));
+        }
+        f64::from(o.lm_weight) * lm_lp
+            + f64::from(o.insertion_bonus) * prefix.len() as f64
+            + f64::from(o.word_lm_weight) * word_lp
+            + f64::from(o.word_bonus) * finished.len() as f64
+            - f64::from(o.oov_penalty) * oov as f64
+    };
+    let mut beam: Vec<(Vec<usize>, f64, f64)> = vec![(Vec::new(), 0.0, f64::NEG_INFINITY)];
+    for y in lp.chunks_exact(v) {
+        let mut next: HashMap<Vec<usize>, (f64, f64)> = HashMap::new();
+        for (prefix, pb, pnb) in &beam {
+            let stay = next
+                .entry(prefix.clone())
+                .or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY));
+            stay.0 = log_add(stay.0, log_add(*pb, *pnb) + f64::from(y[BLANK]));
+            if let Some(&last) = prefix.last() {
+                stay.1 = log_add(stay.1, pnb + f64::from(y[last]));
+            }
+            for c in (0..v).filter(|&c| c != BLANK && o.prune.is_none_or(|p| y[c] >= p)) {
+                let from = if prefix.last() == Some(&c) {
+                    *pb
+                } else {
+                    log_add(*pb, *pnb)
+                };
+                let mut history = vec![Vocab::SOS];
+                history.extend(prefix);
+                if from == f64::NEG_INFINITY || lm.log_prob(&history, c) == f32::NEG_INFINITY {
+                    continue;
+                }
+                let mut longer = prefix.clone();
+                longer.push(c);
+                let e = next
+                    .entry(longer)
+                    .or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY));
+                e.1 = log_add(e.1, from + f64::from(y[c]));
+            }
+        }
+        let mut ranked: Vec<(f64, Vec<usize>, f64, f64)> = next
+            .into_iter()
+            .map(|(p, (pb, pnb))| (log_add(pb, pnb) + terms(&p, false), p, pb, pnb))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        ranked.truncate(o.beam_size);
+        beam = ranked
+            .into_iter()
+            .map(|(_, p, pb, pnb)| (p, pb, pnb))
+            .collect();
+    }
+    let mut out: Vec<(Vec<usize>, f64)> = beam
+        .into_iter()
+        .map(|(p, pb, pnb)| {
+            let s = log_add(pb, pnb) + terms(&p, true);
+            (p, s)
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
+#[test]
+fn the_search_with_both_language_models_matches_a_plain_one() {
+    let v = vocab();
+    let n = v.len();
+    let lines = [
+        "the cat sat on the mat",
+        "a cat and the cat",
+        "the cat ran home",
+    ];
+    let lm = lm();
+    let wlm = WordLm::train(lines, &v, 2, 1).unwrap();
+    let options = CtcSearchOptions {
+        beam_size: 6,
+        lm_weight: 0.5,
+        insertion_bonus: 0.8,
+        prune: Some(-6.0),
+        oov_penalty: 1.5,
+        word_lm_weight: 0.7,
+        word_bonus: 0.4,
+    };
+    for seed in 0..12u64 {
+        // "the cat sat" spelled with frames of noise between its letters, so the
+        // beam holds words, misspellings and spaces in competition.
+        let mut s = seed;
+        let mut logits = Vec::new();
+        for ch in "_t_h_e_ _c_a_t_ _s_a_t_".chars() {
+            let peak = if ch == '_' { BLANK } else { v.id(ch).unwrap() };
+            for sym in 0..n {
+                let boost = if sym == peak { 3.0 } else { 0.0 };
+                logits.push(boost + 4.0 * uniform(&mut s));
+            }
+        }
+        let lp = log_softmax(&logits, n);
+        let got = ctc_beam_search_with(
+            &lp,
+            lp.len() / n,
+            n,
+            BLANK,
+            Some(&lm),
+            Some(Words::Lm(&wlm)),
+            &options,
+        )
+        .unwrap();
+        let want = reference_search(&lp, n, &lm, &wlm, &options);
+        assert_eq!(got.len(), want.len(), "seed {seed}");
+        for (g, (tokens, score)) in got.iter().zip(&want) {
+            assert_eq!(&g.tokens, tokens, "seed {seed}");
+            assert!(
+                (g.score - score).abs() < 1e-6 * score.abs().max(1.0),
+                "seed {seed}: {} vs {score}",
+                g.score
+            );
+        }
+    }
+}
