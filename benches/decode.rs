@@ -89,5 +89,51 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode);
+fn shipped_search(c: &mut Criterion) {
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let model = lasr_model::ModelFile::load(&assets.join("model.safetensors")).unwrap();
+    let options = model
+        .decode
+        .clone()
+        .expect("the shipped model recommends a decoder");
+    let lm = lasr_decode::CharLm::load(assets.join("lm.bin"), &model.vocab).unwrap();
+    let words = lasr_decode::WordLm::load(assets.join("words.bin"), &model.vocab).unwrap();
+    let mut front = model.front_end().unwrap();
+    let feats = front.file_features(assets.join("sample.wav")).unwrap();
+    let w = model.inference_weights(WeightFormat::F32);
+    let dec = model.las.encode(&w, feats.view()).unwrap();
+    let mut lp = dec.ctc_logits().unwrap().unwrap();
+    lasr_nn::activation::log_softmax_rows(lp.view_mut());
+    let (frames, v) = lp.dim();
+    let flat: Vec<f32> = lp.iter().copied().collect();
+    let search = lasr_decode::CtcSearchOptions {
+        beam_size: options.search.beam_size,
+        lm_weight: options.lm_weight,
+        insertion_bonus: options.ctc_insertion_bonus,
+        oov_penalty: options.oov_penalty,
+        word_lm_weight: options.word_lm_weight,
+        word_bonus: options.word_bonus,
+        ..lasr_decode::CtcSearchOptions::default()
+    };
+    let blank = model.las.config.blank;
+    let mut group = c.benchmark_group("decode_shipped");
+    group.sample_size(10);
+    group.bench_function("ctc_search_shipped_sample", |b| {
+        b.iter(|| {
+            lasr_decode::ctc_beam_search_with(
+                &flat,
+                frames,
+                v,
+                blank,
+                Some(&lm),
+                Some(lasr_decode::Words::Lm(&words)),
+                &search,
+            )
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, shipped_search);
 criterion_main!(benches);
