@@ -6,6 +6,10 @@
 //! random length. Also the CTC prefix beam search (beam 16) over the 125 CTC frames.
 //! The real-time factor is the time over 10 s.
 //!
+//! `decode_shipped/ctc_search_shipped_sample`: the shipped model's own CTC search
+//! (its beam, its character and word LMs, as `assets/decode.json` says) over the CTC
+//! output for `assets/sample.wav` (8.2 s): the search alone, without the model.
+//!
 //!     RAYON_NUM_THREADS=1 cargo bench -p lasr-model --bench decode
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -13,14 +13,16 @@
 # (engines: flite, festival, espeak; e.g. 'espeak:de espeak:fr-fr' for English words
 # read by other languages' letter-to-sound rules, a crude stand-in for accents).
 # VARY_PITCH=1 also draws each flite and espeak-ng utterance's mean pitch (flite 70 to
-# 250 Hz, espeak-ng 10 to 90 of its 0-99 scale): more voices from the same engines.
+# 250 Hz, espeak-ng 10 to 90 of its 0-99 scale; a third column of voices.tsv): more
+# voices from the same engines. The draw shares the seeded sequence, so it also moves
+# every later sentence's voice and rate: a corpus made with it is another corpus.
 # Needs: flite, festival (voices kal_diphone, cmu_us_slt_arctic_hts), espeak-ng
 #   apt-get install flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng
 # Re-running skips sentences whose WAV exists, so an interrupted run can go on.
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 out=$1 n=$2 seed=$3
@@ -34,6 +36,15 @@ if ! [[ $vary_pitch =~ ^[01]$ ]]; then
     echo "error: VARY_PITCH must be 0 or 1, not '$vary_pitch'" >&2
     exit 2
 fi
+chosen=()
+read -r -a chosen <<< "${VOICES:-}"
+# `${a[@]+"${a[@]}"}`: an empty array is "unbound" to `set -u` in bash before 4.4.
+for v in ${chosen[@]+"${chosen[@]}"}; do
+    if ! [[ $v =~ ^(flite|festival|espeak):[A-Za-z0-9_+-]+$ ]]; then
+        echo "error: VOICES entries are ENGINE:VOICE with ENGINE flite, festival or espeak, not '$v'" >&2
+        exit 2
+    fi
+done
 max_words=${MAX_WORDS:-40}
 min_words=${MIN_WORDS:-3}
 if ! [[ $min_words =~ ^[1-9][0-9]*$ && $max_words =~ ^[1-9][0-9]*$ ]] || ((min_words > max_words)); then
@@ -57,14 +68,6 @@ for accent in en-us en-gb en-gb-scotland en-gb-x-rp en-029 en-gb-x-gbclan en-gb-
     for variant in m1 m3 m5 m7 f1 f2 f4; do
         robotic+=("espeak:$accent+$variant")
     done
-done
-
-read -r -a chosen <<< "${VOICES:-}"
-for v in "${chosen[@]}"; do
-    if ! [[ $v =~ ^(flite|festival|espeak):[A-Za-z0-9_+-]+$ ]]; then
-        echo "error: VOICES entries are ENGINE:VOICE with ENGINE flite, festival or espeak, not '$v'" >&2
-        exit 2
-    fi
 done
 
 # Pick the sentences: strip ids, keep lengths in range, and shuffle by sorting on keys
@@ -104,6 +107,11 @@ while IFS= read -r text; do
         next; p=$(( rnd % 81 ))
         flite_pitch=(--setf int_f0_target_mean=$((70 + p * 180 / 80)))
         espeak_pitch=(-p $((10 + p)))
+        case $voice in
+            flite:*) pitch_note="${flite_pitch[1]}" ;;
+            espeak:*) pitch_note="pitch=$((10 + p))" ;;
+            *) pitch_note="-" ;;   # festival's voices keep their own
+        esac
     fi
     lower=$(printf '%s' "$text" | tr 'A-Z' 'a-z')
     if [ ! -s "$wav" ]; then
@@ -111,20 +119,24 @@ while IFS= read -r text; do
             flite:*)
                 stretch=$(awk -v r="$r" 'BEGIN { printf "%.3f", 1 / (0.8 + r / 100) }')
                 flite -voice "${voice#flite:}" --setf duration_stretch="$stretch" \
-                    "${flite_pitch[@]}" -t "$lower" -o "$wav.tmp.wav" < /dev/null ;;
+                    ${flite_pitch[@]+"${flite_pitch[@]}"} -t "$lower" -o "$wav.tmp.wav" < /dev/null ;;
             festival:*)
                 printf '%s\n' "$lower" > "$wav.txt"
                 text2wave -eval "(voice_${voice#festival:})" "$wav.txt" -o "$wav.tmp.wav" < /dev/null
                 rm -f "$wav.txt" ;;
             espeak:*)
                 # espeak-ng speaks 175 words per minute by default.
-                espeak-ng -v "${voice#espeak:}" -s $((140 + r * 70 / 40)) "${espeak_pitch[@]}" \
-                    -w "$wav.tmp.wav" "$lower" < /dev/null ;;
+                espeak-ng -v "${voice#espeak:}" -s $((140 + r * 70 / 40)) \
+                    ${espeak_pitch[@]+"${espeak_pitch[@]}"} -w "$wav.tmp.wav" "$lower" < /dev/null ;;
         esac
         mv "$wav.tmp.wav" "$wav"
     fi
     printf '%s\t%s\n' "$(realpath "$wav")" "$text" >> "$out/manifest.tsv.tmp"
-    printf '%s\t%s\n' "$id" "$voice" >> "$out/voices.tsv.tmp"
+    if (( vary_pitch )); then
+        printf '%s\t%s\t%s\n' "$id" "$voice" "$pitch_note" >> "$out/voices.tsv.tmp"
+    else
+        printf '%s\t%s\n' "$id" "$voice" >> "$out/voices.tsv.tmp"
+    fi
     if (( i % 100 == 0 )); then echo "$i / $n" >&2; fi
 done < "$out/sentences.txt"
 mv "$out/manifest.tsv.tmp" "$out/manifest.tsv"

@@ -47,8 +47,12 @@
 //!
 //! Prefixes are nodes of a trie (parent pointer and symbol), created only for the
 //! prefixes that survive a frame, so no prefix is ever copied; the model's distribution
-//! after a prefix is computed once, the first time that prefix is extended, and its
-//! `ln P_lm` is its parent's plus one entry of the parent's distribution. Per frame the
+//! after a prefix is computed once per model state (the longest context ending the
+//! prefix, which many prefixes share), the first time a prefix in that state is
+//! extended, and its `ln P_lm` is its parent's plus one entry of the parent's
+//! distribution. Word-model scores are remembered by `(word state, word)`, and a new
+//! candidate whose score, before its lexicon walk and word score (which can only
+//! lower it), already misses the cut is dropped without them. Per frame the
 //! work is `O(beam_size * S)` for `S` symbols above the pruning threshold (at most
 //! `V - 1`), plus picking the best `beam_size` of the candidates.
 
@@ -623,6 +627,7 @@ impl WordScore {
         }
         let word = wlm.word_at(lex);
         // Word ids fit 16 bits (at most 65,536 symbols).
+        debug_assert!(word < 1 << 16);
         let key = u64::from(self.state) << 16 | word as u64;
         let (state, lp) = *memo
             .entry(key)
@@ -767,6 +772,8 @@ struct LmCache {
     /// [`CharLm::advance`] does in up to `order - 1`.
     advanced: StateMap<u32>,
     rows: Vec<f32>,
+    /// Scratch for [`LmCache::state`].
+    path: Vec<usize>,
 }
 
 type StateMap<T> = HashMap<u64, T, BuildHasherDefault<KeyHasher>>;
@@ -783,6 +790,7 @@ impl LmCache {
             row_of_state: StateMap::default(),
             advanced: StateMap::default(),
             rows: Vec::new(),
+            path: Vec::new(),
         }
     }
 
@@ -814,7 +822,8 @@ impl LmCache {
     /// The model's state after `node`'s prefix, from the nearest ancestor that has
     /// one (a prefix's parent was in the beam before it, so usually that).
     fn state(&mut self, lm: &CharLm, trie: &Trie, node: usize) -> u32 {
-        let mut path = Vec::new();
+        let mut path = std::mem::take(&mut self.path);
+        path.clear();
         let mut n = node;
         let mut state = loop {
             if self.state_of[n] != NO_STATE {
@@ -830,7 +839,8 @@ impl LmCache {
         };
         for &n in path.iter().rev() {
             let token = trie.token[n];
-            // Symbol ids fit 16 bits (the model files store them so).
+            // Symbol ids fit 16 bits (models have at most 65,536 symbols).
+            debug_assert!(token < 1 << 16);
             let key = u64::from(state) << 16 | token as u64;
             state = *self
                 .advanced
@@ -838,6 +848,7 @@ impl LmCache {
                 .or_insert_with(|| lm.advance(state, token));
             self.state_of[n] = state;
         }
+        self.path = path;
         state
     }
 }

@@ -907,17 +907,18 @@ fn joint_decoding_refuses_bad_settings() {
 /// The prefix beam search written plainly: every prefix's whole score recomputed
 /// from its text, every candidate listed, the best `k` kept by sorting. No shortcut
 /// of the real search (skipping candidates that cannot make the cut, cached model
-/// rows, remembered word scores) is here, so agreeing with it checks them.
+/// rows, remembered word scores) is here, so agreeing with it checks them. `known`
+/// are the lexicon's words, spelled; `wlm` scores them when given.
 fn reference_search(
     lp: &[f32],
     v: usize,
-    lm: &CharLm,
-    wlm: &WordLm,
+    lm: Option<&CharLm>,
+    known: &[Vec<usize>],
+    wlm: Option<&WordLm>,
     o: &CtcSearchOptions,
 ) -> Vec<(Vec<usize>, f64)> {
     let voc = vocab();
     let space = voc.id(' ').unwrap();
-    let known: Vec<Vec<usize>> = wlm.symbols()[4..].iter().map(|w| voc.encode(w)).collect();
     let log_add = |a: f64, b: f64| {
         let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
         if lo == f64::NEG_INFINITY {
@@ -926,6 +927,7 @@ fn reference_search(
             hi + (lo - hi).exp().ln_1p()
         }
     };
+    let lm_weight = if lm.is_some() { o.lm_weight } else { 0.0 };
     // (score terms other than CTC) of a prefix; `last` scores it as finished.
     let terms = |prefix: &[usize], last: bool| -> f64 {
         let mut seq = vec![Vocab::SOS];
@@ -933,9 +935,15 @@ fn reference_search(
         if last {
             seq.push(Vocab::EOS);
         }
-        let lm_lp: f64 = (1..seq.len())
-            .map(|i| f64::from(lm.log_prob(&seq[..i], seq[i])))
-            .sum();
+        let lm_term = match lm {
+            Some(lm) if lm_weight != 0.0 => {
+                let lp: f64 = (1..seq.len())
+                    .map(|i| f64::from(lm.log_prob(&seq[..i], seq[i])))
+                    .sum();
+                f64::from(lm_weight) * lp
+            }
+            _ => 0.0,
+        };
         let words: Vec<&[usize]> = prefix.split(|&t| t == space).collect();
         let (done, partial) = words.split_at(words.len() - 1);
         let mut finished: Vec<&[usize]> = done.iter().copied().filter(|w| !w.is_empty()).collect();
@@ -952,21 +960,31 @@ fn reference_search(
             // Spelled with a symbol that prints as nothing, a word is not the word it
             // prints as.
             let id = if known.iter().any(|k| k == w) {
-                wlm.id(&voc.decode(w))
+                wlm.map_or(Vocab::UNK, |wlm| wlm.id(&voc.decode(w)))
             } else {
                 oov += 1;
                 Vocab::UNK
             };
-            word_lp += f64::from(wlm.log_prob(&history, id));
+            if let Some(wlm) = wlm {
+                word_lp += f64::from(wlm.log_prob(&history, id));
+            }
             history.push(id);
         }
-        if last {
+        if let (Some(wlm), true) = (wlm, last) {
             word_lp += f64::from(wlm.log_prob(&history, Vocab::EOS));
         }
-        f64::from(o.lm_weight) * lm_lp
-            + f64::from(o.insertion_bonus) * prefix.len() as f64
-            + f64::from(o.word_lm_weight) * word_lp
-            + f64::from(o.word_bonus) * finished.len() as f64
+        let word_terms = match wlm {
+            Some(_) => {
+                let lp = if o.word_lm_weight == 0.0 {
+                    0.0
+                } else {
+                    f64::from(o.word_lm_weight) * word_lp
+                };
+                lp + f64::from(o.word_bonus) * finished.len() as f64
+            }
+            None => 0.0,
+        };
+        lm_term + f64::from(o.insertion_bonus) * prefix.len() as f64 + word_terms
             - f64::from(o.oov_penalty) * oov as f64
     };
     let mut beam: Vec<(Vec<usize>, f64, f64)> = vec![(Vec::new(), 0.0, f64::NEG_INFINITY)];
@@ -988,7 +1006,11 @@ fn reference_search(
                 };
                 let mut history = vec![Vocab::SOS];
                 history.extend(prefix);
-                if from == f64::NEG_INFINITY || lm.log_prob(&history, c) == f32::NEG_INFINITY {
+                let ruled_out = match lm {
+                    Some(lm) if lm_weight > 0.0 => lm.log_prob(&history, c) == f32::NEG_INFINITY,
+                    _ => false,
+                };
+                if from == f64::NEG_INFINITY || ruled_out {
                     continue;
                 }
                 let mut longer = prefix.clone();
@@ -1022,7 +1044,7 @@ fn reference_search(
 }
 
 #[test]
-fn the_search_with_both_language_models_matches_a_plain_one() {
+fn the_search_with_its_language_models_and_word_lists_matches_a_plain_one() {
     let v = vocab();
     let n = v.len();
     let lines = [
@@ -1032,7 +1054,9 @@ fn the_search_with_both_language_models_matches_a_plain_one() {
     ];
     let lm = lm();
     let wlm = WordLm::train(lines, &v, 2, 1).unwrap();
-    let options = CtcSearchOptions {
+    let known: Vec<Vec<usize>> = wlm.symbols()[4..].iter().map(|w| v.encode(w)).collect();
+    let lex = Lexicon::from_text(&v, &lines.join(" ")).unwrap();
+    let base = CtcSearchOptions {
         beam_size: 6,
         lm_weight: 0.5,
         insertion_bonus: 0.8,
@@ -1041,38 +1065,64 @@ fn the_search_with_both_language_models_matches_a_plain_one() {
         word_lm_weight: 0.7,
         word_bonus: 0.4,
     };
-    for seed in 0..12u64 {
-        // "the cat sat" spelled with frames of noise between its letters, so the
-        // beam holds words, misspellings and spaces in competition.
-        let mut s = seed;
-        let mut logits = Vec::new();
-        for ch in "_t_h_e_ _c_a_t_ _s_a_t_".chars() {
-            let peak = if ch == '_' { BLANK } else { v.id(ch).unwrap() };
-            for sym in 0..n {
-                let boost = if sym == peak { 3.0 } else { 0.0 };
-                logits.push(boost + 4.0 * uniform(&mut s));
+    // (name, character LM, word LM (else the word list alone), options)
+    let cases: Vec<(&str, bool, bool, CtcSearchOptions)> = vec![
+        ("both models", true, true, base.clone()),
+        (
+            "negative word bonus",
+            true,
+            true,
+            CtcSearchOptions {
+                word_bonus: -0.6,
+                ..base.clone()
+            },
+        ),
+        (
+            "character LM at weight 0",
+            true,
+            true,
+            CtcSearchOptions {
+                lm_weight: 0.0,
+                ..base.clone()
+            },
+        ),
+        ("word list, no character LM", false, false, base.clone()),
+        ("word list and character LM", true, false, base.clone()),
+        ("word LM, no character LM", false, true, base.clone()),
+    ];
+    for (name, with_lm, with_wlm, options) in &cases {
+        for seed in 0..8u64 {
+            // "the cat sat" spelled with frames of noise between its letters, so the
+            // beam holds words, misspellings and spaces in competition.
+            let mut s = seed;
+            let mut logits = Vec::new();
+            for ch in "_t_h_e_ _c_a_t_ _s_a_t_".chars() {
+                let peak = if ch == '_' { BLANK } else { v.id(ch).unwrap() };
+                for sym in 0..n {
+                    let boost = if sym == peak { 3.0 } else { 0.0 };
+                    logits.push(boost + 4.0 * uniform(&mut s));
+                }
             }
-        }
-        let lp = log_softmax(&logits, n);
-        let got = ctc_beam_search_with(
-            &lp,
-            lp.len() / n,
-            n,
-            BLANK,
-            Some(&lm),
-            Some(Words::Lm(&wlm)),
-            &options,
-        )
-        .unwrap();
-        let want = reference_search(&lp, n, &lm, &wlm, &options);
-        assert_eq!(got.len(), want.len(), "seed {seed}");
-        for (g, (tokens, score)) in got.iter().zip(&want) {
-            assert_eq!(&g.tokens, tokens, "seed {seed}");
-            assert!(
-                (g.score - score).abs() < 1e-6 * score.abs().max(1.0),
-                "seed {seed}: {} vs {score}",
-                g.score
-            );
+            let lp = log_softmax(&logits, n);
+            let char_lm = with_lm.then_some(&lm);
+            let words = if *with_wlm {
+                Words::Lm(&wlm)
+            } else {
+                Words::List(&lex)
+            };
+            let got =
+                ctc_beam_search_with(&lp, lp.len() / n, n, BLANK, char_lm, Some(words), options)
+                    .unwrap();
+            let want = reference_search(&lp, n, char_lm, &known, with_wlm.then_some(&wlm), options);
+            assert_eq!(got.len(), want.len(), "{name}, seed {seed}");
+            for (g, (tokens, score)) in got.iter().zip(&want) {
+                assert_eq!(&g.tokens, tokens, "{name}, seed {seed}");
+                assert!(
+                    (g.score - score).abs() < 1e-6 * score.abs().max(1.0),
+                    "{name}, seed {seed}: {} vs {score}",
+                    g.score
+                );
+            }
         }
     }
 }

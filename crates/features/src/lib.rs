@@ -109,8 +109,9 @@ impl FrontEndConfig {
         Ok(())
     }
 
-    /// Most `pad_frames` accepted (10 s at the usual 10 ms shift).
-    pub const MAX_PAD_FRAMES: usize = 1000;
+    /// Most `pad_frames` accepted (1 s at the usual 10 ms shift): more is no use, and
+    /// far more could let long audio be cut inside its padding.
+    pub const MAX_PAD_FRAMES: usize = 100;
 
     /// Raw features `[T, D]` to model input `[T + 2 * pad_frames, D]` (`T` when `T` is
     /// 0): the edges padded ([`pad_edges`]), then [`Self::normalize`].

@@ -61,8 +61,8 @@ pub struct Transcript {
     /// True when every chunk's best hypothesis ended with `<eos>` rather than at the
     /// length limit.
     pub finished: bool,
-    /// Seconds of audio (of features: frames times the frame shift, when only
-    /// features were given).
+    /// Seconds of audio (of features: frames times the frame shift, without the
+    /// front end's edge padding, when only features were given).
     pub duration: f32,
     /// Chunks the audio was cut into.
     pub chunks: usize,
@@ -719,6 +719,12 @@ impl ModelFile {
                 other => other,
             })?;
         t.duration = duration;
+        // Word times were held inside the features' span; the audio's own length is
+        // the tighter bound (the last frame may run past it).
+        for w in &mut t.words {
+            w.start = w.start.min(duration);
+            w.end = w.end.min(duration);
+        }
         t.seconds = start.elapsed().as_secs_f32();
         Ok(t)
     }
