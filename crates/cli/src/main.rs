@@ -876,7 +876,12 @@ fn cmvn(args: CmvnArgs) -> Result<ExitCode> {
             "wrote {}: statistics of {} frames ({:.2} h) from {used} files, {} skipped",
             args.out.display(),
             stats.frames,
-            stats.frames as f64 * f64::from(config.features.frame_shift_ms) / 3.6e6,
+            // The edge padding counts in the statistics but is not audio.
+            stats
+                .frames
+                .saturating_sub((2 * config.pad_frames * used) as u64) as f64
+                * f64::from(config.features.frame_shift_ms)
+                / 3.6e6,
             errors.len()
         );
     }
@@ -1453,10 +1458,14 @@ fn load_corpus(
     } else {
         String::new()
     };
+    // Hours of audio: the front end's edge padding is not audio.
+    let padding = 2 * options.front.pad_frames * data.len();
     eprintln!(
         "{what}: {} utterances, {:.2} h, {} skipped{cache}",
         data.len(),
-        data.frames() as f64 * f64::from(options.front.features.frame_shift_ms) / 3.6e6,
+        data.frames().saturating_sub(padding) as f64
+            * f64::from(options.front.features.frame_shift_ms)
+            / 3.6e6,
         report.skipped.len()
     );
     Ok(data)
