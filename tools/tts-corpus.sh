@@ -51,7 +51,19 @@ if ! [[ $min_words =~ ^[1-9][0-9]*$ && $max_words =~ ^[1-9][0-9]*$ ]] || ((min_w
     echo "error: MIN_WORDS and MAX_WORDS must be positive integers, MIN_WORDS <= MAX_WORDS (not '$min_words', '$max_words')" >&2
     exit 2
 fi
-for tool in flite text2wave espeak-ng; do
+# The engines this corpus uses: all three unless VOICES names fewer.
+tools=(flite text2wave espeak-ng)
+if (( ${#chosen[@]} > 0 )); then
+    tools=()
+    for v in "${chosen[@]}"; do
+        case ${v%%:*} in
+            flite) tools+=(flite) ;;
+            festival) tools+=(text2wave) ;;
+            espeak) tools+=(espeak-ng) ;;
+        esac
+    done
+fi
+for tool in "${tools[@]}"; do
     command -v "$tool" > /dev/null || { echo "error: $tool is not installed" >&2; exit 1; }
 done
 mkdir -p "$out/wav"
