@@ -170,16 +170,22 @@ fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     out
 }
 
+/// A tiny model trained one epoch on [`kaldi_dir`] under `root`: the data directory,
+/// the model config and the model file.
+fn first_model(root: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let data = kaldi_dir(root);
+    let cfg = root.join("model.json");
+    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let run1 = root.join("run1");
+    let out = train(&data, &run1, &cfg, &["--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (data, cfg, run1.join("model.safetensors"))
+}
+
 #[test]
 fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
     let dir = tempfile::tempdir().unwrap();
-    let data = kaldi_dir(dir.path());
-    let cfg = dir.path().join("model.json");
-    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
-    let run1 = dir.path().join("run1");
-    let out = train(&data, &run1, &cfg, &["--seed", "3"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let first = run1.join("model.safetensors");
+    let (data, cfg, first) = first_model(dir.path());
 
     // With a learning rate of 0 the weights stay the initial model's, not a fresh
     // draw; the speed-perturbed data has other statistics, which must not replace the
@@ -252,13 +258,7 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
 #[test]
 fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
     let dir = tempfile::tempdir().unwrap();
-    let data = kaldi_dir(dir.path());
-    let cfg = dir.path().join("model.json");
-    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
-    let run1 = dir.path().join("run1");
-    let out = train(&data, &run1, &cfg, &["--seed", "3"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let first = run1.join("model.safetensors");
+    let (data, _, first) = first_model(dir.path());
     let a = lasr_model::ModelFile::load(&first).unwrap();
     assert_eq!(a.front_end.pad_frames, 0);
 

@@ -102,16 +102,18 @@ fn brute_force(log_probs: &[f32], t: usize, v: usize) -> HashMap<Vec<usize>, Lab
     out
 }
 
+/// `ln(e^a + e^b)`, exact for `-inf` arguments.
+fn log_add(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+    if lo == f64::NEG_INFINITY {
+        hi
+    } else {
+        hi + (lo - hi).exp().ln_1p()
+    }
+}
+
 /// `ln p(labels)` by the CTC forward algorithm over `log_probs` `[t, v]`.
 fn ctc_forward(log_probs: &[f32], t: usize, v: usize, labels: &[usize]) -> f64 {
-    let add = |a: f64, b: f64| {
-        let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
-        if lo == f64::NEG_INFINITY {
-            hi
-        } else {
-            hi + (lo - hi).exp().ln_1p()
-        }
-    };
     let ext: Vec<usize> = (0..2 * labels.len() + 1)
         .map(|s| if s % 2 == 0 { BLANK } else { labels[s / 2] })
         .collect();
@@ -134,16 +136,16 @@ fn ctc_forward(log_probs: &[f32], t: usize, v: usize, labels: &[usize]) -> f64 {
         for s in 0..n {
             let mut a = prev[s];
             if s >= 1 {
-                a = add(a, prev[s - 1]);
+                a = log_add(a, prev[s - 1]);
             }
             if s >= 2 && ext[s] != BLANK && ext[s] != ext[s - 2] {
-                a = add(a, prev[s - 2]);
+                a = log_add(a, prev[s - 2]);
             }
             alpha[s] = a + y(f, s);
         }
     }
     if n > 1 {
-        add(alpha[n - 1], alpha[n - 2])
+        log_add(alpha[n - 1], alpha[n - 2])
     } else {
         alpha[n - 1]
     }
@@ -919,14 +921,6 @@ fn reference_search(
 ) -> Vec<(Vec<usize>, f64)> {
     let voc = vocab();
     let space = voc.id(' ').unwrap();
-    let log_add = |a: f64, b: f64| {
-        let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
-        if lo == f64::NEG_INFINITY {
-            hi
-        } else {
-            hi + (lo - hi).exp().ln_1p()
-        }
-    };
     let lm_weight = if lm.is_some() { o.lm_weight } else { 0.0 };
     // (score terms other than CTC) of a prefix; `last` scores it as finished.
     let terms = |prefix: &[usize], last: bool| -> f64 {
