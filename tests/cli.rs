@@ -320,6 +320,7 @@ fn make_tiny(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         vocab,
         info: serde_json::json!({"made_by": "tests/cli.rs"}),
         decode: None,
+        members: Vec::new(),
     }
     .save(&model_path)
     .unwrap();
@@ -1060,5 +1061,86 @@ fn average_writes_the_mean_of_one_runs_checkpoints_and_refuses_others() {
     assert!(
         !run.status.success(),
         "one model is refused by the argument parser"
+    );
+}
+
+#[test]
+fn ensemble_joins_models_that_read_alike_and_training_refuses_to_start_from_one() {
+    let fixtures = repo().join("tests/fixtures");
+    let tiny = fixtures.join("tiny.safetensors");
+    let high = fixtures.join("high.wav");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ens.safetensors");
+    let (tiny_s, out_s) = (tiny.to_str().unwrap(), out.to_str().unwrap());
+    let run = lasr(&[
+        "ensemble",
+        tiny_s,
+        tiny_s,
+        "--weights",
+        "0.7,0.3",
+        "-o",
+        out_s,
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    // A mixture of a model with itself is that model: the same CTC transcript.
+    let a = lasr(&[
+        "transcribe",
+        "-m",
+        tiny_s,
+        "--ctc-only",
+        high.to_str().unwrap(),
+    ]);
+    let b = lasr(&[
+        "transcribe",
+        "-m",
+        out_s,
+        "--ctc-only",
+        high.to_str().unwrap(),
+    ]);
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}",
+        text(&b.stderr)
+    );
+    assert_eq!(
+        text(&a.stdout).split('\t').nth(1),
+        text(&b.stdout).split('\t').nth(1)
+    );
+    let info = lasr(&["info", out_s]);
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["format"], 2);
+    assert!((v["ensemble"]["main_weight"].as_f64().unwrap() - 0.7).abs() < 1e-6);
+    assert!((v["ensemble"]["members"][0]["weight"].as_f64().unwrap() - 0.3).abs() < 1e-6);
+    let single: serde_json::Value =
+        serde_json::from_slice(&lasr(&["info", tiny_s]).stdout).unwrap();
+    assert_eq!(single["format"], 1);
+    assert!(single["ensemble"].is_null());
+    // Training continues one model, never an ensemble.
+    let run = lasr(&[
+        "train",
+        "--train",
+        fixtures.to_str().unwrap(),
+        "--valid",
+        fixtures.to_str().unwrap(),
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+        "--init",
+        out_s,
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("ens.safetensors") && text(&run.stderr).contains("ensemble"),
+        "{}",
+        text(&run.stderr)
+    );
+    // The built-in model has other CMVN statistics: its members would read the wrong
+    // features.
+    let builtin = repo().join("assets/model.safetensors");
+    let run = lasr(&["ensemble", tiny_s, builtin.to_str().unwrap(), "-o", out_s]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("front end"),
+        "{}",
+        text(&run.stderr)
     );
 }

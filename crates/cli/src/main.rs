@@ -129,6 +129,28 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Join independently trained models into one file whose CTC distributions are
+    /// mixed frame by frame (p = w1 p1 + w2 p2 + ...) before the search: a CTC
+    /// ensemble. The first model's speller, front end and decoding stay; the others
+    /// contribute their listener and CTC head. Checkpoints of one run gain little
+    /// this way (average them instead); separate runs gain more.
+    #[command(
+        after_help = "Example:\n  lasr ensemble run-a.safetensors run-b.safetensors --weights 0.6,0.4 -o ens.safetensors\n  \
+        lasr pack ens.safetensors --decode decode.json -o ens-packed.safetensors   # retune the decoding"
+    )]
+    Ensemble {
+        /// The main model, then the members: all with a CTC head, the same front end
+        /// (CMVN statistics included), vocabulary and time reduction.
+        #[arg(required = true, num_args = 2.., value_name = "MODEL")]
+        models: Vec<PathBuf>,
+        /// Mixture weights, one per model in the same order, summing to 1; default:
+        /// equal.
+        #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
+        weights: Option<Vec<f32>>,
+        /// Where to write the ensemble.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Write a copy of a model file that recommends a way of decoding (a JSON of
     /// decoding options: what `transcribe` and `bench` then use by default).
     Pack {
@@ -634,6 +656,11 @@ fn main() -> ExitCode {
         Command::Lm(a) => lm(a),
         Command::Info { model } => info(model.as_deref()),
         Command::Average { models, out } => average(&models, &out),
+        Command::Ensemble {
+            models,
+            weights,
+            out,
+        } => ensemble(&models, weights, &out),
         Command::Pack { model, decode, out } => pack(&model, &decode, &out),
         Command::Curves { log, out } => curves(&log, &out),
     };
@@ -1289,10 +1316,20 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
     let c = &model.las.config;
     let v = serde_json::json!({
         "model": if builtin { "built-in".to_string() } else { path.map(|p| p.display().to_string()).unwrap_or_default() },
-        "format": lasr_model::FORMAT_VERSION,
-        "parameters": model.las.num_params(),
+        "format": if model.members.is_empty() { 1 } else { lasr_model::FORMAT_VERSION },
+        "parameters": model.las.num_params()
+            + model.members.iter().map(|m| m.num_params()).sum::<usize>(),
         "listener_parameters": model.las.listener.num_params(),
         "speller_parameters": model.las.speller.num_params(),
+        "ensemble": (!model.members.is_empty()).then(|| serde_json::json!({
+            "main_weight": model.main_weight(),
+            "members": model.members.iter().map(|m| serde_json::json!({
+                "weight": m.weight,
+                "parameters": m.num_params(),
+                "config": m.config,
+                "info": m.info,
+            })).collect::<Vec<_>>(),
+        })),
         "config": c,
         "seconds_per_listener_frame": model.seconds_per_frame(),
         "features": model.front_end.features,
@@ -1317,6 +1354,24 @@ fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
     let mean = lasr_model::ModelFile::average(&loaded)?;
     mean.save(out)?;
     println!("wrote {} (mean of {} models)", out.display(), models.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ensemble(models: &[PathBuf], weights: Option<Vec<f32>>, out: &Path) -> Result<ExitCode> {
+    let mut loaded = models
+        .iter()
+        .map(|p| lasr_model::ModelFile::load(p).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    let weights = weights.unwrap_or_else(|| vec![1.0 / models.len() as f32; models.len()]);
+    let main = loaded.remove(0);
+    let joined = lasr_model::ModelFile::ensemble(main, loaded, &weights)?;
+    joined.save(out)?;
+    println!(
+        "wrote {} (CTC ensemble of {} models, weights {:?})",
+        out.display(),
+        models.len(),
+        weights
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1528,7 +1583,17 @@ impl lasr_model::Observer for Bars {
 fn train(args: TrainArgs) -> Result<ExitCode> {
     let preset = args.preset.as_deref().unwrap_or("reference");
     let init = match &args.init {
-        Some(path) => Some(lasr_model::ModelFile::load(path)?),
+        Some(path) => {
+            let m = lasr_model::ModelFile::load(path)?;
+            if !m.members.is_empty() {
+                bail!(
+                    "{}: a CTC ensemble of {} models; --init takes one model (one of the files it was built from)",
+                    path.display(),
+                    m.members.len() + 1
+                );
+            }
+            Some(m)
+        }
         None => None,
     };
     let config: lasr_model::ModelConfig = match (&init, &args.model_config) {
@@ -1643,6 +1708,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 vocab: lasr_decode::Vocab::librispeech(),
                 info: serde_json::Value::Null,
                 decode: None,
+                members: Vec::new(),
             }
         }
     };

@@ -8,7 +8,14 @@
 //! - `lasr.vocab`: the symbol list as JSON,
 //! - `lasr.info`: free-form JSON about how the model was made (may be absent),
 //! - `lasr.decode`: the decoding this model does best with, as measured on
-//!   development data ([`DecodeOptions`] as JSON; may be absent: library defaults).
+//!   development data ([`DecodeOptions`] as JSON; may be absent: library defaults),
+//! - `lasr.members` (format 2 only): the CTC ensemble members' configs and mixture
+//!   weights as JSON (`[{"model_config": {..}, "weight": 0.3, "info": ..}]`), their
+//!   tensors named `member.1.listener...`, `member.1.ctc...` and so on
+//!   ([`crate::ensemble`]).
+//!
+//! A file without members is written as format 1, so builds from before ensembles
+//! still read it.
 //!
 //! Any safetensors reader opens it; `json.loads(f.metadata()["lasr.model_config"])`
 //! recovers the config in Python.
@@ -22,12 +29,14 @@ use lasr_nn::{checkpoint, Module};
 use rand::SeedableRng;
 
 use crate::config::ModelConfig;
+use crate::ensemble::CtcMember;
 use crate::error::{Error, Result};
 use crate::las::Las;
 use crate::transcribe::DecodeOptions;
 
-/// Version of the layout above; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the layout above; bumped on any incompatible change. Format 2 added
+/// ensemble members; files without them are still written as format 1.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A model with everything it needs to turn audio into text.
 #[derive(Debug, Clone)]
@@ -39,6 +48,18 @@ pub struct ModelFile {
     pub info: serde_json::Value,
     /// Recommended decoding (the language model, if any, is supplied apart).
     pub decode: Option<DecodeOptions>,
+    /// Further acoustic models whose CTC distributions are mixed with this one's
+    /// ([`crate::ensemble`]); usually none.
+    pub members: Vec<CtcMember>,
+}
+
+/// How a member is described in `lasr.members`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MemberMeta {
+    model_config: ModelConfig,
+    weight: f32,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    info: serde_json::Value,
 }
 
 fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
@@ -54,6 +75,12 @@ impl ModelFile {
         let Some(first) = models.first() else {
             return Err(Error::Model("nothing to average".into()));
         };
+        if let Some(k) = models.iter().position(|m| !m.members.is_empty()) {
+            return Err(Error::Model(format!(
+                "model {} is an ensemble: average the checkpoints of one run, then build the ensemble",
+                k + 1
+            )));
+        }
         for (k, m) in models.iter().enumerate().skip(1) {
             let what = if m.las.config != first.las.config {
                 "model config"
@@ -94,6 +121,55 @@ impl ModelFile {
         Ok(out)
     }
 
+    /// A CTC ensemble ([`crate::ensemble`]): `main` with the listener and CTC head of
+    /// each of `others` as members, the frame-wise mixture weighted by `weights` (one
+    /// per model, `main`'s first, positive, summing to 1). Every model must have a CTC
+    /// head, the same front end (feature settings and CMVN statistics: members read
+    /// `main`'s features), the same vocabulary and the same time reduction. `main`'s
+    /// speller, info and recommended decoding are kept; tune the decoding again.
+    pub fn ensemble(main: ModelFile, others: Vec<ModelFile>, weights: &[f32]) -> Result<ModelFile> {
+        if others.is_empty() {
+            return Err(Error::Model("an ensemble needs a second model".into()));
+        }
+        if weights.len() != others.len() + 1 {
+            return Err(Error::Model(format!(
+                "{} models but {} weights",
+                others.len() + 1,
+                weights.len()
+            )));
+        }
+        if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
+            return Err(Error::Model(format!("ensemble weight {w} is not positive")));
+        }
+        let sum: f32 = weights.iter().sum();
+        if (sum - 1.0).abs() > 1e-4 {
+            return Err(Error::Model(format!(
+                "ensemble weights sum to {sum}, not 1"
+            )));
+        }
+        for (k, m) in std::iter::once(&main).chain(&others).enumerate() {
+            let what = if !m.members.is_empty() {
+                "is an ensemble already"
+            } else if m.front_end != main.front_end {
+                "has another front end (feature settings or CMVN statistics) than the first"
+            } else if m.vocab != main.vocab {
+                "has another vocabulary than the first"
+            } else {
+                continue;
+            };
+            return Err(Error::Model(format!("model {} {what}", k + 1)));
+        }
+        let mut out = main;
+        for (m, &w) in others.into_iter().zip(&weights[1..]) {
+            let info = m.info;
+            let mut member = CtcMember::from_las(m.las, w)?;
+            member.info = info;
+            out.members.push(member);
+        }
+        out.validate()?;
+        Ok(out)
+    }
+
     /// Checks that the parts fit together: vocabulary size and specials, feature width.
     pub fn validate(&self) -> Result<()> {
         let c = &self.las.config;
@@ -129,9 +205,69 @@ impl ModelFile {
                 self.front_end.features.num_mel_bins, c.input_dim
             )));
         }
+        self.validate_members()?;
         self.front_end
             .validate()
             .map_err(|e| Error::Model(e.to_string()))
+    }
+
+    /// The main model's share of the CTC mixture: 1 minus the members' weights (1
+    /// without members).
+    pub fn main_weight(&self) -> f32 {
+        1.0 - self.members.iter().map(|m| m.weight).sum::<f32>()
+    }
+
+    fn validate_members(&self) -> Result<()> {
+        if self.members.is_empty() {
+            return Ok(());
+        }
+        let c = &self.las.config;
+        if !c.has_ctc() {
+            return Err(Error::Model(
+                "an ensemble's main model needs a CTC head: members mix CTC distributions".into(),
+            ));
+        }
+        for (k, m) in self.members.iter().enumerate() {
+            let mc = &m.config;
+            let what = if !(m.weight.is_finite() && m.weight > 0.0 && m.weight < 1.0) {
+                format!("weight {} (must be between 0 and 1)", m.weight)
+            } else if !mc.has_ctc() {
+                "no CTC head".to_string()
+            } else if mc.input_dim != c.input_dim {
+                format!(
+                    "{} input features, the main model {}",
+                    mc.input_dim, c.input_dim
+                )
+            } else if mc.reduction() != c.reduction() {
+                format!(
+                    "a time reduction of {}x, the main model {}x (their frames must line up)",
+                    mc.reduction(),
+                    c.reduction()
+                )
+            } else if mc.vocab_size != c.vocab_size || mc.blank != c.blank {
+                format!(
+                    "{} symbols with blank {}, the main model {} with blank {}",
+                    mc.vocab_size, mc.blank, c.vocab_size, c.blank
+                )
+            } else if m.ctc.input_dim() != mc.listener_dim() || m.ctc.output_dim() != mc.vocab_size
+            {
+                "a CTC head of other shapes than its config".to_string()
+            } else {
+                continue;
+            };
+            return Err(Error::Model(format!(
+                "ensemble member {} has {what}",
+                k + 1
+            )));
+        }
+        let main = self.main_weight();
+        if main.is_nan() || main <= 0.0 {
+            return Err(Error::Model(format!(
+                "ensemble members' weights sum to {}, leaving the main model nothing (must be below 1)",
+                1.0 - main
+            )));
+        }
+        Ok(())
     }
 
     /// The file's bytes.
@@ -139,7 +275,8 @@ impl ModelFile {
         self.validate()?;
         let json = |v: &dyn erased::Ser| v.json();
         let mut meta = HashMap::new();
-        meta.insert("lasr.format".to_string(), FORMAT_VERSION.to_string());
+        // Format 1 unless members need format 2 (set below).
+        meta.insert("lasr.format".to_string(), "1".to_string());
         meta.insert("lasr.model_config".to_string(), json(&self.las.config));
         meta.insert("lasr.front_end".to_string(), json(&self.front_end));
         meta.insert("lasr.vocab".to_string(), json(&self.vocab));
@@ -149,7 +286,27 @@ impl ModelFile {
         if let Some(d) = &self.decode {
             meta.insert("lasr.decode".to_string(), json(d));
         }
-        Ok(checkpoint::to_bytes(&self.las, "", &meta)?)
+        let prefixes: Vec<String> = (1..=self.members.len())
+            .map(|k| format!("member.{k}"))
+            .collect();
+        let mut parts: Vec<(&str, &dyn Module)> = vec![("", &self.las)];
+        if !self.members.is_empty() {
+            meta.insert("lasr.format".to_string(), FORMAT_VERSION.to_string());
+            let described: Vec<MemberMeta> = self
+                .members
+                .iter()
+                .map(|m| MemberMeta {
+                    model_config: m.config.clone(),
+                    weight: m.weight,
+                    info: m.info.clone(),
+                })
+                .collect();
+            meta.insert("lasr.members".to_string(), json(&described));
+            for (p, m) in prefixes.iter().zip(&self.members) {
+                parts.push((p, m));
+            }
+        }
+        Ok(checkpoint::to_bytes_parts(&parts, &meta)?)
     }
 
     /// Writes the file atomically (a crash never leaves a half-written model).
@@ -183,9 +340,9 @@ impl ModelFile {
         let version: u32 = get("lasr.format")?
             .parse()
             .map_err(|_| Error::Model("lasr.format is not a number".into()))?;
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(Error::Model(format!(
-                "model file format {version}; this lasr reads format {FORMAT_VERSION}"
+                "model file format {version}; this lasr reads formats 1 to {FORMAT_VERSION}"
             )));
         }
         let parse = |key: &str| -> Result<serde_json::Value> {
@@ -209,15 +366,43 @@ impl ModelFile {
                     .map_err(|e| Error::Model(format!("lasr.decode: {e}")))
             })
             .transpose()?;
-        // Shapes come from the config; the weights then overwrite the initialisation.
-        let mut las = Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0))?;
-        checkpoint::from_bytes(bytes, "", &mut las).map_err(|e| Error::Model(e.to_string()))?;
+        let described: Vec<MemberMeta> = match meta.get("lasr.members") {
+            None => Vec::new(),
+            Some(_) if version < 2 => {
+                return Err(Error::Model(
+                    "lasr.members in a format 1 file (ensembles are format 2)".into(),
+                ))
+            }
+            Some(s) => {
+                serde_json::from_str(s).map_err(|e| Error::Model(format!("lasr.members: {e}")))?
+            }
+        };
+        // Shapes come from the configs; the weights then overwrite the initialisation.
+        let rng = &mut rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut las = Las::new(config, rng)?;
+        let mut members = described
+            .into_iter()
+            .enumerate()
+            .map(|(k, d)| {
+                let mut m = CtcMember::new(d.model_config, d.weight, rng)
+                    .map_err(|e| Error::Model(format!("ensemble member {}: {e}", k + 1)))?;
+                m.info = d.info;
+                Ok(m)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let prefixes: Vec<String> = (1..=members.len()).map(|k| format!("member.{k}")).collect();
+        let mut parts: Vec<(&str, &mut dyn Module)> = vec![("", &mut las)];
+        for (p, m) in prefixes.iter().zip(&mut members) {
+            parts.push((p, m));
+        }
+        checkpoint::from_bytes_parts(bytes, &mut parts).map_err(|e| Error::Model(e.to_string()))?;
         let file = ModelFile {
             las,
             front_end,
             vocab,
             info,
             decode,
+            members,
         };
         file.validate()?;
         Ok(file)

@@ -30,6 +30,9 @@ pub struct InferenceWeights {
     listener: Vec<[PackedRecurrent; 2]>,
     cell0: PreparedCell,
     cell1: PreparedCell,
+    /// Per ensemble member ([`crate::ModelFile::inference_weights`]): its listener's
+    /// packed weights, as `listener`.
+    pub(crate) members: Vec<Vec<[PackedRecurrent; 2]>>,
 }
 
 impl InferenceWeights {
@@ -71,6 +74,7 @@ impl Las {
             listener: self.listener.pack(format),
             cell0: self.speller.cell0.prepare_packed(format),
             cell1: self.speller.cell1.prepare_packed(format),
+            members: Vec::new(),
         }
     }
 

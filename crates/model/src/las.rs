@@ -98,7 +98,7 @@ pub struct ListenerCache {
 }
 
 impl Listener {
-    fn new(c: &ModelConfig, rng: &mut impl Rng) -> Self {
+    pub(crate) fn new(c: &ModelConfig, rng: &mut impl Rng) -> Self {
         let h = c.listener_hidden;
         Listener {
             l0: ListenerLayer::new(c.cell, c.input_dim, h, rng),

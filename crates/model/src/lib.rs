@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod cells;
 pub mod config;
+pub mod ensemble;
 pub mod error;
 pub mod file;
 pub mod infer;
@@ -18,6 +19,7 @@ pub mod transcribe;
 pub use bench::{bench, normalize_for_scoring, BenchReport, BenchSetting};
 pub use cells::{CellState, ListenerLayer, SpellerCell};
 pub use config::{CellType, ModelConfig};
+pub use ensemble::{mix_log_probs, CtcMember};
 pub use error::{Error, Result};
 pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{InferenceWeights, SpellerState, UtteranceDecoder};

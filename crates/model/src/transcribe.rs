@@ -419,9 +419,7 @@ impl ModelFile {
         let decoder = self.las.encode(weights, feats)?;
         let blank = self.las.config.blank;
         if options.ctc_only {
-            let logits = decoder
-                .ctc_logits()?
-                .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
+            let logits = self.chunk_ctc_logits(weights, &decoder, feats)?;
             if options.search.beam_size > 1
                 || options.lm.is_some()
                 || options.lexicon.is_some()
@@ -446,11 +444,7 @@ impl ModelFile {
             });
         }
         let ctc_logits = if options.ctc_weight > 0.0 {
-            Some(
-                decoder
-                    .ctc_logits()?
-                    .ok_or_else(|| Error::Model("this model has no CTC head".into()))?,
-            )
+            Some(self.chunk_ctc_logits(weights, &decoder, feats)?)
         } else {
             None
         };
@@ -603,7 +597,41 @@ impl ModelFile {
     /// [`crate::Las::inference_weights`]): make them once and pass them to every
     /// `transcribe_*` call.
     pub fn inference_weights(&self, format: WeightFormat) -> InferenceWeights {
-        self.las.inference_weights(format)
+        let mut w = self.las.inference_weights(format);
+        w.members = self.members.iter().map(|m| m.pack(format)).collect();
+        w
+    }
+
+    /// CTC logits `[U, V]` of one chunk's features `[T, F]`: the main model's, or
+    /// for an ensemble the mixture's log-probabilities ([`crate::ensemble`]), which
+    /// every reader of logits takes as they are (log-softmax leaves them unchanged).
+    fn chunk_ctc_logits(
+        &self,
+        weights: &InferenceWeights,
+        decoder: &crate::infer::UtteranceDecoder<'_>,
+        feats: ArrayView2<f32>,
+    ) -> Result<ndarray::Array2<f32>> {
+        let logits = decoder
+            .ctc_logits()?
+            .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
+        if self.members.is_empty() {
+            return Ok(logits);
+        }
+        if weights.members.len() != self.members.len() {
+            return Err(Error::Config(format!(
+                "inference weights hold {} ensemble members, the model {}: make them with ModelFile::inference_weights",
+                weights.members.len(),
+                self.members.len()
+            )));
+        }
+        let mut parts = vec![ctc_log_probs(logits)];
+        let mut shares = vec![self.main_weight()];
+        for (m, w) in self.members.iter().zip(&weights.members) {
+            parts.push(ctc_log_probs(m.ctc_logits(feats, w)?));
+            shares.push(m.weight);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        crate::ensemble::mix_log_probs(&views, &shares)
     }
 
     /// Transcribes normalised features `[T, F]` (as `front_end` makes them, edge

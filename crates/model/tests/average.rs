@@ -14,6 +14,7 @@ fn model(seed: u64, config: ModelConfig) -> ModelFile {
         vocab: Vocab::librispeech(),
         info: serde_json::Value::Null,
         decode: None,
+        members: Vec::new(),
     }
 }
 

@@ -22,6 +22,7 @@ fn small() -> ModelFile {
         vocab: Vocab::librispeech(),
         info: serde_json::json!({"trained_on": "nothing", "steps": 0}),
         decode: None,
+        members: Vec::new(),
     }
 }
 

@@ -45,6 +45,7 @@ fn model() -> ModelFile {
         vocab: Vocab::librispeech(),
         info: serde_json::Value::Null,
         decode: None,
+        members: Vec::new(),
     }
 }
 

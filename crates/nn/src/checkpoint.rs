@@ -140,25 +140,25 @@ pub fn from_bytes_parts(
             wanted.push((name, t.shape().to_vec()))
         });
     }
+    // Every problem is reported at once: a file from another version of a model is
+    // usually wrong in many tensors, and one error per attempt hides the pattern.
+    let mut problems: Vec<String> = Vec::new();
     let mut values: Vec<Vec<f32>> = Vec::with_capacity(wanted.len());
     for (name, shape) in &wanted {
-        let t = st
-            .tensor(name)
-            .map_err(|_| ck(here, format!("tensor {name} is missing")))?;
+        let Ok(t) = st.tensor(name) else {
+            problems.push(format!("tensor {name} is missing"));
+            continue;
+        };
         if t.dtype() != Dtype::F32 {
-            return Err(ck(
-                here,
-                format!("tensor {name} is {:?}, expected F32", t.dtype()),
-            ));
+            problems.push(format!("tensor {name} is {:?}, expected F32", t.dtype()));
+            continue;
         }
         if t.shape() != shape.as_slice() {
-            return Err(ck(
-                here,
-                format!(
-                    "tensor {name} has shape {:?}, the model needs {shape:?}",
-                    t.shape()
-                ),
+            problems.push(format!(
+                "tensor {name} has shape {:?}, the model needs {shape:?}",
+                t.shape()
             ));
+            continue;
         }
         values.push(
             t.data()
@@ -176,10 +176,13 @@ pub fn from_bytes_parts(
         .collect();
     if !extra.is_empty() {
         extra.sort();
-        return Err(ck(
-            here,
-            format!("tensors the model does not have: {}", extra.join(", ")),
+        problems.push(format!(
+            "tensors the model does not have: {}",
+            extra.join(", ")
         ));
+    }
+    if !problems.is_empty() {
+        return Err(ck(here, problems.join("; ")));
     }
     let mut k = 0;
     for (prefix, module) in parts.iter_mut() {

@@ -227,6 +227,16 @@ fn bad_checkpoints_are_refused_naming_the_file_and_tensor_and_change_nothing() {
         .to_string();
     assert!(e.contains("bias") && e.contains("does not have"), "{e}");
 
+    // Every problem at once: a mis-shaped weight and a tensor the model lacks.
+    let mut narrow_no_bias = Linear::new(4, 2, false, &mut rng(14));
+    let e = checkpoint::load(&path, &mut narrow_no_bias)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("weight has shape [2, 3]") && e.contains("does not have: bias"),
+        "{e}"
+    );
+
     let bias_only = dir.path().join("partial.safetensors");
     checkpoint::save(
         &bias_only,

@@ -1,0 +1,278 @@
+//! CTC ensembles: the mixture, the file format and the decoding wiring.
+
+use lasr_decode::Vocab;
+use lasr_features::FrontEndConfig;
+use lasr_model::{mix_log_probs, DecodeOptions, Las, ModelConfig, ModelFile, WeightFormat};
+use lasr_nn::Module;
+use ndarray::{Array2, ArrayView2};
+use rand::{Rng, SeedableRng};
+
+fn config(pyramid_layers: usize, listener_hidden: usize) -> ModelConfig {
+    ModelConfig {
+        input_dim: 80,
+        listener_hidden,
+        pyramid_layers,
+        embedding_dim: 5,
+        speller_hidden: 6,
+        attention_dim: 3,
+        ctc_weight: 0.5,
+        ..ModelConfig::default()
+    }
+}
+
+fn model(seed: u64, config: ModelConfig) -> ModelFile {
+    ModelFile {
+        las: Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)).unwrap(),
+        front_end: FrontEndConfig::default(),
+        vocab: Vocab::librispeech(),
+        info: serde_json::json!({"seed": seed}),
+        decode: None,
+        members: Vec::new(),
+    }
+}
+
+fn log_softmax(x: Array2<f32>) -> Array2<f32> {
+    let mut x = x.as_standard_layout().into_owned();
+    lasr_nn::activation::log_softmax_rows(x.view_mut());
+    x
+}
+
+/// A model's own CTC log-probabilities `[U, V]` of `feats`.
+fn ctc_log_probs(m: &ModelFile, feats: ArrayView2<f32>) -> Array2<f32> {
+    let w = m.las.inference_weights(WeightFormat::F32);
+    let d = m.las.encode(&w, feats).unwrap();
+    log_softmax(d.ctc_logits().unwrap().unwrap())
+}
+
+fn random_log_dist(rng: &mut impl Rng, rows: usize, cols: usize, scale: f32) -> Array2<f32> {
+    log_softmax(lasr_nn::init::uniform((rows, cols), scale, rng))
+}
+
+#[test]
+fn the_mixture_is_the_weighted_mean_of_the_probabilities() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let a = random_log_dist(&mut rng, 9, 6, 8.0);
+    let b = random_log_dist(&mut rng, 9, 6, 8.0);
+    let c = random_log_dist(&mut rng, 9, 6, 8.0);
+    let w = [0.5f32, 0.3, 0.2];
+    let mixed = mix_log_probs(&[a.view(), b.view(), c.view()], &w).unwrap();
+    for t in 0..9 {
+        let mut total = 0.0f64;
+        for k in 0..6 {
+            let want = (f64::from(w[0]) * f64::from(a[[t, k]]).exp()
+                + f64::from(w[1]) * f64::from(b[[t, k]]).exp()
+                + f64::from(w[2]) * f64::from(c[[t, k]]).exp())
+            .ln();
+            assert!((f64::from(mixed[[t, k]]) - want).abs() < 1e-5);
+            total += f64::from(mixed[[t, k]]).exp();
+        }
+        assert!((total - 1.0).abs() < 1e-5, "row {t} sums to {total}");
+    }
+    // Where every model puts almost nothing, the mixture still holds a finite value
+    // (exponentiating first would underflow to log 0).
+    let mut sure = Array2::from_elem((1, 3), -300.0f32);
+    sure[[0, 0]] = 0.0;
+    let mut other = Array2::from_elem((1, 3), -200.0f32);
+    other[[0, 1]] = 0.0;
+    let m = mix_log_probs(&[sure.view(), other.view()], &[0.5, 0.5]).unwrap();
+    assert!((m[[0, 2]] - (-200.0 + 0.5f32.ln())).abs() < 1e-3, "{m}");
+    assert!((m[[0, 0]] - 0.5f32.ln()).abs() < 1e-6);
+    // Mismatched inputs are errors, not panics.
+    let short = random_log_dist(&mut rng, 8, 6, 1.0);
+    assert!(mix_log_probs(&[a.view(), short.view()], &[0.5, 0.5]).is_err());
+    assert!(mix_log_probs(&[a.view(), b.view()], &[1.0]).is_err());
+    assert!(mix_log_probs(&[], &[]).is_err());
+}
+
+#[test]
+fn an_ensemble_decodes_the_mixture_of_its_models() {
+    let a = model(1, config(2, 4));
+    // Another run, another listener width: only the frames must line up.
+    let b = model(2, config(2, 6));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let feats: Array2<f32> = lasr_nn::init::uniform((64, 80), 1.0, &mut rng);
+    let (la, lb) = (
+        ctc_log_probs(&a, feats.view()),
+        ctc_log_probs(&b, feats.view()),
+    );
+    let ens = ModelFile::ensemble(a, vec![b], &[0.6, 0.4]).unwrap();
+    assert!((ens.main_weight() - 0.6).abs() < 1e-6);
+    let options = DecodeOptions {
+        ctc_only: true,
+        search: lasr_decode::SearchOptions {
+            beam_size: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let t = ens
+        .transcribe_features(
+            &ens.inference_weights(WeightFormat::F32),
+            feats.view(),
+            &options,
+        )
+        .unwrap();
+    let blank = ens.las.config.blank;
+    let score = |w: [f32; 2]| {
+        let mixed = mix_log_probs(&[la.view(), lb.view()], &w).unwrap();
+        let (tokens, _) = lasr_nn::ctc_greedy(mixed.view(), blank);
+        (
+            tokens.clone(),
+            -lasr_nn::ctc_score(mixed.view(), &tokens, blank),
+        )
+    };
+    let (tokens, want) = score([0.6, 0.4]);
+    assert_eq!(t.tokens, tokens);
+    let got = t.nbest[0].ctc_log_prob.unwrap();
+    assert!(
+        (got - want).abs() < 1e-4 * want.abs().max(1.0),
+        "{got} vs {want}"
+    );
+    // The check would see swapped weights or the main model alone.
+    let (swapped_tokens, swapped) = score([0.4, 0.6]);
+    assert!(swapped_tokens != tokens || (swapped - want).abs() > 1e-3);
+    let (_, alone) = score([1.0 - 1e-7, 1e-7]);
+    assert!((alone - want).abs() > 1e-3);
+    // The int8 path mixes too (packed member weights), close to f32.
+    let t8 = ens
+        .transcribe_features(
+            &ens.inference_weights(WeightFormat::Int8),
+            feats.view(),
+            &options,
+        )
+        .unwrap();
+    assert!(t8.nbest[0].ctc_log_prob.unwrap().is_finite());
+    // Weights made by the main model alone lack the members: an error, not a silent
+    // single-model decode.
+    let e = ens
+        .transcribe_features(
+            &ens.las.inference_weights(WeightFormat::F32),
+            feats.view(),
+            &options,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ensemble members"), "{e}");
+}
+
+#[test]
+fn ensembles_round_trip_as_format_2_without_the_members_spellers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.safetensors");
+    let ens = ModelFile::ensemble(
+        model(1, config(2, 4)),
+        vec![model(2, config(2, 6)), model(3, config(2, 5))],
+        &[0.5, 0.3, 0.2],
+    )
+    .unwrap();
+    ens.save(&path).unwrap();
+    let back = ModelFile::load(&path).unwrap();
+    assert_eq!(back.las, ens.las);
+    assert_eq!(back.members, ens.members);
+    assert_eq!(back.members[1].info, serde_json::json!({"seed": 3}));
+    assert_eq!(back.members[0].weight, 0.3);
+    let bytes = std::fs::read(&path).unwrap();
+    let meta = lasr_nn::checkpoint::metadata(&bytes).unwrap();
+    assert_eq!(meta["lasr.format"], "2");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let names: Vec<String> = header.tensors().keys().cloned().collect();
+    assert!(names.contains(&"member.2.listener.l0.weight_ih_l0".to_string()));
+    assert!(names.contains(&"member.1.ctc.weight".to_string()));
+    assert!(!names.iter().any(|n| n.starts_with("member.1.speller")));
+    let mut per_member = 0;
+    ens.members[0].visit("", &mut |_, _| per_member += 1);
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("member.1.")).count(),
+        per_member
+    );
+    // A single model stays format 1, readable by builds from before ensembles.
+    let single = dir.path().join("one.safetensors");
+    model(1, config(2, 4)).save(&single).unwrap();
+    let meta = lasr_nn::checkpoint::metadata(&std::fs::read(&single).unwrap()).unwrap();
+    assert_eq!(meta["lasr.format"], "1");
+    assert!(!meta.contains_key("lasr.members"));
+}
+
+#[test]
+fn broken_or_mismatched_ensembles_are_refused_with_the_reason() {
+    let err = |r: lasr_model::Result<ModelFile>| r.unwrap_err().to_string();
+    let a = || model(1, config(2, 4));
+    // Frames that would not line up.
+    let e = err(ModelFile::ensemble(
+        a(),
+        vec![model(2, config(1, 4))],
+        &[0.5, 0.5],
+    ));
+    assert!(
+        e.contains("member 1") && e.contains("time reduction"),
+        "{e}"
+    );
+    // Another front end: members read the main model's features.
+    let mut other = model(2, config(2, 4));
+    other.front_end.features.dither = 0.5;
+    let e = err(ModelFile::ensemble(a(), vec![other], &[0.5, 0.5]));
+    assert!(e.contains("model 2") && e.contains("front end"), "{e}");
+    // No CTC head to mix.
+    let mut no_ctc = config(2, 4);
+    no_ctc.ctc_weight = 0.0;
+    let e = err(ModelFile::ensemble(
+        a(),
+        vec![model(2, no_ctc)],
+        &[0.5, 0.5],
+    ));
+    assert!(e.contains("CTC head"), "{e}");
+    // Weights.
+    let e = err(ModelFile::ensemble(a(), vec![a()], &[0.5, 0.4]));
+    assert!(e.contains("sum to"), "{e}");
+    let e = err(ModelFile::ensemble(a(), vec![a()], &[1.0]));
+    assert!(e.contains("2 models but 1 weights"), "{e}");
+    let e = err(ModelFile::ensemble(a(), vec![a()], &[1.5, -0.5]));
+    assert!(e.contains("not positive"), "{e}");
+    // An ensemble is not averaged, nor nested.
+    let ens = ModelFile::ensemble(a(), vec![a()], &[0.5, 0.5]).unwrap();
+    let e = err(ModelFile::average(&[a(), ens.clone()]));
+    assert!(e.contains("model 2 is an ensemble"), "{e}");
+    let e = err(ModelFile::ensemble(a(), vec![ens.clone()], &[0.5, 0.5]));
+    assert!(e.contains("ensemble already"), "{e}");
+
+    // Files: a missing member tensor, members in a format 1 file, a future format.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = ens.to_bytes().unwrap();
+    let meta = lasr_nn::checkpoint::metadata(&bytes).unwrap();
+    let only_main = lasr_nn::checkpoint::to_bytes(&ens.las, "", &meta).unwrap();
+    let e = ModelFile::from_bytes(&only_main).unwrap_err().to_string();
+    // Every missing tensor is named, the member's CTC head among them.
+    assert!(
+        e.contains("member.1.listener.l0.weight_ih_l0 is missing")
+            && e.contains("member.1.ctc.weight is missing"),
+        "{e}"
+    );
+    let mut old = meta.clone();
+    old.insert("lasr.format".into(), "1".into());
+    let parts: Vec<(&str, &dyn Module)> = vec![("", &ens.las), ("member.1", &ens.members[0])];
+    let path = dir.path().join("old.safetensors");
+    std::fs::write(
+        &path,
+        lasr_nn::checkpoint::to_bytes_parts(&parts, &old).unwrap(),
+    )
+    .unwrap();
+    let e = ModelFile::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("old.safetensors") && e.contains("format 1"),
+        "{e}"
+    );
+    let mut future = meta.clone();
+    future.insert("lasr.format".into(), "3".into());
+    let e = ModelFile::from_bytes(&lasr_nn::checkpoint::to_bytes_parts(&parts, &future).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("format 3") && e.contains("formats 1 to 2"),
+        "{e}"
+    );
+    // A member whose weight leaves nothing for the main model.
+    let mut heavy = ens.clone();
+    heavy.members[0].weight = 1.0;
+    let e = heavy.validate().unwrap_err().to_string();
+    assert!(e.contains("member 1") && e.contains("weight 1"), "{e}");
+}
