@@ -645,6 +645,14 @@ struct CmvnArgs {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so `println!` into a closed pipe (`lasr info | head`)
+    // panicked; the default action ends the process quietly, as `cat` does.
+    #[cfg(unix)]
+    // SAFETY: at the very start of main, before any thread exists, restoring a
+    // signal's default action races with nothing.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Features(a) => features(a),
