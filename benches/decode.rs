@@ -8,7 +8,9 @@
 //!
 //! `decode_shipped/ctc_search_shipped_sample`: the shipped model's own CTC search
 //! (its beam, its character and word LMs, as `assets/decode.json` says) over the CTC
-//! output for `assets/sample.wav` (8.2 s): the search alone, without the model.
+//! output for `assets/sample.wav` (8.2 s): the search alone, without the model; and
+//! `decode_shipped/ctc_log_probs_shipped_sample`, the model alone (its listener and
+//! CTC head, and an ensemble's members'), the same audio's features in.
 //!
 //!     RAYON_NUM_THREADS=1 cargo bench -p lasr-model --bench decode
 
@@ -105,9 +107,8 @@ fn shipped_search(c: &mut Criterion) {
     let mut front = model.front_end().unwrap();
     let feats = front.file_features(assets.join("sample.wav")).unwrap();
     let w = model.inference_weights(WeightFormat::F32);
-    let dec = model.las.encode(&w, feats.view()).unwrap();
-    let mut lp = dec.ctc_logits().unwrap().unwrap();
-    lasr_nn::activation::log_softmax_rows(lp.view_mut());
+    // The mixture of an ensemble's models, as `transcribe` searches it.
+    let lp = model.ctc_log_probs(&w, feats.view()).unwrap();
     let (frames, v) = lp.dim();
     let flat: Vec<f32> = lp.iter().copied().collect();
     let search = lasr_decode::CtcSearchOptions {
@@ -122,6 +123,10 @@ fn shipped_search(c: &mut Criterion) {
     let blank = model.las.config.blank;
     let mut group = c.benchmark_group("decode_shipped");
     group.sample_size(10);
+    // The acoustic side: the listener(s) and CTC head(s) over the sample.
+    group.bench_function("ctc_log_probs_shipped_sample", |b| {
+        b.iter(|| model.ctc_log_probs(&w, feats.view()).unwrap())
+    });
     group.bench_function("ctc_search_shipped_sample", |b| {
         b.iter(|| {
             lasr_decode::ctc_beam_search_with(

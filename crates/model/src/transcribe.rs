@@ -602,6 +602,21 @@ impl ModelFile {
         w
     }
 
+    /// CTC log-probabilities `[U, V]` of normalised features `[T, F]` taken as one
+    /// chunk (no cutting): the main model's, or for an ensemble the mixture of its
+    /// models' ([`crate::ensemble`]). `weights` are this model's
+    /// [`ModelFile::inference_weights`].
+    pub fn ctc_log_probs(
+        &self,
+        weights: &InferenceWeights,
+        feats: ArrayView2<f32>,
+    ) -> Result<ndarray::Array2<f32>> {
+        let decoder = self.las.encode(weights, feats)?;
+        Ok(ctc_log_probs(
+            self.chunk_ctc_logits(weights, &decoder, feats)?,
+        ))
+    }
+
     /// CTC logits `[U, V]` of one chunk's features `[T, F]`: the main model's, or
     /// for an ensemble the mixture's log-probabilities ([`crate::ensemble`]), which
     /// every reader of logits takes as they are (log-softmax leaves them unchanged).

@@ -113,6 +113,14 @@ fn an_ensemble_decodes_the_mixture_of_its_models() {
         )
         .unwrap();
     let blank = ens.las.config.blank;
+    // The public mixture is the one decoding reads.
+    let ew = ens.inference_weights(WeightFormat::F32);
+    let public = ens.ctc_log_probs(&ew, feats.view()).unwrap();
+    let by_hand = mix_log_probs(&[la.view(), lb.view()], &[0.6, 0.4]).unwrap();
+    assert!(public
+        .iter()
+        .zip(&by_hand)
+        .all(|(a, b)| (a - b).abs() < 1e-5));
     let score = |w: [f32; 2]| {
         let mixed = mix_log_probs(&[la.view(), lb.view()], &w).unwrap();
         let (tokens, _) = lasr_nn::ctc_greedy(mixed.view(), blank);
