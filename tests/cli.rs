@@ -1042,8 +1042,8 @@ fn average_writes_the_mean_of_one_runs_checkpoints_and_refuses_others() {
         text(&a.stdout).split('\t').nth(1),
         text(&b.stdout).split('\t').nth(1)
     );
-    // The built-in model is another run: different sizes.
-    let builtin = repo().join("assets/model.safetensors");
+    // The built-in model's main model is another run: different sizes.
+    let builtin = builtin_main_model(dir.path());
     let run = lasr(&[
         "average",
         tiny_s,
@@ -1135,7 +1135,7 @@ fn ensemble_joins_models_that_read_alike_and_training_refuses_to_start_from_one(
     );
     // The built-in model has other CMVN statistics: its members would read the wrong
     // features.
-    let builtin = repo().join("assets/model.safetensors");
+    let builtin = builtin_main_model(dir.path());
     let run = lasr(&["ensemble", tiny_s, builtin.to_str().unwrap(), "-o", out_s]);
     assert!(!run.status.success());
     assert!(
@@ -1143,4 +1143,23 @@ fn ensemble_joins_models_that_read_alike_and_training_refuses_to_start_from_one(
         "{}",
         text(&run.stderr)
     );
+    // Nor is an ensemble (the built-in model is one) nested in another.
+    let full = repo().join("assets/model.safetensors");
+    let run = lasr(&["ensemble", tiny_s, full.to_str().unwrap(), "-o", out_s]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("model 2 is an ensemble already"),
+        "{}",
+        text(&run.stderr)
+    );
+}
+
+/// The built-in model's main model alone (without ensemble members), written into
+/// `dir`: a single model of another run than the tiny fixture.
+fn builtin_main_model(dir: &Path) -> PathBuf {
+    let mut m = lasr_model::ModelFile::load(&repo().join("assets/model.safetensors")).unwrap();
+    m.members.clear();
+    let path = dir.join("builtin-main.safetensors");
+    m.save(&path).unwrap();
+    path
 }
