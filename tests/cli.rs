@@ -1082,7 +1082,9 @@ fn ensemble_joins_models_that_read_alike_and_training_refuses_to_start_from_one(
         out_s,
     ]);
     assert!(run.status.success(), "{}", text(&run.stderr));
-    // A mixture of a model with itself is that model: the same CTC transcript.
+    // A mixture of a model with itself is that model: the same CTC transcript (the
+    // file and its loading, end to end; crates/model/tests/ensemble.rs checks that
+    // two different models are mixed with their weights).
     let a = lasr(&[
         "transcribe",
         "-m",
@@ -1139,7 +1141,8 @@ fn ensemble_joins_models_that_read_alike_and_training_refuses_to_start_from_one(
     let run = lasr(&["ensemble", tiny_s, builtin.to_str().unwrap(), "-o", out_s]);
     assert!(!run.status.success());
     assert!(
-        text(&run.stderr).contains("front end"),
+        text(&run.stderr).contains("front end")
+            && text(&run.stderr).contains("builtin-main.safetensors"),
         "{}",
         text(&run.stderr)
     );

@@ -1372,7 +1372,13 @@ fn ensemble(models: &[PathBuf], weights: Option<Vec<f32>>, out: &Path) -> Result
         .collect::<Result<Vec<_>>>()?;
     let weights = weights.unwrap_or_else(|| vec![1.0 / models.len() as f32; models.len()]);
     let main = loaded.remove(0);
-    let joined = lasr_model::ModelFile::ensemble(main, loaded, &weights)?;
+    let names: Vec<String> = models
+        .iter()
+        .enumerate()
+        .map(|(k, p)| format!("model {} = {}", k + 1, p.display()))
+        .collect();
+    let joined = lasr_model::ModelFile::ensemble(main, loaded, &weights)
+        .with_context(|| format!("cannot join {}", names.join(", ")))?;
     joined.save(out)?;
     println!(
         "wrote {} (CTC ensemble of {} models, weights {:?})",

@@ -128,6 +128,9 @@ pub fn mix_log_probs(parts: &[ArrayView2<f32>], weights: &[f32]) -> Result<Array
             weights.len()
         )));
     }
+    if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
+        return Err(Error::Config(format!("mixture weight {w} is not positive")));
+    }
     if let Some(p) = parts.iter().find(|p| p.dim() != first.dim()) {
         return Err(Error::Batch(format!(
             "ensemble CTC outputs differ in shape: {:?} and {:?} (frames, symbols)",

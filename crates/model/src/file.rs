@@ -38,6 +38,10 @@ use crate::transcribe::DecodeOptions;
 /// ensemble members; files without them are still written as format 1.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// The most ensemble members a file may list: each is built before its tensors are
+/// read, so an untrusted file must not make that open-ended.
+pub const MAX_MEMBERS: usize = 16;
+
 /// A model with everything it needs to turn audio into text.
 #[derive(Debug, Clone)]
 pub struct ModelFile {
@@ -130,6 +134,12 @@ impl ModelFile {
     pub fn ensemble(main: ModelFile, others: Vec<ModelFile>, weights: &[f32]) -> Result<ModelFile> {
         if others.is_empty() {
             return Err(Error::Model("an ensemble needs a second model".into()));
+        }
+        if others.len() > MAX_MEMBERS {
+            return Err(Error::Model(format!(
+                "{} members; a file holds at most {MAX_MEMBERS}",
+                others.len()
+            )));
         }
         if weights.len() != others.len() + 1 {
             return Err(Error::Model(format!(
@@ -377,6 +387,12 @@ impl ModelFile {
                 serde_json::from_str(s).map_err(|e| Error::Model(format!("lasr.members: {e}")))?
             }
         };
+        if described.len() > MAX_MEMBERS {
+            return Err(Error::Model(format!(
+                "lasr.members lists {} members; at most {MAX_MEMBERS} are read",
+                described.len()
+            )));
+        }
         // Shapes come from the configs; the weights then overwrite the initialisation.
         let rng = &mut rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let mut las = Las::new(config, rng)?;

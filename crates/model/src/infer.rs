@@ -33,6 +33,8 @@ pub struct InferenceWeights {
     /// Per ensemble member ([`crate::ModelFile::inference_weights`]): its listener's
     /// packed weights, as `listener`.
     pub(crate) members: Vec<Vec<[PackedRecurrent; 2]>>,
+    /// The members' configs, checked against the model's as `config` is.
+    pub(crate) member_configs: Vec<crate::ModelConfig>,
 }
 
 impl InferenceWeights {
@@ -75,6 +77,7 @@ impl Las {
             cell0: self.speller.cell0.prepare_packed(format),
             cell1: self.speller.cell1.prepare_packed(format),
             members: Vec::new(),
+            member_configs: Vec::new(),
         }
     }
 

@@ -328,6 +328,14 @@ pub fn train(
     resume: bool,
     observer: &mut dyn Observer,
 ) -> Result<Finish> {
+    if !model.members.is_empty() {
+        // Only the main model would learn, while every checkpoint carried the old
+        // members and validation read the main model alone.
+        return Err(Error::Model(format!(
+            "a CTC ensemble of {} models cannot be trained: train one of its models",
+            model.members.len() + 1
+        )));
+    }
     let io = |p: &Path, e: std::io::Error| Error::Model(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let model_path = out.join("model.safetensors");

@@ -599,6 +599,7 @@ impl ModelFile {
     pub fn inference_weights(&self, format: WeightFormat) -> InferenceWeights {
         let mut w = self.las.inference_weights(format);
         w.members = self.members.iter().map(|m| m.pack(format)).collect();
+        w.member_configs = self.members.iter().map(|m| m.config.clone()).collect();
         w
     }
 
@@ -632,9 +633,15 @@ impl ModelFile {
         if self.members.is_empty() {
             return Ok(logits);
         }
-        if weights.members.len() != self.members.len() {
+        if weights.members.len() != self.members.len()
+            || self
+                .members
+                .iter()
+                .zip(&weights.member_configs)
+                .any(|(m, c)| m.config != *c)
+        {
             return Err(Error::Config(format!(
-                "inference weights hold {} ensemble members, the model {}: make them with ModelFile::inference_weights",
+                "inference weights hold {} ensemble members, the model {} (or of other shapes): make them with ModelFile::inference_weights",
                 weights.members.len(),
                 self.members.len()
             )));
