@@ -1324,7 +1324,7 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
     let c = &model.las.config;
     let v = serde_json::json!({
         "model": if builtin { "built-in".to_string() } else { path.map(|p| p.display().to_string()).unwrap_or_default() },
-        "format": if model.members.is_empty() { 1 } else { lasr_model::FORMAT_VERSION },
+        "format": model.format_version(),
         "parameters": model.las.num_params()
             + model.members.iter().map(|m| m.num_params()).sum::<usize>(),
         "listener_parameters": model.las.listener.num_params(),
@@ -1372,13 +1372,14 @@ fn ensemble(models: &[PathBuf], weights: Option<Vec<f32>>, out: &Path) -> Result
         .collect::<Result<Vec<_>>>()?;
     let weights = weights.unwrap_or_else(|| vec![1.0 / models.len() as f32; models.len()]);
     let main = loaded.remove(0);
-    let names: Vec<String> = models
-        .iter()
-        .enumerate()
-        .map(|(k, p)| format!("model {} = {}", k + 1, p.display()))
-        .collect();
-    let joined = lasr_model::ModelFile::ensemble(main, loaded, &weights)
-        .with_context(|| format!("cannot join {}", names.join(", ")))?;
+    let joined = lasr_model::ModelFile::ensemble(main, loaded, &weights).with_context(|| {
+        let names: Vec<String> = models
+            .iter()
+            .enumerate()
+            .map(|(k, p)| format!("model {} = {}", k + 1, p.display()))
+            .collect();
+        format!("cannot join {}", names.join(", "))
+    })?;
     joined.save(out)?;
     println!(
         "wrote {} (CTC ensemble of {} models, weights {:?})",

@@ -66,6 +66,11 @@ struct MemberMeta {
     info: serde_json::Value,
 }
 
+/// Tensor-name prefixes of `n` members: `member.1`, `member.2`, ...
+fn member_prefixes(n: usize) -> Vec<String> {
+    (1..=n).map(|k| format!("member.{k}")).collect()
+}
+
 fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Model(format!("{}: {reason}", path.display()))
 }
@@ -88,10 +93,8 @@ impl ModelFile {
         for (k, m) in models.iter().enumerate().skip(1) {
             let what = if m.las.config != first.las.config {
                 "model config"
-            } else if m.front_end != first.front_end {
-                "front end (feature settings or CMVN statistics)"
-            } else if m.vocab != first.vocab {
-                "vocabulary"
+            } else if let Some(what) = m.reads_unlike(first) {
+                what
             } else {
                 continue;
             };
@@ -158,16 +161,18 @@ impl ModelFile {
             )));
         }
         for (k, m) in std::iter::once(&main).chain(&others).enumerate() {
-            let what = if !m.members.is_empty() {
-                "is an ensemble already"
-            } else if m.front_end != main.front_end {
-                "has another front end (feature settings or CMVN statistics) than the first"
-            } else if m.vocab != main.vocab {
-                "has another vocabulary than the first"
-            } else {
-                continue;
-            };
-            return Err(Error::Model(format!("model {} {what}", k + 1)));
+            if !m.members.is_empty() {
+                return Err(Error::Model(format!(
+                    "model {} is an ensemble already",
+                    k + 1
+                )));
+            }
+            if let Some(what) = m.reads_unlike(&main) {
+                return Err(Error::Model(format!(
+                    "model {} differs from the first in its {what}: members read the first's features",
+                    k + 1
+                )));
+            }
         }
         let mut out = main;
         for (m, &w) in others.into_iter().zip(&weights[1..]) {
@@ -219,6 +224,29 @@ impl ModelFile {
         self.front_end
             .validate()
             .map_err(|e| Error::Model(e.to_string()))
+    }
+
+    /// What about `other`'s input and output `self` does not share, if anything: the
+    /// front end (features and CMVN) or the vocabulary. Averaging and ensembles both
+    /// need models that read the same features and spell with the same symbols.
+    fn reads_unlike(&self, other: &ModelFile) -> Option<&'static str> {
+        if self.front_end != other.front_end {
+            Some("front end (feature settings or CMVN statistics)")
+        } else if self.vocab != other.vocab {
+            Some("vocabulary")
+        } else {
+            None
+        }
+    }
+
+    /// The `lasr.format` this model is written as: 1 for a single model (readable by
+    /// builds from before ensembles), [`FORMAT_VERSION`] with members.
+    pub fn format_version(&self) -> u32 {
+        if self.members.is_empty() {
+            1
+        } else {
+            FORMAT_VERSION
+        }
     }
 
     /// The main model's share of the CTC mixture: 1 minus the members' weights (1
@@ -285,8 +313,7 @@ impl ModelFile {
         self.validate()?;
         let json = |v: &dyn erased::Ser| v.json();
         let mut meta = HashMap::new();
-        // Format 1 unless members need format 2 (set below).
-        meta.insert("lasr.format".to_string(), "1".to_string());
+        meta.insert("lasr.format".to_string(), self.format_version().to_string());
         meta.insert("lasr.model_config".to_string(), json(&self.las.config));
         meta.insert("lasr.front_end".to_string(), json(&self.front_end));
         meta.insert("lasr.vocab".to_string(), json(&self.vocab));
@@ -296,12 +323,9 @@ impl ModelFile {
         if let Some(d) = &self.decode {
             meta.insert("lasr.decode".to_string(), json(d));
         }
-        let prefixes: Vec<String> = (1..=self.members.len())
-            .map(|k| format!("member.{k}"))
-            .collect();
+        let prefixes = member_prefixes(self.members.len());
         let mut parts: Vec<(&str, &dyn Module)> = vec![("", &self.las)];
         if !self.members.is_empty() {
-            meta.insert("lasr.format".to_string(), FORMAT_VERSION.to_string());
             let described: Vec<MemberMeta> = self
                 .members
                 .iter()
@@ -406,7 +430,7 @@ impl ModelFile {
                 Ok(m)
             })
             .collect::<Result<Vec<_>>>()?;
-        let prefixes: Vec<String> = (1..=members.len()).map(|k| format!("member.{k}")).collect();
+        let prefixes = member_prefixes(members.len());
         let mut parts: Vec<(&str, &mut dyn Module)> = vec![("", &mut las)];
         for (p, m) in prefixes.iter().zip(&mut members) {
             parts.push((p, m));

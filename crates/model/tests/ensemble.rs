@@ -106,16 +106,12 @@ fn an_ensemble_decodes_the_mixture_of_its_models() {
         },
         ..Default::default()
     };
-    let t = ens
-        .transcribe_features(
-            &ens.inference_weights(WeightFormat::F32),
-            feats.view(),
-            &options,
-        )
-        .unwrap();
+    let decode =
+        |w: &lasr_model::InferenceWeights| ens.transcribe_features(w, feats.view(), &options);
+    let ew = ens.inference_weights(WeightFormat::F32);
+    let t = decode(&ew).unwrap();
     let blank = ens.las.config.blank;
     // The public mixture is the one decoding reads.
-    let ew = ens.inference_weights(WeightFormat::F32);
     let public = ens.ctc_log_probs(&ew, feats.view()).unwrap();
     let by_hand = mix_log_probs(&[la.view(), lb.view()], &[0.6, 0.4]).unwrap();
     assert!(public
@@ -143,13 +139,7 @@ fn an_ensemble_decodes_the_mixture_of_its_models() {
     let (_, alone) = score([1.0 - 1e-7, 1e-7]);
     assert!((alone - want).abs() > 1e-3);
     // The int8 path mixes too (packed member weights), close to f32.
-    let t8 = ens
-        .transcribe_features(
-            &ens.inference_weights(WeightFormat::Int8),
-            feats.view(),
-            &options,
-        )
-        .unwrap();
+    let t8 = decode(&ens.inference_weights(WeightFormat::Int8)).unwrap();
     let s8 = t8.nbest[0].ctc_log_prob.unwrap();
     assert!(
         (s8 - got).abs() < 0.05 * got.abs().max(1.0),
@@ -157,12 +147,7 @@ fn an_ensemble_decodes_the_mixture_of_its_models() {
     );
     // Weights made by the main model alone lack the members: an error, not a silent
     // single-model decode.
-    let e = ens
-        .transcribe_features(
-            &ens.las.inference_weights(WeightFormat::F32),
-            feats.view(),
-            &options,
-        )
+    let e = decode(&ens.las.inference_weights(WeightFormat::F32))
         .unwrap_err()
         .to_string();
     assert!(e.contains("ensemble members"), "{e}");
