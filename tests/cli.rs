@@ -321,6 +321,7 @@ fn make_tiny(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         info: serde_json::json!({"made_by": "tests/cli.rs"}),
         decode: None,
         members: Vec::new(),
+        storage: lasr_model::Storage::F32,
     }
     .save(&model_path)
     .unwrap();
@@ -816,6 +817,42 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     assert!(
         v["nbest"][0]["ctc_log_prob"].is_number(),
         "decoded by CTC: {v}"
+    );
+    // Half-precision storage: half the file, the decoding kept, the same transcript.
+    let small = dir.path().join("small.safetensors");
+    let out = lasr(&[
+        "pack",
+        packed.to_str().unwrap(),
+        "--storage",
+        "f16",
+        "-o",
+        small.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&small) * 10 < size(&packed) * 6,
+        "{} vs {}",
+        size(&small),
+        size(&packed)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&lasr(&["info", small.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(
+        (v["storage"].as_str(), v["format"].as_u64()),
+        (Some("f16"), Some(3))
+    );
+    assert_eq!(v["decode"]["ctc_only"], true, "{v}");
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        small.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stdout).trim_end().ends_with("\tyo"),
+        "{}",
+        text(&out.stdout)
     );
     // --attention overrides the recommendation.
     let out = lasr(&[

@@ -150,19 +150,31 @@ enum Command {
         /// Where to write the ensemble.
         #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
+        /// How to store the weights (default: as the first model is stored).
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
     },
     /// Write a copy of a model file that recommends a way of decoding (a JSON of
-    /// decoding options: what `transcribe` and `bench` then use by default).
+    /// decoding options: what `transcribe` and `bench` then use by default), or that
+    /// stores its weights in 16 bits.
+    #[command(
+        after_help = "Examples:\n  lasr pack run/model.safetensors --decode decode.json -o packed.safetensors\n  \
+        lasr pack packed.safetensors --storage f16 -o small.safetensors   # half the size, for running only"
+    )]
     Pack {
         /// The trained model.
         #[arg(value_name = "MODEL")]
         model: PathBuf,
-        /// Decoding options as JSON, e.g. {"ctc_only": true, "lm_weight": 0.6}.
-        #[arg(long, value_name = "JSON")]
-        decode: PathBuf,
+        /// Decoding options as JSON, e.g. {"ctc_only": true, "lm_weight": 0.6}
+        /// (default: keep the model's).
+        #[arg(long, value_name = "JSON", required_unless_present = "storage")]
+        decode: Option<PathBuf>,
         /// Where to write the packed model.
         #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
+        /// How to store the weights (default: as the model is stored).
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
     },
     /// Draw a training log (OUT/log.jsonl of `lasr train`) as an SVG of loss and error
     /// rates.
@@ -174,6 +186,26 @@ enum Command {
         #[arg(short, long, value_name = "SVG")]
         out: PathBuf,
     },
+}
+
+/// Weight storage of a model file.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StorageArg {
+    /// 32-bit floats, as training writes them (resumable, exact).
+    F32,
+    /// 16-bit IEEE half floats: half the file, rounding each weight by at most 2^-11
+    /// of its size; for models that are only run (model file format 3, which builds
+    /// older than it refuse by version).
+    F16,
+}
+
+impl From<StorageArg> for lasr_model::Storage {
+    fn from(s: StorageArg) -> Self {
+        match s {
+            StorageArg::F32 => lasr_model::Storage::F32,
+            StorageArg::F16 => lasr_model::Storage::F16,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -668,8 +700,14 @@ fn main() -> ExitCode {
             models,
             weights,
             out,
-        } => ensemble(&models, weights, &out),
-        Command::Pack { model, decode, out } => pack(&model, &decode, &out),
+            storage,
+        } => ensemble(&models, weights, &out, storage),
+        Command::Pack {
+            model,
+            decode,
+            out,
+            storage,
+        } => pack(&model, decode.as_deref(), &out, storage),
         Command::Curves { log, out } => curves(&log, &out),
     };
     match result {
@@ -1325,6 +1363,10 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
     let v = serde_json::json!({
         "model": if builtin { "built-in".to_string() } else { path.map(|p| p.display().to_string()).unwrap_or_default() },
         "format": model.format_version(),
+        "storage": match model.storage {
+            lasr_model::Storage::F32 => "f32",
+            lasr_model::Storage::F16 => "f16",
+        },
         "parameters": model.las.num_params()
             + model.members.iter().map(|m| m.num_params()).sum::<usize>(),
         "listener_parameters": model.las.listener.num_params(),
@@ -1365,21 +1407,30 @@ fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn ensemble(models: &[PathBuf], weights: Option<Vec<f32>>, out: &Path) -> Result<ExitCode> {
+fn ensemble(
+    models: &[PathBuf],
+    weights: Option<Vec<f32>>,
+    out: &Path,
+    storage: Option<StorageArg>,
+) -> Result<ExitCode> {
     let mut loaded = models
         .iter()
         .map(|p| lasr_model::ModelFile::load(p).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
     let weights = weights.unwrap_or_else(|| vec![1.0 / models.len() as f32; models.len()]);
     let main = loaded.remove(0);
-    let joined = lasr_model::ModelFile::ensemble(main, loaded, &weights).with_context(|| {
-        let names: Vec<String> = models
-            .iter()
-            .enumerate()
-            .map(|(k, p)| format!("model {} = {}", k + 1, p.display()))
-            .collect();
-        format!("cannot join {}", names.join(", "))
-    })?;
+    let mut joined =
+        lasr_model::ModelFile::ensemble(main, loaded, &weights).with_context(|| {
+            let names: Vec<String> = models
+                .iter()
+                .enumerate()
+                .map(|(k, p)| format!("model {} = {}", k + 1, p.display()))
+                .collect();
+            format!("cannot join {}", names.join(", "))
+        })?;
+    if let Some(s) = storage {
+        joined.storage = s.into();
+    }
     joined.save(out)?;
     println!(
         "wrote {} (CTC ensemble of {} models, weights {:?})",
@@ -1390,16 +1441,26 @@ fn ensemble(models: &[PathBuf], weights: Option<Vec<f32>>, out: &Path) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
-fn pack(model: &Path, decode: &Path, out: &Path) -> Result<ExitCode> {
+fn pack(
+    model: &Path,
+    decode: Option<&Path>,
+    out: &Path,
+    storage: Option<StorageArg>,
+) -> Result<ExitCode> {
     let mut m = lasr_model::ModelFile::load(model)?;
-    let text = std::fs::read_to_string(decode)
-        .with_context(|| format!("{}: cannot read", decode.display()))?;
-    let options: lasr_model::DecodeOptions = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not decoding options", decode.display()))?;
-    options
-        .validate(&m)
-        .with_context(|| format!("{}", decode.display()))?;
-    m.decode = Some(options);
+    if let Some(decode) = decode {
+        let text = std::fs::read_to_string(decode)
+            .with_context(|| format!("{}: cannot read", decode.display()))?;
+        let options: lasr_model::DecodeOptions = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not decoding options", decode.display()))?;
+        options
+            .validate(&m)
+            .with_context(|| format!("{}", decode.display()))?;
+        m.decode = Some(options);
+    }
+    if let Some(s) = storage {
+        m.storage = s.into();
+    }
     m.save(out)?;
     println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
@@ -1724,6 +1785,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 info: serde_json::Value::Null,
                 decode: None,
                 members: Vec::new(),
+                storage: lasr_model::Storage::F32,
             }
         }
     };

@@ -14,8 +14,10 @@
 //!   tensors named `member.1.listener...`, `member.1.ctc...` and so on
 //!   ([`crate::ensemble`]).
 //!
-//! A file without members is written as format 1, so builds from before ensembles
-//! still read it.
+//! Format 3 stores the tensors in IEEE half precision (F16; [`Storage::F16`], a
+//! tensor f16 cannot hold stays F32). Each file is written with the lowest format that
+//! holds it: f32 without members is format 1, so builds from before ensembles still
+//! read it; f32 with members format 2.
 //!
 //! Any safetensors reader opens it; `json.loads(f.metadata()["lasr.model_config"])`
 //! recovers the config in Python.
@@ -25,7 +27,7 @@ use std::path::Path;
 
 use lasr_decode::Vocab;
 use lasr_features::FrontEndConfig;
-use lasr_nn::{checkpoint, Module};
+use lasr_nn::{checkpoint, Module, Storage};
 use rand::SeedableRng;
 
 use crate::config::ModelConfig;
@@ -35,8 +37,9 @@ use crate::las::Las;
 use crate::transcribe::DecodeOptions;
 
 /// Version of the layout above; bumped on any incompatible change. Format 2 added
-/// ensemble members; files without them are still written as format 1.
-pub const FORMAT_VERSION: u32 = 2;
+/// ensemble members, format 3 half-precision tensors; a file is written with the
+/// lowest format that holds it ([`ModelFile::format_version`]).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The most ensemble members a file may list: each is built before its tensors are
 /// read, so an untrusted file must not make that open-ended.
@@ -55,6 +58,10 @@ pub struct ModelFile {
     /// Further acoustic models whose CTC distributions are mixed with this one's
     /// ([`crate::ensemble`]); usually none.
     pub members: Vec<CtcMember>,
+    /// How the tensors are written: f32, or f16 for a model that is only run (half
+    /// the bytes). Loading keeps what the file had, so packing a file again does not
+    /// change it; training always writes f32.
+    pub storage: Storage,
 }
 
 /// How a member is described in `lasr.members`.
@@ -239,13 +246,15 @@ impl ModelFile {
         }
     }
 
-    /// The `lasr.format` this model is written as: 1 for a single model (readable by
-    /// builds from before ensembles), [`FORMAT_VERSION`] with members.
+    /// The `lasr.format` this model is written as: 3 with f16 tensors, else 2 with
+    /// members, else 1 (readable by builds from before ensembles).
     pub fn format_version(&self) -> u32 {
-        if self.members.is_empty() {
+        if self.storage == Storage::F16 {
+            3
+        } else if self.members.is_empty() {
             1
         } else {
-            FORMAT_VERSION
+            2
         }
     }
 
@@ -340,7 +349,7 @@ impl ModelFile {
                 parts.push((p, m));
             }
         }
-        Ok(checkpoint::to_bytes_parts(&parts, &meta)?)
+        Ok(checkpoint::to_bytes_parts_as(&parts, self.storage, &meta)?)
     }
 
     /// Writes the file atomically (a crash never leaves a half-written model).
@@ -436,6 +445,12 @@ impl ModelFile {
             parts.push((p, m));
         }
         checkpoint::from_bytes_parts(bytes, &mut parts).map_err(|e| Error::Model(e.to_string()))?;
+        let storage = checkpoint::stored_as(bytes).map_err(|e| Error::Model(e.to_string()))?;
+        if storage == Storage::F16 && version < 3 {
+            return Err(Error::Model(format!(
+                "16-bit tensors in a format {version} file (they are format 3)"
+            )));
+        }
         let file = ModelFile {
             las,
             front_end,
@@ -443,6 +458,7 @@ impl ModelFile {
             info,
             decode,
             members,
+            storage,
         };
         file.validate()?;
         Ok(file)

@@ -24,7 +24,7 @@ pub use error::{Error, Result};
 pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{InferenceWeights, SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
-pub use lasr_nn::WeightFormat;
+pub use lasr_nn::{Storage, WeightFormat};
 pub use train::{train, validate, Finish, Observer, Progress, Quiet, TrainOptions, Validation};
 pub use transcribe::{
     chunk_bounds, Alternative, DecodeOptions, SharedLexicon, SharedLm, SharedWordLm, Transcript,

@@ -336,6 +336,9 @@ pub fn train(
             model.members.len() + 1
         )));
     }
+    // Checkpoints are resumed from and trained on: a model started from a
+    // half-precision file is written back in full precision.
+    model.storage = lasr_nn::Storage::F32;
     let io = |p: &Path, e: std::io::Error| Error::Model(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let model_path = out.join("model.safetensors");

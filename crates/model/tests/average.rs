@@ -15,6 +15,7 @@ fn model(seed: u64, config: ModelConfig) -> ModelFile {
         info: serde_json::Value::Null,
         decode: None,
         members: Vec::new(),
+        storage: lasr_nn::Storage::F32,
     }
 }
 

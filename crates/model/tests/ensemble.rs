@@ -28,6 +28,7 @@ fn model(seed: u64, config: ModelConfig) -> ModelFile {
         info: serde_json::json!({"seed": seed}),
         decode: None,
         members: Vec::new(),
+        storage: lasr_nn::Storage::F32,
     }
 }
 
@@ -260,12 +261,13 @@ fn broken_or_mismatched_ensembles_are_refused_with_the_reason() {
         "{e}"
     );
     let mut future = meta.clone();
-    future.insert("lasr.format".into(), "3".into());
+    let next = lasr_model::FORMAT_VERSION + 1;
+    future.insert("lasr.format".into(), next.to_string());
     let e = ModelFile::from_bytes(&lasr_nn::checkpoint::to_bytes_parts(&parts, &future).unwrap())
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("format 3") && e.contains("formats 1 to 2"),
+        e.contains(&format!("format {next}")) && e.contains(&format!("formats 1 to {}", next - 1)),
         "{e}"
     );
     // A member whose weight leaves nothing for the main model.

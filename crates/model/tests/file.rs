@@ -23,6 +23,7 @@ fn small() -> ModelFile {
         info: serde_json::json!({"trained_on": "nothing", "steps": 0}),
         decode: None,
         members: Vec::new(),
+        storage: lasr_nn::Storage::F32,
     }
 }
 
@@ -100,4 +101,46 @@ fn gru_and_rnn_models_round_trip_with_their_cell() {
         assert_eq!(back.las, file.las, "{cell:?}");
         assert_eq!(back.las.config.cell, cell);
     }
+}
+
+#[test]
+fn half_precision_files_are_format_3_half_the_size_and_read_back_rounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = small();
+    let mut half = small();
+    half.storage = lasr_nn::Storage::F16;
+    let (full_bytes, half_bytes) = (full.to_bytes().unwrap(), half.to_bytes().unwrap());
+    let meta = lasr_nn::checkpoint::metadata(&half_bytes).unwrap();
+    assert_eq!(meta["lasr.format"], "3");
+    let header = |b: &[u8]| 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    assert_eq!(
+        (half_bytes.len() - header(&half_bytes)) * 2,
+        full_bytes.len() - header(&full_bytes),
+        "every tensor in 16 bits"
+    );
+    let path = dir.path().join("half.safetensors");
+    half.save(&path).unwrap();
+    let back = ModelFile::load(&path).unwrap();
+    assert_eq!(
+        back.storage,
+        lasr_nn::Storage::F16,
+        "kept when written again"
+    );
+    let mut want = Vec::new();
+    full.las.visit("", &mut |_, t| {
+        want.extend(t.iter().map(|&v| half::f16::from_f32(v).to_f32()))
+    });
+    let mut got = Vec::new();
+    back.las
+        .visit("", &mut |_, t| got.extend(t.iter().copied()));
+    assert_eq!(got, want, "each weight is its nearest f16");
+    assert_ne!(back.las, full.las);
+
+    // 16-bit tensors under a format that predates them are refused.
+    let st = safetensors::SafeTensors::deserialize(&half_bytes).unwrap();
+    let mut old_meta = meta.clone();
+    old_meta.insert("lasr.format".into(), "2".into());
+    let relabelled = safetensors::serialize(st.tensors(), Some(old_meta)).unwrap();
+    let e = ModelFile::from_bytes(&relabelled).unwrap_err().to_string();
+    assert!(e.contains("16-bit") && e.contains("format 2"), "{e}");
 }

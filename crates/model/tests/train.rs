@@ -46,6 +46,7 @@ fn model() -> ModelFile {
         info: serde_json::Value::Null,
         decode: None,
         members: Vec::new(),
+        storage: lasr_nn::Storage::F32,
     }
 }
 
@@ -245,4 +246,37 @@ fn a_stop_right_after_a_validation_step_still_validates_there() {
     train(model(), &data, &data, &opts, out.path(), true, &mut Quiet).unwrap();
     let (log, steps) = validation_steps(out.path());
     assert_eq!(steps, vec![2, 3, 4, 6], "as without the stop: {log}");
+}
+
+#[test]
+fn a_model_started_from_half_precision_trains_and_checkpoints_in_f32() {
+    let mut start = model();
+    start.storage = lasr_nn::Storage::F16;
+    let dir = tempfile::tempdir().unwrap();
+    let options = TrainOptions {
+        epochs: 1,
+        ..options()
+    };
+    train(
+        start,
+        &dataset(),
+        &dataset(),
+        &options,
+        dir.path(),
+        false,
+        &mut Quiet,
+    )
+    .unwrap();
+    for f in ["model.safetensors", "best.safetensors"] {
+        let bytes = std::fs::read(dir.path().join(f)).unwrap();
+        assert_eq!(
+            lasr_nn::checkpoint::stored_as(&bytes).unwrap(),
+            lasr_nn::Storage::F32,
+            "{f}"
+        );
+        assert_eq!(
+            lasr_nn::checkpoint::metadata(&bytes).unwrap()["lasr.format"],
+            "1"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Checkpoints as safetensors files: every parameter under its PyTorch-style name, as
-//! little-endian f32, with string metadata (config, vocabulary, version...) in the
+//! little-endian f32 (or, for files that only run a model, IEEE half precision:
+//! [`Storage::F16`]), with string metadata (config, vocabulary, version...) in the
 //! header. Any safetensors reader opens them (`safetensors.torch.load_file` gives a
 //! PyTorch state dict).
 //!
@@ -10,10 +11,25 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::module::Module;
+
+/// How parameters are written. Reading accepts F32, F16 and BF16 whatever was asked
+/// for, widening to f32 (exact: every half value is an f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Full precision: what training writes and resumes from.
+    #[default]
+    F32,
+    /// IEEE half precision (10-bit mantissa, relative rounding error at most 2^-11):
+    /// half the bytes, for models that are only run. A tensor with a value beyond
+    /// f16's range (65504) is kept in F32 rather than turned into infinity. F16 rather
+    /// than BF16 because trained weights are small and need mantissa, not range.
+    F16,
+}
 
 fn ck(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
@@ -32,22 +48,45 @@ pub fn to_bytes<M: Module>(
 }
 
 /// Several modules in one file, each under its own prefix (say a model's optimiser
-/// moments `m.` and `v.`).
+/// moments `m.` and `v.`), in f32.
 pub fn to_bytes_parts(
     parts: &[(&str, &dyn Module)],
     metadata: &HashMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    to_bytes_parts_as(parts, Storage::F32, metadata)
+}
+
+/// [`to_bytes_parts`] with the tensors written as `storage` says.
+pub fn to_bytes_parts_as(
+    parts: &[(&str, &dyn Module)],
+    storage: Storage,
+    metadata: &HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
     for (prefix, module) in parts {
         module.visit(prefix, &mut |name, t| {
-            let bytes = t.iter().flat_map(|v| v.to_le_bytes()).collect();
-            tensors.push((name, t.shape().to_vec(), bytes));
+            let shape = t.shape().to_vec();
+            // A value f16 cannot hold would come back as infinity: keep that tensor
+            // whole rather than change what the model computes.
+            let fits = storage == Storage::F16
+                && t.iter()
+                    .all(|&v| !v.is_finite() || f16::from_f32(v).is_finite());
+            if fits {
+                let bytes = t
+                    .iter()
+                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                    .collect();
+                tensors.push((name, shape, Dtype::F16, bytes));
+            } else {
+                let bytes = t.iter().flat_map(|v| v.to_le_bytes()).collect();
+                tensors.push((name, shape, Dtype::F32, bytes));
+            }
         });
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+        .map(|(name, shape, dtype, bytes)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .expect("byte length matches shape by construction");
             (name.clone(), view)
         })
@@ -101,7 +140,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads a checkpoint into `module`, which must have exactly the file's tensors
-/// (names, shapes, f32); returns the file's metadata. Errors name the file and the
+/// (names, shapes; F32, F16 or BF16); returns the file's metadata. Errors name the file and the
 /// tensor at fault. `module` is only changed when the whole file fits.
 pub fn load<M: Module>(path: &Path, module: &mut M) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
@@ -149,8 +188,11 @@ pub fn from_bytes_parts(
             problems.push(format!("tensor {name} is missing"));
             continue;
         };
-        if t.dtype() != Dtype::F32 {
-            problems.push(format!("tensor {name} is {:?}, expected F32", t.dtype()));
+        if !matches!(t.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            problems.push(format!(
+                "tensor {name} is {:?}, expected F32, F16 or BF16",
+                t.dtype()
+            ));
             continue;
         }
         if t.shape() != shape.as_slice() {
@@ -160,12 +202,21 @@ pub fn from_bytes_parts(
             ));
             continue;
         }
-        values.push(
-            t.data()
+        let data = t.data();
+        values.push(match t.dtype() {
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => data
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
-        );
+        });
     }
     let known: std::collections::HashSet<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
     let mut extra: Vec<String> = st
@@ -194,6 +245,21 @@ pub fn from_bytes_parts(
         });
     }
     Ok(header.metadata().clone().unwrap_or_default())
+}
+
+/// [`Storage::F16`] if any tensor of the file in memory is stored in 16 bits (F16 or
+/// BF16), else [`Storage::F32`]: what writing the same model again should keep.
+pub fn stored_as(bytes: &[u8]) -> Result<Storage> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        ck(
+            Path::new("<memory>"),
+            format!("not a safetensors file: {e}"),
+        )
+    })?;
+    let half = st
+        .iter()
+        .any(|(_, t)| matches!(t.dtype(), Dtype::F16 | Dtype::BF16));
+    Ok(if half { Storage::F16 } else { Storage::F32 })
 }
 
 /// The string metadata of a checkpoint in memory, without reading its tensors.

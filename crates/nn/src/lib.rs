@@ -30,6 +30,7 @@ pub mod pyramid;
 mod recurrent;
 
 pub use attention::{AdditiveAttention, AttentionCache, Location};
+pub use checkpoint::Storage;
 pub use ctc::{ctc_greedy, ctc_loss, ctc_score, Ctc};
 pub use dropout::Dropout;
 pub use embedding::Embedding;

@@ -268,6 +268,74 @@ fn bad_checkpoints_are_refused_naming_the_file_and_tensor_and_change_nothing() {
 }
 
 #[test]
+fn half_storage_rounds_to_the_nearest_f16_and_keeps_what_f16_cannot_hold() {
+    let mut model = Linear::new(3, 2, true, &mut rng(15));
+    model.weight[(0, 0)] = 1.0 / 3.0;
+    model.weight[(1, 2)] = -1e-3;
+    model.bias = Some(Array1::from_vec(vec![70000.0, 0.25])); // beyond f16's 65504
+    let bytes = checkpoint::to_bytes_parts_as(
+        &[("", &model as &dyn Module)],
+        lasr_nn::Storage::F16,
+        &HashMap::new(),
+    )
+    .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("weight").unwrap().dtype(),
+        safetensors::Dtype::F16
+    );
+    assert_eq!(st.tensor("bias").unwrap().dtype(), safetensors::Dtype::F32);
+    assert_eq!(
+        checkpoint::stored_as(&bytes).unwrap(),
+        lasr_nn::Storage::F16
+    );
+
+    let mut back = Linear::new(3, 2, true, &mut rng(16));
+    checkpoint::from_bytes(&bytes, "", &mut back).unwrap();
+    assert_eq!(back.bias, model.bias, "the F32 tensor comes back exactly");
+    for (&b, &m) in back.weight.iter().zip(&model.weight) {
+        // Round to nearest: within half a unit in the last place of f16's 10-bit
+        // mantissa (2^-11 relative), and exactly the f16 value.
+        assert!((b - m).abs() <= m.abs() * 2f32.powi(-11), "{b} vs {m}");
+        assert_eq!(b, half::f16::from_f32(m).to_f32());
+    }
+    assert_ne!(back.weight[(0, 0)], 1.0 / 3.0, "1/3 is not an f16");
+
+    // F32 storage is unchanged, and what a file holds is recognised.
+    let full = checkpoint::to_bytes(&model, "", &HashMap::new()).unwrap();
+    assert_eq!(checkpoint::stored_as(&full).unwrap(), lasr_nn::Storage::F32);
+
+    // BF16, as other tools write it, reads too.
+    let w: Vec<u8> = model
+        .weight
+        .iter()
+        .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+        .collect();
+    let b: Vec<u8> = [0.5f32, -2.0]
+        .iter()
+        .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+        .collect();
+    let views = vec![
+        (
+            "weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, vec![2, 3], &w).unwrap(),
+        ),
+        (
+            "bias",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, vec![2], &b).unwrap(),
+        ),
+    ];
+    let bf = safetensors::serialize(views, None).unwrap();
+    checkpoint::from_bytes(&bf, "", &mut back).unwrap();
+    assert_eq!(back.bias.as_ref().unwrap().to_vec(), vec![0.5, -2.0]);
+    assert_eq!(
+        back.weight[(0, 0)],
+        half::bf16::from_f32(1.0 / 3.0).to_f32()
+    );
+    assert_eq!(checkpoint::stored_as(&bf).unwrap(), lasr_nn::Storage::F16);
+}
+
+#[test]
 fn optimiser_state_checkpoints_like_a_model() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = Linear::new(3, 2, true, &mut rng(14));
