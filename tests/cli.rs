@@ -1183,7 +1183,8 @@ fn ensemble_joins_models_that_read_alike_and_training_refuses_to_start_from_one(
         "{}",
         text(&run.stderr)
     );
-    // Nor is an ensemble (the built-in model is one) nested in another.
+    // Nor is an ensemble (the built-in model is one) nested in another, though it
+    // grows when it comes first: its members stay, with new weights.
     let full = repo().join("assets/model.safetensors");
     let run = lasr(&["ensemble", tiny_s, full.to_str().unwrap(), "-o", out_s]);
     assert!(!run.status.success());
@@ -1192,6 +1193,29 @@ fn ensemble_joins_models_that_read_alike_and_training_refuses_to_start_from_one(
         "{}",
         text(&run.stderr)
     );
+    let grown = dir.path().join("grown.safetensors");
+    let run = lasr(&[
+        "ensemble",
+        full.to_str().unwrap(),
+        builtin.to_str().unwrap(),
+        "-o",
+        grown.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&lasr(&["info", grown.to_str().unwrap()]).stdout).unwrap();
+    let members = v["ensemble"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{v}");
+    for w in [
+        &v["ensemble"]["main_weight"],
+        &members[0]["weight"],
+        &members[1]["weight"],
+    ] {
+        assert!(
+            (w.as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-6,
+            "equal by default: {v}"
+        );
+    }
 }
 
 /// The built-in model's main model alone (without ensemble members), written into

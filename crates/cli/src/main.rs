@@ -133,18 +133,21 @@ enum Command {
     /// mixed frame by frame (p = w1 p1 + w2 p2 + ...) before the search: a CTC
     /// ensemble. The first model's speller, front end and decoding stay; the others
     /// contribute their listener and CTC head. Checkpoints of one run gain little
-    /// this way (average them instead); separate runs gain more.
+    /// this way (average them instead); separate runs gain more. The first model may
+    /// be an ensemble already: its members stay, and --weights then lists the first's
+    /// main model, its members, then the other models.
     #[command(
         after_help = "Example:\n  lasr ensemble run-a.safetensors run-b.safetensors --weights 0.6,0.4 -o ens.safetensors\n  \
         lasr pack ens.safetensors --decode decode.json -o ens-packed.safetensors   # retune the decoding"
     )]
     Ensemble {
-        /// The main model, then the members: all with a CTC head, the same front end
-        /// (CMVN statistics included), vocabulary and time reduction.
+        /// The main model (or an ensemble to grow), then the members: all with a CTC
+        /// head, the same front end (CMVN statistics included), vocabulary and time
+        /// reduction.
         #[arg(required = true, num_args = 2.., value_name = "MODEL")]
         models: Vec<PathBuf>,
-        /// Mixture weights, one per model in the same order, summing to 1; default:
-        /// equal.
+        /// Mixture weights, one per model in the same order (a first ensemble counts
+        /// as its main model and each member), summing to 1; default: equal.
         #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
         weights: Option<Vec<f32>>,
         /// Where to write the ensemble.
@@ -1417,7 +1420,9 @@ fn ensemble(
         .iter()
         .map(|p| lasr_model::ModelFile::load(p).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
-    let weights = weights.unwrap_or_else(|| vec![1.0 / models.len() as f32; models.len()]);
+    // A first model that is an ensemble brings its members along.
+    let n = models.len() + loaded[0].members.len();
+    let weights = weights.unwrap_or_else(|| vec![1.0 / n as f32; n]);
     let main = loaded.remove(0);
     let mut joined =
         lasr_model::ModelFile::ensemble(main, loaded, &weights).with_context(|| {
@@ -1435,7 +1440,7 @@ fn ensemble(
     println!(
         "wrote {} (CTC ensemble of {} models, weights {:?})",
         out.display(),
-        models.len(),
+        n,
         weights
     );
     Ok(ExitCode::SUCCESS)

@@ -137,24 +137,31 @@ impl ModelFile {
 
     /// A CTC ensemble ([`crate::ensemble`]): `main` with the listener and CTC head of
     /// each of `others` as members, the frame-wise mixture weighted by `weights` (one
-    /// per model, `main`'s first, positive, summing to 1). Every model must have a CTC
-    /// head, the same front end (feature settings and CMVN statistics: members read
-    /// `main`'s features), the same vocabulary and the same time reduction. `main`'s
-    /// speller, info and recommended decoding are kept; tune the decoding again.
+    /// per model, `main`'s first, positive, summing to 1). `main` may be an ensemble
+    /// already: its members stay, after it and before `others`, and `weights` gives
+    /// them new shares in that order. Every model must have a CTC head, the same front
+    /// end (feature settings and CMVN statistics: members read `main`'s features), the
+    /// same vocabulary and the same time reduction. `main`'s speller, info and
+    /// recommended decoding are kept; tune the decoding again.
     pub fn ensemble(main: ModelFile, others: Vec<ModelFile>, weights: &[f32]) -> Result<ModelFile> {
         if others.is_empty() {
             return Err(Error::Model("an ensemble needs a second model".into()));
         }
-        if others.len() > MAX_MEMBERS {
+        let members = main.members.len() + others.len();
+        if members > MAX_MEMBERS {
             return Err(Error::Model(format!(
-                "{} members; a file holds at most {MAX_MEMBERS}",
-                others.len()
+                "{members} members; a file holds at most {MAX_MEMBERS}"
             )));
         }
-        if weights.len() != others.len() + 1 {
+        if weights.len() != members + 1 {
+            let held = if main.members.is_empty() {
+                String::new()
+            } else {
+                format!(" (the first holds {} members)", main.members.len())
+            };
             return Err(Error::Model(format!(
-                "{} models but {} weights",
-                others.len() + 1,
+                "{} models{held} but {} weights",
+                members + 1,
                 weights.len()
             )));
         }
@@ -167,22 +174,26 @@ impl ModelFile {
                 "ensemble weights sum to {sum}, not 1"
             )));
         }
-        for (k, m) in std::iter::once(&main).chain(&others).enumerate() {
+        for (k, m) in others.iter().enumerate() {
             if !m.members.is_empty() {
                 return Err(Error::Model(format!(
-                    "model {} is an ensemble already",
-                    k + 1
+                    "model {} is an ensemble already (only the first may be)",
+                    k + 2
                 )));
             }
             if let Some(what) = m.reads_unlike(&main) {
                 return Err(Error::Model(format!(
                     "model {} differs from the first in its {what}: members read the first's features",
-                    k + 1
+                    k + 2
                 )));
             }
         }
         let mut out = main;
-        for (m, &w) in others.into_iter().zip(&weights[1..]) {
+        let (held, added) = weights[1..].split_at(out.members.len());
+        for (m, &w) in out.members.iter_mut().zip(held) {
+            m.weight = w;
+        }
+        for (m, &w) in others.into_iter().zip(added) {
             let info = m.info;
             let mut member = CtcMember::from_las(m.las, w)?;
             member.info = info;

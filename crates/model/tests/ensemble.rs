@@ -193,6 +193,32 @@ fn ensembles_round_trip_as_format_2_without_the_members_spellers() {
 }
 
 #[test]
+fn an_ensemble_grows_by_joining_it_with_another_model() {
+    let (a, b, c) = (
+        model(1, config(2, 4)),
+        model(2, config(2, 6)),
+        model(3, config(2, 5)),
+    );
+    let at_once =
+        ModelFile::ensemble(a.clone(), vec![b.clone(), c.clone()], &[0.5, 0.3, 0.2]).unwrap();
+    let pair = ModelFile::ensemble(a, vec![b], &[0.6, 0.4]).unwrap();
+    let grown = ModelFile::ensemble(pair.clone(), vec![c.clone()], &[0.5, 0.3, 0.2]).unwrap();
+    assert_eq!(
+        grown.members, at_once.members,
+        "members and their new weights"
+    );
+    assert_eq!(grown.las, at_once.las);
+    assert_eq!(grown.main_weight(), at_once.main_weight());
+    let e = ModelFile::ensemble(pair, vec![c], &[0.5, 0.5])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("3 models (the first holds 1 members) but 2 weights"),
+        "{e}"
+    );
+}
+
+#[test]
 fn broken_or_mismatched_ensembles_are_refused_with_the_reason() {
     let err = |r: lasr_model::Result<ModelFile>| r.unwrap_err().to_string();
     let a = || model(1, config(2, 4));
