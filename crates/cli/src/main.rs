@@ -194,11 +194,11 @@ enum Command {
 /// Weight storage of a model file.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum StorageArg {
-    /// 32-bit floats, as training writes them (resumable, exact).
+    /// 32-bit floats, as training writes them.
     F32,
-    /// 16-bit IEEE half floats: half the file, rounding each weight by at most 2^-11
-    /// of its size; for models that are only run (model file format 3, which builds
-    /// older than it refuse by version).
+    /// 16-bit IEEE half floats: half the file, each weight rounded to the nearest
+    /// f16 (within 2^-11 of itself above 6e-5); for models that are only run (model
+    /// file format 3, which older builds refuse by version).
     F16,
 }
 
@@ -407,8 +407,8 @@ struct DecodeArgs {
     /// How many of the CTC beam's best hypotheses --rescore re-ranks (and keeps).
     #[arg(long, value_name = "N")]
     rescore_nbest: Option<usize>,
-    /// How the recurrent weights are held while decoding: `f32` is exactly the trained
-    /// model; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
+    /// How the recurrent weights are held while decoding: `f32` is exactly the
+    /// file's weights; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
     /// listener and the attention decoder reads half the bytes; `int8` stores 8-bit
     /// integers with a scale per row, a quarter of the bytes, and quantizes each input
     /// vector too, summing the products in integers (the fastest: AVX-512 VNNI where

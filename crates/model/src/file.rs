@@ -1,23 +1,23 @@
 //! The model file: one safetensors file holding everything needed to run the model,
-//! as whisper.cpp's files do. Tensors are the parameters (PyTorch names, f32); the
-//! header's string metadata holds
+//! as whisper.cpp's files do. Tensors are the parameters (PyTorch names; f32, or f16
+//! in format 3); the header's string metadata holds
 //!
-//! - `lasr.format`: [`FORMAT_VERSION`],
+//! - `lasr.format`: the format version, 1 to [`FORMAT_VERSION`] (below),
 //! - `lasr.model_config`: [`ModelConfig`] as JSON,
 //! - `lasr.front_end`: the feature settings and CMVN statistics as JSON,
 //! - `lasr.vocab`: the symbol list as JSON,
 //! - `lasr.info`: free-form JSON about how the model was made (may be absent),
 //! - `lasr.decode`: the decoding this model does best with, as measured on
 //!   development data ([`DecodeOptions`] as JSON; may be absent: library defaults),
-//! - `lasr.members` (format 2 only): the CTC ensemble members' configs and mixture
+//! - `lasr.members` (formats 2 and 3): the CTC ensemble members' configs and mixture
 //!   weights as JSON (`[{"model_config": {..}, "weight": 0.3, "info": ..}]`), their
 //!   tensors named `member.1.listener...`, `member.1.ctc...` and so on
 //!   ([`crate::ensemble`]).
 //!
 //! Format 3 stores the tensors in IEEE half precision (F16; [`Storage::F16`], a
-//! tensor f16 cannot hold stays F32). Each file is written with the lowest format that
-//! holds it: f32 without members is format 1, so builds from before ensembles still
-//! read it; f32 with members format 2.
+//! tensor f16 cannot hold stays F32), with or without members. Each file is written
+//! with the lowest format that holds it: f32 without members is format 1, so builds
+//! from before ensembles still read it; f32 with members format 2.
 //!
 //! Any safetensors reader opens it; `json.loads(f.metadata()["lasr.model_config"])`
 //! recovers the config in Python.
@@ -86,7 +86,8 @@ impl ModelFile {
     /// The element-wise mean of the parameters of `models` (checkpoint averaging, as
     /// ESPnet averages its last or best epochs): every model must have the same
     /// config, vocabulary and front end (CMVN statistics included), i.e. come from one
-    /// run. Front end, vocabulary, info and decoding come from the first.
+    /// run. Front end, vocabulary, info and decoding come from the first; the mean is
+    /// stored in f32 whatever the inputs were.
     pub fn average(models: &[ModelFile]) -> Result<ModelFile> {
         let Some(first) = models.first() else {
             return Err(Error::Model("nothing to average".into()));
@@ -125,6 +126,7 @@ impl ModelFile {
         }
         let n = models.len() as f64;
         let mut out = first.clone();
+        out.storage = Storage::F32;
         let mut k = 0;
         out.las.visit_mut("", &mut |_, mut t| {
             for (v, &s) in t.iter_mut().zip(&sums[k]) {
@@ -147,6 +149,21 @@ impl ModelFile {
         if others.is_empty() {
             return Err(Error::Model("an ensemble needs a second model".into()));
         }
+        // Models are numbered as given: `main` is model 1.
+        for (k, m) in others.iter().enumerate() {
+            if !m.members.is_empty() {
+                return Err(Error::Model(format!(
+                    "model {} is an ensemble already (only the first may be)",
+                    k + 2
+                )));
+            }
+            if let Some(what) = m.reads_unlike(&main) {
+                return Err(Error::Model(format!(
+                    "model {} differs from the first in its {what}: members read the first's features",
+                    k + 2
+                )));
+            }
+        }
         let members = main.members.len() + others.len();
         if members > MAX_MEMBERS {
             return Err(Error::Model(format!(
@@ -154,10 +171,10 @@ impl ModelFile {
             )));
         }
         if weights.len() != members + 1 {
-            let held = if main.members.is_empty() {
-                String::new()
-            } else {
-                format!(" (the first holds {} members)", main.members.len())
+            let held = match main.members.len() {
+                0 => String::new(),
+                1 => " (the first holds 1 member)".to_string(),
+                n => format!(" (the first holds {n} members)"),
             };
             return Err(Error::Model(format!(
                 "{} models{held} but {} weights",
@@ -174,29 +191,19 @@ impl ModelFile {
                 "ensemble weights sum to {sum}, not 1"
             )));
         }
-        for (k, m) in others.iter().enumerate() {
-            if !m.members.is_empty() {
-                return Err(Error::Model(format!(
-                    "model {} is an ensemble already (only the first may be)",
-                    k + 2
-                )));
-            }
-            if let Some(what) = m.reads_unlike(&main) {
-                return Err(Error::Model(format!(
-                    "model {} differs from the first in its {what}: members read the first's features",
-                    k + 2
-                )));
-            }
-        }
         let mut out = main;
         let (held, added) = weights[1..].split_at(out.members.len());
         for (m, &w) in out.members.iter_mut().zip(held) {
             m.weight = w;
         }
-        for (m, &w) in others.into_iter().zip(added) {
+        for (k, (m, &w)) in others.into_iter().zip(added).enumerate() {
+            let model = |e: &dyn std::fmt::Display| Error::Model(format!("model {}: {e}", k + 2));
             let info = m.info;
-            let mut member = CtcMember::from_las(m.las, w)?;
+            let mut member = CtcMember::from_las(m.las, w).map_err(|e| model(&e))?;
             member.info = info;
+            if let Some(what) = out.member_problem(&member) {
+                return Err(model(&format_args!("it has {what}")));
+            }
             out.members.push(member);
         }
         out.validate()?;
@@ -275,19 +282,11 @@ impl ModelFile {
         1.0 - self.members.iter().map(|m| m.weight).sum::<f32>()
     }
 
-    fn validate_members(&self) -> Result<()> {
-        if self.members.is_empty() {
-            return Ok(());
-        }
-        let c = &self.las.config;
-        if !c.has_ctc() {
-            return Err(Error::Model(
-                "an ensemble's main model needs a CTC head: members mix CTC distributions".into(),
-            ));
-        }
-        for (k, m) in self.members.iter().enumerate() {
-            let mc = &m.config;
-            let what = if !(m.weight.is_finite() && m.weight > 0.0 && m.weight < 1.0) {
+    /// What keeps `m` from mixing with this main model, if anything.
+    fn member_problem(&self, m: &CtcMember) -> Option<String> {
+        let (c, mc) = (&self.las.config, &m.config);
+        Some(
+            if !(m.weight.is_finite() && m.weight > 0.0 && m.weight < 1.0) {
                 format!("weight {} (must be between 0 and 1)", m.weight)
             } else if !mc.has_ctc() {
                 "no CTC head".to_string()
@@ -311,12 +310,28 @@ impl ModelFile {
             {
                 "a CTC head of other shapes than its config".to_string()
             } else {
-                continue;
-            };
-            return Err(Error::Model(format!(
-                "ensemble member {} has {what}",
-                k + 1
-            )));
+                return None;
+            },
+        )
+    }
+
+    fn validate_members(&self) -> Result<()> {
+        if self.members.is_empty() {
+            return Ok(());
+        }
+        let c = &self.las.config;
+        if !c.has_ctc() {
+            return Err(Error::Model(
+                "an ensemble's main model needs a CTC head: members mix CTC distributions".into(),
+            ));
+        }
+        for (k, m) in self.members.iter().enumerate() {
+            if let Some(what) = self.member_problem(m) {
+                return Err(Error::Model(format!(
+                    "ensemble member {} has {what}",
+                    k + 1
+                )));
+            }
         }
         let main = self.main_weight();
         if main.is_nan() || main <= 0.0 {
@@ -424,7 +439,7 @@ impl ModelFile {
             None => Vec::new(),
             Some(_) if version < 2 => {
                 return Err(Error::Model(
-                    "lasr.members in a format 1 file (ensembles are format 2)".into(),
+                    "lasr.members in a format 1 file (ensembles are format 2 or 3)".into(),
                 ))
             }
             Some(s) => {
@@ -456,12 +471,21 @@ impl ModelFile {
             parts.push((p, m));
         }
         checkpoint::from_bytes_parts(bytes, &mut parts).map_err(|e| Error::Model(e.to_string()))?;
-        let storage = checkpoint::stored_as(bytes).map_err(|e| Error::Model(e.to_string()))?;
-        if storage == Storage::F16 && version < 3 {
+        let halves = checkpoint::half_tensors(bytes).map_err(|e| Error::Model(e.to_string()))?;
+        if let (Some(first), true) = (halves.first(), version < 3) {
+            let more = match halves.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
             return Err(Error::Model(format!(
-                "16-bit tensors in a format {version} file (they are format 3)"
+                "tensor {first}{more} is 16-bit in a format {version} file (16-bit tensors are format 3)"
             )));
         }
+        let storage = if halves.is_empty() {
+            Storage::F32
+        } else {
+            Storage::F16
+        };
         let file = ModelFile {
             las,
             front_end,

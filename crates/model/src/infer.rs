@@ -67,7 +67,7 @@ pub struct SpellerState {
 
 impl Las {
     /// This model's weights laid out for [`Las::encode`], the packed ones stored in
-    /// `format` (f32 is exactly the trained model; bf16 halves what each step reads,
+    /// `format` (f32 is exactly the file's weights; bf16 halves what each step reads,
     /// int8 quarters it).
     pub fn inference_weights(&self, format: WeightFormat) -> InferenceWeights {
         InferenceWeights {

@@ -316,6 +316,18 @@ pub enum Finish {
     Stopped(Progress),
 }
 
+fn refuse_ensemble(model: &ModelFile) -> Result<()> {
+    if model.members.is_empty() {
+        return Ok(());
+    }
+    // Only the main model would learn, while every checkpoint carried the old members
+    // and validation read the main model alone.
+    Err(Error::Model(format!(
+        "a CTC ensemble of {} models cannot be trained: train one of its models",
+        model.members.len() + 1
+    )))
+}
+
 /// Trains `model` on `train`, validating on `valid`, writing into `out` (see the module
 /// docs). With `resume`, continues from `out/optimizer.safetensors` and
 /// `out/model.safetensors` at the step where they were written.
@@ -328,17 +340,7 @@ pub fn train(
     resume: bool,
     observer: &mut dyn Observer,
 ) -> Result<Finish> {
-    if !model.members.is_empty() {
-        // Only the main model would learn, while every checkpoint carried the old
-        // members and validation read the main model alone.
-        return Err(Error::Model(format!(
-            "a CTC ensemble of {} models cannot be trained: train one of its models",
-            model.members.len() + 1
-        )));
-    }
-    // Checkpoints are resumed from and trained on: a model started from a
-    // half-precision file is written back in full precision.
-    model.storage = lasr_nn::Storage::F32;
+    refuse_ensemble(&model)?;
     let io = |p: &Path, e: std::io::Error| Error::Model(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let model_path = out.join("model.safetensors");
@@ -367,7 +369,11 @@ pub fn train(
         )
         .map_err(|e| Error::Model(format!("{}: lasr.progress: {e}", opt_path.display())))?;
         adam.t = progress.step;
+        refuse_ensemble(&model)?;
     }
+    // Checkpoints are resumed from and trained on: a model started (or resumed) from
+    // a half-precision file is written back in full precision.
+    model.storage = lasr_nn::Storage::F32;
     adam.weight_decay = options.weight_decay;
     model.info = serde_json::json!({"train_options": options, "train_utterances": train.len(), "train_frames": train.frames()});
     let mut log = std::fs::OpenOptions::new()

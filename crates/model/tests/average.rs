@@ -47,6 +47,11 @@ fn the_average_is_the_elementwise_mean_of_one_runs_checkpoints() {
         let want = (f64::from(fa[i]) + f64::from(fb[i]) + f64::from(fc[i])) / 3.0;
         assert!((f64::from(fm[i]) - want).abs() < 1e-6, "element {i}");
     }
+    // The mean is a full-precision model, whatever the first input's storage.
+    let mut half = a.clone();
+    half.storage = lasr_nn::Storage::F16;
+    let mixed = ModelFile::average(&[half, b.clone()]).unwrap();
+    assert_eq!(mixed.storage, lasr_nn::Storage::F32);
     // One model averages to itself, exactly.
     assert_eq!(
         flat(&ModelFile::average(std::slice::from_ref(&a)).unwrap()),

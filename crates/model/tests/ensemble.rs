@@ -184,6 +184,22 @@ fn ensembles_round_trip_as_format_2_without_the_members_spellers() {
         names.iter().filter(|n| n.starts_with("member.1.")).count(),
         per_member
     );
+    // In half precision: format 3, members' tensors in F16 too.
+    let mut half = ens.clone();
+    half.storage = lasr_nn::Storage::F16;
+    let bytes = half.to_bytes().unwrap();
+    assert_eq!(
+        lasr_nn::checkpoint::metadata(&bytes).unwrap()["lasr.format"],
+        "3"
+    );
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("member.2.ctc.weight").unwrap().dtype(),
+        safetensors::Dtype::F16
+    );
+    let back = ModelFile::from_bytes(&bytes).unwrap();
+    assert_eq!(back.members.len(), 2);
+    assert_eq!(back.storage, lasr_nn::Storage::F16);
     // A single model stays format 1, readable by builds from before ensembles.
     let single = dir.path().join("one.safetensors");
     model(1, config(2, 4)).save(&single).unwrap();
@@ -213,7 +229,7 @@ fn an_ensemble_grows_by_joining_it_with_another_model() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("3 models (the first holds 1 members) but 2 weights"),
+        e.contains("3 models (the first holds 1 member) but 2 weights"),
         "{e}"
     );
 }
@@ -228,10 +244,7 @@ fn broken_or_mismatched_ensembles_are_refused_with_the_reason() {
         vec![model(2, config(1, 4))],
         &[0.5, 0.5],
     ));
-    assert!(
-        e.contains("member 1") && e.contains("time reduction"),
-        "{e}"
-    );
+    assert!(e.contains("model 2") && e.contains("time reduction"), "{e}");
     // Another front end: members read the main model's features.
     let mut other = model(2, config(2, 4));
     other.front_end.features.dither = 0.5;

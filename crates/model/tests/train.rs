@@ -249,34 +249,44 @@ fn a_stop_right_after_a_validation_step_still_validates_there() {
 }
 
 #[test]
-fn a_model_started_from_half_precision_trains_and_checkpoints_in_f32() {
+fn a_model_started_or_resumed_from_half_precision_checkpoints_in_f32() {
     let mut start = model();
     start.storage = lasr_nn::Storage::F16;
     let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dataset(), dir.path());
     let options = TrainOptions {
         epochs: 1,
+        keep_epochs: 2,
         ..options()
     };
-    train(
-        start,
-        &dataset(),
-        &dataset(),
-        &options,
-        dir.path(),
-        false,
-        &mut Quiet,
-    )
-    .unwrap();
-    for f in ["model.safetensors", "best.safetensors"] {
-        let bytes = std::fs::read(dir.path().join(f)).unwrap();
-        assert_eq!(
-            lasr_nn::checkpoint::stored_as(&bytes).unwrap(),
-            lasr_nn::Storage::F32,
-            "{f}"
-        );
-        assert_eq!(
-            lasr_nn::checkpoint::metadata(&bytes).unwrap()["lasr.format"],
-            "1"
-        );
-    }
+    let all_f32 = |files: &[&str]| {
+        for f in files {
+            let bytes = std::fs::read(out.join(f)).unwrap();
+            assert_eq!(
+                lasr_nn::checkpoint::stored_as(&bytes).unwrap(),
+                lasr_nn::Storage::F32,
+                "{f}"
+            );
+            assert_eq!(
+                lasr_nn::checkpoint::metadata(&bytes).unwrap()["lasr.format"],
+                "1"
+            );
+        }
+    };
+    train(start, &data, &data, &options, out, false, &mut Quiet).unwrap();
+    all_f32(&[
+        "model.safetensors",
+        "best.safetensors",
+        "epoch-1.safetensors",
+    ]);
+    // The latest checkpoint shrunk in place, then the run resumed for another epoch.
+    let mut shrunk = ModelFile::load(&out.join("model.safetensors")).unwrap();
+    shrunk.storage = lasr_nn::Storage::F16;
+    shrunk.save(&out.join("model.safetensors")).unwrap();
+    let options = TrainOptions {
+        epochs: 2,
+        ..options
+    };
+    train(model(), &data, &data, &options, out, true, &mut Quiet).unwrap();
+    all_f32(&["model.safetensors", "epoch-2.safetensors"]);
 }

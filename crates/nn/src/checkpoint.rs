@@ -24,8 +24,10 @@ pub enum Storage {
     /// Full precision: what training writes and resumes from.
     #[default]
     F32,
-    /// IEEE half precision (10-bit mantissa, relative rounding error at most 2^-11):
-    /// half the bytes, for models that are only run. A tensor with a value beyond
+    /// IEEE half precision, rounded to nearest: half the bytes, for models that are
+    /// only run. The rounding error is at most 2^-11 of the value for |v| >= 2^-14
+    /// (10-bit mantissa), at most 2^-25 absolute below that (subnormals; under
+    /// 2^-25 a weight becomes 0). A tensor with a value beyond
     /// f16's range (65504) is kept in F32 rather than turned into infinity. F16 rather
     /// than BF16 because trained weights are small and need mantissa, not range.
     F16,
@@ -162,8 +164,9 @@ pub fn from_bytes<M: Module>(
     from_bytes_parts(bytes, &mut [(prefix, module as &mut dyn Module)])
 }
 
-/// Reads a file written by [`to_bytes_parts`] into the same parts. Strict: every
-/// tensor of every part must be there with its shape, and nothing else.
+/// Reads a file written by [`to_bytes_parts`] or [`to_bytes_parts_as`] into the
+/// same parts. Strict: every tensor of every part must be there with its shape, and
+/// nothing else.
 pub fn from_bytes_parts(
     bytes: &[u8],
     parts: &mut [(&str, &mut dyn Module)],
@@ -247,19 +250,32 @@ pub fn from_bytes_parts(
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
-/// [`Storage::F16`] if any tensor of the file in memory is stored in 16 bits (F16 or
-/// BF16), else [`Storage::F32`]: what writing the same model again should keep.
-pub fn stored_as(bytes: &[u8]) -> Result<Storage> {
+/// The names of the 16-bit (F16 or BF16) tensors of the file in memory, sorted.
+pub fn half_tensors(bytes: &[u8]) -> Result<Vec<String>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         ck(
             Path::new("<memory>"),
             format!("not a safetensors file: {e}"),
         )
     })?;
-    let half = st
+    let mut names: Vec<String> = st
         .iter()
-        .any(|(_, t)| matches!(t.dtype(), Dtype::F16 | Dtype::BF16));
-    Ok(if half { Storage::F16 } else { Storage::F32 })
+        .filter(|(_, t)| matches!(t.dtype(), Dtype::F16 | Dtype::BF16))
+        .map(|(n, _)| n.to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// [`Storage::F16`] if any tensor of the file in memory is stored in 16 bits (F16 or
+/// BF16: both are written back as F16), else [`Storage::F32`]: what writing the same
+/// model again should keep.
+pub fn stored_as(bytes: &[u8]) -> Result<Storage> {
+    Ok(if half_tensors(bytes)?.is_empty() {
+        Storage::F32
+    } else {
+        Storage::F16
+    })
 }
 
 /// The string metadata of a checkpoint in memory, without reading its tensors.

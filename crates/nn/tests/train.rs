@@ -272,6 +272,8 @@ fn half_storage_rounds_to_the_nearest_f16_and_keeps_what_f16_cannot_hold() {
     let mut model = Linear::new(3, 2, true, &mut rng(15));
     model.weight[(0, 0)] = 1.0 / 3.0;
     model.weight[(1, 2)] = -1e-3;
+    model.weight[(1, 0)] = 1e-6; // an f16 subnormal
+    model.weight[(1, 1)] = -1e-9; // below f16's smallest subnormal: 0
     model.bias = Some(Array1::from_vec(vec![70000.0, 0.25])); // beyond f16's 65504
     let bytes = checkpoint::to_bytes_parts_as(
         &[("", &model as &dyn Module)],
@@ -295,10 +297,13 @@ fn half_storage_rounds_to_the_nearest_f16_and_keeps_what_f16_cannot_hold() {
     assert_eq!(back.bias, model.bias, "the F32 tensor comes back exactly");
     for (&b, &m) in back.weight.iter().zip(&model.weight) {
         // Round to nearest: within half a unit in the last place of f16's 10-bit
-        // mantissa (2^-11 relative), and exactly the f16 value.
-        assert!((b - m).abs() <= m.abs() * 2f32.powi(-11), "{b} vs {m}");
-        assert_eq!(b, half::f16::from_f32(m).to_f32());
+        // mantissa (2^-11 relative) for normal values, of its smallest subnormal
+        // (2^-25 absolute) below 2^-14.
+        let bound = (m.abs() * 2f32.powi(-11)).max(2f32.powi(-25));
+        assert!((b - m).abs() <= bound, "{b} vs {m}");
     }
+    assert_eq!(back.weight[(1, 1)], 0.0);
+    assert!((back.weight[(1, 0)] - 1e-6).abs() < 3e-8 && back.weight[(1, 0)] != 1e-6);
     assert_ne!(back.weight[(0, 0)], 1.0 / 3.0, "1/3 is not an f16");
 
     // F32 storage is unchanged, and what a file holds is recognised.
