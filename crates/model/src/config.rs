@@ -211,4 +211,35 @@ impl ModelConfig {
     pub fn has_ctc(&self) -> bool {
         self.ctc_weight > 0.0
     }
+
+    /// A lower bound on the parameters of this config's listener and CTC head (what
+    /// an ensemble member stores), in f64 so that absurd sizes cannot overflow. Every
+    /// recurrent layer has at least one gate of `H x (input + H)` weights per
+    /// direction. A file's header is checked against it before any array is built,
+    /// so a crafted config cannot make a loader allocate far more than the file holds.
+    pub fn min_member_params(&self) -> f64 {
+        let h = self.listener_hidden as f64;
+        let d = 2.0 * h;
+        let listener = d * (self.input_dim as f64 + h) + self.pyramid_layers as f64 * d * (5.0 * h);
+        let ctc = if self.has_ctc() {
+            self.vocab_size as f64 * d
+        } else {
+            0.0
+        };
+        listener + ctc
+    }
+
+    /// [`ModelConfig::min_member_params`] plus a lower bound on the speller's: the
+    /// embedding, two recurrent layers of one gate, attention projections and the
+    /// output layer.
+    pub fn min_params(&self) -> f64 {
+        let (v, e) = (self.vocab_size as f64, self.embedding_dim as f64);
+        let (d, s, a) = (
+            self.listener_dim() as f64,
+            self.speller_hidden as f64,
+            self.attention_dim as f64,
+        );
+        let speller = v * e + s * (e + d + s) + s * (2.0 * s) + a * (d + s + 1.0) + v * (s + d);
+        self.min_member_params() + speller
+    }
 }

@@ -452,6 +452,19 @@ impl ModelFile {
                 described.len()
             )));
         }
+        // Arrays are built from the configs before the tensors are read: a config
+        // must not describe more parameters than the file holds values.
+        let wanted = config.min_params()
+            + described
+                .iter()
+                .map(|d| d.model_config.min_member_params())
+                .sum::<f64>();
+        let held = checkpoint::tensor_values(bytes).map_err(|e| Error::Model(e.to_string()))?;
+        if wanted > held {
+            return Err(Error::Model(format!(
+                "its configs describe at least {wanted:.0} parameters, its tensors hold {held:.0} values"
+            )));
+        }
         // Shapes come from the configs; the weights then overwrite the initialisation.
         let rng = &mut rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let mut las = Las::new(config, rng)?;

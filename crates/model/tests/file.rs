@@ -148,3 +148,74 @@ fn half_precision_files_are_format_3_half_the_size_and_read_back_rounded() {
         "{e}"
     );
 }
+
+#[test]
+fn the_parameter_lower_bounds_never_exceed_a_real_models_count() {
+    use lasr_model::CellType;
+    for cell in [CellType::Lstm, CellType::Gru, CellType::Rnn] {
+        for pyramid_layers in 0..3 {
+            for (ctc_weight, location_channels) in [(0.0, 0), (0.5, 0), (0.3, 2)] {
+                let config = ModelConfig {
+                    input_dim: 7,
+                    listener_hidden: 3,
+                    pyramid_layers,
+                    cell,
+                    embedding_dim: 2,
+                    speller_hidden: 4,
+                    attention_dim: 5,
+                    ctc_weight,
+                    location_channels,
+                    location_width: 3,
+                    ..ModelConfig::default()
+                };
+                let las = Las::new(
+                    config.clone(),
+                    &mut rand_chacha::ChaCha8Rng::seed_from_u64(1),
+                )
+                .unwrap();
+                let all = las.num_params() as f64;
+                let member = (las.listener.num_params()
+                    + las.ctc.as_ref().map_or(0, |c| c.num_params()))
+                    as f64;
+                assert!(config.min_params() <= all, "{config:?}");
+                assert!(config.min_member_params() <= member, "{config:?}");
+                // A bound, but not a loose one: at least a quarter of the count (LSTMs
+                // have four gates where the bound counts one).
+                assert!(config.min_params() * 4.0 >= all * 0.9, "{config:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_config_larger_than_the_files_tensors_is_refused_before_anything_is_built() {
+    let bytes = small().to_bytes().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut meta = lasr_nn::checkpoint::metadata(&bytes).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&meta["lasr.model_config"]).unwrap();
+    // 2^26 hidden units: building this listener would ask for petabytes, which
+    // aborts the process rather than returning an error.
+    config["listener_hidden"] = serde_json::json!(1u64 << 26);
+    meta.insert("lasr.model_config".into(), config.to_string());
+    let crafted = safetensors::serialize(st.tensors(), Some(meta.clone())).unwrap();
+    let e = ModelFile::from_bytes(&crafted).unwrap_err().to_string();
+    assert!(
+        e.contains("describe at least") && e.contains("parameters"),
+        "{e}"
+    );
+    // The same for an ensemble member's config.
+    let mut config: serde_json::Value = serde_json::from_str(&meta["lasr.model_config"]).unwrap();
+    config["listener_hidden"] = serde_json::json!(4);
+    config["ctc_weight"] = serde_json::json!(0.5);
+    let mut member = config.clone();
+    member["listener_hidden"] = serde_json::json!(1u64 << 26);
+    meta.insert("lasr.model_config".into(), config.to_string());
+    meta.insert("lasr.format".into(), "2".into());
+    meta.insert(
+        "lasr.members".into(),
+        serde_json::json!([{"model_config": member, "weight": 0.5}]).to_string(),
+    );
+    let crafted = safetensors::serialize(st.tensors(), Some(meta)).unwrap();
+    let e = ModelFile::from_bytes(&crafted).unwrap_err().to_string();
+    assert!(e.contains("describe at least"), "{e}");
+}

@@ -250,6 +250,22 @@ pub fn from_bytes_parts(
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
+/// How many values the tensors of the file in memory hold in all (from its header;
+/// the safetensors reader has checked each against the bytes it occupies), in f64:
+/// no shape can overflow it.
+pub fn tensor_values(bytes: &[u8]) -> Result<f64> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        ck(
+            Path::new("<memory>"),
+            format!("not a safetensors file: {e}"),
+        )
+    })?;
+    Ok(st
+        .iter()
+        .map(|(_, t)| t.shape().iter().map(|&n| n as f64).product::<f64>())
+        .sum())
+}
+
 /// The names of the 16-bit (F16 or BF16) tensors of the file in memory, sorted.
 pub fn half_tensors(bytes: &[u8]) -> Result<Vec<String>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
