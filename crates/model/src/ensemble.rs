@@ -8,8 +8,10 @@
 //! than weights works across independently trained models, whose parameters have
 //! nothing to do with each other: averaging checkpoints of one run gained nothing
 //! here, a second run's listener gained more than any training phase (DEVELOPERS.md).
-//! Members read the main model's features, so they share its front end; they must
-//! reduce time as much as it does, so that their frames line up.
+//! Members read the main model's features, so they share its feature settings; a
+//! member trained with other CMVN statistics has the difference folded into its first
+//! layer when it joins ([`fold_cmvn`]). They must reduce time as much as the main
+//! model does, so that their frames line up.
 
 use ndarray::{Array2, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
 use rand::Rng;
@@ -17,9 +19,82 @@ use rand::Rng;
 use lasr_nn::module::join;
 use lasr_nn::{Linear, Module, PackedRecurrent, WeightFormat};
 
+use lasr_features::Cmvn;
+
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::las::{Las, Listener};
+
+/// Makes `listener`, trained on features normalised by `own`, read features
+/// normalised by `given` instead (`None`: raw features, mean 0 and deviation 1),
+/// exactly up to rounding. Both are affine per dimension, so a `given`-normalised
+/// frame `y` is `own`-normalised as `a * y + c` with `a = s_given / s_own` and
+/// `c = (m_given - m_own) / s_own`; the first layer's input weights of each
+/// direction become `W diag(a)` and its input bias `b + W c`.
+pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmvn>) -> Result<()> {
+    let mut dim = 0;
+    listener.l0.visit("", &mut |name, t| {
+        if name.starts_with("weight_ih") {
+            dim = t.shape()[1];
+        }
+    });
+    let stats = |c: Option<&Cmvn>| -> Result<(Vec<f64>, Vec<f64>)> {
+        match c {
+            None => Ok((vec![0.0; dim], vec![1.0; dim])),
+            Some(c) if c.mean.len() == dim && c.std.len() == dim => Ok((
+                c.mean.iter().map(|&v| f64::from(v)).collect(),
+                c.std.iter().map(|&v| f64::from(v)).collect(),
+            )),
+            Some(c) => Err(Error::Model(format!(
+                "CMVN statistics are {}-wide, the listener reads {dim} features",
+                c.mean.len()
+            ))),
+        }
+    };
+    let ((m_own, s_own), (m_given, s_given)) = (stats(own)?, stats(given)?);
+    let a: Vec<f64> = s_given.iter().zip(&s_own).map(|(g, o)| g / o).collect();
+    let c: Vec<f64> = (0..dim)
+        .map(|j| (m_given[j] - m_own[j]) / s_own[j])
+        .collect();
+    // Each direction's `W c`, from the weights before they are scaled.
+    let mut shifts: Vec<(String, Vec<f64>)> = Vec::new();
+    listener.l0.visit("", &mut |name, t| {
+        if let Some(dir) = name.strip_prefix("weight_ih") {
+            let w = t
+                .into_dimensionality::<ndarray::Ix2>()
+                .expect("weights are 2-D");
+            let shift = w
+                .rows()
+                .into_iter()
+                .map(|row| row.iter().zip(&c).map(|(&w, &c)| f64::from(w) * c).sum())
+                .collect();
+            shifts.push((dir.to_string(), shift));
+        }
+    });
+    let mut folded = 0;
+    listener.l0.visit_mut("", &mut |name, mut t| {
+        if name.starts_with("weight_ih") {
+            for mut row in t.rows_mut() {
+                for (w, &a) in row.iter_mut().zip(&a) {
+                    *w = (f64::from(*w) * a) as f32;
+                }
+            }
+        } else if let Some(dir) = name.strip_prefix("bias_ih") {
+            if let Some((_, shift)) = shifts.iter().find(|(d, _)| d == dir) {
+                for (b, &s) in t.iter_mut().zip(shift) {
+                    *b = (f64::from(*b) + s) as f32;
+                }
+                folded += 1;
+            }
+        }
+    });
+    if folded != shifts.len() || folded == 0 {
+        return Err(Error::Model(
+            "the listener's first layer has no input bias to fold CMVN into".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// One further acoustic model of an ensemble: a listener and its CTC head.
 #[derive(Debug, Clone, PartialEq)]

@@ -141,9 +141,10 @@ impl ModelFile {
     /// each of `others` as members, the frame-wise mixture weighted by `weights` (one
     /// per model, `main`'s first, positive, summing to 1). `main` may be an ensemble
     /// already: its members stay, after it and before `others`, and `weights` gives
-    /// them new shares in that order. Every model must have a CTC head, the same front
-    /// end (feature settings and CMVN statistics: members read `main`'s features), the
-    /// same vocabulary and the same time reduction. `main`'s speller, info and
+    /// them new shares in that order. Every model must have a CTC head, the same
+    /// feature settings (members read `main`'s features), the same vocabulary and the
+    /// same time reduction. A model normalised with other CMVN statistics has the
+    /// difference folded into its first layer ([`crate::ensemble::fold_cmvn`]). `main`'s speller, info and
     /// recommended decoding are kept; tune the decoding again.
     pub fn ensemble(main: ModelFile, others: Vec<ModelFile>, weights: &[f32]) -> Result<ModelFile> {
         if others.is_empty() {
@@ -157,12 +158,22 @@ impl ModelFile {
                     k + 2
                 )));
             }
-            if let Some(what) = m.reads_unlike(&main) {
-                return Err(Error::Model(format!(
-                    "model {} differs from the first in its {what}: members read the first's features",
-                    k + 2
-                )));
-            }
+            // CMVN statistics may differ (they are folded in below), nothing else.
+            let same_features = FrontEndConfig {
+                cmvn: main.front_end.cmvn.clone(),
+                ..m.front_end.clone()
+            } == main.front_end;
+            let what = if !same_features {
+                "feature settings"
+            } else if m.vocab != main.vocab {
+                "vocabulary"
+            } else {
+                continue;
+            };
+            return Err(Error::Model(format!(
+                "model {} differs from the first in its {what}: members read the first's features",
+                k + 2
+            )));
         }
         let members = main.members.len() + others.len();
         if members > MAX_MEMBERS {
@@ -196,8 +207,16 @@ impl ModelFile {
         for (m, &w) in out.members.iter_mut().zip(held) {
             m.weight = w;
         }
-        for (k, (m, &w)) in others.into_iter().zip(added).enumerate() {
+        for (k, (mut m, &w)) in others.into_iter().zip(added).enumerate() {
             let model = |e: &dyn std::fmt::Display| Error::Model(format!("model {}: {e}", k + 2));
+            if m.front_end.cmvn != out.front_end.cmvn {
+                crate::ensemble::fold_cmvn(
+                    &mut m.las.listener,
+                    m.front_end.cmvn.as_ref(),
+                    out.front_end.cmvn.as_ref(),
+                )
+                .map_err(|e| model(&e))?;
+            }
             let info = m.info;
             let mut member = CtcMember::from_las(m.las, w).map_err(|e| model(&e))?;
             member.info = info;

@@ -19,7 +19,7 @@ pub mod transcribe;
 pub use bench::{bench, normalize_for_scoring, BenchReport, BenchSetting};
 pub use cells::{CellState, ListenerLayer, SpellerCell};
 pub use config::{CellType, ModelConfig};
-pub use ensemble::{mix_log_probs, CtcMember};
+pub use ensemble::{fold_cmvn, mix_log_probs, CtcMember};
 pub use error::{Error, Result};
 pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{InferenceWeights, SpellerState, UtteranceDecoder};

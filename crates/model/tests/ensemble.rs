@@ -209,6 +209,62 @@ fn ensembles_round_trip_as_format_2_without_the_members_spellers() {
 }
 
 #[test]
+fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let cmvn = |rng: &mut rand_chacha::ChaCha8Rng| lasr_features::Cmvn {
+        frames: 1000,
+        mean: lasr_nn::init::uniform(80, 3.0, rng).to_vec(),
+        std: lasr_nn::init::uniform(80, 1.75, rng)
+            .iter()
+            .map(|v| v + 2.25)
+            .collect(),
+    };
+    let raw = lasr_nn::init::uniform((48, 80), 6.0, &mut rng);
+    let normalised = |c: &Option<lasr_features::Cmvn>| {
+        let mut x = raw.clone();
+        if let Some(c) = c {
+            c.apply(x.view_mut()).unwrap();
+        }
+        x
+    };
+    for (cell, main_cmvn) in [
+        (lasr_model::CellType::Lstm, Some(cmvn(&mut rng))),
+        (lasr_model::CellType::Gru, None),
+    ] {
+        let mut main = model(1, config(2, 4));
+        main.front_end.cmvn = main_cmvn;
+        let mut member = model(
+            2,
+            ModelConfig {
+                cell,
+                ..config(2, 6)
+            },
+        );
+        member.front_end.cmvn = Some(cmvn(&mut rng));
+        let (xa, xb) = (
+            normalised(&main.front_end.cmvn),
+            normalised(&member.front_end.cmvn),
+        );
+        let la = ctc_log_probs(&main, xa.view());
+        let lb = ctc_log_probs(&member, xb.view());
+        // Read with the main model's normalisation, the member is lost without the fold.
+        let unfolded = ctc_log_probs(&member, xa.view());
+        assert!(unfolded.iter().zip(&lb).any(|(u, b)| (u - b).abs() > 1e-2));
+        let ens = ModelFile::ensemble(main, vec![member], &[0.6, 0.4]).unwrap();
+        let got = ens
+            .ctc_log_probs(&ens.inference_weights(WeightFormat::F32), xa.view())
+            .unwrap();
+        let want = mix_log_probs(&[la.view(), lb.view()], &[0.6, 0.4]).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{cell:?}: {worst}");
+    }
+}
+
+#[test]
 fn an_ensemble_grows_by_joining_it_with_another_model() {
     let (a, b, c) = (
         model(1, config(2, 4)),
@@ -249,7 +305,10 @@ fn broken_or_mismatched_ensembles_are_refused_with_the_reason() {
     let mut other = model(2, config(2, 4));
     other.front_end.features.dither = 0.5;
     let e = err(ModelFile::ensemble(a(), vec![other], &[0.5, 0.5]));
-    assert!(e.contains("model 2") && e.contains("front end"), "{e}");
+    assert!(
+        e.contains("model 2") && e.contains("feature settings"),
+        "{e}"
+    );
     // No CTC head to mix.
     let mut no_ctc = config(2, 4);
     no_ctc.ctc_weight = 0.0;
