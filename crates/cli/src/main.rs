@@ -142,8 +142,8 @@ enum Command {
     )]
     Ensemble {
         /// The main model (or an ensemble to grow), then the members: all with a CTC
-        /// head, the same front end (CMVN statistics included), vocabulary and time
-        /// reduction.
+        /// head, the same feature settings, vocabulary and time reduction (CMVN
+        /// statistics may differ: a member's are folded into its first layer).
         #[arg(required = true, num_args = 2.., value_name = "MODEL")]
         models: Vec<PathBuf>,
         /// Mixture weights, one per model in the same order (a first ensemble counts

@@ -230,8 +230,8 @@ impl ModelConfig {
     }
 
     /// [`ModelConfig::min_member_params`] plus a lower bound on the speller's: the
-    /// embedding, two recurrent layers of one gate, attention projections and the
-    /// output layer.
+    /// embedding, two recurrent layers of one gate, attention projections (with the
+    /// location filters, if any) and the output layer.
     pub fn min_params(&self) -> f64 {
         let (v, e) = (self.vocab_size as f64, self.embedding_dim as f64);
         let (d, s, a) = (
@@ -239,7 +239,12 @@ impl ModelConfig {
             self.speller_hidden as f64,
             self.attention_dim as f64,
         );
-        let speller = v * e + s * (e + d + s) + s * (2.0 * s) + a * (d + s + 1.0) + v * (s + d);
+        let mut speller = v * e + s * (e + d + s) + s * (2.0 * s) + a * (d + s + 1.0) + v * (s + d);
+        if self.location_channels > 0 {
+            // The location filters and their projection: exact counts.
+            let c = self.location_channels as f64;
+            speller += c * self.location_width as f64 + a * c;
+        }
         self.min_member_params() + speller
     }
 }

@@ -46,8 +46,9 @@ pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmv
                 c.std.iter().map(|&v| f64::from(v)).collect(),
             )),
             Some(c) => Err(Error::Model(format!(
-                "CMVN statistics are {}-wide, the listener reads {dim} features",
-                c.mean.len()
+                "CMVN statistics of {} means and {} deviations, the member's listener reads {dim} features",
+                c.mean.len(),
+                c.std.len()
             ))),
         }
     };
@@ -56,6 +57,12 @@ pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmv
     let c: Vec<f64> = (0..dim)
         .map(|j| (m_given[j] - m_own[j]) / s_own[j])
         .collect();
+    if let Some(j) = (0..dim).find(|&j| !(a[j].is_finite() && a[j] > 0.0 && c[j].is_finite())) {
+        return Err(Error::Model(format!(
+            "CMVN dimension {j} cannot be folded (deviations {} and {}, means {} and {})",
+            s_own[j], s_given[j], m_own[j], m_given[j]
+        )));
+    }
     // Each direction's `W c`, from the weights before they are scaled.
     let mut shifts: Vec<(String, Vec<f64>)> = Vec::new();
     listener.l0.visit("", &mut |name, t| {

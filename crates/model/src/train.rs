@@ -369,7 +369,8 @@ pub fn train(
         )
         .map_err(|e| Error::Model(format!("{}: lasr.progress: {e}", opt_path.display())))?;
         adam.t = progress.step;
-        refuse_ensemble(&model)?;
+        refuse_ensemble(&model)
+            .map_err(|e| Error::Model(format!("{}: {e}", model_path.display())))?;
     }
     // Checkpoints are resumed from and trained on: a model started (or resumed) from
     // a half-precision file is written back in full precision.

@@ -227,9 +227,14 @@ fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
         }
         x
     };
-    for (cell, main_cmvn) in [
-        (lasr_model::CellType::Lstm, Some(cmvn(&mut rng))),
-        (lasr_model::CellType::Gru, None),
+    for (cell, main_cmvn, member_cmvn) in [
+        (
+            lasr_model::CellType::Lstm,
+            Some(cmvn(&mut rng)),
+            Some(cmvn(&mut rng)),
+        ),
+        (lasr_model::CellType::Gru, None, Some(cmvn(&mut rng))),
+        (lasr_model::CellType::Rnn, Some(cmvn(&mut rng)), None),
     ] {
         let mut main = model(1, config(2, 4));
         main.front_end.cmvn = main_cmvn;
@@ -240,7 +245,7 @@ fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
                 ..config(2, 6)
             },
         );
-        member.front_end.cmvn = Some(cmvn(&mut rng));
+        member.front_end.cmvn = member_cmvn;
         let (xa, xb) = (
             normalised(&main.front_end.cmvn),
             normalised(&member.front_end.cmvn),
@@ -262,6 +267,17 @@ fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{cell:?}: {worst}");
     }
+    // A deviation of 0 cannot be divided by: refused, not folded into infinities.
+    let mut main = model(1, config(2, 4));
+    main.front_end.cmvn = Some(cmvn(&mut rng));
+    let mut member = model(2, config(2, 6));
+    let mut broken = cmvn(&mut rng);
+    broken.std[7] = 0.0;
+    member.front_end.cmvn = Some(broken);
+    let e = ModelFile::ensemble(main, vec![member], &[0.5, 0.5])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model 2") && e.contains("dimension 7"), "{e}");
 }
 
 #[test]

@@ -192,6 +192,15 @@ fn a_config_larger_than_the_files_tensors_is_refused_before_anything_is_built() 
     let bytes = small().to_bytes().unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut meta = lasr_nn::checkpoint::metadata(&bytes).unwrap();
+    // Location-aware attention with absurdly wide filters (2^36 taps).
+    let mut config: serde_json::Value = serde_json::from_str(&meta["lasr.model_config"]).unwrap();
+    config["location_channels"] = serde_json::json!(1);
+    config["location_width"] = serde_json::json!((1u64 << 36) + 1);
+    let mut wide = meta.clone();
+    wide.insert("lasr.model_config".into(), config.to_string());
+    let crafted = safetensors::serialize(st.tensors(), Some(wide)).unwrap();
+    let e = ModelFile::from_bytes(&crafted).unwrap_err().to_string();
+    assert!(e.contains("describe at least"), "{e}");
     let mut config: serde_json::Value = serde_json::from_str(&meta["lasr.model_config"]).unwrap();
     // 2^26 hidden units: building this listener would ask for petabytes, which
     // aborts the process rather than returning an error.

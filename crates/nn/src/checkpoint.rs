@@ -27,9 +27,9 @@ pub enum Storage {
     /// IEEE half precision, rounded to nearest: half the bytes, for models that are
     /// only run. The rounding error is at most 2^-11 of the value for |v| >= 2^-14
     /// (10-bit mantissa), at most 2^-25 absolute below that (subnormals; under
-    /// 2^-25 a weight becomes 0). A tensor with a value beyond
-    /// f16's range (65504) is kept in F32 rather than turned into infinity. F16 rather
-    /// than BF16 because trained weights are small and need mantissa, not range.
+    /// 2^-25 a weight becomes 0). Values up to 65520 round to f16's largest, 65504; a
+    /// tensor with any larger value, which would become infinite, stays F32. F16
+    /// rather than BF16 because trained weights are small and need mantissa, not range.
     F16,
 }
 
