@@ -65,7 +65,11 @@ pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmv
     }
     // Each direction's `W c`, from the weights before they are scaled.
     let mut shifts: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut biases: Vec<String> = Vec::new();
     listener.l0.visit("", &mut |name, t| {
+        if let Some(dir) = name.strip_prefix("bias_ih") {
+            biases.push(dir.to_string());
+        }
         if let Some(dir) = name.strip_prefix("weight_ih") {
             let w = t
                 .into_dimensionality::<ndarray::Ix2>()
@@ -78,7 +82,12 @@ pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmv
             shifts.push((dir.to_string(), shift));
         }
     });
-    let mut folded = 0;
+    // Checked before anything changes, so a refusal leaves the listener as it was.
+    if shifts.is_empty() || shifts.iter().any(|(d, _)| !biases.contains(d)) {
+        return Err(Error::Model(
+            "the listener's first layer has no input bias to fold CMVN into".into(),
+        ));
+    }
     listener.l0.visit_mut("", &mut |name, mut t| {
         if name.starts_with("weight_ih") {
             for mut row in t.rows_mut() {
@@ -91,15 +100,9 @@ pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmv
                 for (b, &s) in t.iter_mut().zip(shift) {
                     *b = (f64::from(*b) + s) as f32;
                 }
-                folded += 1;
             }
         }
     });
-    if folded != shifts.len() || folded == 0 {
-        return Err(Error::Model(
-            "the listener's first layer has no input bias to fold CMVN into".into(),
-        ));
-    }
     Ok(())
 }
 

@@ -144,8 +144,9 @@ impl ModelFile {
     /// them new shares in that order. Every model must have a CTC head, the same
     /// feature settings (members read `main`'s features), the same vocabulary and the
     /// same time reduction. A model normalised with other CMVN statistics has the
-    /// difference folded into its first layer ([`crate::ensemble::fold_cmvn`]). `main`'s speller, info and
-    /// recommended decoding are kept; tune the decoding again.
+    /// difference folded into its first layer ([`crate::ensemble::fold_cmvn`]).
+    /// `main`'s speller, info and recommended decoding are kept; tune the decoding
+    /// again.
     pub fn ensemble(main: ModelFile, others: Vec<ModelFile>, weights: &[f32]) -> Result<ModelFile> {
         if others.is_empty() {
             return Err(Error::Model("an ensemble needs a second model".into()));
