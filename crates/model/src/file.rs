@@ -101,7 +101,7 @@ impl ModelFile {
         for (k, m) in models.iter().enumerate().skip(1) {
             let what = if m.las.config != first.las.config {
                 "model config"
-            } else if let Some(what) = m.reads_unlike(first) {
+            } else if let Some(what) = m.reads_unlike(first, false) {
                 what
             } else {
                 continue;
@@ -159,22 +159,13 @@ impl ModelFile {
                     k + 2
                 )));
             }
-            // CMVN statistics may differ (they are folded in below), nothing else.
-            let same_features = FrontEndConfig {
-                cmvn: main.front_end.cmvn.clone(),
-                ..m.front_end.clone()
-            } == main.front_end;
-            let what = if !same_features {
-                "feature settings"
-            } else if m.vocab != main.vocab {
-                "vocabulary"
-            } else {
-                continue;
-            };
-            return Err(Error::Model(format!(
-                "model {} differs from the first in its {what}: members read the first's features",
-                k + 2
-            )));
+            // CMVN statistics may differ: they are folded in below.
+            if let Some(what) = m.reads_unlike(&main, true) {
+                return Err(Error::Model(format!(
+                    "model {} differs from the first in its {what}: members read the first's features",
+                    k + 2
+                )));
+            }
         }
         let members = main.members.len() + others.len();
         if members > MAX_MEMBERS {
@@ -272,12 +263,22 @@ impl ModelFile {
     }
 
     /// What about `other`'s input and output `self` does not share, if anything: the
-    /// front end (features and CMVN) or the vocabulary. Averaging and ensembles both
-    /// need models that read the same features and spell with the same symbols.
-    fn reads_unlike(&self, other: &ModelFile) -> Option<&'static str> {
-        if self.front_end != other.front_end {
-            Some("front end (feature settings or CMVN statistics)")
-        } else if self.vocab != other.vocab {
+    /// front end (features and, unless `cmvn_may_differ`, CMVN) or the vocabulary.
+    /// Averaging and ensembles both need models that read the same features and spell
+    /// with the same symbols; an ensemble folds a member's other CMVN into its weights.
+    fn reads_unlike(&self, other: &ModelFile, cmvn_may_differ: bool) -> Option<&'static str> {
+        if cmvn_may_differ {
+            let same_features = FrontEndConfig {
+                cmvn: other.front_end.cmvn.clone(),
+                ..self.front_end.clone()
+            } == other.front_end;
+            if !same_features {
+                return Some("feature settings");
+            }
+        } else if self.front_end != other.front_end {
+            return Some("front end (feature settings or CMVN statistics)");
+        }
+        if self.vocab != other.vocab {
             Some("vocabulary")
         } else {
             None
@@ -479,7 +480,8 @@ impl ModelFile {
                 .iter()
                 .map(|d| d.model_config.min_member_params())
                 .sum::<f64>();
-        let held = checkpoint::tensor_values(bytes).map_err(|e| Error::Model(e.to_string()))?;
+        let contents = checkpoint::contents(bytes).map_err(|e| Error::Model(e.to_string()))?;
+        let held = contents.values;
         if wanted > held {
             return Err(Error::Model(format!(
                 "its configs describe at least {wanted:.0} parameters, its tensors hold {held:.0} values"
@@ -504,7 +506,7 @@ impl ModelFile {
             parts.push((p, m));
         }
         checkpoint::from_bytes_parts(bytes, &mut parts).map_err(|e| Error::Model(e.to_string()))?;
-        let halves = checkpoint::half_tensors(bytes).map_err(|e| Error::Model(e.to_string()))?;
+        let halves = contents.half;
         if let (Some(first), true) = (halves.first(), version < 3) {
             let more = match halves.len() {
                 1 => String::new(),

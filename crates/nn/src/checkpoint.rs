@@ -33,6 +33,16 @@ pub enum Storage {
     F16,
 }
 
+/// The file in memory as safetensors, or an error saying it is not one.
+fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>> {
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        ck(
+            Path::new("<memory>"),
+            format!("not a safetensors file: {e}"),
+        )
+    })
+}
+
 fn ck(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
         path: path.to_path_buf(),
@@ -172,8 +182,7 @@ pub fn from_bytes_parts(
     parts: &mut [(&str, &mut dyn Module)],
 ) -> Result<HashMap<String, String>> {
     let here = Path::new("<memory>");
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| ck(here, format!("not a safetensors file: {e}")))?;
+    let st = parse(bytes)?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| ck(here, e.to_string()))?;
     // Check everything before changing anything.
     let mut wanted: Vec<(String, Vec<usize>)> = Vec::new();
@@ -250,44 +259,37 @@ pub fn from_bytes_parts(
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
-/// How many values the tensors of the file in memory hold in all (from its header;
-/// the safetensors reader has checked each against the bytes it occupies), in f64:
-/// no shape can overflow it.
-pub fn tensor_values(bytes: &[u8]) -> Result<f64> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        ck(
-            Path::new("<memory>"),
-            format!("not a safetensors file: {e}"),
-        )
-    })?;
-    Ok(st
-        .iter()
-        .map(|(_, t)| t.shape().iter().map(|&n| n as f64).product::<f64>())
-        .sum())
+/// What a file's header says about its tensors, read in one pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contents {
+    /// How many values the tensors hold in all (the safetensors reader has checked
+    /// each against the bytes it occupies), in f64: no shape can overflow it.
+    pub values: f64,
+    /// The names of the 16-bit (F16 or BF16) tensors, sorted.
+    pub half: Vec<String>,
 }
 
-/// The names of the 16-bit (F16 or BF16) tensors of the file in memory, sorted.
-pub fn half_tensors(bytes: &[u8]) -> Result<Vec<String>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        ck(
-            Path::new("<memory>"),
-            format!("not a safetensors file: {e}"),
-        )
-    })?;
-    let mut names: Vec<String> = st
+/// The [`Contents`] of the file in memory, without converting any tensor.
+pub fn contents(bytes: &[u8]) -> Result<Contents> {
+    let st = parse(bytes)?;
+    let mut half: Vec<String> = st
         .iter()
         .filter(|(_, t)| matches!(t.dtype(), Dtype::F16 | Dtype::BF16))
         .map(|(n, _)| n.to_string())
         .collect();
-    names.sort();
-    Ok(names)
+    half.sort();
+    let values = st
+        .iter()
+        .map(|(_, t)| t.shape().iter().map(|&n| n as f64).product::<f64>())
+        .sum();
+    Ok(Contents { values, half })
 }
 
 /// [`Storage::F16`] if any tensor of the file in memory is stored in 16 bits (F16 or
 /// BF16: both are written back as F16), else [`Storage::F32`]: what writing the same
 /// model again should keep.
 pub fn stored_as(bytes: &[u8]) -> Result<Storage> {
-    Ok(if half_tensors(bytes)?.is_empty() {
+    Ok(if contents(bytes)?.half.is_empty() {
         Storage::F32
     } else {
         Storage::F16
