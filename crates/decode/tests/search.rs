@@ -631,18 +631,26 @@ fn teacher_forced_scores_reproduce_the_search_log_probs_in_any_order() {
             let i = seqs.iter().position(|s| *s == h.tokens).unwrap();
             assert_eq!(scores[i], h.log_prob);
         }
-        // Each sequence takes its length plus one rows in all, in one batched step
-        // per position, and never more rows than are still running.
+        // Each distinct prefix (the empty one too) takes one row, in one batched step
+        // per length: a shared prefix is stepped once.
         let sizes = toy.batch_sizes.borrow();
         let longest = seqs.iter().map(Vec::len).max().unwrap();
         assert_eq!(sizes.len(), longest + 1);
-        assert_eq!(
-            sizes.iter().sum::<usize>(),
-            seqs.iter().map(|s| s.len() + 1).sum::<usize>()
-        );
+        let prefixes_of_len = |n: usize| {
+            let set: std::collections::HashSet<&[usize]> = seqs
+                .iter()
+                .filter(|s| s.len() >= n)
+                .map(|s| &s[..n])
+                .collect();
+            set.len()
+        };
         for (step, &n) in sizes.iter().enumerate() {
-            assert_eq!(n, seqs.iter().filter(|s| s.len() >= step).count());
+            assert_eq!(n, prefixes_of_len(step), "step {step}");
         }
+        assert!(
+            sizes.iter().sum::<usize>() < seqs.iter().map(|s| s.len() + 1).sum::<usize>(),
+            "the n-best list shares prefixes, so fewer rows than tokens"
+        );
     }
 }
 

@@ -169,29 +169,19 @@ impl Decoder for UtteranceDecoder<'_> {
 
     fn step(&self, prev: &[usize], st: SpellerState) -> Result<Step<SpellerState>> {
         let sp = &self.las.speller;
-        let n = prev.len();
         let e = sp.emb.forward(prev)?;
         let in0 = concatenate(Axis(1), &[e.view(), st.ctx.view()]).expect("same rows");
         let w = self.weights;
         let s0 = sp.cell0.step(Some(&w.cell0), in0.view(), &st.s0)?;
         let s1 = sp.cell1.step(Some(&w.cell1), s0.h.view(), &st.s1)?;
-        // Every hypothesis attends over the same utterance: broadcast, no copies.
-        let (u, d) = self.h.dim();
-        let hb = self.h.view().insert_axis(Axis(1));
-        let hb = hb.broadcast((u, n, d)).expect("broadcast over hypotheses");
-        let kb = self.keys.view().insert_axis(Axis(1));
-        let kb = kb
-            .broadcast((u, n, self.keys.ncols()))
-            .expect("broadcast over hypotheses");
-        let (ctx, att) = sp.attention.step(
-            hb,
-            kb,
+        // Every hypothesis attends over the same utterance.
+        let (ctx, alpha) = sp.attention.infer_step(
+            self.h.view(),
+            self.keys.view(),
             s1.h.view(),
-            None,
             st.alpha.as_ref().map(|a| a.view()),
         )?;
-        let peaks = att
-            .alpha()
+        let peaks = alpha
             .rows()
             .into_iter()
             .map(|r| {
@@ -216,7 +206,7 @@ impl Decoder for UtteranceDecoder<'_> {
                 s0,
                 s1,
                 ctx,
-                alpha: st.alpha.is_some().then(|| att.alpha().to_owned()),
+                alpha: st.alpha.is_some().then_some(alpha),
             },
             attention_peaks: Some(peaks),
         })

@@ -212,33 +212,12 @@ impl AdditiveAttention {
             .expect("parameters are row-major");
         let mut t = Array3::<f32>::zeros((units, batch, a));
         let mut alpha = Array2::<f32>::zeros((batch, units));
-        // Location term: filter outputs f [B, U, K] by direct convolution (K * W per
-        // frame), then one product with the projection for every frame at once.
-        let (f, loc) = match (&self.location, &prev) {
-            (Some(l), Some(p)) => {
-                let k = l.conv.nrows();
-                let mut f = Array3::<f32>::zeros((batch, units, k));
-                for b in 0..batch {
-                    let live = lengths.map_or(units, |l| l[b]);
-                    for u in 0..live {
-                        let mut fr = f.slice_mut(s![b, u, ..]);
-                        location_features(l, p.row(b), u, fr.as_slice_mut().expect("row-major"));
-                    }
-                }
-                let flat = f
-                    .view()
-                    .into_shape_with_order((batch * units, k))
-                    .expect("contiguous");
-                let loc = l.proj.forward(flat)?;
-                (
-                    Some(f),
-                    Some(
-                        loc.into_shape_with_order((batch, units, a))
-                            .expect("row-major"),
-                    ),
-                )
+        let (f, loc) = match &prev {
+            Some(p) => {
+                let (f, loc) = self.location_term(p.view(), lengths)?;
+                (Some(f), Some(loc))
             }
-            _ => (None, None),
+            None => (None, None),
         };
         let zero = vec![0f32; a];
         for b in 0..batch {
@@ -265,18 +244,7 @@ impl AdditiveAttention {
                     loc,
                 );
             }
-            // Softmax over the live positions; dead ones stay at weight 0.
-            let max = e
-                .slice(s![..live])
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let mut z = 0f32;
-            for x in e.slice_mut(s![..live]).iter_mut() {
-                *x = (*x - max).exp();
-                z += *x;
-            }
-            e.slice_mut(s![..live]).mapv_inplace(|x| x / z);
+            softmax_live(e, live);
         }
         let mut ctx = Array2::<f32>::zeros((batch, d));
         for b in 0..batch {
@@ -298,6 +266,122 @@ impl AdditiveAttention {
                 f,
             },
         ))
+    }
+
+    /// The location term `W_f conv(prev)` of every live position: filter outputs `f`
+    /// `[B, U, K]` and their projection `[B, U, A]`, for previous weights `prev`
+    /// `[B, U]` (a location-aware layer only; dead positions stay zero).
+    fn location_term(
+        &self,
+        prev: ArrayView2<f32>,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Array3<f32>, Array3<f32>)> {
+        let l = self
+            .location
+            .as_ref()
+            .expect("only location-aware attention has a location term");
+        let (batch, units) = prev.dim();
+        let k = l.conv.nrows();
+        // Filter outputs by direct convolution (K * W per frame), then one product with
+        // the projection for every frame at once.
+        let mut f = Array3::<f32>::zeros((batch, units, k));
+        for b in 0..batch {
+            let live = lengths.map_or(units, |l| l[b]);
+            for u in 0..live {
+                let mut fr = f.slice_mut(s![b, u, ..]);
+                location_features(l, prev.row(b), u, fr.as_slice_mut().expect("row-major"));
+            }
+        }
+        let flat = f
+            .view()
+            .into_shape_with_order((batch * units, k))
+            .expect("contiguous");
+        let loc = l.proj.forward(flat)?;
+        let a = self.att_h.output_dim();
+        Ok((
+            f,
+            loc.into_shape_with_order((batch, units, a))
+                .expect("row-major"),
+        ))
+    }
+
+    /// [`AdditiveAttention::step`] for decoding: `n` hypotheses of one utterance attend
+    /// over the same listener states `h` `[U, D]` and `keys` `[U, A]` (no copy per
+    /// hypothesis), with decoder states `s` `[n, S]` and (location-aware only) previous
+    /// weights `prev` `[n, U]`. Returns the contexts `[n, D]` and weights `[n, U]`,
+    /// equal to the bit to what `step` gives for the same inputs broadcast over `n`,
+    /// without the cache `step` keeps for backward (its `[U, n, A]` tanh values are
+    /// most of a decoding step's memory traffic).
+    pub fn infer_step(
+        &self,
+        h: ArrayView2<f32>,
+        keys: ArrayView2<f32>,
+        s: ArrayView2<f32>,
+        prev: Option<ArrayView2<f32>>,
+    ) -> Result<(Array2<f32>, Array2<f32>)> {
+        let (units, d) = h.dim();
+        let a = self.att_h.output_dim();
+        check_shape("attention", "keys", keys.shape(), &[Some(units), Some(a)])?;
+        let n = s.nrows();
+        check_shape(
+            "attention",
+            "decoder state",
+            s.shape(),
+            &[Some(n), Some(self.att_s.input_dim())],
+        )?;
+        let loc = match (&self.location, prev) {
+            (None, _) => None,
+            (Some(_), Some(p)) => {
+                check_shape(
+                    "attention",
+                    "previous weights",
+                    p.shape(),
+                    &[Some(n), Some(units)],
+                )?;
+                Some(self.location_term(p, None)?.1)
+            }
+            (Some(_), None) => {
+                return Err(Error::Lengths {
+                    layer: "attention".into(),
+                    reason: "location-aware attention needs the previous step's weights".into(),
+                })
+            }
+        };
+        let q = self.att_s.forward(s)?; // [n, A]
+        let v = self
+            .att_v
+            .weight
+            .as_slice()
+            .expect("parameters are row-major");
+        let keys = keys.as_standard_layout();
+        let keys = keys.as_slice().expect("standard layout");
+        let zero = vec![0f32; a];
+        let mut scratch = vec![0f32; a];
+        let mut alpha = Array2::<f32>::zeros((n, units));
+        for b in 0..n {
+            let qb = q.row(b);
+            let qb = qb.as_slice().expect("fresh arrays are row-major");
+            let mut e = alpha.row_mut(b);
+            for u in 0..units {
+                let loc = match &loc {
+                    Some(l) => l.slice(s![b, u, ..]).to_slice().expect("row-major"),
+                    None => &zero[..],
+                };
+                e[u] = score(&mut scratch, &keys[u * a..(u + 1) * a], qb, v, loc);
+            }
+            softmax_live(e, units);
+        }
+        let mut ctx = Array2::<f32>::zeros((n, d));
+        for b in 0..n {
+            let mut cr = ctx.row_mut(b);
+            for u in 0..units {
+                let w = alpha[(b, u)];
+                if w != 0.0 {
+                    cr.scaled_add(w, &h.row(u));
+                }
+            }
+        }
+        Ok((ctx, alpha))
     }
 
     /// Gradients of one step for `d_ctx` `[B, D]` and (location-aware) `d_alpha`
@@ -525,6 +609,22 @@ impl Module for AdditiveAttention {
             }),
         }
     }
+}
+
+/// Softmax over the first `live` entries of `e` in place; the rest stay as they are
+/// (zero: dead positions get no weight).
+fn softmax_live(mut e: ndarray::ArrayViewMut1<f32>, live: usize) {
+    let max = e
+        .slice(s![..live])
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut z = 0f32;
+    for x in e.slice_mut(s![..live]).iter_mut() {
+        *x = (*x - max).exp();
+        z += *x;
+    }
+    e.slice_mut(s![..live]).mapv_inplace(|x| x / z);
 }
 
 /// One position's score: `t = tanh(k + q + loc)` into `t` and returns `v · t` (all

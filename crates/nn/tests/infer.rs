@@ -146,3 +146,58 @@ fn cell_gradients_deferred_over_steps_equal_per_step_ones() {
         .accumulate(&[(&caches[0], wrong.view())], &mut cell.zeros_like())
         .is_err());
 }
+
+#[test]
+fn attention_infer_step_equals_the_training_step_to_the_bit() {
+    use lasr_nn::AdditiveAttention;
+    use rand::RngExt;
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let (units, n, d, s, a) = (13, 5, 6, 7, 9);
+    let content = AdditiveAttention::new(d, s, a, &mut rng);
+    let location = AdditiveAttention::new_location(d, s, a, 3, 5, &mut rng);
+    for att in [content, location] {
+        let h = Array2::from_shape_fn((units, d), |_| rng.random_range(-1.0f32..1.0));
+        let keys = att
+            .keys(h.view().insert_axis(Axis(1)))
+            .unwrap()
+            .index_axis_move(Axis(1), 0);
+        let state = Array2::from_shape_fn((n, s), |_| rng.random_range(-1.0f32..1.0));
+        // Previous weights that differ per row, as a beam's hypotheses' do.
+        let mut prev = Array2::from_shape_fn((n, units), |_| rng.random_range(0.0f32..1.0));
+        for mut r in prev.rows_mut() {
+            let z = r.sum();
+            r.mapv_inplace(|x| x / z);
+        }
+        let prev = att.location.as_ref().map(|_| prev);
+        let hb = h.view().insert_axis(Axis(1));
+        let hb = hb.broadcast((units, n, d)).unwrap();
+        let kb = keys.view().insert_axis(Axis(1));
+        let kb = kb.broadcast((units, n, a)).unwrap();
+        let (ctx, cache) = att
+            .step(hb, kb, state.view(), None, prev.as_ref().map(|p| p.view()))
+            .unwrap();
+        let (ctx2, alpha2) = att
+            .infer_step(
+                h.view(),
+                keys.view(),
+                state.view(),
+                prev.as_ref().map(|p| p.view()),
+            )
+            .unwrap();
+        assert_eq!(ctx, ctx2);
+        assert_eq!(cache.alpha(), alpha2.view());
+        // Not trivially equal: the rows attend differently.
+        assert_ne!(alpha2.row(0), alpha2.row(1));
+    }
+    let att = AdditiveAttention::new_location(d, s, a, 3, 5, &mut rng);
+    let h = Array2::<f32>::zeros((units, d));
+    let keys = Array2::<f32>::zeros((units, a));
+    let state = Array2::<f32>::zeros((n, s));
+    assert!(att
+        .infer_step(h.view(), keys.view(), state.view(), None)
+        .is_err());
+    let wrong = Array2::<f32>::zeros((units + 1, a));
+    assert!(att
+        .infer_step(h.view(), wrong.view(), state.view(), None)
+        .is_err());
+}
