@@ -463,6 +463,50 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     assert_eq!(top2.len(), 2, "{top2:?}");
     let err = refused(on_high(&["--attention", "--rescore", "1"]));
     assert!(err.contains("ctc_only"), "{err}");
+    // A model file that recommends rescoring (as the built-in one does) rescores by
+    // default, and still decodes with the attention searches, which cannot rescore.
+    let tmp_dir = tempfile::tempdir().unwrap();
+    let recommends = tmp_dir.path().join("rescoring.json");
+    std::fs::write(
+        &recommends,
+        r#"{"ctc_only": true, "search": {"beam_size": 4}, "attention_rescore_weight": 0.5, "rescore_nbest": 4}"#,
+    )
+    .unwrap();
+    let packed = tmp_dir.path().join("rescoring.safetensors");
+    let out = lasr(&[
+        "pack",
+        model.to_str().unwrap(),
+        "--decode",
+        recommends.to_str().unwrap(),
+        "-o",
+        packed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let on_packed = |extra: &[&str]| {
+        let mut args = vec!["transcribe", "-m", packed.to_str().unwrap(), "--no-lm"];
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        lasr(&args)
+    };
+    let out = on_packed(&["--json", "--nbest", "4"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        v["nbest"],
+        serde_json::Value::Array(rescored.clone()),
+        "{v}"
+    );
+    for flags in [&["--attention"][..], &["--joint", "--beam", "2"][..]] {
+        let out = on_packed(flags);
+        assert!(out.status.success(), "{flags:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).ends_with("\tyo\n"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    let err = refused(on_packed(&["--attention", "--rescore", "0.5"]));
+    assert!(err.contains("ctc_only"), "{err}");
     // Word-model settings without a word model are refused, not ignored.
     for flags in [
         &["--word-lm-weight", "0.5"][..],

@@ -505,6 +505,11 @@ impl DecodeArgs {
         if let Some(n) = self.rescore_nbest {
             o.rescore_nbest = n;
         }
+        if !o.ctc_only && self.rescore.is_none() {
+            // Rescoring re-ranks a CTC search: a model file's recommendation of it
+            // does not carry over to the attention search --attention or --joint ask for.
+            o.attention_rescore_weight = 0.0;
+        }
         if let Some(path) = &self.word_lm {
             o.word_lm = Some(lasr_model::SharedWordLm(std::sync::Arc::new(
                 lasr_decode::WordLm::load(path, &model.vocab)?,
