@@ -8,8 +8,9 @@ Not part of lasr's build or tests; needs PyTorch (`pip install torch numpy`).
     python3 tools/lstm-lm-experiment.py ../shared/data/librispeech/lm-text runs/tune.tsv \
         runs/tune-nbest64.jsonl
 
-Trains a one-layer LSTM LM (10,000 words + <unk>, 256 units, tied embedding, dropout
-0.3, Adam 2e-3 halved each epoch, 4 epochs: about 10 minutes on 2 cores), prints its
+Trains a one-layer LSTM LM (the 9,998 commonest words, <unk> and </s>; 256 units, tied
+embedding, dropout 0.3, Adam 2e-3 halved each epoch, 4 epochs: about 10 minutes on 2
+idle cores), prints its
 perplexity on the tune transcripts, then the tune WER of the n-best re-ranked by
 score + LAM * log P_lstm + BETA * words over a grid of LAM and BETA.
 """

@@ -505,11 +505,6 @@ impl DecodeArgs {
         if let Some(n) = self.rescore_nbest {
             o.rescore_nbest = n;
         }
-        if !o.ctc_only && self.rescore.is_none() {
-            // Rescoring re-ranks a CTC search: a model file's recommendation of it
-            // does not carry over to the attention search --attention or --joint ask for.
-            o.attention_rescore_weight = 0.0;
-        }
         if let Some(path) = &self.word_lm {
             o.word_lm = Some(lasr_model::SharedWordLm(std::sync::Arc::new(
                 lasr_decode::WordLm::load(path, &model.vocab)?,
@@ -542,6 +537,9 @@ impl DecodeArgs {
                     "--oov-penalty has no known words to apply to (--word-lm or --lexicon): {why}"
                 );
             }
+        }
+        if self.rescore_nbest.is_some() && !o.ctc_only {
+            bail!("--rescore-nbest re-ranks the CTC beam search (--ctc-only); --attention and --joint search with the attention decoder");
         }
         if self.rescore_nbest.is_some() && o.attention_rescore_weight == 0.0 {
             bail!(
@@ -1013,7 +1011,13 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         }
         inputs.extend(files.into_iter().map(Input::File));
     }
-    let options = args.decode.options(&model, builtin)?;
+    let mut options = args.decode.options(&model, builtin)?;
+    if !options.ctc_only && args.decode.rescore.is_none() {
+        // Rescoring re-ranks a CTC search: a model file's recommendation of it does
+        // not carry over to the attention search --attention or --joint ask for.
+        // (`bench` keeps it for its CTC settings and leaves it out of the others.)
+        options.attention_rescore_weight = 0.0;
+    }
     options.validate(&model)?;
     let weights = model.inference_weights(args.decode.weights);
     let front = model.front_end()?;

@@ -655,6 +655,21 @@ fn teacher_forced_scores_reproduce_the_search_log_probs_in_any_order() {
 }
 
 #[test]
+fn teacher_forced_scoring_fans_states_out_to_children() {
+    let toy = Toy::new(7, random_model(7, 5, -1.0));
+    // Level 1 holds [3] and [4]; level 2 holds [4, 5] and [4, 6], both children of
+    // row 1: as many rows as before, but not the same ones, so `select` must run.
+    let seqs = vec![vec![3], vec![4, 5], vec![4, 6]];
+    let scores = score_sequences(&toy, &seqs).unwrap();
+    for (seq, &score) in seqs.iter().zip(&scores) {
+        assert_eq!(score, toy.log_prob(seq, true), "{seq:?}");
+    }
+    assert_eq!(*toy.batch_sizes.borrow(), vec![1, 2, 2]);
+    // The root's state fans out to two rows, then row 1's to two.
+    assert_eq!(toy.selects.get(), 2);
+}
+
+#[test]
 fn teacher_forced_scoring_refuses_foreign_tokens_and_passes_model_errors() {
     let toy = Toy::new(6, random_model(6, 3, 0.0));
     assert!(score_sequences(&toy, &[]).unwrap().is_empty());

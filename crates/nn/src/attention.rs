@@ -309,7 +309,8 @@ impl AdditiveAttention {
     /// over the same listener states `h` `[U, D]` and `keys` `[U, A]` (no copy per
     /// hypothesis), with decoder states `s` `[n, S]` and (location-aware only) previous
     /// weights `prev` `[n, U]`. Returns the contexts `[n, D]` and weights `[n, U]`,
-    /// equal to the bit to what `step` gives for the same inputs broadcast over `n`,
+    /// equal to the bit to what `step` gives (without `lengths`) for the same inputs
+    /// broadcast over `n`,
     /// without the cache `step` keeps for backward (its `[U, n, A]` tanh values are
     /// most of a decoding step's memory traffic).
     pub fn infer_step(
@@ -320,6 +321,12 @@ impl AdditiveAttention {
         prev: Option<ArrayView2<f32>>,
     ) -> Result<(Array2<f32>, Array2<f32>)> {
         let (units, d) = h.dim();
+        if units == 0 {
+            return Err(Error::Lengths {
+                layer: "attention".into(),
+                reason: "no listener states to attend over".into(),
+            });
+        }
         let a = self.att_h.output_dim();
         check_shape("attention", "keys", keys.shape(), &[Some(units), Some(a)])?;
         let n = s.nrows();

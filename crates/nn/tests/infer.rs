@@ -193,11 +193,32 @@ fn attention_infer_step_equals_the_training_step_to_the_bit() {
     let h = Array2::<f32>::zeros((units, d));
     let keys = Array2::<f32>::zeros((units, a));
     let state = Array2::<f32>::zeros((n, s));
+    let prev = AdditiveAttention::initial_weights(units, &vec![units; n]);
+    assert!(att
+        .infer_step(h.view(), keys.view(), state.view(), Some(prev.view()))
+        .is_ok());
     assert!(att
         .infer_step(h.view(), keys.view(), state.view(), None)
         .is_err());
     let wrong = Array2::<f32>::zeros((units + 1, a));
     assert!(att
-        .infer_step(h.view(), wrong.view(), state.view(), None)
+        .infer_step(h.view(), wrong.view(), state.view(), Some(prev.view()))
+        .is_err());
+    for shape in [(n, units + 1), (n + 1, units)] {
+        let bad = Array2::<f32>::zeros(shape);
+        assert!(att
+            .infer_step(h.view(), keys.view(), state.view(), Some(bad.view()))
+            .is_err());
+    }
+    let none = Array2::<f32>::zeros((0, d));
+    let no_keys = Array2::<f32>::zeros((0, a));
+    let first = AdditiveAttention::initial_weights(0, &vec![0; n]);
+    assert!(att
+        .infer_step(
+            none.view(),
+            no_keys.view(),
+            state.view(),
+            Some(first.view())
+        )
         .is_err());
 }
