@@ -507,6 +507,8 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     }
     let err = refused(on_packed(&["--attention", "--rescore", "0.5"]));
     assert!(err.contains("ctc_only"), "{err}");
+    let err = refused(on_packed(&["--attention", "--rescore-nbest", "2"]));
+    assert!(err.contains("--rescore-nbest re-ranks the CTC"), "{err}");
     // Word-model settings without a word model are refused, not ignored.
     for flags in [
         &["--word-lm-weight", "0.5"][..],

@@ -538,9 +538,6 @@ impl DecodeArgs {
                 );
             }
         }
-        if self.rescore_nbest.is_some() && !o.ctc_only {
-            bail!("--rescore-nbest re-ranks the CTC beam search (--ctc-only); --attention and --joint search with the attention decoder");
-        }
         if self.rescore_nbest.is_some() && o.attention_rescore_weight == 0.0 {
             bail!(
                 "--rescore-nbest sets how many hypotheses --rescore re-ranks: give --rescore W too"
@@ -1012,6 +1009,10 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         inputs.extend(files.into_iter().map(Input::File));
     }
     let mut options = args.decode.options(&model, builtin)?;
+    if !options.ctc_only && args.decode.rescore_nbest.is_some() {
+        // (`bench` re-ranks in its CTC settings whatever the others are.)
+        bail!("--rescore-nbest re-ranks the CTC beam search (--ctc-only); --attention and --joint search with the attention decoder");
+    }
     if !options.ctc_only && args.decode.rescore.is_none() {
         // Rescoring re-ranks a CTC search: a model file's recommendation of it does
         // not carry over to the attention search --attention or --joint ask for.
