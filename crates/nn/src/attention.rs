@@ -186,24 +186,9 @@ impl AdditiveAttention {
                 });
             }
         }
-        let prev = match (&self.location, prev) {
-            (None, _) => None,
-            (Some(_), Some(p)) => {
-                check_shape(
-                    "attention",
-                    "previous weights",
-                    p.shape(),
-                    &[Some(batch), Some(units)],
-                )?;
-                Some(p.to_owned())
-            }
-            (Some(_), None) => {
-                return Err(Error::Lengths {
-                    layer: "attention".into(),
-                    reason: "location-aware attention needs the previous step's weights".into(),
-                })
-            }
-        };
+        let prev = self
+            .previous_weights(prev, batch, units)?
+            .map(|p| p.to_owned());
         let q = self.att_s.forward(s)?; // [B, A]
         let v = self
             .att_v
@@ -268,6 +253,32 @@ impl AdditiveAttention {
         ))
     }
 
+    /// The previous step's weights `[B, U]` a step reads: checked when this layer is
+    /// location-aware (which needs them), ignored (`None`) when it is not.
+    fn previous_weights<'a>(
+        &self,
+        prev: Option<ArrayView2<'a, f32>>,
+        batch: usize,
+        units: usize,
+    ) -> Result<Option<ArrayView2<'a, f32>>> {
+        match (&self.location, prev) {
+            (None, _) => Ok(None),
+            (Some(_), Some(p)) => {
+                check_shape(
+                    "attention",
+                    "previous weights",
+                    p.shape(),
+                    &[Some(batch), Some(units)],
+                )?;
+                Ok(Some(p))
+            }
+            (Some(_), None) => Err(Error::Lengths {
+                layer: "attention".into(),
+                reason: "location-aware attention needs the previous step's weights".into(),
+            }),
+        }
+    }
+
     /// The location term `W_f conv(prev)` of every live position: filter outputs `f`
     /// `[B, U, K]` and their projection `[B, U, A]`, for previous weights `prev`
     /// `[B, U]` (a location-aware layer only; dead positions stay zero).
@@ -310,9 +321,8 @@ impl AdditiveAttention {
     /// hypothesis), with decoder states `s` `[n, S]` and (location-aware only) previous
     /// weights `prev` `[n, U]`. Returns the contexts `[n, D]` and weights `[n, U]`,
     /// equal to the bit to what `step` gives (without `lengths`) for the same inputs
-    /// broadcast over `n`,
-    /// without the cache `step` keeps for backward (its `[U, n, A]` tanh values are
-    /// most of a decoding step's memory traffic).
+    /// broadcast over `n`, without the cache `step` keeps for backward (its `[U, n, A]`
+    /// tanh values).
     pub fn infer_step(
         &self,
         h: ArrayView2<f32>,
@@ -336,23 +346,9 @@ impl AdditiveAttention {
             s.shape(),
             &[Some(n), Some(self.att_s.input_dim())],
         )?;
-        let loc = match (&self.location, prev) {
-            (None, _) => None,
-            (Some(_), Some(p)) => {
-                check_shape(
-                    "attention",
-                    "previous weights",
-                    p.shape(),
-                    &[Some(n), Some(units)],
-                )?;
-                Some(self.location_term(p, None)?.1)
-            }
-            (Some(_), None) => {
-                return Err(Error::Lengths {
-                    layer: "attention".into(),
-                    reason: "location-aware attention needs the previous step's weights".into(),
-                })
-            }
+        let loc = match self.previous_weights(prev, n, units)? {
+            Some(p) => Some(self.location_term(p, None)?.1),
+            None => None,
         };
         let q = self.att_s.forward(s)?; // [n, A]
         let v = self
