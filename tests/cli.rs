@@ -505,6 +505,38 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
             text(&out.stdout)
         );
     }
+    // Nor does its CTC beam width: a CTC best path (width 1) recommended, --attention
+    // searches with the attention default (8), so it has more than one alternative.
+    let greedy_ctc = tmp_dir.path().join("greedy-ctc.json");
+    std::fs::write(
+        &greedy_ctc,
+        r#"{"ctc_only": true, "search": {"beam_size": 1}}"#,
+    )
+    .unwrap();
+    let packed1 = tmp_dir.path().join("greedy-ctc.safetensors");
+    let out = lasr(&[
+        "pack",
+        model.to_str().unwrap(),
+        "--decode",
+        greedy_ctc.to_str().unwrap(),
+        "-o",
+        packed1.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let alternatives = |extra: &[&str]| {
+        let mut args = vec!["transcribe", "-m", packed1.to_str().unwrap(), "--no-lm"];
+        args.extend(["--json", "--nbest", "8"]);
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        let out = lasr(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        v["nbest"].as_array().unwrap().len()
+    };
+    assert_eq!(alternatives(&[]), 1);
+    assert_eq!(alternatives(&["--attention", "--beam", "1"]), 1);
+    assert!(alternatives(&["--attention"]) > 1);
+    assert!(alternatives(&["--joint"]) > 1);
     let err = refused(on_packed(&["--attention", "--rescore", "0.5"]));
     assert!(err.contains("ctc_only"), "{err}");
     let err = refused(on_packed(&["--attention", "--rescore-nbest", "2"]));

@@ -334,7 +334,8 @@ struct TranscribeArgs {
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Decoding (defaults: what the model file recommends)")]
 struct DecodeArgs {
-    /// Beam width; 1 is greedy decoding.
+    /// Beam width; 1 is greedy decoding. Without it: the model file's recommendation,
+    /// but 8 when --attention or --joint replace a recommended CTC search.
     #[arg(long, value_name = "N")]
     beam: Option<usize>,
     /// Length normalisation exponent: score = log_prob / length^ALPHA (0 = none).
@@ -1018,6 +1019,12 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         // not carry over to the attention search --attention or --joint ask for.
         // (`bench` keeps it for its CTC settings and leaves it out of the others.)
         options.attention_rescore_weight = 0.0;
+    }
+    let recommends_ctc = model.decode.as_ref().is_some_and(|d| d.ctc_only);
+    if !options.ctc_only && recommends_ctc && args.decode.beam.is_none() {
+        // Likewise its beam width: the built-in model's 1024 suits the CTC search and
+        // would make the attention search crawl.
+        options.search.beam_size = lasr_decode::SearchOptions::default().beam_size;
     }
     options.validate(&model)?;
     let weights = model.inference_weights(args.decode.weights);
