@@ -256,6 +256,53 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
 }
 
 #[test]
+fn train_init_from_an_ensemble_trains_its_main_model_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = kaldi_dir(dir.path());
+    // Ensemble members need a CTC head.
+    let cfg = dir.path().join("model.json");
+    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8, "ctc_weight": 0.5}"#).unwrap();
+    let out = train(&data, &dir.path().join("run1"), &cfg, &["--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = dir.path().join("run1/model.safetensors");
+    let (first_s, ens) = (first.to_str().unwrap(), dir.path().join("ens.safetensors"));
+    let out = lasr(&[
+        "ensemble",
+        first_s,
+        first_s,
+        "--weights",
+        "0.6,0.4",
+        "--storage",
+        "f16",
+        "-o",
+        ens.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = dir.path().join("run2");
+    let init = [
+        "--init",
+        ens.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--lr",
+        "0",
+    ];
+    let out = train_on(&data, &run, &init);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ens.safetensors: a CTC ensemble of 2 models"),
+        "{}",
+        text(&out.stderr)
+    );
+    // With a learning rate of 0 the result is the ensemble's main model (as rounded
+    // to half precision there), with no members, stored in f32.
+    let trained = lasr_model::ModelFile::load(&run.join("model.safetensors")).unwrap();
+    assert!(trained.members.is_empty());
+    assert_eq!(trained.storage, lasr_nn::Storage::F32);
+    assert_eq!(tensors(&ens), tensors(&run.join("model.safetensors")));
+}
+
+#[test]
 fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _, first) = first_model(dir.path());

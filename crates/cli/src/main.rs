@@ -290,7 +290,8 @@ struct TrainArgs {
     /// Start from this trained model instead of random weights (fine-tuning, or a
     /// second phase with a new schedule or data): its sizes, feature settings and
     /// normalisation statistics are kept; the optimiser, the learning-rate schedule
-    /// and the step count start afresh.
+    /// and the step count start afresh. Of an ensemble (the built-in model is one,
+    /// assets/model.safetensors) only the main model is trained on.
     #[arg(long, value_name = "MODEL", conflicts_with_all = ["model_config", "resume", "utterance_mean"])]
     init: Option<PathBuf>,
     /// Print the final validation as JSON.
@@ -1682,13 +1683,17 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let preset = args.preset.as_deref().unwrap_or("reference");
     let init = match &args.init {
         Some(path) => {
-            let m = lasr_model::ModelFile::load(path)?;
+            let mut m = lasr_model::ModelFile::load(path)?;
             if !m.members.is_empty() {
-                bail!(
-                    "{}: a CTC ensemble of {} models; --init takes one model (one of the files it was built from)",
+                // The main model is a whole LAS (the members are listeners and CTC
+                // heads only), so fine-tuning the shipped ensemble means fine-tuning it.
+                eprintln!(
+                    "{}: a CTC ensemble of {} models; training starts from its main model and leaves the other {} out",
                     path.display(),
-                    m.members.len() + 1
+                    m.members.len() + 1,
+                    m.members.len()
                 );
+                m.members.clear();
             }
             Some(m)
         }
