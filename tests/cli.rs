@@ -537,6 +537,52 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     assert_eq!(alternatives(&["--attention", "--beam", "1"]), 1);
     assert!(alternatives(&["--attention"]) > 1);
     assert!(alternatives(&["--joint"]) > 1);
+    // A model file may recommend a weight format: decoding is then that format's,
+    // which differs from f32 in the scores, and --weights f32 brings the file's
+    // weights back.
+    let int8_json = tmp_dir.path().join("int8.json");
+    std::fs::write(
+        &int8_json,
+        r#"{"ctc_only": true, "search": {"beam_size": 4}, "weights": "int8"}"#,
+    )
+    .unwrap();
+    let packed8 = tmp_dir.path().join("int8.safetensors");
+    let out = lasr(&[
+        "pack",
+        model.to_str().unwrap(),
+        "--decode",
+        int8_json.to_str().unwrap(),
+        "-o",
+        packed8.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value =
+        serde_json::from_slice(&lasr(&["info", packed8.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(info["decode"]["weights"], "int8", "{info}");
+    let scores = |m: &Path, extra: &[&str]| {
+        let mut args = vec!["transcribe", "-m", m.to_str().unwrap(), "--no-lm", "--json"];
+        args.extend(["--nbest", "4"]);
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        let out = lasr(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        v["nbest"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["score"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let plain = ["--ctc-only", "--beam", "4"];
+    let recommended = scores(&packed8, &[]);
+    assert_eq!(
+        recommended,
+        scores(&model, &[&plain[..], &["--weights", "int8"]].concat())
+    );
+    let f32_scores = scores(&model, &plain);
+    assert_ne!(recommended, f32_scores);
+    assert_eq!(scores(&packed8, &["--weights", "f32"]), f32_scores);
     let err = refused(on_packed(&["--attention", "--rescore", "0.5"]));
     assert!(err.contains("ctc_only"), "{err}");
     let err = refused(on_packed(&["--attention", "--rescore-nbest", "2"]));

@@ -415,9 +415,9 @@ struct DecodeArgs {
     /// integers with a scale per row, a quarter of the bytes, and quantizes each input
     /// vector too, summing the products in integers (the fastest: AVX-512 VNNI where
     /// the CPU has it, else AVX2). Both decode faster with scores that may differ
-    /// slightly.
-    #[arg(long, value_name = "FORMAT", default_value_t = lasr_model::WeightFormat::F32)]
-    weights: lasr_model::WeightFormat,
+    /// slightly. Default: what the model file recommends, else f32.
+    #[arg(long, value_name = "FORMAT")]
+    weights: Option<lasr_model::WeightFormat>,
 }
 
 impl DecodeArgs {
@@ -506,6 +506,9 @@ impl DecodeArgs {
         }
         if let Some(n) = self.rescore_nbest {
             o.rescore_nbest = n;
+        }
+        if let Some(w) = self.weights {
+            o.weights = w;
         }
         if let Some(path) = &self.word_lm {
             o.word_lm = Some(lasr_model::SharedWordLm(std::sync::Arc::new(
@@ -1028,7 +1031,7 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         options.search.beam_size = lasr_decode::SearchOptions::default().beam_size;
     }
     options.validate(&model)?;
-    let weights = model.inference_weights(args.decode.weights);
+    let weights = model.inference_weights(options.weights);
     let front = model.front_end()?;
     if let Some(dir) = &args.plot_attention {
         std::fs::create_dir_all(dir)
@@ -1313,9 +1316,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         .map(|(s, _)| s)
         .collect();
     let bar = progress(entries.len(), "bench");
-    let report = lasr_model::bench(&model, args.decode.weights, &entries, &settings, &|| {
-        bar.inc(1)
-    })?;
+    let report = lasr_model::bench(&model, beam.weights, &entries, &settings, &|| bar.inc(1))?;
     bar.finish_and_clear();
     for s in &report.skipped {
         eprintln!("skipped {}: {}", s.id, s.error);

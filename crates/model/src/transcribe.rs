@@ -187,6 +187,33 @@ pub struct DecodeOptions {
     /// rescores; they are the n-best list then.
     #[serde(skip_serializing_if = "is_default_nbest")]
     pub rescore_nbest: usize,
+    /// The weight format the other settings were chosen with, to make
+    /// [`ModelFile::inference_weights`] in (decoding itself uses whatever weights it
+    /// is given). f32, the trained weights unchanged, unless set; left out of the
+    /// model file when f32, so that files without it stay readable by earlier
+    /// versions.
+    #[serde(skip_serializing_if = "is_f32", with = "weight_format")]
+    pub weights: WeightFormat,
+}
+
+fn is_f32(w: &WeightFormat) -> bool {
+    *w == WeightFormat::F32
+}
+
+/// A [`WeightFormat`] as its name (`"int8"`).
+mod weight_format {
+    use lasr_nn::WeightFormat;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(w: &WeightFormat, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(w.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WeightFormat, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 fn is_zero(v: &f32) -> bool {
@@ -218,6 +245,7 @@ impl Default for DecodeOptions {
             word_lm: None,
             attention_rescore_weight: 0.0,
             rescore_nbest: DEFAULT_RESCORE_NBEST,
+            weights: WeightFormat::F32,
         }
     }
 }
