@@ -583,6 +583,30 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     let f32_scores = scores(&model, &plain);
     assert_ne!(recommended, f32_scores);
     assert_eq!(scores(&packed8, &["--weights", "f32"]), f32_scores);
+    // `bench` makes its weights and its attention settings' width the same way.
+    let one = tmp_dir.path().join("one.tsv");
+    std::fs::write(&one, format!("{}\tYO\n", high.display())).unwrap();
+    let bench = |m: &Path, extra: &[&str]| {
+        let mut args = vec!["bench", one.to_str().unwrap(), "-m", m.to_str().unwrap()];
+        args.extend(["--no-lm", "--json"]);
+        args.extend(extra);
+        let out = lasr(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+        serde_json::from_str::<serde_json::Value>(text(&out.stdout).trim()).unwrap()
+    };
+    assert_eq!(bench(&packed8, &["--only", "ctc-beam"])["weights"], "int8");
+    let f32_bench = bench(&packed8, &["--only", "ctc-beam", "--weights", "f32"]);
+    assert_eq!(f32_bench["weights"], "f32");
+    let names = |v: serde_json::Value| -> Vec<String> {
+        let settings = v["settings"].as_array().unwrap().iter();
+        settings
+            .map(|s| s["name"].as_str().unwrap().into())
+            .collect()
+    };
+    let v = bench(&packed1, &["--only", "greedy,beam"]);
+    assert_eq!(names(v), ["greedy", "beam 8"]);
+    let v = bench(&packed1, &["--only", "beam,ctc-beam", "--beam", "3"]);
+    assert_eq!(names(v), ["beam 3", "CTC beam 3"]);
     let err = refused(on_packed(&["--attention", "--rescore", "0.5"]));
     assert!(err.contains("ctc_only"), "{err}");
     let err = refused(on_packed(&["--attention", "--rescore-nbest", "2"]));

@@ -291,7 +291,8 @@ struct TrainArgs {
     /// second phase with a new schedule or data): its sizes, feature settings and
     /// normalisation statistics are kept; the optimiser, the learning-rate schedule
     /// and the step count start afresh. Of an ensemble (the built-in model is one,
-    /// assets/model.safetensors) only the main model is trained on.
+    /// assets/model.safetensors) only the main model is trained and written: one
+    /// model, without the members or the file's recommended decoding.
     #[arg(long, value_name = "MODEL", conflicts_with_all = ["model_config", "resume", "utterance_mean"])]
     init: Option<PathBuf>,
     /// Print the final validation as JSON.
@@ -336,7 +337,8 @@ struct TranscribeArgs {
 #[command(next_help_heading = "Decoding (defaults: what the model file recommends)")]
 struct DecodeArgs {
     /// Beam width; 1 is greedy decoding. Without it: the model file's recommendation,
-    /// but 8 when --attention or --joint replace a recommended CTC search.
+    /// but the attention search's default (8) for attention searches when the file
+    /// recommends a CTC search (`bench`'s attention settings, --attention, --joint).
     #[arg(long, value_name = "N")]
     beam: Option<usize>,
     /// Length normalisation exponent: score = log_prob / length^ALPHA (0 = none).
@@ -1024,11 +1026,8 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         // (`bench` keeps it for its CTC settings and leaves it out of the others.)
         options.attention_rescore_weight = 0.0;
     }
-    let recommends_ctc = model.decode.as_ref().is_some_and(|d| d.ctc_only);
-    if !options.ctc_only && recommends_ctc && args.decode.beam.is_none() {
-        // Likewise its beam width: the built-in model's 1024 suits the CTC search and
-        // would make the attention search crawl.
-        options.search.beam_size = lasr_decode::SearchOptions::default().beam_size;
+    if !options.ctc_only {
+        options.search = attention_search(&model, &args.decode, &options.search);
     }
     options.validate(&model)?;
     let weights = model.inference_weights(options.weights);
@@ -1116,6 +1115,26 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The search settings for an attention search: `search` (the model file's
+/// recommendation with the flags), but when the file recommends a CTC search and no
+/// --beam is given, the attention search's default width: the built-in model's 1024
+/// suits its CTC search and would make the attention search crawl.
+fn attention_search(
+    model: &lasr_model::ModelFile,
+    args: &DecodeArgs,
+    search: &lasr_decode::SearchOptions,
+) -> lasr_decode::SearchOptions {
+    let recommends_ctc = model.decode.as_ref().is_some_and(|d| d.ctc_only);
+    if recommends_ctc && args.beam.is_none() {
+        lasr_decode::SearchOptions {
+            beam_size: lasr_decode::SearchOptions::default().beam_size,
+            ..search.clone()
+        }
+    } else {
+        search.clone()
+    }
+}
+
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     let (model, builtin) = load_model(args.model.as_deref())?;
     let corpus = lasr_data::corpus(&args.corpus)?;
@@ -1158,6 +1177,8 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         attention_rescore_weight: 0.0,
         ..beam.clone()
     };
+    // The attention settings' search (the CTC ones keep `beam.search`).
+    let att = attention_search(&model, &args.decode, &beam.search);
     let mut settings = vec![
         lasr_model::BenchSetting {
             name: "greedy".into(),
@@ -1173,8 +1194,9 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             },
         },
         lasr_model::BenchSetting {
-            name: format!("beam {}", beam.search.beam_size),
+            name: format!("beam {}", att.beam_size),
             options: lasr_model::DecodeOptions {
+                search: att.clone(),
                 ctc_weight: 0.0,
                 ctc_joint: false,
                 ctc_only: false,
@@ -1191,8 +1213,9 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     let joint = if beam.ctc_joint { "joint " } else { "" };
     if model.las.ctc.is_some() {
         settings.push(lasr_model::BenchSetting {
-            name: format!("beam {} + {joint}CTC {rerank}", beam.search.beam_size),
+            name: format!("beam {} + {joint}CTC {rerank}", att.beam_size),
             options: lasr_model::DecodeOptions {
+                search: att.clone(),
                 ctc_weight: rerank,
                 ctc_only: false,
                 ..plain.clone()
@@ -1240,6 +1263,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     // The attention settings never take a word list (it constrains CTC search only).
     let beam_att = lasr_model::DecodeOptions {
+        search: att.clone(),
         lexicon: None,
         word_lm: None,
         attention_rescore_weight: 0.0,
@@ -1248,7 +1272,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     if beam.lm.is_some() {
         let lm_w = beam.lm_weight;
         settings.push(lasr_model::BenchSetting {
-            name: format!("beam {} + LM {lm_w}", beam.search.beam_size),
+            name: format!("beam {} + LM {lm_w}", att.beam_size),
             options: lasr_model::DecodeOptions {
                 ctc_weight: 0.0,
                 ctc_joint: false,
@@ -1258,10 +1282,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         });
         if model.las.ctc.is_some() {
             settings.push(lasr_model::BenchSetting {
-                name: format!(
-                    "beam {} + {joint}CTC {rerank} + LM {lm_w}",
-                    beam.search.beam_size
-                ),
+                name: format!("beam {} + {joint}CTC {rerank} + LM {lm_w}", att.beam_size),
                 options: lasr_model::DecodeOptions {
                     ctc_weight: rerank,
                     ctc_only: false,
@@ -1332,13 +1353,14 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         println!("{v}");
     } else {
         println!(
-            "{}: {} utterances, {:.2} h of audio, {} skipped, {:.1} s on {} threads",
+            "{}: {} utterances, {:.2} h of audio, {} skipped, {:.1} s on {} threads, {} weights",
             args.corpus.display(),
             report.utterances,
             report.audio_hours,
             report.skipped.len(),
             report.wall_seconds,
-            report.threads
+            report.threads,
+            report.weights
         );
         println!(
             "{:<22} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>6} {:>8}",

@@ -872,4 +872,24 @@ mod tests {
         let back: DecodeOptions = serde_json::from_str(&plain).unwrap();
         assert_eq!(back, DecodeOptions::default());
     }
+
+    #[test]
+    fn a_weight_format_is_written_by_name_only_when_not_f32() {
+        let plain = serde_json::to_string(&DecodeOptions::default()).unwrap();
+        assert!(!plain.contains("weights"), "{plain}");
+        let o = DecodeOptions {
+            weights: WeightFormat::Int8,
+            ..DecodeOptions::default()
+        };
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(json.contains("\"weights\":\"int8\""), "{json}");
+        assert_eq!(serde_json::from_str::<DecodeOptions>(&json).unwrap(), o);
+        let err = serde_json::from_str::<DecodeOptions>(r#"{"weights": "int4"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("int4") && err.contains("f32, bf16 or int8"),
+            "{err}"
+        );
+    }
 }
