@@ -189,7 +189,7 @@ pub struct DecodeOptions {
     pub rescore_nbest: usize,
     /// The weight format the other settings were chosen with, to make
     /// [`ModelFile::inference_weights`] in (decoding itself uses whatever weights it
-    /// is given). f32, the trained weights unchanged, unless set; left out of the
+    /// is given). f32, the file's weights unchanged, unless set; left out of the
     /// model file when f32, so that files without it stay readable by earlier
     /// versions.
     #[serde(skip_serializing_if = "is_f32", with = "weight_format")]
