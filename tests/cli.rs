@@ -466,22 +466,26 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     // A model file that recommends rescoring (as the built-in one does) rescores by
     // default, and still decodes with the attention searches, which cannot rescore.
     let tmp_dir = tempfile::tempdir().unwrap();
-    let recommends = tmp_dir.path().join("rescoring.json");
-    std::fs::write(
-        &recommends,
+    // The tiny model packed with the recommended decoding `json`, as NAME.safetensors.
+    let pack_with = |name: &str, json: &str| {
+        let recommends = tmp_dir.path().join(format!("{name}.json"));
+        std::fs::write(&recommends, json).unwrap();
+        let packed = tmp_dir.path().join(format!("{name}.safetensors"));
+        let out = lasr(&[
+            "pack",
+            model.to_str().unwrap(),
+            "--decode",
+            recommends.to_str().unwrap(),
+            "-o",
+            packed.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        packed
+    };
+    let packed = pack_with(
+        "rescoring",
         r#"{"ctc_only": true, "search": {"beam_size": 4}, "attention_rescore_weight": 0.5, "rescore_nbest": 4}"#,
-    )
-    .unwrap();
-    let packed = tmp_dir.path().join("rescoring.safetensors");
-    let out = lasr(&[
-        "pack",
-        model.to_str().unwrap(),
-        "--decode",
-        recommends.to_str().unwrap(),
-        "-o",
-        packed.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    );
     let on_packed = |extra: &[&str]| {
         let mut args = vec!["transcribe", "-m", packed.to_str().unwrap(), "--no-lm"];
         args.extend(extra);
@@ -507,22 +511,10 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     }
     // Nor does its CTC beam width: a CTC best path (width 1) recommended, --attention
     // searches with the attention default (8), so it has more than one alternative.
-    let greedy_ctc = tmp_dir.path().join("greedy-ctc.json");
-    std::fs::write(
-        &greedy_ctc,
+    let packed1 = pack_with(
+        "greedy-ctc",
         r#"{"ctc_only": true, "search": {"beam_size": 1}}"#,
-    )
-    .unwrap();
-    let packed1 = tmp_dir.path().join("greedy-ctc.safetensors");
-    let out = lasr(&[
-        "pack",
-        model.to_str().unwrap(),
-        "--decode",
-        greedy_ctc.to_str().unwrap(),
-        "-o",
-        packed1.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    );
     let alternatives = |extra: &[&str]| {
         let mut args = vec!["transcribe", "-m", packed1.to_str().unwrap(), "--no-lm"];
         args.extend(["--json", "--nbest", "8"]);
@@ -540,22 +532,10 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     // A model file may recommend a weight format: decoding is then that format's,
     // which differs from f32 in the scores, and --weights f32 brings the file's
     // weights back.
-    let int8_json = tmp_dir.path().join("int8.json");
-    std::fs::write(
-        &int8_json,
+    let packed8 = pack_with(
+        "int8",
         r#"{"ctc_only": true, "search": {"beam_size": 4}, "weights": "int8"}"#,
-    )
-    .unwrap();
-    let packed8 = tmp_dir.path().join("int8.safetensors");
-    let out = lasr(&[
-        "pack",
-        model.to_str().unwrap(),
-        "--decode",
-        int8_json.to_str().unwrap(),
-        "-o",
-        packed8.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    );
     let info: serde_json::Value =
         serde_json::from_slice(&lasr(&["info", packed8.to_str().unwrap()]).stdout).unwrap();
     assert_eq!(info["decode"]["weights"], "int8", "{info}");
