@@ -46,11 +46,16 @@ fn train_step(c: &mut Criterion) {
 }
 
 /// The shipped model's shape (joint CTC, 4x reduction), content-only attention
-/// against location-aware attention (10 filters of 31 frames), same batch.
+/// against location-aware attention (10 filters of 31 frames), and against CTC alone
+/// (`ctc_weight` 1, which skips the speller), same batch.
 fn location_cost(c: &mut Criterion) {
     let mut group = c.benchmark_group("small_ctc_train_step_8x1000x150");
     group.sample_size(10);
-    for (name, channels) in [("content", 0), ("location", 10)] {
+    for (name, channels, ctc_weight) in [
+        ("content", 0, 0.5),
+        ("location", 10, 0.5),
+        ("ctc_only", 0, 1.0),
+    ] {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let config = ModelConfig {
             listener_hidden: 160,
@@ -58,7 +63,7 @@ fn location_cost(c: &mut Criterion) {
             embedding_dim: 64,
             speller_hidden: 256,
             attention_dim: 128,
-            ctc_weight: 0.5,
+            ctc_weight,
             location_channels: channels,
             location_width: 31,
             ..ModelConfig::default()

@@ -739,6 +739,63 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     assert!(names[0].starts_with("CTC beam 4 + word LM"), "{names:?}");
 }
 
+/// A model whose config says it trained with CTC alone (`ctc_weight` 1) decodes with
+/// CTC by default, and every use of its (untrained) speller is refused or left out.
+#[test]
+fn a_ctc_only_model_decodes_with_ctc_and_keeps_its_speller_out() {
+    let dir = repo().join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut file = lasr_model::ModelFile::load(&dir.join("tiny.safetensors")).unwrap();
+    file.las.config.ctc_weight = 1.0;
+    let model = tmp.path().join("ctc-only.safetensors");
+    file.save(&model).unwrap();
+    let high = dir.join("high.wav");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["transcribe", "-m", model.to_str().unwrap(), "--no-lm"];
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        lasr(&args)
+    };
+    let out = run(&["--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["text"], "yo", "{v}");
+    assert!(
+        v["nbest"][0]["ctc_log_prob"].is_number(),
+        "a CTC search: {v}"
+    );
+    for flags in [&["--attention"][..], &["--rescore", "0.5"]] {
+        let out = run(flags);
+        assert!(!out.status.success(), "{flags:?}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stderr).contains("trained with CTC alone"),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let one = tmp.path().join("one.tsv");
+    std::fs::write(&one, format!("{}\tYO\n", high.display())).unwrap();
+    let out = lasr(&[
+        "bench",
+        one.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+        "--no-lm",
+        "--beam",
+        "4",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let names: Vec<&str> = v["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["CTC best path", "CTC beam 4"], "{v}");
+}
+
 #[test]
 fn transcribe_spells_what_a_tiny_trained_model_learned() {
     let dir = tempfile::tempdir().unwrap();

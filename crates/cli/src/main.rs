@@ -439,6 +439,8 @@ impl DecodeArgs {
                 } else {
                     0.0
                 },
+                // A model trained on CTC alone has an untrained speller.
+                ctc_only: !model.las.config.trains_speller(),
                 ..Default::default()
             });
         if let Some(b) = self.beam {
@@ -1301,6 +1303,11 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                 },
             });
         }
+    }
+    // A model trained with CTC alone has an untrained speller: its attention
+    // settings would only measure noise (and crawl to the length limit).
+    if !model.las.config.trains_speller() {
+        settings.retain(|s| s.options.ctc_only);
     }
     // Short keys for --only, in the order the settings were pushed.
     let keys: Vec<&str> = settings

@@ -207,6 +207,12 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// False for a CTC-only objective (`ctc_weight` 1): training then never runs the
+    /// speller, whose weights get no gradient, and the model decodes with CTC.
+    pub fn trains_speller(&self) -> bool {
+        self.ctc_weight < 1.0
+    }
+
     /// True when the model carries a CTC head on the listener.
     pub fn has_ctc(&self) -> bool {
         self.ctc_weight > 0.0

@@ -535,18 +535,20 @@ impl StepStats {
 #[derive(Debug, Clone)]
 pub struct LasCache {
     listener: ListenerCache,
-    speller: SpellerCache,
+    /// `None` for a CTC-only objective (`ctc_weight` 1), which never runs the speller.
+    speller: Option<SpellerCache>,
     h: Array3<f32>,
-    /// `dL/dlogits` of the objective, `[L, B, V]`.
+    /// `dL/dlogits` of the objective, `[L, B, V]` (empty without a speller pass).
     dlogits: Array3<f32>,
     /// `dL/dlogits` of the CTC head, `[U, B, V]`, when there is one.
     dctc: Option<Array3<f32>>,
 }
 
 impl LasCache {
-    /// Attention weights `[L, B, U]`.
-    pub fn attention(&self) -> Array3<f32> {
-        self.speller.attention()
+    /// Attention weights `[L, B, U]`; `None` when the speller did not run (a
+    /// CTC-only objective, `ctc_weight` 1).
+    pub fn attention(&self) -> Option<Array3<f32>> {
+        self.speller.as_ref().map(|s| s.attention())
     }
 }
 
@@ -649,29 +651,42 @@ impl Las {
         let (h, lengths, listener) =
             self.listener
                 .forward(batch.feats.view(), &batch.lengths, noise)?;
-        let (inputs, scored) = self.teacher_forcing(&batch.targets);
-        let (logits, speller) = self.speller.forward(h.view(), &lengths, &inputs, noise)?;
-        let (steps, b, v) = logits.dim();
-        let flat = logits
-            .view()
-            .into_shape_with_order((steps * b, v))
-            .expect("row-major");
-        let ce = softmax_cross_entropy_smoothed(flat, &scored, self.config.label_smoothing)?;
         let w = self.config.ctc_weight;
-        let mut dlogits = ce
-            .grad
-            .into_shape_with_order((steps, b, v))
-            .expect("row-major");
-        if w > 0.0 {
-            dlogits *= 1.0 - w;
-        }
         let mut stats = StepStats {
-            loss_sum: ce.sum,
-            tokens: ce.count,
+            loss_sum: 0.0,
+            tokens: 0,
             ctc_sum: 0.0,
             ctc_labels: 0,
             ctc_infeasible: 0,
             ctc_weight: w,
+        };
+        // With the attention term weighted 0 the speller's gradients, and what it sends
+        // back to the listener, are exactly zero: skipping it changes no gradient and
+        // saves most of a small model's step.
+        let (speller, dlogits) = if self.config.trains_speller() {
+            let (inputs, scored) = self.teacher_forcing(&batch.targets);
+            let (logits, speller) = self.speller.forward(h.view(), &lengths, &inputs, noise)?;
+            let (steps, b, v) = logits.dim();
+            let flat = logits
+                .view()
+                .into_shape_with_order((steps * b, v))
+                .expect("row-major");
+            let ce = softmax_cross_entropy_smoothed(flat, &scored, self.config.label_smoothing)?;
+            let mut dlogits = ce
+                .grad
+                .into_shape_with_order((steps, b, v))
+                .expect("row-major");
+            if w > 0.0 {
+                dlogits *= 1.0 - w;
+            }
+            stats.loss_sum = ce.sum;
+            stats.tokens = ce.count;
+            (Some(speller), dlogits)
+        } else {
+            (
+                None,
+                Array3::zeros((0, batch.targets.len(), self.config.vocab_size)),
+            )
         };
         let dctc = match self.ctc_logits(h.view())? {
             Some(ctc_logits) => {
@@ -717,12 +732,15 @@ impl Las {
 
     /// Adds the gradient of the mean loss into `grads`; returns `dL/dfeats` `[T, B, F]`.
     pub fn backward(&self, cache: &LasCache, grads: &mut Las) -> Result<Array3<f32>> {
-        let mut dh = self.speller.backward(
-            &cache.speller,
-            cache.h.view(),
-            cache.dlogits.view(),
-            &mut grads.speller,
-        )?;
+        let mut dh = match &cache.speller {
+            Some(speller) => self.speller.backward(
+                speller,
+                cache.h.view(),
+                cache.dlogits.view(),
+                &mut grads.speller,
+            )?,
+            None => Array3::zeros(cache.h.dim()),
+        };
         if let (Some(ctc), Some(g), Some(dctc)) = (&self.ctc, &mut grads.ctc, &cache.dctc) {
             let (u, b, d) = cache.h.dim();
             let v = self.config.vocab_size;

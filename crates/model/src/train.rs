@@ -142,9 +142,10 @@ pub struct Validation {
     pub epoch: usize,
     /// Optimiser steps taken when it ran (mid-epoch validations share an epoch).
     pub step: u64,
-    /// Teacher-forced loss per token.
+    /// Teacher-forced loss per token (a CTC-only model's: its CTC loss per character).
     pub loss: f64,
-    /// Character and word error rates of greedy decoding on the decoded subset.
+    /// Character and word error rates of greedy decoding on the decoded subset (the
+    /// attention decoder's; a CTC-only model's CTC best path).
     pub cer: f64,
     pub wer: f64,
     pub decoded: usize,
@@ -226,12 +227,18 @@ pub fn validate(
     for u in &data.utterances[..n] {
         let decoder = model.las.encode(&weights, u.feats.view())?;
         let reference = model.vocab.normalize_transcript(&u.transcript);
+        let mut ctc_hyp = None;
         if let Some(logits) = decoder.ctc_logits()? {
             let (labels, _) = lasr_nn::ctc_greedy(logits.view(), model.las.config.blank);
-            ctc_chars += lasr_decode::cer(&reference, &model.vocab.decode(&labels));
+            let hyp = model.vocab.decode(&labels);
+            ctc_chars += lasr_decode::cer(&reference, &hyp);
+            ctc_hyp = Some(hyp);
         }
-        let hyp = greedy(&decoder, &options)?;
-        let hyp = model.vocab.decode(&hyp.tokens);
+        // A CTC-only model's speller is untrained: its decoding is the CTC best path.
+        let hyp = match ctc_hyp.filter(|_| !model.las.config.trains_speller()) {
+            Some(hyp) => hyp,
+            None => model.vocab.decode(&greedy(&decoder, &options)?.tokens),
+        };
         chars += lasr_decode::cer(&reference, &hyp);
         words += wer(&reference, &hyp);
     }
@@ -239,7 +246,11 @@ pub fn validate(
     Ok(Validation {
         epoch,
         step: 0,
-        loss: total.mean(),
+        loss: if model.las.config.trains_speller() {
+            total.mean()
+        } else {
+            total.ctc_mean()
+        },
         cer: if n == 0 { f64::NAN } else { chars.rate() },
         wer: if n == 0 { f64::NAN } else { words.rate() },
         decoded: n,

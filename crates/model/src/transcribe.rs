@@ -272,6 +272,15 @@ impl DecodeOptions {
                     .into(),
             ));
         }
+        if !model.las.config.trains_speller()
+            && (!self.ctc_only || self.attention_rescore_weight > 0.0)
+        {
+            return Err(Error::Model(
+                "this model was trained with CTC alone (ctc_weight 1) and its attention decoder \
+                 is untrained: decode with ctc_only (--ctc-only) and no attention re-ranking"
+                    .into(),
+            ));
+        }
         if !(self.lm_weight.is_finite() && self.lm_weight >= 0.0) {
             return Err(Error::Model(format!(
                 "lm_weight {} must be finite and >= 0",
@@ -768,7 +777,14 @@ impl ModelFile {
             seeds: None,
         };
         let (_, cache) = self.las.forward(&batch)?;
-        Ok(cache.attention().index_axis_move(ndarray::Axis(1), 0))
+        let attention = cache.attention().ok_or_else(|| {
+            Error::Config(
+                "this model was trained with CTC alone (ctc_weight 1): its speller never \
+                 learned to attend"
+                    .into(),
+            )
+        })?;
+        Ok(attention.index_axis_move(ndarray::Axis(1), 0))
     }
 
     /// A front end for this model (one per thread).

@@ -164,6 +164,35 @@ fn joint_ctc_location_aware_gradients_match_finite_differences() {
 }
 
 #[test]
+fn a_ctc_only_objective_skips_the_speller_and_checks_by_finite_differences() {
+    let cfg = ModelConfig {
+        ctc_weight: 1.0,
+        ..tiny()
+    };
+    assert!(!cfg.trains_speller());
+    let las = Las::new(cfg, &mut rng(5)).unwrap();
+    let batch = tiny_batch(6);
+    let (stats, cache) = las.forward(&batch).unwrap();
+    assert_eq!(stats.tokens, 0, "no attention term");
+    assert!(cache.attention().is_none(), "the speller did not run");
+    assert!((stats.objective() - stats.ctc_mean()).abs() < 1e-12);
+    // The finite differences see the whole objective, so a listener gradient that
+    // missed the CTC term (or kept a speller term) would fail here.
+    let checked = check_whole_model(&las, &batch);
+    assert!(checked.iter().any(|t| t == "ctc.weight"));
+    let mut grads = las.zeros_like();
+    las.train_step_parallel(&batch, &mut grads, 2).unwrap();
+    grads.speller.visit("", &mut |n, g| {
+        assert!(g.iter().all(|&v| v == 0.0), "speller gradient {n}")
+    });
+    let mut listener = 0f32;
+    grads.listener.visit("", &mut |_, g| {
+        listener += g.iter().map(|v| v.abs()).sum::<f32>()
+    });
+    assert!(listener > 0.0);
+}
+
+#[test]
 fn a_batch_split_over_threads_gives_the_same_loss_and_gradients() {
     let cfg = ModelConfig {
         ctc_weight: 0.3,
@@ -291,7 +320,7 @@ fn the_model_learns_a_toy_task() {
     assert!(last < 0.05 * first, "loss {first} -> {last}");
     // Attention rows are distributions over live listener frames.
     let (_, cache) = las.forward(&batch).unwrap();
-    let att = cache.attention();
+    let att = cache.attention().expect("the speller ran");
     assert_eq!(att.dim(), (4, 4, 5));
     for row in att.slice(s![.., 2, ..]).rows() {
         assert!((row.sum() - 1.0).abs() < 1e-5);

@@ -199,6 +199,47 @@ fn validation_runs_every_n_steps_inside_epochs_as_well() {
     assert!(out.path().join("best.safetensors").is_file());
 }
 
+#[derive(Default)]
+struct Validations(Vec<lasr_model::Validation>);
+
+impl Observer for Validations {
+    fn validated(&mut self, v: &lasr_model::Validation) {
+        self.0.push(*v);
+    }
+}
+
+#[test]
+fn a_ctc_only_model_validates_its_ctc_decoding_and_leaves_the_speller_alone() {
+    let data = dataset();
+    let out = tempfile::tempdir().unwrap();
+    let mut start = model();
+    start.las.config.ctc_weight = 1.0;
+    let opts = TrainOptions {
+        epochs: 2,
+        weight_decay: 0.0,
+        ..options()
+    };
+    let mut seen = Validations::default();
+    train(
+        start.clone(),
+        &data,
+        &data,
+        &opts,
+        out.path(),
+        false,
+        &mut seen,
+    )
+    .unwrap();
+    assert!(!seen.0.is_empty());
+    for v in &seen.0 {
+        assert_eq!(Some(v.cer), v.ctc_cer, "{v:?}");
+        assert_eq!(Some(v.loss), v.ctc_loss, "{v:?}");
+    }
+    let trained = ModelFile::load(&out.path().join("model.safetensors")).unwrap();
+    assert_eq!(trained.las.speller, start.las.speller);
+    assert_ne!(trained.las.listener, start.las.listener);
+}
+
 #[test]
 fn the_last_epochs_models_are_kept_for_averaging() {
     let data = dataset();
