@@ -509,6 +509,16 @@ impl StepStats {
         self.loss_sum / self.tokens.max(1) as f64
     }
 
+    /// The loss a log reports: [`StepStats::mean`], or for a CTC-only objective
+    /// (`ctc_weight` 1, no attention term) [`StepStats::ctc_mean`].
+    pub fn loss(&self) -> f64 {
+        if self.ctc_weight >= 1.0 {
+            self.ctc_mean()
+        } else {
+            self.mean()
+        }
+    }
+
     /// CTC loss per character.
     pub fn ctc_mean(&self) -> f64 {
         self.ctc_sum / self.ctc_labels.max(1) as f64

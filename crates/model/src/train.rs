@@ -246,11 +246,7 @@ pub fn validate(
     Ok(Validation {
         epoch,
         step: 0,
-        loss: if model.las.config.trains_speller() {
-            total.mean()
-        } else {
-            total.ctc_mean()
-        },
+        loss: total.loss(),
         cer: if n == 0 { f64::NAN } else { chars.rate() },
         wer: if n == 0 { f64::NAN } else { words.rate() },
         decoded: n,
@@ -455,7 +451,7 @@ pub fn train(
                 .is_multiple_of(options.log_every.max(1) as u64)
             {
                 let mut line = serde_json::json!({"epoch": epoch, "step": progress.step,
-                    "loss": stats.mean(), "objective": stats.objective(),
+                    "loss": stats.loss(), "objective": stats.objective(),
                     "grad_norm": norm, "lr": adam.lr, "utterances": indices.len(), "seconds": start.elapsed().as_secs_f64()});
                 if model.las.config.has_ctc() {
                     line["ctc"] = serde_json::json!(stats.ctc_mean());
@@ -499,7 +495,7 @@ pub fn train(
             &mut log,
             &log_path,
             serde_json::json!({"epoch": progress.epoch, "step": progress.step,
-                "train_loss": epoch_stats.as_ref().map(|t| t.mean()),
+                "train_loss": epoch_stats.as_ref().map(|t| t.loss()),
                 "train_ctc": epoch_stats.as_ref().filter(|t| t.ctc_weight > 0.0).map(|t| t.ctc_mean()), "valid": v, "seconds": start.elapsed().as_secs_f64()}),
         )?;
         keep_if_best(&model, &v, &mut progress, &best_path)?;

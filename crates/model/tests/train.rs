@@ -235,6 +235,18 @@ fn a_ctc_only_model_validates_its_ctc_decoding_and_leaves_the_speller_alone() {
         assert_eq!(Some(v.cer), v.ctc_cer, "{v:?}");
         assert_eq!(Some(v.loss), v.ctc_loss, "{v:?}");
     }
+    // The log's losses are the CTC ones, not a zero attention term.
+    let log = std::fs::read_to_string(out.path().join("log.jsonl")).unwrap();
+    let mut steps = 0;
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(loss) = v["loss"].as_f64() {
+            assert_eq!(Some(loss), v["ctc"].as_f64(), "{v}");
+            assert!(loss > 0.0, "{v}");
+            steps += 1;
+        }
+    }
+    assert!(steps > 0);
     let trained = ModelFile::load(&out.path().join("model.safetensors")).unwrap();
     assert_eq!(trained.las.speller, start.las.speller);
     assert_ne!(trained.las.listener, start.las.listener);
