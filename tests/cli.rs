@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{lasr, text, write_tone};
+use common::{json_stdout, lasr, text, write_tone};
 
 use lasr_features::{load, Fbank, FeatureConfig, FrontEndConfig};
 use ndarray::Array2;
@@ -30,6 +30,14 @@ fn write_wav(path: &Path, seconds: f64, rate: u32, seed: u64) {
         w.write_sample((v + noise) as i16).unwrap();
     }
     w.finalize().unwrap();
+}
+
+/// The names of the settings a `bench --json` report ran, in order.
+fn setting_names(v: &serde_json::Value) -> Vec<String> {
+    let settings = v["settings"].as_array().unwrap().iter();
+    settings
+        .map(|s| s["name"].as_str().unwrap().into())
+        .collect()
 }
 
 fn repo() -> PathBuf {
@@ -215,8 +223,7 @@ fn the_shipped_sample_decodes() {
         repo().join("assets/sample.wav").to_str().unwrap(),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let v = json_stdout(&out);
     assert_eq!(v["dim"], 80);
     assert!(v["frames"].as_u64().unwrap() > 100);
 }
@@ -396,8 +403,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "--no-lm",
         "--json",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let v = json_stdout(&out);
     assert_eq!(v["text"], "yo", "{v}");
     let best = &v["nbest"][0];
     let (lp, ctc) = (
@@ -412,8 +418,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         let mut args = vec!["--no-lm", "--json", "--nbest", "4"];
         args.extend(extra);
         let out = on_high(&args);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        let v = json_stdout(&out);
         v["nbest"].as_array().unwrap().clone()
     };
     let plain = decode(&["--ctc-only", "--beam", "4"]);
@@ -493,8 +498,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         lasr(&args)
     };
     let out = on_packed(&["--json", "--nbest", "4"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let v = json_stdout(&out);
     assert_eq!(
         v["nbest"],
         serde_json::Value::Array(rescored.clone()),
@@ -577,16 +581,10 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     assert_eq!(bench(&packed8, &["--only", "ctc-beam"])["weights"], "int8");
     let f32_bench = bench(&packed8, &["--only", "ctc-beam", "--weights", "f32"]);
     assert_eq!(f32_bench["weights"], "f32");
-    let names = |v: serde_json::Value| -> Vec<String> {
-        let settings = v["settings"].as_array().unwrap().iter();
-        settings
-            .map(|s| s["name"].as_str().unwrap().into())
-            .collect()
-    };
     let v = bench(&packed1, &["--only", "greedy,beam"]);
-    assert_eq!(names(v), ["greedy", "beam 8"]);
+    assert_eq!(setting_names(&v), ["greedy", "beam 8"]);
     let v = bench(&packed1, &["--only", "beam,ctc-beam", "--beam", "3"]);
-    assert_eq!(names(v), ["beam 3", "CTC beam 3"]);
+    assert_eq!(setting_names(&v), ["beam 3", "CTC beam 3"]);
     let err = refused(on_packed(&["--attention", "--rescore", "0.5"]));
     assert!(err.contains("ctc_only"), "{err}");
     let err = refused(on_packed(&["--attention", "--rescore-nbest", "2"]));
@@ -679,8 +677,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         on_high(&[&model[..], extra].concat())
     };
     let out = with_words(&wlm, &["--ctc-only", "--beam", "4"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let v = json_stdout(&out);
     assert_eq!(v["text"], "yo", "{v}");
     let err = refused(with_words(&wlm, &[]));
     assert!(err.contains("--ctc-only"), "{err}");
@@ -718,8 +715,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         ];
         args.extend(extra);
         let out = lasr(&args);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        let v = json_stdout(&out);
         v["settings"]
             .as_array()
             .unwrap()
@@ -757,8 +753,7 @@ fn a_ctc_only_model_decodes_with_ctc_and_keeps_its_speller_out() {
         lasr(&args)
     };
     let out = run(&["--json"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let v = json_stdout(&out);
     assert_eq!(v["text"], "yo", "{v}");
     assert!(
         v["nbest"][0]["ctc_log_prob"].is_number(),
@@ -785,15 +780,8 @@ fn a_ctc_only_model_decodes_with_ctc_and_keeps_its_speller_out() {
         "4",
         "--json",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
-    let names: Vec<&str> = v["settings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["CTC best path", "CTC beam 4"], "{v}");
+    let v = json_stdout(&out);
+    assert_eq!(setting_names(&v), ["CTC best path", "CTC beam 4"], "{v}");
 }
 
 #[test]
@@ -861,8 +849,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "--ctc-only",
         "--json",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let v = json_stdout(&out);
     assert_eq!(v["text"], "yo", "{v}");
     assert_eq!(v["words"].as_array().unwrap().len(), 1);
     assert!((v["duration"].as_f64().unwrap() - 0.6).abs() < 1e-6, "{v}");
@@ -902,8 +889,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "--report",
         report_path.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let v = json_stdout(&out);
     let settings = v["settings"].as_array().unwrap();
     assert_eq!(
         settings.len(),
@@ -1076,13 +1062,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(text(&only.stdout).trim()).unwrap();
-    let names: Vec<&str> = v["settings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["greedy", "CTC beam 8"]);
+    assert_eq!(setting_names(&v), ["greedy", "CTC beam 8"]);
     let bad = lasr(&[
         "bench",
         manifest.to_str().unwrap(),

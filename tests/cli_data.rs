@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Output;
 
 mod common;
-use common::{lasr, text, write_tone};
+use common::{json_stdout, lasr, text, write_tone};
 
 /// A Kaldi data directory of four tones (absolute paths) and one piped line.
 fn kaldi_dir(root: &Path) -> std::path::PathBuf {
@@ -151,8 +151,7 @@ fn bench_reads_a_kaldi_directory_and_cuts_its_segments() {
     std::fs::write(data.join("segments"), "s1 utt0 0 0.3\n").unwrap();
     std::fs::write(data.join("text"), "s1 HI\n").unwrap();
     let out = lasr(&["bench", data.to_str().unwrap(), "--only", "ctc", "--json"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let v = json_stdout(&out);
     assert_eq!(v["utterances"], 1, "{v}");
     // 0.3 s cut out of the recording, not the whole of it.
     let hours = v["audio_hours"].as_f64().unwrap();

@@ -11,6 +11,12 @@ pub fn lasr(args: &[&str]) -> Output {
         .expect("the lasr binary runs")
 }
 
+/// The JSON object a successful run printed (its stderr shown if it failed).
+pub fn json_stdout(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_str(text(&out.stdout).trim()).unwrap()
+}
+
 /// Bytes of an output stream as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

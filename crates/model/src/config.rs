@@ -210,7 +210,7 @@ impl ModelConfig {
     /// False for a CTC-only objective (`ctc_weight` 1): training then never runs the
     /// speller, whose weights get no gradient, and the model decodes with CTC.
     pub fn trains_speller(&self) -> bool {
-        self.ctc_weight < 1.0
+        !ctc_alone(self.ctc_weight)
     }
 
     /// True when the model carries a CTC head on the listener.
@@ -253,4 +253,10 @@ impl ModelConfig {
         }
         self.min_member_params() + speller
     }
+}
+
+/// True when a CTC weight leaves the attention term nothing (weight 1): the one test
+/// behind [`ModelConfig::trains_speller`] and the loss a step reports.
+pub(crate) fn ctc_alone(ctc_weight: f32) -> bool {
+    ctc_weight >= 1.0
 }

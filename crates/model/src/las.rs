@@ -512,7 +512,7 @@ impl StepStats {
     /// The loss a log reports: [`StepStats::mean`], or for a CTC-only objective
     /// (`ctc_weight` 1, no attention term) [`StepStats::ctc_mean`].
     pub fn loss(&self) -> f64 {
-        if self.ctc_weight >= 1.0 {
+        if crate::config::ctc_alone(self.ctc_weight) {
             self.ctc_mean()
         } else {
             self.mean()

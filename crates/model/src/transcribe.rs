@@ -778,7 +778,7 @@ impl ModelFile {
         };
         let (_, cache) = self.las.forward(&batch)?;
         let attention = cache.attention().ok_or_else(|| {
-            Error::Config(
+            Error::Model(
                 "this model was trained with CTC alone (ctc_weight 1): its speller never \
                  learned to attend"
                     .into(),
