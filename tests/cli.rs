@@ -759,15 +759,28 @@ fn a_ctc_only_model_decodes_with_ctc_and_keeps_its_speller_out() {
         v["nbest"][0]["ctc_log_prob"].is_number(),
         "a CTC search: {v}"
     );
-    for flags in [&["--attention"][..], &["--rescore", "0.5"]] {
+    assert!(
+        v["nbest"][0]["attention_log_prob"].is_null(),
+        "no attention re-ranking: {v}"
+    );
+    let plots = tmp.path().join("plots");
+    let plot = ["--plot-attention", plots.to_str().unwrap()];
+    for flags in [&["--attention"][..], &["--rescore", "0.5"], &plot] {
         let out = run(flags);
         assert!(!out.status.success(), "{flags:?}: {}", text(&out.stdout));
+        // Refused before decoding anything.
+        assert!(
+            text(&out.stdout).is_empty(),
+            "{flags:?}: {}",
+            text(&out.stdout)
+        );
         assert!(
             text(&out.stderr).contains("trained with CTC alone"),
             "{flags:?}: {}",
             text(&out.stderr)
         );
     }
+    assert!(!plots.exists(), "nothing made for a refused plot");
     let one = tmp.path().join("one.tsv");
     std::fs::write(&one, format!("{}\tYO\n", high.display())).unwrap();
     let out = lasr(&[
@@ -782,6 +795,43 @@ fn a_ctc_only_model_decodes_with_ctc_and_keeps_its_speller_out() {
     ]);
     let v = json_stdout(&out);
     assert_eq!(setting_names(&v), ["CTC best path", "CTC beam 4"], "{v}");
+    let out = lasr(&[
+        "bench",
+        one.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+        "--no-lm",
+        "--rescore",
+        "0.5",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("trained with CTC alone"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An ensemble keeps its first model's speller: a CTC-only model first drops the
+    // other's trained one, and says so; the other order is quiet.
+    let tiny = dir.join("tiny.safetensors");
+    let joined = tmp.path().join("joined.safetensors");
+    let join = |a: &Path, b: &Path| {
+        let out = lasr(&[
+            "ensemble",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "-o",
+            joined.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let warned = join(&model, &tiny);
+    assert!(
+        warned.contains("ctc-only.safetensors was trained with CTC alone")
+            && warned.contains("tiny.safetensors has one"),
+        "{warned}"
+    );
+    assert!(!join(&tiny, &model).contains("warning"));
 }
 
 #[test]

@@ -1032,6 +1032,14 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         options.search = attention_search(&model, &args.decode, &options.search);
     }
     options.validate(&model)?;
+    if args.plot_attention.is_some() && !model.las.config.trains_speller() {
+        // Refused before decoding: the plot comes after each transcript, and failing
+        // there would lose every transcript of the run.
+        bail!(
+            "--plot-attention draws the attention decoder's alignment, but this model was \
+             trained with CTC alone (ctc_weight 1): its speller never learned to attend"
+        );
+    }
     let weights = model.inference_weights(options.weights);
     let front = model.front_end()?;
     if let Some(dir) = &args.plot_attention {
@@ -1472,6 +1480,22 @@ fn ensemble(
     let n = models.len() + loaded[0].members.len();
     let weights = weights.unwrap_or_else(|| vec![1.0 / n as f32; n]);
     let main = loaded.remove(0);
+    // Only the first model keeps its speller: an attention decoder placed later would
+    // be dropped without a word, and with it every attention search and re-ranking.
+    if !main.las.config.trains_speller() {
+        for (k, m) in loaded.iter().enumerate() {
+            if m.las.config.trains_speller() {
+                eprintln!(
+                    "warning: {} was trained with CTC alone, so the ensemble has no trained \
+                     attention decoder and decodes with CTC only; {} has one: put it first to \
+                     keep attention search and re-ranking",
+                    models[0].display(),
+                    models[k + 1].display()
+                );
+                break;
+            }
+        }
+    }
     let mut joined =
         lasr_model::ModelFile::ensemble(main, loaded, &weights).with_context(|| {
             let names: Vec<String> = models
@@ -1662,6 +1686,8 @@ struct Bars {
     /// Frames trained on since `since`, for the frames/s rate.
     frames: usize,
     since: std::time::Instant,
+    /// Trained with CTC alone: validation's loss and CER are the CTC ones.
+    ctc_only: bool,
 }
 
 impl lasr_model::Observer for Bars {
@@ -1687,14 +1713,18 @@ impl lasr_model::Observer for Bars {
     }
 
     fn validated(&mut self, v: &lasr_model::Validation) {
-        let ctc = match (v.ctc_loss, v.ctc_cer) {
-            (Some(l), Some(c)) => format!("; CTC loss {l:.4}, CTC CER {:.2}%", 100.0 * c),
-            (Some(l), None) => format!("; CTC loss {l:.4}"),
-            _ => String::new(),
+        // A CTC-only model's loss and CER are its CTC ones: said once, named as such.
+        let (kind, ctc) = match (self.ctc_only, v.ctc_loss, v.ctc_cer) {
+            (true, ..) => ("CTC ", String::new()),
+            (false, Some(l), Some(c)) => {
+                ("", format!("; CTC loss {l:.4}, CTC CER {:.2}%", 100.0 * c))
+            }
+            (false, Some(l), None) => ("", format!("; CTC loss {l:.4}")),
+            _ => ("", String::new()),
         };
         self.bar.suspend(|| {
             eprintln!(
-                "epoch {}: valid loss {:.4}, CER {:.2}%, WER {:.2}% ({} utterances decoded){ctc}",
+                "epoch {}: valid {kind}loss {:.4}, {kind}CER {:.2}%, WER {:.2}% ({} utterances decoded){ctc}",
                 v.epoch,
                 v.loss,
                 100.0 * v.cer,
@@ -1875,6 +1905,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         stop,
         frames: 0,
         since: std::time::Instant::now(),
+        ctc_only: !model.las.config.trains_speller(),
     };
     let finish = lasr_model::train(
         model,

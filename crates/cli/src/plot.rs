@@ -165,7 +165,7 @@ pub fn write_training_curves(log: &str, path: &Path) -> Result<()> {
     panel(
         &mut svg,
         40.0,
-        "loss per token (nats) by step",
+        "loss per output symbol (nats) by step",
         &[
             ("train", "#1f77b4", &train),
             ("validation", "#d62728", &valid_loss),

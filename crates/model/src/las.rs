@@ -640,7 +640,8 @@ impl Las {
         (inputs, scored)
     }
 
-    /// Teacher-forced logits `[L, B, V]` of a batch.
+    /// Teacher-forced logits `[L, B, V]` of a batch. The speller runs whatever the
+    /// objective: a CTC-only model's logits come from its untrained speller.
     pub fn logits(&self, batch: &Batch) -> Result<Array3<f32>> {
         self.check(batch)?;
         let (h, lengths, _) = self

@@ -383,6 +383,10 @@ pub fn train(
     // a half-precision file is written back in full precision.
     model.storage = lasr_nn::Storage::F32;
     adam.weight_decay = options.weight_decay;
+    if !model.las.config.trains_speller() {
+        // CTC alone never reaches the speller: only weight decay would move it.
+        adam.frozen = vec!["speller.".into()];
+    }
     model.info = serde_json::json!({"train_options": options, "train_utterances": train.len(), "train_frames": train.frames()});
     let mut log = std::fs::OpenOptions::new()
         .create(true)

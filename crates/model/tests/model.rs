@@ -194,35 +194,42 @@ fn a_ctc_only_objective_skips_the_speller_and_checks_by_finite_differences() {
 
 #[test]
 fn a_batch_split_over_threads_gives_the_same_loss_and_gradients() {
-    let cfg = ModelConfig {
-        ctc_weight: 0.3,
-        ..tiny()
-    };
-    let las = Las::new(cfg, &mut rng(9)).unwrap();
-    let batch = Batch {
-        feats: lasr_nn::init::uniform((16, 3, 3), 1.0, &mut rng(10)),
-        lengths: vec![16, 9, 12],
-        targets: vec![vec![], vec![6], vec![5, 5]],
-        seeds: None,
-    };
-    let mut whole = las.zeros_like();
-    let a = las.train_step(&batch, &mut whole).unwrap();
-    for parts in [2, 3] {
-        let mut split = las.zeros_like();
-        let b = las.train_step_parallel(&batch, &mut split, parts).unwrap();
-        assert_eq!((a.tokens, a.ctc_labels), (b.tokens, b.ctc_labels));
-        assert!((a.objective() - b.objective()).abs() < 1e-6);
-        let mut ga = Vec::new();
-        whole.visit("", &mut |n, t| ga.push((n, t.to_owned())));
-        let mut k = 0;
-        split.visit("", &mut |n, t| {
-            let (name, expected) = &ga[k];
-            assert_eq!(&n, name);
-            let diff = (&t - expected).iter().fold(0f32, |m, d| m.max(d.abs()));
-            let size = expected.iter().fold(0f32, |m, d| m.max(d.abs()));
-            assert!(diff <= 1e-5 * size.max(1e-3), "{n}: {diff} of {size}");
-            k += 1;
-        });
+    // Joint training, and CTC alone (whose parts return no speller logits).
+    for ctc_weight in [0.3, 1.0] {
+        let cfg = ModelConfig {
+            ctc_weight,
+            ..tiny()
+        };
+        let las = Las::new(cfg, &mut rng(9)).unwrap();
+        let batch = Batch {
+            feats: lasr_nn::init::uniform((16, 3, 3), 1.0, &mut rng(10)),
+            lengths: vec![16, 9, 12],
+            targets: vec![vec![], vec![6], vec![5, 5]],
+            seeds: None,
+        };
+        let mut whole = las.zeros_like();
+        let a = las.train_step(&batch, &mut whole).unwrap();
+        assert!(a.objective() > 0.0, "ctc_weight {ctc_weight}");
+        for parts in [2, 3] {
+            let mut split = las.zeros_like();
+            let b = las.train_step_parallel(&batch, &mut split, parts).unwrap();
+            assert_eq!((a.tokens, a.ctc_labels), (b.tokens, b.ctc_labels));
+            assert!((a.objective() - b.objective()).abs() < 1e-6);
+            let mut ga = Vec::new();
+            whole.visit("", &mut |n, t| ga.push((n, t.to_owned())));
+            let mut k = 0;
+            split.visit("", &mut |n, t| {
+                let (name, expected) = &ga[k];
+                assert_eq!(&n, name);
+                let diff = (&t - expected).iter().fold(0f32, |m, d| m.max(d.abs()));
+                let size = expected.iter().fold(0f32, |m, d| m.max(d.abs()));
+                assert!(
+                    diff <= 1e-5 * size.max(1e-3),
+                    "ctc_weight {ctc_weight}, {n}: {diff} of {size}"
+                );
+                k += 1;
+            });
+        }
     }
 }
 

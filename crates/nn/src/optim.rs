@@ -50,6 +50,10 @@ pub struct Adam<M: Module> {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    /// Parameters whose names start with one of these are left alone, moments and
+    /// all (PyTorch's leaving them out of the optimizer): a part of the model the
+    /// objective does not train would otherwise still drift under weight decay.
+    pub frozen: Vec<String>,
     /// Steps taken so far.
     pub t: u64,
     /// First-moment estimates, shaped and named like the model.
@@ -67,6 +71,7 @@ impl<M: Module> Adam<M> {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            frozen: Vec::new(),
             t: 0,
             m: model.zeros_like(),
             v: model.zeros_like(),
@@ -88,8 +93,13 @@ impl<M: Module> Adam<M> {
         let mut vs: Vec<ArrayViewMutD<f32>> = Vec::new();
         self.v.visit_mut("", &mut |_, v| vs.push(v));
         let mut k = 0;
-        params.visit_mut("", &mut |_, mut p| {
+        let frozen = &self.frozen;
+        params.visit_mut("", &mut |name, mut p| {
             let (g, m, v) = (&gs[k], &mut ms[k], &mut vs[k]);
+            k += 1;
+            if frozen.iter().any(|f| name.starts_with(f.as_str())) {
+                return;
+            }
             ndarray::Zip::from(&mut p)
                 .and(g)
                 .and(m)
@@ -100,7 +110,6 @@ impl<M: Module> Adam<M> {
                     *v = b2 * *v + (1.0 - b2) * g * g;
                     *p -= step * *m / ((*v / bc2).sqrt() + eps);
                 });
-            k += 1;
         });
     }
 }

@@ -64,6 +64,31 @@ fn adams_first_step_moves_every_parameter_by_the_learning_rate() {
 }
 
 #[test]
+fn adam_leaves_frozen_parameters_alone_even_under_weight_decay() {
+    let start = Linear::new(4, 3, true, &mut rng(5));
+    let mut g = start.zeros_like();
+    g.weight = lasr_nn::init::uniform((3, 4), 1.0, &mut rng(6));
+    g.bias = Some(Array1::from_vec(vec![0.5, -1.0, 2.0]));
+    let run = |frozen: Vec<String>| {
+        let mut p = start.clone();
+        let mut opt = Adam::new(&p, 0.01);
+        opt.weight_decay = 0.1;
+        opt.frozen = frozen;
+        for _ in 0..3 {
+            opt.step(&mut p, &g);
+        }
+        (p, opt)
+    };
+    let (free, _) = run(Vec::new());
+    let (part, opt) = run(vec!["bias".into()]);
+    assert_eq!(part.bias, start.bias, "a frozen parameter never moves");
+    assert!(opt.m.bias.as_ref().unwrap().iter().all(|&m| m == 0.0));
+    // Skipping one parameter keeps the others paired with their own gradients.
+    assert_eq!(part.weight, free.weight);
+    assert_ne!(free.bias, start.bias);
+}
+
+#[test]
 fn sgd_with_momentum() {
     let mut p = Linear::new(2, 1, false, &mut rng(4));
     let w0 = p.weight[(0, 0)];
