@@ -998,6 +998,14 @@ impl Input {
 
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     let (model, builtin) = load_model(args.model.as_deref())?;
+    if args.plot_attention.is_some() && !model.las.config.trains_speller() {
+        // Refused before decoding: the plot comes after each transcript, and failing
+        // there would lose every transcript of the run.
+        bail!(
+            "--plot-attention draws the attention decoder's alignment, but this model was \
+             trained with CTC alone (ctc_weight 1): its speller never learned to attend"
+        );
+    }
     let mut inputs = Vec::new();
     let (stdin, paths): (Vec<_>, Vec<_>) = args.inputs.iter().partition(|p| p.as_os_str() == "-");
     if stdin.len() > 1 {
@@ -1032,14 +1040,6 @@ fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         options.search = attention_search(&model, &args.decode, &options.search);
     }
     options.validate(&model)?;
-    if args.plot_attention.is_some() && !model.las.config.trains_speller() {
-        // Refused before decoding: the plot comes after each transcript, and failing
-        // there would lose every transcript of the run.
-        bail!(
-            "--plot-attention draws the attention decoder's alignment, but this model was \
-             trained with CTC alone (ctc_weight 1): its speller never learned to attend"
-        );
-    }
     let weights = model.inference_weights(options.weights);
     let front = model.front_end()?;
     if let Some(dir) = &args.plot_attention {
@@ -1480,22 +1480,18 @@ fn ensemble(
     let n = models.len() + loaded[0].members.len();
     let weights = weights.unwrap_or_else(|| vec![1.0 / n as f32; n]);
     let main = loaded.remove(0);
-    // Only the first model keeps its speller: an attention decoder placed later would
-    // be dropped without a word, and with it every attention search and re-ranking.
-    if !main.las.config.trains_speller() {
-        for (k, m) in loaded.iter().enumerate() {
-            if m.las.config.trains_speller() {
-                eprintln!(
-                    "warning: {} was trained with CTC alone, so the ensemble has no trained \
-                     attention decoder and decodes with CTC only; {} has one: put it first to \
-                     keep attention search and re-ranking",
-                    models[0].display(),
-                    models[k + 1].display()
-                );
-                break;
-            }
-        }
-    }
+    // Only the first model keeps its speller: an attention decoder placed later is
+    // dropped, and with it every attention search and re-ranking. Said once the join
+    // has succeeded, so a refused join is not preceded by advice.
+    let dropped = if main.las.config.trains_speller() {
+        None
+    } else {
+        let nested = !main.members.is_empty();
+        loaded
+            .iter()
+            .position(|m| m.las.config.trains_speller())
+            .map(|k| (nested, k + 1))
+    };
     let mut joined =
         lasr_model::ModelFile::ensemble(main, loaded, &weights).with_context(|| {
             let names: Vec<String> = models
@@ -1505,6 +1501,23 @@ fn ensemble(
                 .collect();
             format!("cannot join {}", names.join(", "))
         })?;
+    if let Some((nested, k)) = dropped {
+        let (first, with) = (models[0].display(), models[k].display());
+        if nested {
+            eprintln!(
+                "warning: the main model of {first} was trained with CTC alone, so the \
+                 ensemble has no trained attention decoder and decodes with CTC only; {with} \
+                 has one: rebuild the ensemble from its original models with {with} first to \
+                 keep attention search and re-ranking"
+            );
+        } else {
+            eprintln!(
+                "warning: {first} was trained with CTC alone, so the ensemble has no trained \
+                 attention decoder and decodes with CTC only; {with} has one: put it first to \
+                 keep attention search and re-ranking"
+            );
+        }
+    }
     if let Some(s) = storage {
         joined.storage = s.into();
     }
@@ -1724,7 +1737,7 @@ impl lasr_model::Observer for Bars {
         };
         self.bar.suspend(|| {
             eprintln!(
-                "epoch {}: valid {kind}loss {:.4}, {kind}CER {:.2}%, WER {:.2}% ({} utterances decoded){ctc}",
+                "epoch {}: valid {kind}loss {:.4}, {kind}CER {:.2}%, {kind}WER {:.2}% ({} utterances decoded){ctc}",
                 v.epoch,
                 v.loss,
                 100.0 * v.cer,
@@ -1803,6 +1816,9 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     if let Some(p) = args.pad_frames {
         front.pad_frames = p;
     }
+    // Whether validation reports CTC numbers alone; a resumed run trains the saved
+    // model, whatever the command line builds.
+    let mut resumed_ctc_only = None;
     if args.resume {
         // The data is normalised here, the model's front end comes from its file: they
         // must agree, so the run goes on with the statistics it started with (which an
@@ -1830,6 +1846,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 saved.front_end.pad_frames
             );
         }
+        resumed_ctc_only = Some(!saved.las.config.trains_speller());
         front = saved.front_end;
         init_cmvn = front.cmvn.take();
     }
@@ -1905,7 +1922,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         stop,
         frames: 0,
         since: std::time::Instant::now(),
-        ctc_only: !model.las.config.trains_speller(),
+        ctc_only: resumed_ctc_only.unwrap_or(!model.las.config.trains_speller()),
     };
     let finish = lasr_model::train(
         model,

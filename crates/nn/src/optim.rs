@@ -52,7 +52,8 @@ pub struct Adam<M: Module> {
     pub weight_decay: f32,
     /// Parameters whose names start with one of these are left alone, moments and
     /// all (PyTorch's leaving them out of the optimizer): a part of the model the
-    /// objective does not train would otherwise still drift under weight decay.
+    /// objective does not train would otherwise still drift under weight decay. Their
+    /// gradients still count in [`clip_grad_norm`]: freeze only what gets none.
     pub frozen: Vec<String>,
     /// Steps taken so far.
     pub t: u64,
