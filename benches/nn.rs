@@ -1,6 +1,7 @@
 //! The recurrent core at the reference model's sizes (see ../shared/reference):
 //! the LAS listener, BiLSTM 80 -> 2x256 then three pyramid BiLSTMs 1024 -> 2x256,
-//! on a batch of 8 x 1000 frames.
+//! on a batch of 8 x 1000 frames; and the same stack of BiGRUs (`listener_gru_8x1000`),
+//! the cell a model config may choose instead (3 gates to the LSTM's 4).
 //!
 //!     cargo bench -p lasr-nn --bench nn
 //!
@@ -8,7 +9,10 @@
 //! in the same sitting.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use lasr_nn::{pyramid_reduce, pyramid_reduce_backward, BiLstm, BiLstmCache, Module};
+use lasr_nn::{
+    pyramid_reduce, pyramid_reduce_backward, Bidirectional, BidirectionalCache, Gru, Lstm, Module,
+    Recurrent,
+};
 use ndarray::Array3;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -16,21 +20,23 @@ use rand_chacha::ChaCha8Rng;
 const BATCH: usize = 8;
 const FRAMES: usize = 1000;
 
-struct Listener {
-    layers: Vec<BiLstm>,
+struct Listener<R: Recurrent> {
+    layers: Vec<Bidirectional<R>>,
 }
 
-impl Listener {
+type Caches<R> = Vec<(usize, BidirectionalCache<R>)>;
+
+impl<R: Recurrent> Listener<R> {
     fn new() -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let mut layers = vec![BiLstm::new(80, 256, 0, &mut rng)];
+        let mut layers = vec![Bidirectional::new(80, 256, 0, &mut rng)];
         for _ in 0..3 {
-            layers.push(BiLstm::new(1024, 256, 0, &mut rng));
+            layers.push(Bidirectional::new(1024, 256, 0, &mut rng));
         }
         Listener { layers }
     }
 
-    fn forward(&self, x: &Array3<f32>) -> (Array3<f32>, Vec<(usize, BiLstmCache)>) {
+    fn forward(&self, x: &Array3<f32>) -> (Array3<f32>, Caches<R>) {
         let mut h = x.clone();
         let mut caches = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -45,7 +51,7 @@ impl Listener {
         (h, caches)
     }
 
-    fn backward(&self, caches: &[(usize, BiLstmCache)], dy: &Array3<f32>, grads: &mut [BiLstm]) {
+    fn backward(&self, caches: &Caches<R>, dy: &Array3<f32>, grads: &mut [Bidirectional<R>]) {
         let mut d = dy.clone();
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let (steps, cache) = &caches[i];
@@ -57,24 +63,38 @@ impl Listener {
     }
 }
 
+/// Forward, and backward from a fixed output gradient, of `model` under `name`.
+fn run<R: Recurrent>(c: &mut Criterion, name: &str, model: &Listener<R>) {
+    let x = lasr_nn::init::uniform((FRAMES, BATCH, 80), 1.0, &mut ChaCha8Rng::seed_from_u64(1));
+    let mut group = c.benchmark_group(name);
+    group.sample_size(10);
+    group.bench_function("forward", |b| b.iter(|| model.forward(&x).0));
+    let (y, caches) = model.forward(&x);
+    let dy = Array3::from_elem(y.dim(), 1e-3f32);
+    let mut grads: Vec<_> = model.layers.iter().map(|l| l.zeros_like()).collect();
+    group.bench_function("backward", |b| {
+        b.iter(|| model.backward(&caches, &dy, &mut grads))
+    });
+    group.finish();
+}
+
 fn listener(c: &mut Criterion) {
-    let model = Listener::new();
+    let model = Listener::<Lstm>::new();
     let params: usize = model.layers.iter().map(|l| l.num_params()).sum();
     assert_eq!(
         params, 8_568_832,
         "the reference listener's parameter count"
     );
-    let x = lasr_nn::init::uniform((FRAMES, BATCH, 80), 1.0, &mut ChaCha8Rng::seed_from_u64(1));
-    let mut group = c.benchmark_group("listener_8x1000");
-    group.sample_size(10);
-    group.bench_function("forward", |b| b.iter(|| model.forward(&x).0));
-    let (y, caches) = model.forward(&x);
-    let dy = Array3::from_elem(y.dim(), 1e-3f32);
-    let mut grads: Vec<BiLstm> = model.layers.iter().map(|l| l.zeros_like()).collect();
-    group.bench_function("backward", |b| {
-        b.iter(|| model.backward(&caches, &dy, &mut grads))
-    });
-    group.finish();
+    run(c, "listener_8x1000", &model);
+    let gru = Listener::<Gru>::new();
+    let params: usize = gru.layers.iter().map(|l| l.num_params()).sum();
+    // Three gates' weights and both bias vectors where the LSTM has four.
+    assert_eq!(
+        params,
+        8_568_832 / 4 * 3,
+        "the GRU listener's parameter count"
+    );
+    run(c, "listener_gru_8x1000", &gru);
 }
 
 criterion_group!(benches, listener);
