@@ -40,6 +40,14 @@ fn setting_names(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Runs `lasr ensemble MODELS... -o OUT` (equal weights, the first model's storage).
+fn ensemble(models: &[&Path], out: &Path) -> std::process::Output {
+    let mut args = vec!["ensemble"];
+    args.extend(models.iter().map(|m| m.to_str().unwrap()));
+    args.extend(["-o", out.to_str().unwrap()]);
+    lasr(&args)
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -811,13 +819,7 @@ fn a_ctc_only_model_decodes_with_ctc_and_keeps_its_speller_out() {
     // other's trained one, and says so; the other order is quiet.
     let tiny = dir.join("tiny.safetensors");
     let join = |a: &Path, b: &Path, out: &Path| {
-        let run = lasr(&[
-            "ensemble",
-            a.to_str().unwrap(),
-            b.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let run = ensemble(&[a, b], out);
         assert!(run.status.success(), "{}", text(&run.stderr));
         text(&run.stderr)
     };
@@ -1376,7 +1378,7 @@ fn ensemble_joins_models_that_read_alike() {
     // The built-in model reduces time 4x, the tiny one 2x: their frames would not line
     // up. (Its other CMVN statistics alone would be folded into its first layer.)
     let builtin = builtin_main_model(dir.path());
-    let run = lasr(&["ensemble", tiny_s, builtin.to_str().unwrap(), "-o", out_s]);
+    let run = ensemble(&[&tiny, &builtin], &out);
     assert!(!run.status.success());
     assert!(
         text(&run.stderr).contains("time reduction")
@@ -1387,7 +1389,7 @@ fn ensemble_joins_models_that_read_alike() {
     // Nor is an ensemble (the built-in model is one) nested in another, though it
     // grows when it comes first: its members stay, with new weights.
     let full = repo().join("assets/model.safetensors");
-    let run = lasr(&["ensemble", tiny_s, full.to_str().unwrap(), "-o", out_s]);
+    let run = ensemble(&[&tiny, &full], &out);
     assert!(!run.status.success());
     assert!(
         text(&run.stderr).contains("model 2 is an ensemble already"),
@@ -1395,13 +1397,7 @@ fn ensemble_joins_models_that_read_alike() {
         text(&run.stderr)
     );
     let grown = dir.path().join("grown.safetensors");
-    let run = lasr(&[
-        "ensemble",
-        full.to_str().unwrap(),
-        builtin.to_str().unwrap(),
-        "-o",
-        grown.to_str().unwrap(),
-    ]);
+    let run = ensemble(&[&full, &builtin], &grown);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let info = |p: &Path| -> serde_json::Value {
         serde_json::from_slice(&lasr(&["info", p.to_str().unwrap()]).stdout).unwrap()

@@ -1503,20 +1503,20 @@ fn ensemble(
         })?;
     if let Some((nested, k)) = dropped {
         let (first, with) = (models[0].display(), models[k].display());
-        if nested {
-            eprintln!(
-                "warning: the main model of {first} was trained with CTC alone, so the \
-                 ensemble has no trained attention decoder and decodes with CTC only; {with} \
-                 has one: rebuild the ensemble from its original models with {with} first to \
-                 keep attention search and re-ranking"
-            );
+        // An ensemble can only go first, so one whose main model is CTC-only is rebuilt.
+        let (whose, advice) = if nested {
+            (
+                format!("the main model of {first}"),
+                format!("rebuild the ensemble from its original models with {with} first"),
+            )
         } else {
-            eprintln!(
-                "warning: {first} was trained with CTC alone, so the ensemble has no trained \
-                 attention decoder and decodes with CTC only; {with} has one: put it first to \
-                 keep attention search and re-ranking"
-            );
-        }
+            (first.to_string(), "put it first".to_string())
+        };
+        eprintln!(
+            "warning: {whose} was trained with CTC alone, so the ensemble has no trained \
+             attention decoder and decodes with CTC only; {with} has one: {advice} to keep \
+             attention search and re-ranking"
+        );
     }
     if let Some(s) = storage {
         joined.storage = s.into();
