@@ -1415,6 +1415,62 @@ fn ensemble_joins_models_that_read_alike() {
             "equal by default: {v}"
         );
     }
+    // Members leave by number: the grown file's first and its added last one.
+    let grown_s = grown.to_str().unwrap();
+    let smaller = dir.path().join("smaller.safetensors");
+    let last = (shipped + 1).to_string();
+    let run = lasr(&[
+        "ensemble",
+        grown_s,
+        "--drop",
+        &format!("1,{last}"),
+        "-o",
+        smaller.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let s = info(&smaller);
+    let kept = s["ensemble"]["members"].as_array().unwrap();
+    assert_eq!(kept.len(), shipped - 1, "{s}");
+    for (k, m) in kept.iter().enumerate() {
+        assert_eq!(m["config"], members[k + 1]["config"], "member {}", k + 1);
+        assert_eq!(m["info"], members[k + 1]["info"], "member {}", k + 1);
+    }
+    // Every member dropped leaves the main model alone.
+    let all: Vec<String> = (1..=shipped + 1).map(|k| k.to_string()).collect();
+    let alone = dir.path().join("alone.safetensors");
+    let run = lasr(&[
+        "ensemble",
+        grown_s,
+        "--drop",
+        &all.join(","),
+        "-o",
+        alone.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stdout).contains("the main model of"),
+        "{}",
+        text(&run.stdout)
+    );
+    assert!(info(&alone)["ensemble"].is_null());
+    // A member that is not there, or one model with nothing to drop, is refused.
+    let run = lasr(&[
+        "ensemble",
+        grown_s,
+        "--drop",
+        "9",
+        "-o",
+        alone.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let e = text(&run.stderr);
+    assert!(
+        e.contains("grown.safetensors: --drop") && e.contains("no member 9"),
+        "{e}"
+    );
+    let run = lasr(&["ensemble", grown_s, "-o", alone.to_str().unwrap()]);
+    assert!(!run.status.success());
+    assert!(text(&run.stderr).contains("needs a second model"));
 }
 
 /// The built-in model's main model alone (without ensemble members), written into

@@ -134,22 +134,29 @@ enum Command {
     /// ensemble. The first model's speller, front end and decoding stay; the others
     /// contribute their listener and CTC head. Checkpoints of one run gain little
     /// this way (average them instead); separate runs gain more. The first model may
-    /// be an ensemble already: its members stay, and --weights then lists the first's
-    /// main model, its members, then the other models.
+    /// be an ensemble already: its members stay (but those --drop names), and
+    /// --weights then lists the first's main model, its kept members, then the other
+    /// models. One ensemble alone with --drop makes a smaller ensemble, or with every
+    /// member dropped its main model alone.
     #[command(
-        after_help = "Example:\n  lasr ensemble run-a.safetensors run-b.safetensors --weights 0.6,0.4 -o ens.safetensors\n  \
-        lasr pack ens.safetensors --decode decode.json -o ens-packed.safetensors   # retune the decoding"
+        after_help = "Examples:\n  lasr ensemble run-a.safetensors run-b.safetensors --weights 0.6,0.4 -o ens.safetensors\n  \
+        lasr pack ens.safetensors --decode decode.json -o ens-packed.safetensors   # retune the decoding\n  \
+        lasr ensemble ens.safetensors run-c.safetensors --drop 1 --weights 0.5,0.5 -o swapped.safetensors   # run-c replaces run-b"
     )]
     Ensemble {
         /// The main model (or an ensemble to grow), then the members: all with a CTC
         /// head, the same feature settings, vocabulary and time reduction (CMVN
         /// statistics may differ: a member's are folded into its first layer).
-        #[arg(required = true, num_args = 2.., value_name = "MODEL")]
+        #[arg(required = true, num_args = 1.., value_name = "MODEL")]
         models: Vec<PathBuf>,
         /// Mixture weights, one per model in the same order (a first ensemble counts
-        /// as its main model and each member), summing to 1; default: equal.
+        /// as its main model and each member it keeps), summing to 1; default: equal.
         #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
         weights: Option<Vec<f32>>,
+        /// Members of the first model to leave out, numbered from 1 in the order
+        /// `lasr info` lists them (its "ensemble" "members").
+        #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+        drop: Vec<usize>,
         /// Where to write the ensemble.
         #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
@@ -711,9 +718,10 @@ fn main() -> ExitCode {
         Command::Ensemble {
             models,
             weights,
+            drop,
             out,
             storage,
-        } => ensemble(&models, weights, &out, storage),
+        } => ensemble(&models, weights, &drop, &out, storage),
         Command::Pack {
             model,
             decode,
@@ -1469,14 +1477,21 @@ fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
 fn ensemble(
     models: &[PathBuf],
     weights: Option<Vec<f32>>,
+    drop: &[usize],
     out: &Path,
     storage: Option<StorageArg>,
 ) -> Result<ExitCode> {
+    if models.len() < 2 && drop.is_empty() {
+        bail!("an ensemble needs a second model, or --drop to leave out members of the first");
+    }
     let mut loaded = models
         .iter()
         .map(|p| lasr_model::ModelFile::load(p).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
-    // A first model that is an ensemble brings its members along.
+    loaded[0]
+        .drop_members(drop)
+        .with_context(|| format!("{}: --drop", models[0].display()))?;
+    // A first model that is an ensemble brings its (kept) members along.
     let n = models.len() + loaded[0].members.len();
     let weights = weights.unwrap_or_else(|| vec![1.0 / n as f32; n]);
     let main = loaded.remove(0);
@@ -1522,12 +1537,20 @@ fn ensemble(
         joined.storage = s.into();
     }
     joined.save(out)?;
-    println!(
-        "wrote {} (CTC ensemble of {} models, weights {:?})",
-        out.display(),
-        n,
-        weights
-    );
+    if n == 1 {
+        println!(
+            "wrote {} (the main model of {} alone)",
+            out.display(),
+            models[0].display()
+        );
+    } else {
+        println!(
+            "wrote {} (CTC ensemble of {} models, weights {:?})",
+            out.display(),
+            n,
+            weights
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

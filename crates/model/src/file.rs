@@ -147,10 +147,10 @@ impl ModelFile {
     /// difference folded into its first layer ([`crate::ensemble::fold_cmvn`]).
     /// `main`'s speller, info and recommended decoding are kept; tune the decoding
     /// again.
+    ///
+    /// With no `others`, this re-weights `main`'s members (and a `main` without
+    /// members comes back as it was, its one weight being 1).
     pub fn ensemble(main: ModelFile, others: Vec<ModelFile>, weights: &[f32]) -> Result<ModelFile> {
-        if others.is_empty() {
-            return Err(Error::Model("an ensemble needs a second model".into()));
-        }
         // Models are numbered as given: `main` is model 1.
         for (k, m) in others.iter().enumerate() {
             if !m.members.is_empty() {
@@ -219,6 +219,34 @@ impl ModelFile {
         }
         out.validate()?;
         Ok(out)
+    }
+
+    /// Leaves out the members numbered `numbers` (1-based, as their tensor names
+    /// `member.1`, `member.2`, ... and `lasr info`'s list number them); the others keep
+    /// their order and weights, and the main model's share (the rest of 1) takes up the
+    /// dropped weights until [`ModelFile::ensemble`] gives new ones. Refuses a number that is not a member or
+    /// is given twice, leaving `self` as it was.
+    pub fn drop_members(&mut self, numbers: &[usize]) -> Result<()> {
+        let n = self.members.len();
+        let mut keep = vec![true; n];
+        for &k in numbers {
+            if k == 0 || k > n {
+                let held = match n {
+                    0 => "no members".to_string(),
+                    1 => "1 member".to_string(),
+                    n => format!("members 1 to {n}"),
+                };
+                return Err(Error::Model(format!(
+                    "there is no member {k} to leave out: the model has {held}"
+                )));
+            }
+            if !std::mem::replace(&mut keep[k - 1], false) {
+                return Err(Error::Model(format!("member {k} is named twice")));
+            }
+        }
+        let mut keep = keep.into_iter();
+        self.members.retain(|_| keep.next() == Some(true));
+        Ok(())
     }
 
     /// Checks that the parts fit together: vocabulary size and specials, feature width.

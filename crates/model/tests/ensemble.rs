@@ -307,6 +307,52 @@ fn an_ensemble_grows_by_joining_it_with_another_model() {
 }
 
 #[test]
+fn members_are_dropped_by_number_and_the_rest_reweighted() {
+    let (a, b, c, d) = (
+        model(1, config(2, 4)),
+        model(2, config(2, 6)),
+        model(3, config(2, 5)),
+        model(4, config(2, 3)),
+    );
+    let full = ModelFile::ensemble(
+        a.clone(),
+        vec![b.clone(), c.clone(), d.clone()],
+        &[0.4, 0.3, 0.2, 0.1],
+    )
+    .unwrap();
+    let mut kept = full.clone();
+    kept.drop_members(&[3, 1]).unwrap();
+    // Member 2 (c) alone stays, with its weight; the main model takes the rest.
+    assert_eq!(kept.members, vec![full.members[1].clone()]);
+    assert!((kept.main_weight() - 0.8).abs() < 1e-6);
+    assert_eq!(kept.las, full.las);
+    let reweighted = ModelFile::ensemble(kept, Vec::new(), &[0.5, 0.5]).unwrap();
+    let direct = ModelFile::ensemble(a.clone(), vec![c], &[0.5, 0.5]).unwrap();
+    assert_eq!(reweighted.members, direct.members);
+    // Every member dropped: the main model as it was.
+    let mut alone = full.clone();
+    alone.drop_members(&[1, 2, 3]).unwrap();
+    assert!(alone.members.is_empty());
+    assert_eq!(alone.las, a.las);
+    // Refusals name the number and leave the model untouched.
+    for (numbers, says) in [
+        (
+            &[0][..],
+            "no member 0 to leave out: the model has members 1 to 3",
+        ),
+        (&[2, 4][..], "no member 4"),
+        (&[2, 2][..], "member 2 is named twice"),
+    ] {
+        let mut m = full.clone();
+        let e = m.drop_members(numbers).unwrap_err().to_string();
+        assert!(e.contains(says), "{numbers:?}: {e}");
+        assert_eq!(m.members, full.members, "{numbers:?}");
+    }
+    let e = a.clone().drop_members(&[1]).unwrap_err().to_string();
+    assert!(e.contains("the model has no members"), "{e}");
+}
+
+#[test]
 fn broken_or_mismatched_ensembles_are_refused_with_the_reason() {
     let err = |r: lasr_model::Result<ModelFile>| r.unwrap_err().to_string();
     let a = || model(1, config(2, 4));
