@@ -108,7 +108,32 @@ pub fn to_bytes_parts_as(
     } else {
         Some(metadata.clone())
     };
-    safetensors::serialize(views, meta).map_err(|e| ck(Path::new("<memory>"), e.to_string()))
+    let bytes = safetensors::serialize(views, meta)
+        .map_err(|e| ck(Path::new("<memory>"), e.to_string()))?;
+    canonical_header(bytes)
+}
+
+/// `bytes` with the header's keys in sorted order. safetensors writes the metadata in
+/// a `HashMap`'s order, which changes from run to run; sorted, the same model gives
+/// the same file, byte for byte, so a model's build can be checked by its hash.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |why: &str| ck(Path::new("<memory>"), format!("header: {why}"));
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| bad("too short"))?;
+    let end = 8usize.checked_add(len).filter(|&e| e <= bytes.len());
+    let end = end.ok_or_else(|| bad("longer than the file"))?;
+    let header: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&e.to_string()))?;
+    let mut text = serde_json::to_vec(&header).map_err(|e| bad(&e.to_string()))?;
+    // The data starts 8-byte aligned, as safetensors pads it.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Writes `module` to `path` atomically (temporary file, fsync, rename).

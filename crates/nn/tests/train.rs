@@ -231,6 +231,32 @@ fn checkpoints_round_trip_and_are_plain_safetensors() {
 }
 
 #[test]
+fn the_same_model_and_metadata_give_the_same_bytes() {
+    let model = BiLstm::new(3, 4, 0, &mut rng(7));
+    // Each map gets its own hash seed, so they iterate in different orders; a file
+    // written in a map's order would differ between them (1 chance in 12! of not).
+    let meta = || -> HashMap<String, String> {
+        (0..12)
+            .map(|k| (format!("key.{k}"), format!("value {k}")))
+            .collect()
+    };
+    let (a, b) = (meta(), meta());
+    let first = checkpoint::to_bytes(&model, "", &a).unwrap();
+    assert_eq!(first, checkpoint::to_bytes(&model, "", &b).unwrap());
+    // Still a safetensors file, its data 8-byte aligned, holding everything.
+    let header = u64::from_le_bytes(first[..8].try_into().unwrap());
+    assert_eq!(header % 8, 0);
+    assert_eq!(checkpoint::metadata(&first).unwrap(), a);
+    let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+    let mut names = Vec::new();
+    model.visit("", &mut |name, _| names.push(name));
+    assert_eq!(st.len(), names.len());
+    let mut back = BiLstm::new(3, 4, 0, &mut rng(8));
+    checkpoint::from_bytes(&first, "", &mut back).unwrap();
+    assert_eq!(back, model);
+}
+
+#[test]
 fn bad_checkpoints_are_refused_naming_the_file_and_tensor_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ck.safetensors");
