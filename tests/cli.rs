@@ -1431,10 +1431,45 @@ fn ensemble_joins_models_that_read_alike() {
     let s = info(&smaller);
     let kept = s["ensemble"]["members"].as_array().unwrap();
     assert_eq!(kept.len(), shipped - 1, "{s}");
+    // `info` numbers members as --drop does.
+    assert_eq!(members[0]["member"], 1);
     for (k, m) in kept.iter().enumerate() {
+        assert_eq!(m["member"], k + 1);
         assert_eq!(m["config"], members[k + 1]["config"], "member {}", k + 1);
         assert_eq!(m["info"], members[k + 1]["info"], "member {}", k + 1);
     }
+    // Without --weights the kept models keep their proportions: here all equal.
+    let share = 1.0 / shipped as f64;
+    for w in std::iter::once(&s["ensemble"]["main_weight"]).chain(kept.iter().map(|m| &m["weight"]))
+    {
+        assert!((w.as_f64().unwrap() - share).abs() < 1e-5, "{s}");
+    }
+    // A member swapped for another model: the last member leaves, the built-in main
+    // model joins in its place.
+    let swapped = dir.path().join("swapped.safetensors");
+    let mut weights = vec!["0.5".to_string()];
+    weights.extend((0..=shipped).map(|_| format!("{}", 0.5 / (shipped + 1) as f64)));
+    let run = lasr(&[
+        "ensemble",
+        grown_s,
+        builtin.to_str().unwrap(),
+        "--drop",
+        &last,
+        "--weights",
+        &weights.join(","),
+        "-o",
+        swapped.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let w = info(&swapped);
+    let now = w["ensemble"]["members"].as_array().unwrap();
+    assert_eq!(now.len(), shipped + 1, "{w}");
+    for k in 0..shipped {
+        assert_eq!(now[k]["config"], members[k]["config"], "member {}", k + 1);
+        assert_eq!(now[k]["info"], members[k]["info"], "member {}", k + 1);
+    }
+    assert_eq!(now[shipped]["info"], info(&builtin)["info"], "{w}");
+    assert!((w["ensemble"]["main_weight"].as_f64().unwrap() - 0.5).abs() < 1e-5);
     // Every member dropped leaves the main model alone.
     let all: Vec<String> = (1..=shipped + 1).map(|k| k.to_string()).collect();
     let alone = dir.path().join("alone.safetensors");
@@ -1453,7 +1488,9 @@ fn ensemble_joins_models_that_read_alike() {
         text(&run.stdout)
     );
     assert!(info(&alone)["ensemble"].is_null());
-    // A member that is not there, or one model with nothing to drop, is refused.
+    // A member that is not there, or one model with nothing to do, is refused, and
+    // the output file is left as it was.
+    let before = std::fs::read(&alone).unwrap();
     let run = lasr(&[
         "ensemble",
         grown_s,
@@ -1468,9 +1505,33 @@ fn ensemble_joins_models_that_read_alike() {
         e.contains("grown.safetensors: --drop") && e.contains("no member 9"),
         "{e}"
     );
+    assert_eq!(std::fs::read(&alone).unwrap(), before);
     let run = lasr(&["ensemble", grown_s, "-o", alone.to_str().unwrap()]);
     assert!(!run.status.success());
     assert!(text(&run.stderr).contains("needs a second model"));
+    assert_eq!(std::fs::read(&alone).unwrap(), before);
+    // Alone with --weights, an ensemble is re-weighted.
+    let reweighted = dir.path().join("reweighted.safetensors");
+    let mut weights = vec!["0.5".to_string()];
+    weights.extend((0..=shipped).map(|_| format!("{}", 0.5 / (shipped + 1) as f64)));
+    let run = lasr(&[
+        "ensemble",
+        grown_s,
+        "--weights",
+        &weights.join(","),
+        "-o",
+        reweighted.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let r = info(&reweighted);
+    assert!(
+        (r["ensemble"]["main_weight"].as_f64().unwrap() - 0.5).abs() < 1e-5,
+        "{r}"
+    );
+    assert_eq!(
+        r["ensemble"]["members"].as_array().unwrap().len(),
+        shipped + 1
+    );
 }
 
 /// The built-in model's main model alone (without ensemble members), written into

@@ -136,8 +136,9 @@ enum Command {
     /// this way (average them instead); separate runs gain more. The first model may
     /// be an ensemble already: its members stay (but those --drop names), and
     /// --weights then lists the first's main model, its kept members, then the other
-    /// models. One ensemble alone with --drop makes a smaller ensemble, or with every
-    /// member dropped its main model alone.
+    /// models. One ensemble alone with --drop makes a smaller ensemble (keeping the
+    /// kept models' proportions unless --weights says otherwise), or with every member
+    /// dropped its main model alone; alone with --weights it is re-weighted.
     #[command(
         after_help = "Examples:\n  lasr ensemble run-a.safetensors run-b.safetensors --weights 0.6,0.4 -o ens.safetensors\n  \
         lasr pack ens.safetensors --decode decode.json -o ens-packed.safetensors   # retune the decoding\n  \
@@ -150,13 +151,14 @@ enum Command {
         #[arg(required = true, num_args = 1.., value_name = "MODEL")]
         models: Vec<PathBuf>,
         /// Mixture weights, one per model in the same order (a first ensemble counts
-        /// as its main model and each member it keeps), summing to 1; default: equal.
+        /// as its main model and each member it keeps), summing to 1; default: equal
+        /// (or, for one ensemble alone, its kept weights scaled to sum to 1).
         #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
         weights: Option<Vec<f32>>,
-        /// Members of the first model to leave out, numbered from 1 in the order
-        /// `lasr info` lists them (its "ensemble" "members").
-        #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
-        drop: Vec<usize>,
+        /// Members of the first model to leave out, by the number `lasr info` gives
+        /// them ("member" in its "ensemble" list, from 1).
+        #[arg(long = "drop", value_delimiter = ',', value_name = "N,N,...")]
+        leave_out: Vec<usize>,
         /// Where to write the ensemble.
         #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
@@ -718,10 +720,10 @@ fn main() -> ExitCode {
         Command::Ensemble {
             models,
             weights,
-            drop,
+            leave_out,
             out,
             storage,
-        } => ensemble(&models, weights, &drop, &out, storage),
+        } => ensemble(&models, weights, &leave_out, &out, storage),
         Command::Pack {
             model,
             decode,
@@ -1440,7 +1442,9 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "speller_parameters": model.las.speller.num_params(),
         "ensemble": (!model.members.is_empty()).then(|| serde_json::json!({
             "main_weight": model.main_weight(),
-            "members": model.members.iter().map(|m| serde_json::json!({
+            "members": model.members.iter().enumerate().map(|(k, m)| serde_json::json!({
+                // What `lasr ensemble --drop` calls it (and its tensors' `member.N.`).
+                "member": k + 1,
                 "weight": m.weight,
                 "parameters": m.num_params(),
                 "config": m.config,
@@ -1477,23 +1481,42 @@ fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
 fn ensemble(
     models: &[PathBuf],
     weights: Option<Vec<f32>>,
-    drop: &[usize],
+    leave_out: &[usize],
     out: &Path,
     storage: Option<StorageArg>,
 ) -> Result<ExitCode> {
-    if models.len() < 2 && drop.is_empty() {
-        bail!("an ensemble needs a second model, or --drop to leave out members of the first");
+    if models.len() < 2 && leave_out.is_empty() && weights.is_none() {
+        bail!(
+            "an ensemble needs a second model, --drop to leave out members of the first, \
+             or --weights to re-weight it"
+        );
     }
     let mut loaded = models
         .iter()
         .map(|p| lasr_model::ModelFile::load(p).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
+    // Judged before any member leaves: an ensemble can only go first, whatever it keeps.
+    let nested = !loaded[0].members.is_empty();
+    // The main model's share takes up the dropped members' when they leave.
+    let main_weight = loaded[0].main_weight();
     loaded[0]
-        .drop_members(drop)
+        .drop_members(leave_out)
         .with_context(|| format!("{}: --drop", models[0].display()))?;
     // A first model that is an ensemble brings its (kept) members along.
     let n = models.len() + loaded[0].members.len();
-    let weights = weights.unwrap_or_else(|| vec![1.0 / n as f32; n]);
+    let weights = weights.unwrap_or_else(|| {
+        if models.len() == 1 {
+            // Shrinking a tuned ensemble keeps the proportions it was tuned to.
+            let first = &loaded[0];
+            let kept: Vec<f32> = std::iter::once(main_weight)
+                .chain(first.members.iter().map(|m| m.weight))
+                .collect();
+            let sum: f32 = kept.iter().sum();
+            kept.iter().map(|w| w / sum).collect()
+        } else {
+            vec![1.0 / n as f32; n]
+        }
+    });
     let main = loaded.remove(0);
     // Only the first model keeps its speller: an attention decoder placed later is
     // dropped, and with it every attention search and re-ranking. Said once the join
@@ -1501,7 +1524,6 @@ fn ensemble(
     let dropped = if main.las.config.trains_speller() {
         None
     } else {
-        let nested = !main.members.is_empty();
         loaded
             .iter()
             .position(|m| m.las.config.trains_speller())

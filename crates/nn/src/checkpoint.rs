@@ -124,11 +124,20 @@ fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
         .ok_or_else(|| bad("too short"))?;
     let end = 8usize.checked_add(len).filter(|&e| e <= bytes.len());
     let end = end.ok_or_else(|| bad("longer than the file"))?;
-    let header: std::collections::BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&e.to_string()))?;
+    // Two levels of sorted maps: the tensors' entries and `__metadata__`'s keys, sorted
+    // whatever serde_json's `preserve_order` feature says about its own maps.
+    type Sorted =
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>;
+    let header: Sorted = serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&e.to_string()))?;
     let mut text = serde_json::to_vec(&header).map_err(|e| bad(&e.to_string()))?;
     // The data starts 8-byte aligned, as safetensors pads it.
     text.resize(text.len().next_multiple_of(8), b' ');
+    if text.len() == len {
+        // The same JSON in another order and padded alike: no second copy of the data.
+        let mut bytes = bytes;
+        bytes[8..end].copy_from_slice(&text);
+        return Ok(bytes);
+    }
     let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
     out.extend_from_slice(&(text.len() as u64).to_le_bytes());
     out.extend_from_slice(&text);
