@@ -1416,17 +1416,22 @@ fn ensemble_joins_models_that_read_alike() {
         );
     }
     // Members leave by number: the grown file's first and its added last one.
-    let grown_s = grown.to_str().unwrap();
+    // `lasr ensemble GROWN ARGS... -o OUT`.
+    let from_grown = |args: &[&str], out: &Path| {
+        let mut all = vec!["ensemble", grown.to_str().unwrap()];
+        all.extend(args);
+        all.extend(["-o", out.to_str().unwrap()]);
+        lasr(&all)
+    };
+    // Half to the main model, the rest equally among shipped + 1 others: the weights
+    // of both the swap and the re-weighting below.
+    let half_to_main = std::iter::once("0.5".to_string())
+        .chain((0..=shipped).map(|_| format!("{}", 0.5 / (shipped + 1) as f64)))
+        .collect::<Vec<_>>()
+        .join(",");
     let smaller = dir.path().join("smaller.safetensors");
     let last = (shipped + 1).to_string();
-    let run = lasr(&[
-        "ensemble",
-        grown_s,
-        "--drop",
-        &format!("1,{last}"),
-        "-o",
-        smaller.to_str().unwrap(),
-    ]);
+    let run = from_grown(&["--drop", &format!("1,{last}")], &smaller);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let s = info(&smaller);
     let kept = s["ensemble"]["members"].as_array().unwrap();
@@ -1447,19 +1452,16 @@ fn ensemble_joins_models_that_read_alike() {
     // A member swapped for another model: the last member leaves, the built-in main
     // model joins in its place.
     let swapped = dir.path().join("swapped.safetensors");
-    let mut weights = vec!["0.5".to_string()];
-    weights.extend((0..=shipped).map(|_| format!("{}", 0.5 / (shipped + 1) as f64)));
-    let run = lasr(&[
-        "ensemble",
-        grown_s,
-        builtin.to_str().unwrap(),
-        "--drop",
-        &last,
-        "--weights",
-        &weights.join(","),
-        "-o",
-        swapped.to_str().unwrap(),
-    ]);
+    let run = from_grown(
+        &[
+            builtin.to_str().unwrap(),
+            "--drop",
+            &last,
+            "--weights",
+            &half_to_main,
+        ],
+        &swapped,
+    );
     assert!(run.status.success(), "{}", text(&run.stderr));
     let w = info(&swapped);
     let now = w["ensemble"]["members"].as_array().unwrap();
@@ -1473,14 +1475,7 @@ fn ensemble_joins_models_that_read_alike() {
     // Every member dropped leaves the main model alone.
     let all: Vec<String> = (1..=shipped + 1).map(|k| k.to_string()).collect();
     let alone = dir.path().join("alone.safetensors");
-    let run = lasr(&[
-        "ensemble",
-        grown_s,
-        "--drop",
-        &all.join(","),
-        "-o",
-        alone.to_str().unwrap(),
-    ]);
+    let run = from_grown(&["--drop", &all.join(",")], &alone);
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert!(
         text(&run.stdout).contains("the main model of"),
@@ -1491,14 +1486,7 @@ fn ensemble_joins_models_that_read_alike() {
     // A member that is not there, or one model with nothing to do, is refused, and
     // the output file is left as it was.
     let before = std::fs::read(&alone).unwrap();
-    let run = lasr(&[
-        "ensemble",
-        grown_s,
-        "--drop",
-        "9",
-        "-o",
-        alone.to_str().unwrap(),
-    ]);
+    let run = from_grown(&["--drop", "9"], &alone);
     assert!(!run.status.success());
     let e = text(&run.stderr);
     assert!(
@@ -1506,22 +1494,13 @@ fn ensemble_joins_models_that_read_alike() {
         "{e}"
     );
     assert_eq!(std::fs::read(&alone).unwrap(), before);
-    let run = lasr(&["ensemble", grown_s, "-o", alone.to_str().unwrap()]);
+    let run = from_grown(&[], &alone);
     assert!(!run.status.success());
     assert!(text(&run.stderr).contains("needs a second model"));
     assert_eq!(std::fs::read(&alone).unwrap(), before);
     // Alone with --weights, an ensemble is re-weighted.
     let reweighted = dir.path().join("reweighted.safetensors");
-    let mut weights = vec!["0.5".to_string()];
-    weights.extend((0..=shipped).map(|_| format!("{}", 0.5 / (shipped + 1) as f64)));
-    let run = lasr(&[
-        "ensemble",
-        grown_s,
-        "--weights",
-        &weights.join(","),
-        "-o",
-        reweighted.to_str().unwrap(),
-    ]);
+    let run = from_grown(&["--weights", &half_to_main], &reweighted);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let r = info(&reweighted);
     assert!(
