@@ -11,8 +11,14 @@ pub fn exp(x: f32) -> f32 {
     // ln 2 split in two so that x - n ln2 is exact to f32 precision.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 * 2^23 leaves round(x log2 e) in the low mantissa bits, to be read as
+    // an integer: `f32::round` (halves away from zero) has no vector instruction and
+    // `as i32` saturates, and either one kept every loop calling this scalar.
+    const SHIFT: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E).round();
+    let shifted = x * LOG2E + SHIFT;
+    let n = shifted - SHIFT;
+    let n_int = shifted.to_bits().wrapping_sub(SHIFT.to_bits()) as i32;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_2e-3;
@@ -22,7 +28,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     // Multiply by 2^n through the exponent bits (n is within the normal range here).
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * e
+    f32::from_bits(((n_int + 127) as u32) << 23) * e
 }
 
 /// `1 / (1 + e^-x)`.

@@ -657,19 +657,30 @@ fn score_impl(t: &mut [f32], k: &[f32], q: &[f32], v: &[f32], loc: &[f32]) -> f3
     let n = t.len();
     let (k, q, v, loc) = (&k[..n], &q[..n], &v[..n], &loc[..n]);
     let mut acc = [0f32; L];
-    let body = n - n % L;
-    for i in (0..body).step_by(L) {
+    // Fixed-size chunks: with indices into slices the bounds checks kept the loop
+    // scalar.
+    let mut tc = t.chunks_exact_mut(L);
+    let (mut kc, mut qc) = (k.chunks_exact(L), q.chunks_exact(L));
+    let (mut vc, mut lc) = (v.chunks_exact(L), loc.chunks_exact(L));
+    for ((((t, k), q), v), loc) in (&mut tc)
+        .zip(&mut kc)
+        .zip(&mut qc)
+        .zip(&mut vc)
+        .zip(&mut lc)
+    {
         for l in 0..L {
-            let y = crate::activation::tanh(k[i + l] + q[i + l] + loc[i + l]);
-            t[i + l] = y;
-            acc[l] = v[i + l].mul_add(y, acc[l]);
+            let y = crate::activation::tanh(k[l] + q[l] + loc[l]);
+            t[l] = y;
+            acc[l] = v[l].mul_add(y, acc[l]);
         }
     }
     let mut dot: f32 = acc.iter().sum();
-    for i in body..n {
-        let y = crate::activation::tanh(k[i] + q[i] + loc[i]);
-        t[i] = y;
-        dot = v[i].mul_add(y, dot);
+    let rest =
+        (kc.remainder().iter().zip(qc.remainder())).zip(vc.remainder().iter().zip(lc.remainder()));
+    for (t, ((k, q), (v, loc))) in tc.into_remainder().iter_mut().zip(rest) {
+        let y = crate::activation::tanh(k + q + loc);
+        *t = y;
+        dot = v.mul_add(y, dot);
     }
     dot
 }
