@@ -1081,6 +1081,50 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "{}",
         text(&out.stdout)
     );
+    // int8 storage: smaller again, format 4, and decoding in int8 reads it as it
+    // reads the 16-bit file.
+    let int8_file = dir.path().join("int8.safetensors");
+    let out = lasr(&[
+        "pack",
+        small.to_str().unwrap(),
+        "--storage",
+        "int8",
+        "-o",
+        int8_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        size(&int8_file) < size(&small),
+        "{} vs {}",
+        size(&int8_file),
+        size(&small)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&lasr(&["info", int8_file.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(
+        (v["storage"].as_str(), v["format"].as_u64()),
+        (Some("int8"), Some(4))
+    );
+    let in_int8 = |m: &Path| {
+        let out = lasr(&[
+            "transcribe",
+            "-m",
+            m.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--weights",
+            "int8",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        (
+            v["text"].clone(),
+            v["nbest"][0]["ctc_log_prob"].as_f64().unwrap(),
+        )
+    };
+    let ((want, want_lp), (got, got_lp)) = (in_int8(&small), in_int8(&int8_file));
+    assert_eq!(want, got);
+    assert!((want_lp - got_lp).abs() < 1e-4, "{want_lp} vs {got_lp}");
     // --attention overrides the recommendation.
     let out = lasr(&[
         "transcribe",
@@ -1117,6 +1161,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "greedy,ctc-beam",
         "--json",
     ]);
+    assert!(only.status.success(), "{}", text(&only.stderr));
     let v: serde_json::Value = serde_json::from_str(text(&only.stdout).trim()).unwrap();
     assert_eq!(setting_names(&v), ["greedy", "CTC beam 8"]);
     let bad = lasr(&[

@@ -1,6 +1,7 @@
 //! The model file: one safetensors file holding everything needed to run the model,
-//! as whisper.cpp's files do. Tensors are the parameters (PyTorch names; f32, or f16
-//! in format 3); the header's string metadata holds
+//! as whisper.cpp's files do. Tensors are the parameters (PyTorch names; f32, f16 in
+//! format 3, int8 recurrent matrices with their scales in format 4); the header's
+//! string metadata holds
 //!
 //! - `lasr.format`: the format version, 1 to [`FORMAT_VERSION`] (below),
 //! - `lasr.model_config`: [`ModelConfig`] as JSON,
@@ -9,13 +10,15 @@
 //! - `lasr.info`: free-form JSON about how the model was made (may be absent),
 //! - `lasr.decode`: the decoding this model does best with, as measured on
 //!   development data ([`DecodeOptions`] as JSON; may be absent: library defaults),
-//! - `lasr.members` (formats 2 and 3): the CTC ensemble members' configs and mixture
+//! - `lasr.members` (formats 2 to 4): the CTC ensemble members' configs and mixture
 //!   weights as JSON (`[{"model_config": {..}, "weight": 0.3, "info": ..}]`), their
 //!   tensors named `member.1.listener...`, `member.1.ctc...` and so on
 //!   ([`crate::ensemble`]).
 //!
 //! Format 3 stores the tensors in IEEE half precision (F16; [`Storage::F16`], a
-//! tensor f16 cannot hold stays F32), with or without members. Each file is written
+//! tensor f16 cannot hold stays F32), with or without members. Format 4 adds int8
+//! storage of the recurrent weight matrices ([`Storage::Int8`]: `NAME` I8 with its
+//! row scales `NAME_scale`; the rest as in format 3). Each file is written
 //! with the lowest format that holds it: f32 without members is format 1, so builds
 //! from before ensembles still read it; f32 with members format 2.
 //!
@@ -37,9 +40,9 @@ use crate::las::Las;
 use crate::transcribe::DecodeOptions;
 
 /// Version of the layout above; bumped on any incompatible change. Format 2 added
-/// ensemble members, format 3 half-precision tensors; a file is written with the
-/// lowest format that holds it ([`ModelFile::format_version`]).
-pub const FORMAT_VERSION: u32 = 3;
+/// ensemble members, format 3 half-precision tensors, format 4 int8 matrices; a file
+/// is written with the lowest format that holds it ([`ModelFile::format_version`]).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The most ensemble members a file may list: each is built before its tensors are
 /// read, so an untrusted file must not make that open-ended.
@@ -313,10 +316,12 @@ impl ModelFile {
         }
     }
 
-    /// The `lasr.format` this model is written as: 3 with f16 tensors, else 2 with
-    /// members, else 1 (readable by builds from before ensembles).
+    /// The `lasr.format` this model is written as: 4 with int8 matrices, 3 with f16
+    /// tensors, else 2 with members, else 1 (readable by builds from before ensembles).
     pub fn format_version(&self) -> u32 {
-        if self.storage == Storage::F16 {
+        if self.storage == Storage::Int8 {
+            4
+        } else if self.storage == Storage::F16 {
             3
         } else if self.members.is_empty() {
             1
@@ -488,7 +493,7 @@ impl ModelFile {
             None => Vec::new(),
             Some(_) if version < 2 => {
                 return Err(Error::Model(
-                    "lasr.members in a format 1 file (ensembles are format 2 or 3)".into(),
+                    "lasr.members in a format 1 file (ensembles are format 2 or later)".into(),
                 ))
             }
             Some(s) => {
@@ -544,10 +549,17 @@ impl ModelFile {
                 "tensor {first}{more} is 16-bit in a format {version} file (16-bit tensors are format 3)"
             )));
         }
-        let storage = if halves.is_empty() {
-            Storage::F32
-        } else {
+        if let (Some(first), true) = (contents.int8.first(), version < 4) {
+            return Err(Error::Model(format!(
+                "tensor {first} is int8 in a format {version} file (int8 tensors are format 4)"
+            )));
+        }
+        let storage = if !contents.int8.is_empty() {
+            Storage::Int8
+        } else if !halves.is_empty() {
             Storage::F16
+        } else {
+            Storage::F32
         };
         let file = ModelFile {
             las,

@@ -150,6 +150,70 @@ fn half_precision_files_are_format_3_half_the_size_and_read_back_rounded() {
 }
 
 #[test]
+fn int8_files_are_format_4_and_decode_in_int8_as_the_16_bit_file_does() {
+    use lasr_nn::{Storage, WeightFormat};
+    let mut f32_file = small();
+    f32_file.las = Las::new(
+        ModelConfig {
+            ctc_weight: 0.5,
+            ..f32_file.las.config.clone()
+        },
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+    )
+    .unwrap();
+    let mut half = f32_file.clone();
+    half.storage = Storage::F16;
+    let half = ModelFile::from_bytes(&half.to_bytes().unwrap()).unwrap();
+    let mut int8 = half.clone();
+    int8.storage = Storage::Int8;
+    let bytes = int8.to_bytes().unwrap();
+    let meta = lasr_nn::checkpoint::metadata(&bytes).unwrap();
+    assert_eq!(meta["lasr.format"], "4");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut matrices = 0;
+    for (name, t) in st.tensors() {
+        let recurrent = name.contains(".weight_ih") || name.contains(".weight_hh");
+        let want = if name.ends_with("_scale") {
+            safetensors::Dtype::F32
+        } else if recurrent {
+            matrices += 1;
+            safetensors::Dtype::I8
+        } else {
+            safetensors::Dtype::F16
+        };
+        assert_eq!(t.dtype(), want, "{name}");
+    }
+    // Listener: two directions of three layers, two matrices each; speller: two cells.
+    assert_eq!(matrices, 3 * 2 * 2 + 2 * 2);
+    let back = ModelFile::from_bytes(&bytes).unwrap();
+    assert_eq!(back.storage, Storage::Int8, "kept when written again");
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let feats = lasr_nn::init::uniform((37, 80), 1.0, &mut rng);
+    let lp = |m: &ModelFile| {
+        m.ctc_log_probs(&m.inference_weights(WeightFormat::Int8), feats.view())
+            .unwrap()
+    };
+    let (want, got) = (lp(&half), lp(&back));
+    for (w, g) in want.iter().zip(&got) {
+        assert!((w - g).abs() < 1e-5, "{w} vs {g}");
+    }
+    // In f32 the rounded weights differ from the 16-bit ones.
+    let f32_lp = |m: &ModelFile| {
+        m.ctc_log_probs(&m.inference_weights(WeightFormat::F32), feats.view())
+            .unwrap()
+    };
+    assert!(f32_lp(&half) != f32_lp(&back));
+
+    // int8 tensors under a format that predates them are refused.
+    let mut old_meta = meta.clone();
+    old_meta.insert("lasr.format".into(), "3".into());
+    let relabelled = safetensors::serialize(st.tensors(), Some(old_meta)).unwrap();
+    let e = ModelFile::from_bytes(&relabelled).unwrap_err().to_string();
+    assert!(e.contains("is int8 in a format 3 file"), "{e}");
+}
+
+#[test]
 fn the_parameter_lower_bounds_never_exceed_a_real_models_count() {
     use lasr_model::CellType;
     for cell in [CellType::Lstm, CellType::Gru, CellType::Rnn] {

@@ -1,7 +1,7 @@
 //! Checkpoints as safetensors files: every parameter under its PyTorch-style name, as
 //! little-endian f32 (or, for files that only run a model, IEEE half precision:
-//! [`Storage::F16`]), with string metadata (config, vocabulary, version...) in the
-//! header. Any safetensors reader opens them (`safetensors.torch.load_file` gives a
+//! [`Storage::F16`], or int8 recurrent matrices: [`Storage::Int8`]), with string
+//! metadata (config, vocabulary, version...) in the header. Any safetensors reader opens them (`safetensors.torch.load_file` gives a
 //! PyTorch state dict).
 //!
 //! Writes go to a temporary file in the same directory, are synced, then renamed over
@@ -17,8 +17,9 @@ use safetensors::{Dtype, SafeTensors};
 use crate::error::{Error, Result};
 use crate::module::Module;
 
-/// How parameters are written. Reading accepts F32, F16 and BF16 whatever was asked
-/// for, widening to f32 (exact: every half value is an f32).
+/// How parameters are written. Reading accepts F32, F16, BF16 and int8 matrices with
+/// their scales whatever was asked for, widening to f32 (exact: every half value, and
+/// every integer times its f32 scale rounded once, is an f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Storage {
     /// Full precision: what training writes and resumes from.
@@ -31,6 +32,27 @@ pub enum Storage {
     /// tensor with any larger value, which would become infinite, stays F32. F16
     /// rather than BF16 because trained weights are small and need mantissa, not range.
     F16,
+    /// The recurrent layers' weight matrices (2-D tensors named `weight_ih...` or
+    /// `weight_hh...`, PyTorch's names) as int8, each row `r` of `NAME` with its scale
+    /// `s_r = max |W_r| / 127` in the f32 tensor `NAME_scale` `[rows]` and
+    /// `W_rk ~ s_r q_rk`; everything else as [`Storage::F16`]. These are exactly the
+    /// integers and scales int8 decoding ([`crate::WeightFormat::Int8`]) makes from
+    /// the f32 weights, so decoding in int8 reads such a file as it reads the f32 one
+    /// (up to an ulp of each scale); the other formats compute with `s_r q_rk`, which
+    /// is within `s_r / 2` of each weight. For files that only run a model, in int8: a
+    /// quarter of f32 for those matrices, which are nearly all of a model.
+    Int8,
+}
+
+/// Whether [`Storage::Int8`] stores tensor `name` of `shape` in 8 bits.
+fn int8_candidate(name: &str, shape: &[usize]) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    shape.len() == 2 && (last.starts_with("weight_ih") || last.starts_with("weight_hh"))
+}
+
+/// The name of the scales of int8 tensor `name`.
+pub fn int8_scale_name(name: &str) -> String {
+    format!("{name}_scale")
 }
 
 /// The file in memory as safetensors, or an error saying it is not one.
@@ -78,9 +100,26 @@ pub fn to_bytes_parts_as(
     for (prefix, module) in parts {
         module.visit(prefix, &mut |name, t| {
             let shape = t.shape().to_vec();
+            let finite = t.iter().all(|v| v.is_finite());
+            if storage == Storage::Int8 && finite && int8_candidate(&name, &shape) {
+                let t = t
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .expect("two dimensions, checked above");
+                let mut q = Vec::with_capacity(t.len());
+                let mut scales = Vec::with_capacity(4 * t.nrows());
+                for row in t.rows() {
+                    let s = crate::packed::int8_scale(row);
+                    q.extend(row.iter().map(|&v| crate::packed::quantize(v, s) as u8));
+                    scales.extend_from_slice(&s.to_le_bytes());
+                }
+                let rows = shape[0];
+                tensors.push((int8_scale_name(&name), vec![rows], Dtype::F32, scales));
+                tensors.push((name, shape, Dtype::I8, q));
+                return;
+            }
             // A value f16 cannot hold would come back as infinity: keep that tensor
             // whole rather than change what the model computes.
-            let fits = storage == Storage::F16
+            let fits = storage != Storage::F32
                 && t.iter()
                     .all(|&v| !v.is_finite() || f16::from_f32(v).is_finite());
             if fits {
@@ -186,7 +225,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads a checkpoint into `module`, which must have exactly the file's tensors
-/// (names, shapes; F32, F16 or BF16); returns the file's metadata. Errors name the file and the
+/// (names, shapes; F32, F16, BF16, or I8 with scales); returns the file's metadata. Errors name the file and the
 /// tensor at fault. `module` is only changed when the whole file fits.
 pub fn load<M: Module>(path: &Path, module: &mut M) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
@@ -229,14 +268,15 @@ pub fn from_bytes_parts(
     // usually wrong in many tensors, and one error per attempt hides the pattern.
     let mut problems: Vec<String> = Vec::new();
     let mut values: Vec<Vec<f32>> = Vec::with_capacity(wanted.len());
+    let mut scales_read: Vec<String> = Vec::new();
     for (name, shape) in &wanted {
         let Ok(t) = st.tensor(name) else {
             problems.push(format!("tensor {name} is missing"));
             continue;
         };
-        if !matches!(t.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        if !matches!(t.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::I8) {
             problems.push(format!(
-                "tensor {name} is {:?}, expected F32, F16 or BF16",
+                "tensor {name} is {:?}, expected F32, F16, BF16 or I8",
                 t.dtype()
             ));
             continue;
@@ -258,13 +298,25 @@ pub fn from_bytes_parts(
                 .chunks_exact(2)
                 .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
+            Dtype::I8 => match int8_values(&st, name, shape) {
+                Ok(v) => {
+                    scales_read.push(int8_scale_name(name));
+                    v
+                }
+                Err(why) => {
+                    problems.push(why);
+                    continue;
+                }
+            },
             _ => data
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
         });
     }
-    let known: std::collections::HashSet<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+    let known: std::collections::HashSet<&str> = (wanted.iter().map(|(n, _)| n.as_str()))
+        .chain(scales_read.iter().map(String::as_str))
+        .collect();
     let mut extra: Vec<String> = st
         .names()
         .into_iter()
@@ -293,6 +345,47 @@ pub fn from_bytes_parts(
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
+/// The f32 values `s_r q_rk` of int8 tensor `name` `[rows, cols]` (`shape`, already
+/// checked) with its scales, or why they cannot be had.
+fn int8_values(
+    st: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> std::result::Result<Vec<f32>, String> {
+    let scale_name = int8_scale_name(name);
+    let [rows, cols] = shape else {
+        return Err(format!(
+            "tensor {name} is I8 with shape {shape:?}; only matrices are stored in 8 bits"
+        ));
+    };
+    let s = st
+        .tensor(&scale_name)
+        .map_err(|_| format!("tensor {name} is I8 but its scales {scale_name} are missing"))?;
+    if s.dtype() != Dtype::F32 || s.shape() != [*rows] {
+        return Err(format!(
+            "scales {scale_name} are {:?} {:?}, expected F32 [{rows}]",
+            s.dtype(),
+            s.shape()
+        ));
+    }
+    let scales: Vec<f32> = s
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(bad) = scales.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+        return Err(format!(
+            "scales {scale_name} hold {bad}; scales are finite and >= 0"
+        ));
+    }
+    let q = st.tensor(name).map_err(|e| e.to_string())?;
+    Ok(q.data()
+        .chunks_exact(*cols.max(&1))
+        .zip(&scales)
+        .flat_map(|(row, &s)| row.iter().map(move |&b| f32::from(b as i8) * s))
+        .collect())
+}
+
 /// What a file's header says about its tensors, read in one pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contents {
@@ -301,6 +394,8 @@ pub struct Contents {
     pub values: f64,
     /// The names of the 16-bit (F16 or BF16) tensors, sorted.
     pub half: Vec<String>,
+    /// The names of the int8 tensors (without their scales), sorted.
+    pub int8: Vec<String>,
 }
 
 /// The [`Contents`] of the file in memory, without converting any tensor.
@@ -312,21 +407,30 @@ pub fn contents(bytes: &[u8]) -> Result<Contents> {
         .map(|(n, _)| n.to_string())
         .collect();
     half.sort();
+    let mut int8: Vec<String> = st
+        .iter()
+        .filter(|(_, t)| t.dtype() == Dtype::I8)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    int8.sort();
     let values = st
         .iter()
         .map(|(_, t)| t.shape().iter().map(|&n| n as f64).product::<f64>())
         .sum();
-    Ok(Contents { values, half })
+    Ok(Contents { values, half, int8 })
 }
 
-/// [`Storage::F16`] if any tensor of the file in memory is stored in 16 bits (F16 or
-/// BF16: both are written back as F16), else [`Storage::F32`]: what writing the same
-/// model again should keep.
+/// [`Storage::Int8`] if any tensor of the file in memory is int8, else
+/// [`Storage::F16`] if any is stored in 16 bits (F16 or BF16: both are written back as
+/// F16), else [`Storage::F32`]: what writing the same model again should keep.
 pub fn stored_as(bytes: &[u8]) -> Result<Storage> {
-    Ok(if contents(bytes)?.half.is_empty() {
-        Storage::F32
-    } else {
+    let c = contents(bytes)?;
+    Ok(if !c.int8.is_empty() {
+        Storage::Int8
+    } else if !c.half.is_empty() {
         Storage::F16
+    } else {
+        Storage::F32
     })
 }
 

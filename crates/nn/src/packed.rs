@@ -125,12 +125,12 @@ pub fn from_bf16(h: u16) -> f32 {
 /// The int8 scale of one row: its largest magnitude maps to 127 (0 for a zero row).
 /// Trained weights are finite (training stops on a NaN); an infinite one would give an
 /// infinite scale and NaN products, a NaN one is skipped by the maximum.
-fn int8_scale(row: ArrayView1<f32>) -> f32 {
+pub(crate) fn int8_scale(row: ArrayView1<f32>) -> f32 {
     row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
 }
 
 /// `v / scale` rounded to the nearest integer in [-127, 127] (0 when `scale` is 0).
-fn quantize(v: f32, scale: f32) -> i8 {
+pub(crate) fn quantize(v: f32, scale: f32) -> i8 {
     if scale > 0.0 {
         (v / scale).round().clamp(-127.0, 127.0) as i8
     } else {

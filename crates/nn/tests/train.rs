@@ -397,6 +397,125 @@ fn half_storage_rounds_to_the_nearest_f16_and_keeps_what_f16_cannot_hold() {
 }
 
 #[test]
+fn int8_storage_keeps_the_integers_int8_decoding_makes_and_refuses_broken_scales() {
+    use lasr_nn::{Storage, WeightFormat};
+    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+    let mut layer = BiLstm::new(5, 4, 0, &mut rng(17));
+    layer.forward.weight_hh.row_mut(3).fill(0.0); // a zero row: scale 0
+    layer.backward.weight_ih[(2, 1)] = 40.0; // one large value sets its row's scale
+    let bytes = checkpoint::to_bytes_parts_as(
+        &[("", &layer as &dyn Module)],
+        Storage::Int8,
+        &HashMap::new(),
+    )
+    .unwrap();
+    assert_eq!(checkpoint::stored_as(&bytes).unwrap(), Storage::Int8);
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let q = st.tensor("weight_ih_l0_reverse").unwrap();
+    assert_eq!((q.dtype(), q.shape()), (Dtype::I8, &[16usize, 5][..]));
+    let s = st.tensor("weight_ih_l0_reverse_scale").unwrap();
+    assert_eq!((s.dtype(), s.shape()), (Dtype::F32, &[16usize][..]));
+    assert_eq!(st.tensor("bias_ih_l0").unwrap().dtype(), Dtype::F16);
+    assert_eq!(st.len(), 8 + 4, "eight tensors and four matrices' scales");
+
+    let mut back = BiLstm::new(5, 4, 0, &mut rng(18));
+    checkpoint::from_bytes(&bytes, "", &mut back).unwrap();
+    let mut originals = Vec::new();
+    layer.visit("", &mut |name, t| originals.push((name, t.to_owned())));
+    let mut k = 0;
+    back.visit("", &mut |name, t| {
+        let (oname, orig) = &originals[k];
+        k += 1;
+        assert_eq!(&name, oname);
+        if name.starts_with("weight_") {
+            let (orig, t) = (
+                orig.view().into_dimensionality().unwrap(),
+                t.into_dimensionality().unwrap(),
+            );
+            // Exactly the weights int8 decoding computes with...
+            assert_eq!(WeightFormat::Int8.stored(orig), t, "{name}");
+            for (o, b) in orig.rows().into_iter().zip(t.rows()) {
+                let scale = o.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                for (&o, &b) in o.iter().zip(&b) {
+                    assert!(
+                        (o - b).abs() <= scale * 0.5 * (1.0 + 1e-6),
+                        "{name}: {o} vs {b}"
+                    );
+                }
+            }
+            // ...and quantizing them again gives them back (to an ulp of the scale).
+            for (again, &b) in WeightFormat::Int8.stored(t).iter().zip(&t) {
+                assert!((again - b).abs() <= 2.0 * f32::EPSILON * b.abs(), "{name}");
+            }
+        } else {
+            let halved = orig.mapv(|v| half::f16::from_f32(v).to_f32());
+            assert_eq!(halved, t, "{name} is stored as f16");
+        }
+    });
+    assert_eq!(back.forward.weight_hh.row(3).to_vec(), vec![0.0; 4]);
+    assert_eq!(
+        back.backward.weight_ih[(2, 1)],
+        40.0,
+        "the largest value is exact"
+    );
+
+    // A file with an int8 matrix's scales missing, mis-shaped or negative is refused,
+    // naming them, and leaves the model as it was.
+    // A tensor's new shape and bytes, or None to leave it out.
+    type Change<'a> = &'a dyn Fn(&str, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>;
+    let rebuild = |change: Change<'_>| {
+        let mut owned = Vec::new();
+        for (name, t) in st.tensors() {
+            if let Some((shape, data)) = change(&name, t.data().to_vec()) {
+                owned.push((name, t.dtype(), shape, data));
+            }
+        }
+        let views: Vec<_> = owned
+            .iter()
+            .map(|(n, d, shape, data)| {
+                (n.clone(), TensorView::new(*d, shape.clone(), data).unwrap())
+            })
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    };
+    let shape_of = |name: &str| st.tensor(name).unwrap().shape().to_vec();
+    let before = back.clone();
+    let scale = "weight_hh_l0_scale";
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "are missing",
+            rebuild(&|n, d| (n != scale).then(|| (shape_of(n), d))),
+        ),
+        (
+            "expected F32 [16]",
+            rebuild(&|n, d| {
+                Some(if n == scale {
+                    (vec![8], d[..32].to_vec())
+                } else {
+                    (shape_of(n), d)
+                })
+            }),
+        ),
+        (
+            "finite and >= 0",
+            rebuild(&|n, mut d| {
+                if n == scale {
+                    d[..4].copy_from_slice(&(-1f32).to_le_bytes());
+                }
+                Some((shape_of(n), d))
+            }),
+        ),
+    ];
+    for (why, file) in cases {
+        let e = checkpoint::from_bytes(&file, "", &mut back)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(scale) && e.contains(why), "{e}");
+        assert_eq!(back, before);
+    }
+}
+
+#[test]
 fn optimiser_state_checkpoints_like_a_model() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = Linear::new(3, 2, true, &mut rng(14));
