@@ -213,8 +213,9 @@ enum StorageArg {
     /// The recurrent weight matrices (nearly all of a model) as 8-bit integers with a
     /// scale per row, the rest as f16: a quarter of f32 for those matrices. They are
     /// the integers `--weights int8` decoding makes anyway, so decoding in int8 reads
-    /// as from the f32 file; other decodings compute with the rounded weights
-    /// (format 4, which older builds refuse by version).
+    /// it as it reads the f16 file; other decodings compute with the rounded weights
+    /// (format 4, which older builds refuse by version). Recommend int8 decoding
+    /// with it (`"weights": "int8"` in the --decode JSON).
     Int8,
 }
 

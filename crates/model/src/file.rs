@@ -61,8 +61,8 @@ pub struct ModelFile {
     /// Further acoustic models whose CTC distributions are mixed with this one's
     /// ([`crate::ensemble`]); usually none.
     pub members: Vec<CtcMember>,
-    /// How the tensors are written: f32, or f16 for a model that is only run (half
-    /// the bytes). Loading keeps what the file had, so packing a file again does not
+    /// How the tensors are written: f32, or for a model that is only run f16 (half
+    /// the bytes) or int8 recurrent matrices (about a quarter). Loading keeps what the file had, so packing a file again does not
     /// change it; training always writes f32.
     pub storage: Storage,
 }

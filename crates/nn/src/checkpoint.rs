@@ -35,12 +35,14 @@ pub enum Storage {
     /// The recurrent layers' weight matrices (2-D tensors named `weight_ih...` or
     /// `weight_hh...`, PyTorch's names) as int8, each row `r` of `NAME` with its scale
     /// `s_r = max |W_r| / 127` in the f32 tensor `NAME_scale` `[rows]` and
-    /// `W_rk ~ s_r q_rk`; everything else as [`Storage::F16`]. These are exactly the
-    /// integers and scales int8 decoding ([`crate::WeightFormat::Int8`]) makes from
-    /// the f32 weights, so decoding in int8 reads such a file as it reads the f32 one
-    /// (up to an ulp of each scale); the other formats compute with `s_r q_rk`, which
-    /// is within `s_r / 2` of each weight. For files that only run a model, in int8: a
-    /// quarter of f32 for those matrices, which are nearly all of a model.
+    /// `W_rk ~ s_r q_rk` (`q` in -127..=127); everything else as [`Storage::F16`]
+    /// (and a matrix with a non-finite value as F16 rules it). The integers and
+    /// scales are exactly those int8 decoding ([`crate::WeightFormat::Int8`]) makes
+    /// from the weights written, and it makes them again from `s_r q_rk` (scales to
+    /// an ulp), so decoding in int8 reads such a file as it reads the 16-bit file of
+    /// the same weights; the other formats compute with `s_r q_rk`, within `s_r / 2`
+    /// of each weight. For files that only run a model, in int8: a quarter of f32 for
+    /// those matrices, which are nearly all of a model.
     Int8,
 }
 
@@ -288,6 +290,11 @@ pub fn from_bytes_parts(
             ));
             continue;
         }
+        if t.dtype() == Dtype::I8 {
+            // Known even when wrong, so the error about it is not repeated as an
+            // unexpected tensor.
+            scales_read.push(int8_scale_name(name));
+        }
         let data = t.data();
         values.push(match t.dtype() {
             Dtype::F16 => data
@@ -299,10 +306,7 @@ pub fn from_bytes_parts(
                 .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
             Dtype::I8 => match int8_values(&st, name, shape) {
-                Ok(v) => {
-                    scales_read.push(int8_scale_name(name));
-                    v
-                }
+                Ok(v) => v,
                 Err(why) => {
                     problems.push(why);
                     continue;
@@ -353,9 +357,9 @@ fn int8_values(
     shape: &[usize],
 ) -> std::result::Result<Vec<f32>, String> {
     let scale_name = int8_scale_name(name);
-    let [rows, cols] = shape else {
+    let ([rows, cols], true) = (shape, int8_candidate(name, shape)) else {
         return Err(format!(
-            "tensor {name} is I8 with shape {shape:?}; only matrices are stored in 8 bits"
+            "tensor {name} is I8; only recurrent weight matrices (weight_ih*, weight_hh*) are stored in 8 bits"
         ));
     };
     let s = st
@@ -379,6 +383,13 @@ fn int8_values(
         ));
     }
     let q = st.tensor(name).map_err(|e| e.to_string())?;
+    // -128 has no place in symmetric quantization: int8 decoding would take another
+    // row maximum and make other integers.
+    if q.data().contains(&0x80) {
+        return Err(format!(
+            "tensor {name} holds -128; int8 weights are in -127..=127"
+        ));
+    }
     Ok(q.data()
         .chunks_exact(*cols.max(&1))
         .zip(&scales)

@@ -481,7 +481,16 @@ fn int8_storage_keeps_the_integers_int8_decoding_makes_and_refuses_broken_scales
     let shape_of = |name: &str| st.tensor(name).unwrap().shape().to_vec();
     let before = back.clone();
     let scale = "weight_hh_l0_scale";
-    let cases: [(&str, Vec<u8>); 3] = [
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "holds -128",
+            rebuild(&|n, mut d| {
+                if n == "weight_hh_l0" {
+                    d[5] = 0x80;
+                }
+                Some((shape_of(n), d))
+            }),
+        ),
         (
             "are missing",
             rebuild(&|n, d| (n != scale).then(|| (shape_of(n), d))),
@@ -510,7 +519,8 @@ fn int8_storage_keeps_the_integers_int8_decoding_makes_and_refuses_broken_scales
         let e = checkpoint::from_bytes(&file, "", &mut back)
             .unwrap_err()
             .to_string();
-        assert!(e.contains(scale) && e.contains(why), "{e}");
+        assert!(e.contains("weight_hh_l0") && e.contains(why), "{e}");
+        assert!(!e.contains("does not have"), "said once: {e}");
         assert_eq!(back, before);
     }
 }
