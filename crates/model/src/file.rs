@@ -62,8 +62,9 @@ pub struct ModelFile {
     /// ([`crate::ensemble`]); usually none.
     pub members: Vec<CtcMember>,
     /// How the tensors are written: f32, or for a model that is only run f16 (half
-    /// the bytes) or int8 recurrent matrices (about a quarter). Loading keeps what the file had, so packing a file again does not
-    /// change it; training always writes f32.
+    /// the bytes) or int8 recurrent matrices (about a quarter). Loading keeps what the
+    /// file had, so packing a file again does not change it; training always writes
+    /// f32.
     pub storage: Storage,
 }
 

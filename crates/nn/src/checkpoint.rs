@@ -1,8 +1,8 @@
 //! Checkpoints as safetensors files: every parameter under its PyTorch-style name, as
 //! little-endian f32 (or, for files that only run a model, IEEE half precision:
 //! [`Storage::F16`], or int8 recurrent matrices: [`Storage::Int8`]), with string
-//! metadata (config, vocabulary, version...) in the header. Any safetensors reader opens them (`safetensors.torch.load_file` gives a
-//! PyTorch state dict).
+//! metadata (config, vocabulary, version...) in the header. Any safetensors reader
+//! opens them (`safetensors.torch.load_file` gives a PyTorch state dict).
 //!
 //! Writes go to a temporary file in the same directory, are synced, then renamed over
 //! the target, so a crash or Ctrl-C mid-write leaves the previous checkpoint intact.
@@ -227,8 +227,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads a checkpoint into `module`, which must have exactly the file's tensors
-/// (names, shapes; F32, F16, BF16, or I8 with scales); returns the file's metadata. Errors name the file and the
-/// tensor at fault. `module` is only changed when the whole file fits.
+/// (names, shapes; F32, F16, BF16, or I8 with scales); returns the file's metadata.
+/// Errors name the file and the tensor at fault. `module` is only changed when the whole file fits.
 pub fn load<M: Module>(path: &Path, module: &mut M) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
