@@ -1046,16 +1046,21 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "decoded by CTC: {v}"
     );
     // Half-precision storage: half the file, the decoding kept, the same transcript.
+    // `lasr pack FROM --storage STORAGE -o TO`, then what `lasr info TO` says.
+    let pack_as = |from: &Path, storage: &str, to: &Path| -> serde_json::Value {
+        let out = lasr(&[
+            "pack",
+            from.to_str().unwrap(),
+            "--storage",
+            storage,
+            "-o",
+            to.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&lasr(&["info", to.to_str().unwrap()]).stdout).unwrap()
+    };
     let small = dir.path().join("small.safetensors");
-    let out = lasr(&[
-        "pack",
-        packed.to_str().unwrap(),
-        "--storage",
-        "f16",
-        "-o",
-        small.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = pack_as(&packed, "f16", &small);
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     assert!(
         size(&small) * 10 < size(&packed) * 6,
@@ -1063,8 +1068,6 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         size(&small),
         size(&packed)
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&lasr(&["info", small.to_str().unwrap()]).stdout).unwrap();
     assert_eq!(
         (v["storage"].as_str(), v["format"].as_u64()),
         (Some("f16"), Some(3))
@@ -1084,23 +1087,13 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     // int8 storage: smaller again, format 4, and decoding in int8 reads it as it
     // reads the 16-bit file.
     let int8_file = dir.path().join("int8.safetensors");
-    let out = lasr(&[
-        "pack",
-        small.to_str().unwrap(),
-        "--storage",
-        "int8",
-        "-o",
-        int8_file.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = pack_as(&small, "int8", &int8_file);
     assert!(
         size(&int8_file) < size(&small),
         "{} vs {}",
         size(&int8_file),
         size(&small)
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&lasr(&["info", int8_file.to_str().unwrap()]).stdout).unwrap();
     assert_eq!(
         (v["storage"].as_str(), v["format"].as_u64()),
         (Some("int8"), Some(4))

@@ -540,7 +540,7 @@ impl ModelFile {
             parts.push((p, m));
         }
         checkpoint::from_bytes_parts(bytes, &mut parts).map_err(|e| Error::Model(e.to_string()))?;
-        let halves = contents.half;
+        let halves = &contents.half;
         if let (Some(first), true) = (halves.first(), version < 3) {
             let more = match halves.len() {
                 1 => String::new(),
@@ -555,13 +555,7 @@ impl ModelFile {
                 "tensor {first} is int8 in a format {version} file (int8 tensors are format 4)"
             )));
         }
-        let storage = if !contents.int8.is_empty() {
-            Storage::Int8
-        } else if !halves.is_empty() {
-            Storage::F16
-        } else {
-            Storage::F32
-        };
+        let storage = contents.storage();
         let file = ModelFile {
             las,
             front_end,

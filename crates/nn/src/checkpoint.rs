@@ -312,10 +312,7 @@ pub fn from_bytes_parts(
                     continue;
                 }
             },
-            _ => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
+            _ => le_f32s(data),
         });
     }
     let known: std::collections::HashSet<&str> = (wanted.iter().map(|(n, _)| n.as_str()))
@@ -349,6 +346,13 @@ pub fn from_bytes_parts(
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
+/// Little-endian f32 bytes as values.
+fn le_f32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// The f32 values `s_r q_rk` of int8 tensor `name` `[rows, cols]` (`shape`, already
 /// checked) with its scales, or why they cannot be had.
 fn int8_values(
@@ -372,11 +376,7 @@ fn int8_values(
             s.shape()
         ));
     }
-    let scales: Vec<f32> = s
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let scales = le_f32s(s.data());
     if let Some(bad) = scales.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
         return Err(format!(
             "scales {scale_name} hold {bad}; scales are finite and >= 0"
@@ -431,18 +431,24 @@ pub fn contents(bytes: &[u8]) -> Result<Contents> {
     Ok(Contents { values, half, int8 })
 }
 
-/// [`Storage::Int8`] if any tensor of the file in memory is int8, else
-/// [`Storage::F16`] if any is stored in 16 bits (F16 or BF16: both are written back as
-/// F16), else [`Storage::F32`]: what writing the same model again should keep.
+impl Contents {
+    /// [`Storage::Int8`] if any tensor is int8, else [`Storage::F16`] if any is stored
+    /// in 16 bits (F16 or BF16: both are written back as F16), else [`Storage::F32`]:
+    /// what writing the same model again should keep.
+    pub fn storage(&self) -> Storage {
+        if !self.int8.is_empty() {
+            Storage::Int8
+        } else if !self.half.is_empty() {
+            Storage::F16
+        } else {
+            Storage::F32
+        }
+    }
+}
+
+/// [`Contents::storage`] of the file in memory.
 pub fn stored_as(bytes: &[u8]) -> Result<Storage> {
-    let c = contents(bytes)?;
-    Ok(if !c.int8.is_empty() {
-        Storage::Int8
-    } else if !c.half.is_empty() {
-        Storage::F16
-    } else {
-        Storage::F32
-    })
+    Ok(contents(bytes)?.storage())
 }
 
 /// The string metadata of a checkpoint in memory, without reading its tensors.
