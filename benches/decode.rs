@@ -14,7 +14,7 @@
 //!
 //!     RAYON_NUM_THREADS=1 cargo bench -p lasr-model --bench decode
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use lasr_decode::Decoder;
 use lasr_model::{Las, ModelConfig, WeightFormat};
 use rand::SeedableRng;
@@ -145,4 +145,9 @@ fn shipped_search(c: &mut Criterion) {
 }
 
 criterion_group!(benches, decode, shipped_search);
-criterion_main!(benches);
+// criterion_main!, with the heap policy the `lasr` binary sets (lasr_nn::heap).
+fn main() {
+    lasr_nn::heap::keep_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

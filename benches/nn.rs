@@ -8,7 +8,7 @@
 //! Compare with `../shared/reference/run-pytorch-reference.sh 1` ("encoder forward")
 //! in the same sitting.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use lasr_nn::{
     pyramid_reduce, pyramid_reduce_backward, Bidirectional, BidirectionalCache, Gru, Lstm, Module,
     Recurrent,
@@ -98,4 +98,9 @@ fn listener(c: &mut Criterion) {
 }
 
 criterion_group!(benches, listener);
-criterion_main!(benches);
+// criterion_main!, with the heap policy the `lasr` binary sets (lasr_nn::heap).
+fn main() {
+    lasr_nn::heap::keep_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

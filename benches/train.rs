@@ -4,7 +4,7 @@
 //!
 //!     RAYON_NUM_THREADS=1 cargo bench -p lasr-model --bench train
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use lasr_model::{Batch, Las, ModelConfig};
 use lasr_nn::Module;
 use rand::{Rng, SeedableRng};
@@ -93,4 +93,9 @@ fn location_cost(c: &mut Criterion) {
 }
 
 criterion_group!(benches, train_step, location_cost);
-criterion_main!(benches);
+// criterion_main!, with the heap policy the `lasr` binary sets (lasr_nn::heap).
+fn main() {
+    lasr_nn::heap::keep_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

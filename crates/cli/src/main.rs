@@ -715,6 +715,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Training and decoding free and reallocate the same large buffers on every
+    // step; glibc's default hands them back to the kernel and faults them in again.
+    lasr_nn::heap::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Features(a) => features(a),

@@ -18,6 +18,7 @@ pub mod embedding;
 pub mod error;
 pub mod gradcheck;
 pub mod gru;
+pub mod heap;
 pub mod init;
 pub mod linalg;
 pub mod linear;

@@ -200,6 +200,22 @@ pub fn transpose(a: ArrayView2<f32>) -> ndarray::Array2<f32> {
     let (m, n) = a.dim();
     let mut out = ndarray::Array2::<f32>::zeros((n, m));
     let dst = out.as_slice_mut().expect("fresh arrays are contiguous");
+    if let Some(src) = a.as_slice() {
+        // Row-major input (every weight matrix): plain slices, so the inner loop has
+        // no stride arithmetic and writes one contiguous run of the output row.
+        for i0 in (0..m).step_by(TILE) {
+            let rows = &src[i0 * n..(i0 + TILE).min(m) * n];
+            for j0 in (0..n).step_by(TILE) {
+                for j in j0..(j0 + TILE).min(n) {
+                    let out_row = &mut dst[j * m + i0..j * m + i0 + rows.len() / n];
+                    for (o, row) in out_row.iter_mut().zip(rows.chunks_exact(n)) {
+                        *o = row[j];
+                    }
+                }
+            }
+        }
+        return out;
+    }
     for i0 in (0..m).step_by(TILE) {
         for j0 in (0..n).step_by(TILE) {
             for i in i0..(i0 + TILE).min(m) {

@@ -90,9 +90,10 @@ impl Lstm {
         let (steps, batch, input) = x.dim();
         let hd = self.hidden();
         let x = x.as_standard_layout().into_owned();
-        // Transposed copies, row-major: gemm runs 3-4x faster on a contiguous right-hand
-        // side than on a transposed view, which it would repack on every step.
-        let w_ih_t = transpose(self.weight_ih.view());
+        // A row-major copy of `W_hh^T` for the per-step products: gemm runs 3-4x faster
+        // on a contiguous right-hand side than on a transposed view, which it would
+        // repack on every step. The input projection of all steps is one large product
+        // that packs its right-hand side anyway, so it takes `W_ih^T` as a view.
         let w_hh_t = transpose(self.weight_hh.view());
         // Input projections of every step in one product, both biases folded in.
         let mut gates = Array3::zeros((steps, batch, 4 * hd));
@@ -111,7 +112,7 @@ impl Lstm {
                 .view()
                 .into_shape_with_order((steps * batch, input))
                 .expect("contiguous");
-            matmul(g2, x2, w_ih_t.view(), true);
+            matmul(g2, x2, self.weight_ih.t(), true);
         }
         let mut c = Array3::<f32>::zeros((steps, batch, hd));
         let mut h = Array3::<f32>::zeros((steps, batch, hd));
