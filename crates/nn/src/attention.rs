@@ -431,9 +431,13 @@ impl AdditiveAttention {
                 &[Some(batch), Some(units)],
             )?;
         }
-        let v = self.att_v.weight.row(0);
+        let v = self
+            .att_v
+            .weight
+            .as_slice()
+            .expect("parameters are row-major");
         let mut dq = Array2::<f32>::zeros((batch, a));
-        let mut dv = ndarray::Array1::<f32>::zeros(a);
+        let mut dv = vec![0f32; a];
         // Gradient of the pre-tanh sum at every live frame, for the location term's
         // products after the loop.
         let mut dz_all = cache
@@ -465,14 +469,20 @@ impl AdditiveAttention {
                 }
                 let de = w * (da - mean);
                 let tr = cache.t.slice(s![u, b, ..]);
-                let mut dk = dkeys.slice_mut(s![u, b, ..]);
+                let tr = tr.as_slice().expect("fresh arrays are row-major");
+                for (((z, &tv), &vj), dvj) in dz.iter_mut().zip(tr).zip(v).zip(&mut dv) {
+                    *dvj += de * tv;
+                    *z = de * vj * (1.0 - tv * tv);
+                }
+                // Slices, not indexed views, so that these loops vectorise (they were
+                // a tenth of the reference training step while scalar).
                 let mut dqb = dq.row_mut(b);
-                for j in 0..a {
-                    let tv = tr[j];
-                    dv[j] += de * tv;
-                    dz[j] = de * v[j] * (1.0 - tv * tv);
-                    dk[j] += dz[j];
-                    dqb[j] += dz[j];
+                let dqb = dqb.as_slice_mut().expect("fresh arrays are row-major");
+                dqb.iter_mut().zip(&dz).for_each(|(q, &z)| *q += z);
+                let mut dk = dkeys.slice_mut(s![u, b, ..]);
+                match dk.as_slice_mut() {
+                    Some(dk) => dk.iter_mut().zip(&dz).for_each(|(k, &z)| *k += z),
+                    None => dk.iter_mut().zip(&dz).for_each(|(k, &z)| *k += z),
                 }
                 if let Some(all) = &mut dz_all {
                     all.slice_mut(s![b, u, ..])
@@ -521,7 +531,7 @@ impl AdditiveAttention {
             _ => None,
         };
         let mut gv = grads.att_v.weight.row_mut(0);
-        gv += &dv;
+        gv.iter_mut().zip(&dv).for_each(|(g, &d)| *g += d);
         let ds = self
             .att_s
             .backward(cache.s.view(), dq.view(), &mut grads.att_s)?;
