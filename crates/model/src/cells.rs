@@ -336,8 +336,12 @@ impl SpellerCell {
     /// (GRU and RNN cells add theirs into `grads` at once and push nothing). A
     /// backward pass through many steps then updates each weight gradient once, not
     /// once per step (see [`LstmCell::backward_gates`]).
+    ///
+    /// `prepared`, from this cell's current weights (the forward pass's), lends an
+    /// LSTM its packed transposes for the step's products.
     pub fn backward_deferred(
         &self,
+        prepared: &PreparedCell,
         cache: &SpellerCellCache,
         d: &CellState,
         grads: &mut SpellerCell,
@@ -345,7 +349,11 @@ impl SpellerCell {
     ) -> Result<(Array2<f32>, CellState)> {
         match (self, cache) {
             (SpellerCell::Lstm(cell), SpellerCellCache::Lstm(c)) => {
-                let (dx, dh, dc, dgates) = cell.backward_gates(c, d.h.view(), memory(&d.c)?)?;
+                let PreparedCell::Lstm(p) = prepared else {
+                    return Err(mismatch("a prepared speller cell"));
+                };
+                let (dx, dh, dc, dgates) =
+                    cell.backward_gates(Some(p), c, d.h.view(), memory(&d.c)?)?;
                 pending.push(dgates);
                 Ok((dx, CellState { h: dh, c: Some(dc) }))
             }

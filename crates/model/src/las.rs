@@ -30,7 +30,9 @@ use lasr_nn::{
     Module, PackedRecurrent, WeightFormat,
 };
 
-use crate::cells::{ListenerLayer, ListenerLayerCache, SpellerCell, SpellerCellCache};
+use crate::cells::{
+    ListenerLayer, ListenerLayerCache, PreparedCell, SpellerCell, SpellerCellCache,
+};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -256,6 +258,9 @@ pub struct SpellerCache {
     /// Decoder input tokens, `[L][B]`.
     inputs: Vec<Vec<usize>>,
     steps: Vec<StepCache>,
+    /// The cells' prepared weights of the forward pass, which backward's per-step
+    /// products read too.
+    prepared: [PreparedCell; 2],
 }
 
 impl SpellerCache {
@@ -370,6 +375,7 @@ impl Speller {
                 keys,
                 inputs: fed,
                 steps,
+                prepared: [p0, p1],
             },
         ))
     }
@@ -419,13 +425,22 @@ impl Speller {
             )?;
             dalpha_next = dprev;
             ds1.h = &dout_in.slice(s![.., ..sh]) + &ds + &ds1.h;
-            let (dx1, ds1_prev) =
-                self.cell1
-                    .backward_deferred(&step.cell1, &ds1, &mut grads.cell1, &mut pending1)?;
+            let [p0, p1] = &cache.prepared;
+            let (dx1, ds1_prev) = self.cell1.backward_deferred(
+                p1,
+                &step.cell1,
+                &ds1,
+                &mut grads.cell1,
+                &mut pending1,
+            )?;
             ds0.h = dx1 + &ds0.h;
-            let (dx0, ds0_prev) =
-                self.cell0
-                    .backward_deferred(&step.cell0, &ds0, &mut grads.cell0, &mut pending0)?;
+            let (dx0, ds0_prev) = self.cell0.backward_deferred(
+                p0,
+                &step.cell0,
+                &ds0,
+                &mut grads.cell0,
+                &mut pending0,
+            )?;
             self.emb
                 .backward(&cache.inputs[t], dx0.slice(s![.., ..e]), &mut grads.emb)?;
             dctx_next = dx0.slice(s![.., e..]).to_owned();

@@ -487,6 +487,18 @@ pub struct PreparedLstmCell {
     /// `weight_ih` and `weight_hh` packed for single-row steps (and, in int8, for
     /// several rows too), if asked for.
     packed: Option<[PackedMatrix; 2]>,
+    /// For training steps on AVX-512 CPUs: `weight_ih`, `weight_hh` and their
+    /// transposes packed in f32 (the forward and backward products), see
+    /// [`LstmCell::prepare`].
+    train: Option<Box<TrainPacks>>,
+}
+
+/// A cell's weights packed in f32 for [`LstmCell::forward`] (`W_ih`, `W_hh`) and
+/// [`LstmCell::backward_gates`] (`W_ih^T`, `W_hh^T`).
+#[derive(Debug, Clone)]
+struct TrainPacks {
+    forward: [PackedMatrix; 2],
+    backward: [PackedMatrix; 2],
 }
 
 /// What [`LstmCell::backward`] needs from one step.
@@ -501,14 +513,46 @@ pub struct LstmCellCache {
 
 cell_module!(LstmCell, 4);
 
+/// Whether [`LstmCell::prepare`] packs for training: the packed multi-row products
+/// beat gemm only with their AVX-512 kernel.
+fn avx512_packs() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::simd::avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 impl LstmCell {
-    /// Transposed weights and summed bias for [`LstmCell::forward`].
+    /// Transposed weights and summed bias for [`LstmCell::forward`] and batched
+    /// [`LstmCell::step`]s; on AVX-512 CPUs also the weights and their transposes
+    /// packed for training's per-step products.
+    ///
+    /// Those products have a few rows per step (a training batch's share of one core)
+    /// and weights too large for L2 (19 MB at the reference speller's size), so they
+    /// run at the speed the weights stream from L3. The packed walk with software
+    /// prefetch streams faster than gemm on a transposed copy: 15-25% for one core
+    /// alone, 2-3% of the whole reference training step, where both cores stream at
+    /// once (BENCHMARKS.md). It also gives each row the bits it would get alone.
     pub fn prepare(&self) -> PreparedLstmCell {
+        let train = avx512_packs().then(|| {
+            Box::new(TrainPacks {
+                forward: pack_pair(&self.weight_ih, &self.weight_hh, WeightFormat::F32),
+                backward: [
+                    PackedMatrix::new(self.weight_ih.t(), WeightFormat::F32),
+                    PackedMatrix::new(self.weight_hh.t(), WeightFormat::F32),
+                ],
+            })
+        });
         PreparedLstmCell {
             w_ih_t: transpose(self.weight_ih.view()),
             w_hh_t: transpose(self.weight_hh.view()),
             bias: &self.bias_ih + &self.bias_hh,
             packed: None,
+            train,
         }
     }
 
@@ -521,6 +565,7 @@ impl LstmCell {
             w_hh_t: transpose_as(&self.weight_hh, format),
             bias: &self.bias_ih + &self.bias_hh,
             packed: Some(pack_pair(&self.weight_ih, &self.weight_hh, format)),
+            train: None,
         }
     }
 
@@ -629,8 +674,16 @@ impl LstmCell {
                 .broadcast((batch, 4 * hd))
                 .expect("bias is [4H]"),
         );
-        matmul(gates.view_mut(), x, prepared.w_ih_t.view(), true);
-        matmul(gates.view_mut(), h_prev, prepared.w_hh_t.view(), true);
+        match &prepared.train {
+            Some(t) => {
+                t.forward[0].gemm_acc(gates.view_mut(), x);
+                t.forward[1].gemm_acc(gates.view_mut(), h_prev);
+            }
+            None => {
+                matmul(gates.view_mut(), x, prepared.w_ih_t.view(), true);
+                matmul(gates.view_mut(), h_prev, prepared.w_hh_t.view(), true);
+            }
+        }
         let c_prev = c_prev.as_standard_layout().into_owned();
         let (h, c) = activate(&mut gates, c_prev.view());
         let cache = LstmCellCache {
@@ -653,7 +706,7 @@ impl LstmCell {
         dc: ArrayView2<f32>,
         grads: &mut LstmCell,
     ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>)> {
-        let (dx, dh_prev, dc_prev, dgates) = self.backward_gates(cache, dh, dc)?;
+        let (dx, dh_prev, dc_prev, dgates) = self.backward_gates(None, cache, dh, dc)?;
         self.accumulate(&[(cache, dgates.view())], grads)?;
         Ok((dx, dh_prev, dc_prev))
     }
@@ -666,9 +719,13 @@ impl LstmCell {
     /// gradients do not have to: added per step, each step reads and writes the whole
     /// gradient (19 MB at the reference speller's size) for a rank-`B` update; stacked,
     /// one product over all steps does it once.
+    ///
+    /// `prepared` (from this cell's current weights), if given, supplies the packed
+    /// transposes that `dx` and `dh_prev` stream faster on AVX-512 CPUs.
     #[allow(clippy::type_complexity)]
     pub fn backward_gates(
         &self,
+        prepared: Option<&PreparedLstmCell>,
         cache: &LstmCellCache,
         dh: ArrayView2<f32>,
         dc: ArrayView2<f32>,
@@ -694,15 +751,26 @@ impl LstmCell {
                 dg.as_slice_mut().expect("contiguous"),
             );
         }
+        if let Some(p) = prepared {
+            self.check_prepared(p)?;
+        }
         let mut dx = Array2::zeros((batch, self.input_dim()));
-        matmul(dx.view_mut(), dgates.view(), self.weight_ih.view(), false);
         let mut dh_prev = Array2::zeros((batch, hd));
-        matmul(
-            dh_prev.view_mut(),
-            dgates.view(),
-            self.weight_hh.view(),
-            false,
-        );
+        match prepared.and_then(|p| p.train.as_ref()) {
+            Some(t) => {
+                t.backward[0].gemm_acc(dx.view_mut(), dgates.view());
+                t.backward[1].gemm_acc(dh_prev.view_mut(), dgates.view());
+            }
+            None => {
+                matmul(dx.view_mut(), dgates.view(), self.weight_ih.view(), false);
+                matmul(
+                    dh_prev.view_mut(),
+                    dgates.view(),
+                    self.weight_hh.view(),
+                    false,
+                );
+            }
+        }
         Ok((dx, dh_prev, dc_prev, dgates))
     }
 
