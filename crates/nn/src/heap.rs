@@ -18,20 +18,24 @@
 ///
 /// Call it at the start of `main`, before other threads exist; it changes the whole
 /// process, so a library never calls it on its own. Returns whether the allocator
-/// accepted the settings; on systems other than glibc's it does nothing and returns
-/// false.
+/// accepted the settings; on systems other than 64-bit glibc (whose limits these
+/// values are chosen for) it does nothing and returns false.
 pub fn keep_freed_memory() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
     {
         // SAFETY: mallopt only sets allocator parameters; the values are in range
-        // (the threshold is glibc's maximum on 64-bit targets).
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
-                && libc::mallopt(libc::M_TOP_PAD, 64 << 20) == 1
-        }
+        // (the threshold is glibc's maximum on 64-bit targets). Each is tried even if
+        // another is refused.
+        let accepted = unsafe {
+            [
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20),
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30),
+                libc::mallopt(libc::M_TOP_PAD, 64 << 20),
+            ]
+        };
+        accepted.iter().all(|&ok| ok == 1)
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    #[cfg(not(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64")))]
     {
         false
     }
@@ -44,6 +48,13 @@ mod tests {
     #[test]
     fn glibc_accepts_the_settings() {
         let accepted = super::keep_freed_memory();
-        assert_eq!(accepted, cfg!(all(target_os = "linux", target_env = "gnu")));
+        assert_eq!(
+            accepted,
+            cfg!(all(
+                target_os = "linux",
+                target_env = "gnu",
+                target_pointer_width = "64"
+            ))
+        );
     }
 }

@@ -831,3 +831,31 @@ impl LstmCell {
         grads.bias_hh += &db;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// The packed training products are what the speller's steps run on AVX-512
+    /// CPUs (CI's among them); a `prepare` that silently stopped packing would leave
+    /// the packed-path tests comparing gemm with itself.
+    #[test]
+    fn prepare_packs_for_training_exactly_on_avx512() {
+        let cell = LstmCell::new(6, 4, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+        let prepared = cell.prepare();
+        // Asked of the CPU directly, not through the function `prepare` consults.
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx512 = false;
+        assert_eq!(prepared.train.is_some(), avx512);
+        if let Some(t) = &prepared.train {
+            assert_eq!(t.forward[0].dim(), (16, 6));
+            assert_eq!(t.forward[1].dim(), (16, 4));
+            assert_eq!(t.backward[0].dim(), (6, 16));
+            assert_eq!(t.backward[1].dim(), (4, 16));
+        }
+        assert!(cell.prepare_packed(WeightFormat::F32).train.is_none());
+    }
+}

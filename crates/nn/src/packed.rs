@@ -856,7 +856,7 @@ unsafe fn f32_rows_block<const R: usize>(
             let mut w = panel.as_ptr().add(64 * half);
             let end = panel.as_ptr().add(panel.len());
             for p in 0..k {
-                // Prefetches past the panel's end touch no memory they could fault on.
+                // Skipped near the panel's end, so that `add` stays inside the panel.
                 let ahead = w.wrapping_add(AHEAD);
                 if ahead < end {
                     for v in 0..4 {
@@ -871,7 +871,9 @@ unsafe fn f32_rows_block<const R: usize>(
                         *a = _mm512_fmadd_ps(wv, xb, *a);
                     }
                 }
-                w = w.add(PANEL);
+                // After the last column this points past the panel: wrapping, not
+                // `add`, whose result must stay in bounds even if never read.
+                w = w.wrapping_add(PANEL);
             }
             for (r, acc) in acc.iter().enumerate() {
                 let row = &mut y[(r0 + r) * n..(r0 + r + 1) * n];
@@ -968,6 +970,8 @@ mod tests {
             (17, 33),
             (128, 16),
             (129, 7),
+            (100, 3),
+            (200, 9),
             (640, 160),
             (1024, 256),
         ] {
@@ -1003,7 +1007,7 @@ mod tests {
                 }
                 // Many inputs at once: each row exactly as it comes alone, through
                 // blocks of INT8_BLOCK (int8) or four (f32) and the rows after them.
-                for m in [1, 2, 3, 2 * INT8_BLOCK + 1] {
+                for m in [1, 2, 3, 6, 7, 2 * INT8_BLOCK + 1] {
                     let xm = Array2::from_shape_fn((m, k), |(r, j)| {
                         ((r * 13 + j * 7) % 11) as f32 * 0.3 * (r + 1) as f32 - 1.0
                     });

@@ -131,6 +131,12 @@ fn cell_gradients_deferred_over_steps_equal_per_step_ones() {
         }
         (grads, dxs)
     };
+    // A training preparation of a cell of another size is refused by backward too.
+    let other = LstmCell::new(8, 5, &mut rng).prepare();
+    let err = cell
+        .backward_gates(Some(&other), &caches[0], dh_last.view(), dh_last.view())
+        .unwrap_err();
+    assert!(err.to_string().contains("prepared"), "{err}");
     let (per_step, dx_a) = run(false, false);
     let (deferred, dx_b) = run(true, false);
     assert_eq!(dx_a, dx_b);
