@@ -750,21 +750,21 @@ fn portable<T>(y: &mut [f32], data: &[T], x: &[f32], widen: impl Fn(&T) -> f32) 
     }
 }
 
-/// Adds the eight accumulators into the panel's rows of `y` that exist.
+/// Adds accumulators into `y` from position `lo` on, 16 lanes each, skipping lanes
+/// past `y`'s end (a panel's missing rows).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn store_panel(y: &mut [f32], b: usize, acc: &[std::arch::x86_64::__m512; 8]) {
+unsafe fn add_lanes(y: &mut [f32], lo: usize, acc: &[std::arch::x86_64::__m512]) {
     use std::arch::x86_64::*;
-    let live = (y.len() - b * PANEL).min(PANEL);
     for (a, v) in acc.iter().enumerate() {
-        let lo = 16 * a;
-        if lo >= live {
+        let at = lo + 16 * a;
+        if at >= y.len() {
             break;
         }
-        let n = (live - lo).min(16);
+        let n = (y.len() - at).min(16);
         let mask: __mmask16 = if n == 16 { 0xffff } else { (1 << n) - 1 };
-        // SAFETY: masked lanes lie within `y` (rows below `live`).
-        let p = y.as_mut_ptr().add(b * PANEL + lo);
+        // SAFETY: masked lanes lie within `y`.
+        let p = y.as_mut_ptr().add(at);
         let old = _mm512_maskz_loadu_ps(mask, p);
         _mm512_mask_storeu_ps(p, mask, _mm512_add_ps(old, *v));
     }
@@ -797,7 +797,7 @@ unsafe fn panel_walk<T>(
             }
             w = w.add(PANEL);
         }
-        store_panel(y, b, &acc);
+        add_lanes(y, b * PANEL, &acc);
     }
 }
 
@@ -805,7 +805,8 @@ unsafe fn panel_walk<T>(
 /// f32 panels: four rows at a time, each half panel (64 outputs) walked once for them,
 /// 16 accumulators, so each weight streamed in is used four times. Per row, the same
 /// operations in the same order as [`panel_walk`] (one fused multiply-add per column
-/// into a zeroed accumulator, then added into `y`): the same bits as one row alone.
+/// into a zeroed accumulator, then added into `y` by [`add_lanes`]): the same bits as
+/// one row alone.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `data` holds whole panels of `k * PANEL` weights for `n`
@@ -876,19 +877,7 @@ unsafe fn f32_rows_block<const R: usize>(
                 w = w.wrapping_add(PANEL);
             }
             for (r, acc) in acc.iter().enumerate() {
-                let row = &mut y[(r0 + r) * n..(r0 + r + 1) * n];
-                for (v, a) in acc.iter().enumerate() {
-                    let at = lo + 16 * v;
-                    if at >= n {
-                        break;
-                    }
-                    let live = (n - at).min(16);
-                    let mask: __mmask16 = if live == 16 { 0xffff } else { (1 << live) - 1 };
-                    // SAFETY: masked lanes lie within the row.
-                    let out = row.as_mut_ptr().add(at);
-                    let old = _mm512_maskz_loadu_ps(mask, out);
-                    _mm512_mask_storeu_ps(out, mask, _mm512_add_ps(old, *a));
-                }
+                add_lanes(&mut y[(r0 + r) * n..(r0 + r + 1) * n], lo, acc);
             }
         }
     }
