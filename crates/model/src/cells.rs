@@ -9,7 +9,7 @@ use rand::Rng;
 use lasr_nn::{
     BiElman, BiElmanCache, BiGru, BiGruCache, BiLstm, BiLstmCache, ElmanCell, ElmanCellCache,
     GruCell, GruCellCache, LstmCell, LstmCellCache, Module, PackedRecurrent, PreparedElmanCell,
-    PreparedGruCell, PreparedLstmCell, WeightFormat,
+    PreparedGruCell, PreparedLstmCell, TeamMember, WeightFormat,
 };
 
 use crate::config::CellType;
@@ -275,9 +275,12 @@ impl SpellerCell {
     }
 
     /// One training step: `x` `[B, I]`, state of `B` rows -> new state and the cache.
-    /// `prepared` must come from this cell's current weights.
+    /// `prepared` must come from this cell's current weights. An LSTM shares its
+    /// products' weight stream with `team`, if given ([`LstmCell::forward_in`]); the
+    /// other cells ignore it.
     pub fn forward(
         &self,
+        team: Option<&TeamMember>,
         prepared: &PreparedCell,
         x: ArrayView2<f32>,
         state: &CellState,
@@ -285,7 +288,7 @@ impl SpellerCell {
         let h = state.h.view();
         Ok(match (self, prepared) {
             (SpellerCell::Lstm(cell), PreparedCell::Lstm(p)) => {
-                let (h, c, cache) = cell.forward(p, x, h, memory(&state.c)?)?;
+                let (h, c, cache) = cell.forward_in(team, p, x, h, memory(&state.c)?)?;
                 (CellState { h, c: Some(c) }, SpellerCellCache::Lstm(cache))
             }
             (SpellerCell::Gru(cell), PreparedCell::Gru(p)) => {
@@ -338,9 +341,11 @@ impl SpellerCell {
     /// once per step (see [`LstmCell::backward_gates`]).
     ///
     /// `prepared`, from this cell's current weights (the forward pass's), lends an
-    /// LSTM its packed transposes for the step's products.
+    /// LSTM its packed transposes for the step's products, whose weight stream it
+    /// shares with `team`, if given.
     pub fn backward_deferred(
         &self,
+        team: Option<&TeamMember>,
         prepared: &PreparedCell,
         cache: &SpellerCellCache,
         d: &CellState,
@@ -353,7 +358,7 @@ impl SpellerCell {
                     return Err(mismatch("a prepared speller cell"));
                 };
                 let (dx, dh, dc, dgates) =
-                    cell.backward_gates(Some(p), c, d.h.view(), memory(&d.c)?)?;
+                    cell.backward_gates_in(team, Some(p), c, d.h.view(), memory(&d.c)?)?;
                 pending.push(dgates);
                 Ok((dx, CellState { h: dh, c: Some(dc) }))
             }

@@ -27,7 +27,7 @@ use lasr_nn::module::join;
 use lasr_nn::{
     ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward,
     softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, Dropout, Embedding, Linear,
-    Module, PackedRecurrent, WeightFormat,
+    Module, PackedRecurrent, Team, TeamMember, WeightFormat,
 };
 
 use crate::cells::{
@@ -75,6 +75,23 @@ pub struct Noise<'a> {
     /// Scheduled sampling: the chance that a decoder step is fed the model's own best
     /// guess from the step before instead of the true previous character.
     pub sampling_rate: f32,
+}
+
+/// A batch's training noise (its seeds and `config`'s rates), if it has seeds.
+fn noise<'a>(batch: &'a Batch, config: &ModelConfig) -> Option<Noise<'a>> {
+    batch.seeds.as_deref().map(|seeds| Noise {
+        seeds,
+        dropout: config.dropout,
+        sampling_rate: config.sampling_rate,
+    })
+}
+
+/// A batch after the listener: states `h` `[U, B, D]`, their live lengths `[B]`, and
+/// the listener's cache.
+struct Listened {
+    h: Array3<f32>,
+    lengths: Vec<usize>,
+    cache: ListenerCache,
 }
 
 /// Mask sites: each draws its own stream of [`lasr_nn::dropout::uniform`] values.
@@ -310,6 +327,21 @@ impl Speller {
         inputs: &[Vec<usize>],
         noise: Option<Noise>,
     ) -> Result<(Array3<f32>, SpellerCache)> {
+        self.forward_in(None, h, lengths, inputs, noise)
+    }
+
+    /// [`Speller::forward`] as a member of `team`, if given: the cells' products share
+    /// their weight stream with the other members (the same bits as alone). The
+    /// member leaves the team after its last step, so that members with more steps
+    /// go on without it.
+    pub(crate) fn forward_in(
+        &self,
+        team: Option<&TeamMember>,
+        h: ArrayView3<f32>,
+        lengths: &[usize],
+        inputs: &[Vec<usize>],
+        noise: Option<Noise>,
+    ) -> Result<(Array3<f32>, SpellerCache)> {
         let (_, batch, d) = h.dim();
         let vocab = self.out.output_dim();
         let keys = self.attention.keys(h)?;
@@ -337,8 +369,8 @@ impl Speller {
             let e = self.emb.forward(&tokens)?;
             fed.push(tokens);
             let in0 = concatenate(Axis(1), &[e.view(), ctx.view()]).expect("same batch");
-            let (ns0, cache0) = self.cell0.forward(&p0, in0.view(), &s0)?;
-            let (ns1, cache1) = self.cell1.forward(&p1, ns0.h.view(), &s1)?;
+            let (ns0, cache0) = self.cell0.forward(team, &p0, in0.view(), &s0)?;
+            let (ns1, cache1) = self.cell1.forward(team, &p1, ns0.h.view(), &s1)?;
             let (nctx, att) = self.attention.step(
                 h,
                 keys.view(),
@@ -369,6 +401,9 @@ impl Speller {
             });
             (s0, s1, ctx) = (ns0, ns1, nctx);
         }
+        if let Some(team) = team {
+            team.leave();
+        }
         Ok((
             logits,
             SpellerCache {
@@ -384,6 +419,19 @@ impl Speller {
     /// `[U, B, D]`, parameter gradients added into `grads`.
     pub fn backward(
         &self,
+        cache: &SpellerCache,
+        h: ArrayView3<f32>,
+        dlogits: ArrayView3<f32>,
+        grads: &mut Speller,
+    ) -> Result<Array3<f32>> {
+        self.backward_in(None, cache, h, dlogits, grads)
+    }
+
+    /// [`Speller::backward`] as a member of `team`, if given (see
+    /// [`Speller::forward_in`]).
+    pub(crate) fn backward_in(
+        &self,
+        team: Option<&TeamMember>,
         cache: &SpellerCache,
         h: ArrayView3<f32>,
         dlogits: ArrayView3<f32>,
@@ -427,6 +475,7 @@ impl Speller {
             ds1.h = &dout_in.slice(s![.., ..sh]) + &ds + &ds1.h;
             let [p0, p1] = &cache.prepared;
             let (dx1, ds1_prev) = self.cell1.backward_deferred(
+                team,
                 p1,
                 &step.cell1,
                 &ds1,
@@ -435,6 +484,7 @@ impl Speller {
             )?;
             ds0.h = dx1 + &ds0.h;
             let (dx0, ds0_prev) = self.cell0.backward_deferred(
+                team,
                 p0,
                 &step.cell0,
                 &ds0,
@@ -445,6 +495,9 @@ impl Speller {
                 .backward(&cache.inputs[t], dx0.slice(s![.., ..e]), &mut grads.emb)?;
             dctx_next = dx0.slice(s![.., e..]).to_owned();
             (ds0, ds1) = (ds0_prev, ds1_prev);
+        }
+        if let Some(team) = team {
+            team.leave();
         }
         let caches0: Vec<_> = cache.steps.iter().rev().map(|s| &s.cell0).collect();
         let caches1: Vec<_> = cache.steps.iter().rev().map(|s| &s.cell1).collect();
@@ -668,15 +721,45 @@ impl Las {
 
     /// Forward pass and loss; the cache feeds [`Las::backward`].
     pub fn forward(&self, batch: &Batch) -> Result<(StepStats, LasCache)> {
+        self.forward_in(None, batch)
+    }
+
+    /// [`Las::forward`] as a member of `team`, if given (the speller's products share
+    /// their weight stream, see [`Speller::forward_in`]).
+    fn forward_in(
+        &self,
+        team: Option<&TeamMember>,
+        batch: &Batch,
+    ) -> Result<(StepStats, LasCache)> {
+        let listened = self.listen(batch)?;
+        self.spell(team, batch, listened)
+    }
+
+    /// The first half of [`Las::forward`]: the batch checked and heard.
+    fn listen(&self, batch: &Batch) -> Result<Listened> {
         self.check(batch)?;
-        let noise = batch.seeds.as_deref().map(|seeds| Noise {
-            seeds,
-            dropout: self.config.dropout,
-            sampling_rate: self.config.sampling_rate,
-        });
-        let (h, lengths, listener) =
-            self.listener
-                .forward(batch.feats.view(), &batch.lengths, noise)?;
+        let (h, lengths, cache) = self.listener.forward(
+            batch.feats.view(),
+            &batch.lengths,
+            noise(batch, &self.config),
+        )?;
+        Ok(Listened { h, lengths, cache })
+    }
+
+    /// The second half of [`Las::forward`]: speller, losses and the whole cache, as a
+    /// member of `team`, if given.
+    fn spell(
+        &self,
+        team: Option<&TeamMember>,
+        batch: &Batch,
+        listened: Listened,
+    ) -> Result<(StepStats, LasCache)> {
+        let noise = noise(batch, &self.config);
+        let Listened {
+            h,
+            lengths,
+            cache: listener,
+        } = listened;
         let w = self.config.ctc_weight;
         let mut stats = StepStats {
             loss_sum: 0.0,
@@ -691,7 +774,9 @@ impl Las {
         // saves most of a small model's step.
         let (speller, dlogits) = if self.config.trains_speller() {
             let (inputs, scored) = self.teacher_forcing(&batch.targets);
-            let (logits, speller) = self.speller.forward(h.view(), &lengths, &inputs, noise)?;
+            let (logits, speller) =
+                self.speller
+                    .forward_in(team, h.view(), &lengths, &inputs, noise)?;
             let (steps, b, v) = logits.dim();
             let flat = logits
                 .view()
@@ -758,8 +843,33 @@ impl Las {
 
     /// Adds the gradient of the mean loss into `grads`; returns `dL/dfeats` `[T, B, F]`.
     pub fn backward(&self, cache: &LasCache, grads: &mut Las) -> Result<Array3<f32>> {
+        self.backward_in(None, cache, grads)
+    }
+
+    /// [`Las::backward`] as a member of `team`, if given (see [`Las::forward_in`]).
+    fn backward_in(
+        &self,
+        team: Option<&TeamMember>,
+        cache: &LasCache,
+        grads: &mut Las,
+    ) -> Result<Array3<f32>> {
+        let dh = self.unspell(team, cache, grads)?;
+        self.listener
+            .backward(&cache.listener, dh.view(), &mut grads.listener)
+    }
+
+    /// The first half of [`Las::backward`]: the speller's and the CTC head's gradients
+    /// added into `grads`, as a member of `team`, if given; returns `dL/dh`, the
+    /// gradient reaching the listener's states `[U, B, D]`.
+    fn unspell(
+        &self,
+        team: Option<&TeamMember>,
+        cache: &LasCache,
+        grads: &mut Las,
+    ) -> Result<Array3<f32>> {
         let mut dh = match &cache.speller {
-            Some(speller) => self.speller.backward(
+            Some(speller) => self.speller.backward_in(
+                team,
                 speller,
                 cache.h.view(),
                 cache.dlogits.view(),
@@ -775,8 +885,7 @@ impl Las {
             let dx = ctc.backward(h.view(), dy.view(), g)?;
             dh += &dx.into_shape_with_order((u, b, d)).expect("row-major");
         }
-        self.listener
-            .backward(&cache.listener, dh.view(), &mut grads.listener)
+        Ok(dh)
     }
 
     /// Forward and backward: the loss of `batch`, gradients added into `grads`.
@@ -805,10 +914,29 @@ impl Las {
         let subs: Vec<Batch> = (0..parts)
             .map(|i| batch.part(i * b / parts..(i + 1) * b / parts))
             .collect();
-        let mut fwd = subs
-            .par_iter()
-            .map(|sub| self.forward(sub))
-            .collect::<Result<Vec<_>>>()?;
+        // With a core for each part, the parts' spellers run as a team whose products
+        // share their weights' stream from L3 (lasr_nn::team); the same bits either
+        // way. The listeners run before and after it, one part per core as before
+        // (their products stay in L2), so that a part done early helps the other.
+        let team = Team::shares_products()
+            && parts <= rayon::current_num_threads()
+            && self.config.trains_speller();
+        let mut fwd = if team {
+            let heard = subs
+                .par_iter()
+                .map(|sub| self.listen(sub))
+                .collect::<Result<Vec<_>>>()?;
+            let work: Vec<_> = subs.iter().zip(heard).collect();
+            Team::run(work, |member, (sub, heard)| {
+                lasr_nn::linalg::serial(|| self.spell(Some(member), sub, heard))
+            })
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?
+        } else {
+            subs.par_iter()
+                .map(|sub| self.forward(sub))
+                .collect::<Result<Vec<_>>>()?
+        };
         let tokens: usize = fwd.iter().map(|(s, _)| s.tokens).sum();
         let labels: usize = fwd.iter().map(|(s, _)| s.ctc_labels).sum();
         // Each part's gradients are of its own means; reweight them into the batch's.
@@ -820,14 +948,34 @@ impl Las {
                 *d *= stats.ctc_labels.max(1) as f32 / labels.max(1) as f32;
             }
         }
-        let part_grads = fwd
-            .par_iter()
-            .map(|(_, cache)| {
-                let mut g = self.zeros_like();
-                self.backward(cache, &mut g)?;
-                Ok(g)
+        let part_grads = if team {
+            let spelled = Team::run(fwd.iter().collect(), |member, (_, cache)| {
+                lasr_nn::linalg::serial(|| {
+                    let mut g = self.zeros_like();
+                    let dh = self.unspell(Some(member), cache, &mut g)?;
+                    Ok((g, dh))
+                })
             })
+            .into_iter()
             .collect::<Result<Vec<_>>>()?;
+            spelled
+                .into_par_iter()
+                .zip(&fwd)
+                .map(|((mut g, dh), (_, cache))| {
+                    self.listener
+                        .backward(&cache.listener, dh.view(), &mut g.listener)?;
+                    Ok(g)
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            fwd.par_iter()
+                .map(|(_, cache)| {
+                    let mut g = self.zeros_like();
+                    self.backward(cache, &mut g)?;
+                    Ok(g)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
         for g in &part_grads {
             grads.add_from(g);
         }

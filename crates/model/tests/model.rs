@@ -233,6 +233,43 @@ fn a_batch_split_over_threads_gives_the_same_loss_and_gradients() {
     }
 }
 
+/// On AVX-512 CPUs a batch's parts run their spellers as a team when each has a core
+/// (`lasr_nn::team`); the team must give the bits the parts give one after the other.
+#[test]
+fn the_spellers_team_gives_the_bits_of_the_parts_one_by_one() {
+    // Cells 96 wide: 384 gate outputs, three panels for two members. The parts have
+    // 5 and 3 decoder steps, so one member leaves the team early; noise on.
+    let cfg = ModelConfig {
+        speller_hidden: 96,
+        ctc_weight: 0.3,
+        dropout: 0.1,
+        sampling_rate: 0.2,
+        ..tiny()
+    };
+    let las = Las::new(cfg, &mut rng(21)).unwrap();
+    let batch = Batch {
+        feats: lasr_nn::init::uniform((16, 4, 3), 1.0, &mut rng(22)),
+        lengths: vec![16, 12, 9, 16],
+        targets: vec![vec![3, 4, 5, 6], vec![5], vec![6, 3], vec![]],
+        seeds: Some(vec![1, 2, 3, 4]),
+    };
+    let step = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut grads = las.zeros_like();
+            let stats = las.train_step_parallel(&batch, &mut grads, 2).unwrap();
+            (stats, grads)
+        })
+    };
+    // One thread: the parts one after the other. Two: as a team.
+    let (alone, team) = (step(1), step(2));
+    assert!(alone.0.objective() > 0.0);
+    assert_eq!(alone, team);
+}
+
 #[test]
 fn a_padded_batch_scores_each_utterance_as_if_alone() {
     let las = Las::new(tiny(), &mut rng(3)).unwrap();

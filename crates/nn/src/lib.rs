@@ -29,6 +29,7 @@ pub mod optim;
 pub mod packed;
 pub mod pyramid;
 mod recurrent;
+pub mod team;
 
 pub use attention::{AdditiveAttention, AttentionCache, Location};
 pub use checkpoint::Storage;
@@ -48,5 +49,6 @@ pub use optim::{clip_grad_norm, grad_norm, Adam, LrSchedule, Sgd};
 pub use packed::{PackedMatrix, PackedRecurrent, WeightFormat};
 pub use pyramid::{pyramid_lengths, pyramid_reduce, pyramid_reduce_backward};
 pub use recurrent::{Bidirectional, BidirectionalCache, Recurrent};
+pub use team::{Team, TeamMember};
 pub mod activation;
 mod simd;

@@ -1,12 +1,35 @@
 //! Matrix products through the `gemm` crate (AVX-512, AVX2 or scalar kernels chosen at
 //! run time), on `ndarray` views of any strides, so transposes cost nothing.
 
+use std::cell::Cell;
+
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// Products at least this large (m * n * k) are split across the rayon pool; smaller
 /// ones lose more to synchronisation than they gain. The per-step recurrent products
 /// (8 x 256 x 1024 = 2^21) must stay below: splitting them made the listener slower.
 const PARALLEL_WORK: usize = 1 << 24;
+
+thread_local! {
+    /// Set by [`serial`]: this thread's products stay on it.
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every [`matmul`] on this thread computed on this thread alone, not
+/// spread over the rayon pool: for threads that already keep a core each busy (the
+/// members of a [`Team`](crate::team::Team)), where the pool's threads would only
+/// compete with them for the cores.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the thread's setting, also when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
 
 /// `c = a · b` (when `accumulate` is false) or `c += a · b`, for `a` `[m, k]`,
 /// `b` `[k, n]`, `c` `[m, n]`.
@@ -31,7 +54,10 @@ pub fn matmul(mut c: ArrayViewMut2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>,
         }
         return;
     }
-    let parallelism = if m * n * k >= PARALLEL_WORK && rayon::current_num_threads() > 1 {
+    let parallelism = if m * n * k >= PARALLEL_WORK
+        && rayon::current_num_threads() > 1
+        && !SERIAL.with(Cell::get)
+    {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

@@ -15,6 +15,7 @@ use crate::gru::{check_prepared, pack_pair, step_product, transpose_as};
 use crate::linalg::{matmul, transpose};
 use crate::packed::{PackedMatrix, PackedRecurrent, WeightFormat};
 use crate::recurrent::{cell_module, order, recurrent_module};
+use crate::team::TeamMember;
 
 /// One direction of one LSTM layer. `weight_ih` `[4H, I]`, `weight_hh` `[4H, H]`,
 /// `bias_ih`, `bias_hh` `[4H]`, rows in gate order input, forget, cell, output.
@@ -664,6 +665,21 @@ impl LstmCell {
         h_prev: ArrayView2<f32>,
         c_prev: ArrayView2<f32>,
     ) -> Result<(Array2<f32>, Array2<f32>, LstmCellCache)> {
+        self.forward_in(None, prepared, x, h_prev, c_prev)
+    }
+
+    /// [`LstmCell::forward`] as a member of `team`, if given, whose members share the
+    /// weights' stream of the step's products (when `prepared` has the training
+    /// packs): the same bits as alone. Every member must step a cell of this shape
+    /// as often, or leave the team.
+    pub fn forward_in(
+        &self,
+        team: Option<&TeamMember>,
+        prepared: &PreparedLstmCell,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+        c_prev: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, Array2<f32>, LstmCellCache)> {
         let hd = self.hidden();
         let batch = self.check_step(x, h_prev, c_prev)?;
         self.check_prepared(prepared)?;
@@ -674,12 +690,18 @@ impl LstmCell {
                 .broadcast((batch, 4 * hd))
                 .expect("bias is [4H]"),
         );
-        match &prepared.train {
-            Some(t) => {
+        match (&prepared.train, team) {
+            (Some(t), Some(team)) => {
+                team.gemm_acc(
+                    gates.view_mut(),
+                    &[(&t.forward[0], x), (&t.forward[1], h_prev)],
+                );
+            }
+            (Some(t), None) => {
                 t.forward[0].gemm_acc(gates.view_mut(), x);
                 t.forward[1].gemm_acc(gates.view_mut(), h_prev);
             }
-            None => {
+            (None, _) => {
                 matmul(gates.view_mut(), x, prepared.w_ih_t.view(), true);
                 matmul(gates.view_mut(), h_prev, prepared.w_hh_t.view(), true);
             }
@@ -730,6 +752,20 @@ impl LstmCell {
         dh: ArrayView2<f32>,
         dc: ArrayView2<f32>,
     ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>, Array2<f32>)> {
+        self.backward_gates_in(None, prepared, cache, dh, dc)
+    }
+
+    /// [`LstmCell::backward_gates`] as a member of `team`, if given (see
+    /// [`LstmCell::forward_in`]).
+    #[allow(clippy::type_complexity)]
+    pub fn backward_gates_in(
+        &self,
+        team: Option<&TeamMember>,
+        prepared: Option<&PreparedLstmCell>,
+        cache: &LstmCellCache,
+        dh: ArrayView2<f32>,
+        dc: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>, Array2<f32>)> {
         let hd = self.hidden();
         let batch = cache.x.nrows();
         check_shape("LSTMCell", "dh", dh.shape(), &[Some(batch), Some(hd)])?;
@@ -756,12 +792,19 @@ impl LstmCell {
         }
         let mut dx = Array2::zeros((batch, self.input_dim()));
         let mut dh_prev = Array2::zeros((batch, hd));
-        match prepared.and_then(|p| p.train.as_ref()) {
-            Some(t) => {
+        match (prepared.and_then(|p| p.train.as_ref()), team) {
+            (Some(t), Some(team)) => team.gemm_acc_each(
+                &mut [
+                    (&t.backward[0], dx.view_mut()),
+                    (&t.backward[1], dh_prev.view_mut()),
+                ],
+                dgates.view(),
+            ),
+            (Some(t), None) => {
                 t.backward[0].gemm_acc(dx.view_mut(), dgates.view());
                 t.backward[1].gemm_acc(dh_prev.view_mut(), dgates.view());
             }
-            None => {
+            (None, _) => {
                 matmul(dx.view_mut(), dgates.view(), self.weight_ih.view(), false);
                 matmul(
                     dh_prev.view_mut(),

@@ -270,6 +270,19 @@ impl PackedMatrix {
         (self.rows, self.cols)
     }
 
+    /// Panels of [`PANEL`] outputs.
+    pub(crate) fn panels(&self) -> usize {
+        self.rows.div_ceil(PANEL)
+    }
+
+    /// The weights, when stored in f32.
+    pub(crate) fn f32_data(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::F32(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// The storage format.
     pub fn format(&self) -> WeightFormat {
         match self.data {
@@ -371,9 +384,14 @@ impl PackedMatrix {
         if let (Data::F32(d), true, Some(y)) = (&self.data, crate::simd::avx512(), y.as_slice_mut())
         {
             if self.rows > 0 && self.cols > 0 {
+                let rows = Rows {
+                    x: x.as_ptr(),
+                    y: y.as_mut_ptr(),
+                    rows: x.len() / self.cols,
+                };
                 // SAFETY: the CPU has AVX-512F; `x` is `[M, K]` and `y` `[M, N]`, both
                 // row-major (checked above), and `d` holds whole panels of `K` columns.
-                unsafe { f32_rows_avx512(y, self.rows, d, x, self.cols) };
+                unsafe { f32_rows_avx512(d, self.rows, self.cols, 0..self.panels(), &[rows]) };
             }
             return;
         }
@@ -755,16 +773,27 @@ fn portable<T>(y: &mut [f32], data: &[T], x: &[f32], widen: impl Fn(&T) -> f32) 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn add_lanes(y: &mut [f32], lo: usize, acc: &[std::arch::x86_64::__m512]) {
+    add_lanes_raw(y.as_mut_ptr(), y.len(), lo, acc)
+}
+
+/// [`add_lanes`] on a row of `len` floats at `y`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `y` points to `len` floats that nothing else reads or writes
+/// from `lo` to `lo + 16 acc.len()` meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_lanes_raw(y: *mut f32, len: usize, lo: usize, acc: &[std::arch::x86_64::__m512]) {
     use std::arch::x86_64::*;
     for (a, v) in acc.iter().enumerate() {
         let at = lo + 16 * a;
-        if at >= y.len() {
+        if at >= len {
             break;
         }
-        let n = (y.len() - at).min(16);
+        let n = (len - at).min(16);
         let mask: __mmask16 = if n == 16 { 0xffff } else { (1 << n) - 1 };
-        // SAFETY: masked lanes lie within `y`.
-        let p = y.as_mut_ptr().add(at);
+        // SAFETY: masked lanes lie within the row.
+        let p = y.add(at);
         let old = _mm512_maskz_loadu_ps(mask, p);
         _mm512_mask_storeu_ps(p, mask, _mm512_add_ps(old, *v));
     }
@@ -801,85 +830,112 @@ unsafe fn panel_walk<T>(
     }
 }
 
-/// `y[m] += W x[m]` for the `M = x.len() / k` rows of `x` `[M, K]` into `y` `[M, N]`,
-/// f32 panels: four rows at a time, each half panel (64 outputs) walked once for them,
-/// 16 accumulators, so each weight streamed in is used four times. Per row, the same
-/// operations in the same order as [`panel_walk`] (one fused multiply-add per column
-/// into a zeroed accumulator, then added into `y` by [`add_lanes`]): the same bits as
-/// one row alone.
+/// Rows of one product for [`f32_rows_avx512`]: `rows` inputs of `K` floats from `x`,
+/// row after row, and their outputs, rows of `N` floats from `y`.
+///
+/// Raw pointers, because the threads of a [`Team`](crate::team::Team) each add their
+/// share of output columns into the same rows at once: references to whole rows
+/// would alias.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows {
+    pub x: *const f32,
+    pub y: *mut f32,
+    pub rows: usize,
+}
+
+/// `y[m] += W x[m]` over the outputs of panels `panels` only, for every row of each
+/// of `sets`, f32 panels: four rows at a time, each half panel (64 outputs) walked once
+/// for them, 16 accumulators, so each weight streamed in is used four times. Half
+/// panels are the outer loop, so a half panel (at most a few hundred KB) comes from
+/// L3 once and from L2 for the rows after the first four. Per row, the same operations
+/// in the same order as [`panel_walk`] (one fused multiply-add per column into a
+/// zeroed accumulator, then added into `y` by [`add_lanes`]): the same bits as one row
+/// alone, whatever the panels and however the rows are grouped.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `data` holds whole panels of `k * PANEL` weights for `n`
-/// rows; `x` and `y` hold whole rows of `k` and `n` values.
+/// outputs and `panels` lies within them; each set's `x` holds `rows * k` floats and
+/// its `y` `rows * n`, and no other thread touches these panels' outputs meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_rows_avx512(y: &mut [f32], n: usize, data: &[f32], x: &[f32], k: usize) {
-    let m = x.len() / k;
-    let mut r0 = 0;
-    while r0 < m {
-        match m - r0 {
-            1 => f32_rows_block::<1>(y, n, data, x, k, r0),
-            2 => f32_rows_block::<2>(y, n, data, x, k, r0),
-            3 => f32_rows_block::<3>(y, n, data, x, k, r0),
-            _ => f32_rows_block::<4>(y, n, data, x, k, r0),
+pub(crate) unsafe fn f32_rows_avx512(
+    data: &[f32],
+    n: usize,
+    k: usize,
+    panels: std::ops::Range<usize>,
+    sets: &[Rows],
+) {
+    for b in panels {
+        let panel = &data[b * k * PANEL..(b + 1) * k * PANEL];
+        for half in 0..2 {
+            let lo = b * PANEL + 64 * half;
+            if lo >= n {
+                break;
+            }
+            for set in sets {
+                let mut r0 = 0;
+                while r0 < set.rows {
+                    let (x, y) = (set.x.add(r0 * k), set.y.add(r0 * n));
+                    match set.rows - r0 {
+                        1 => half_panel::<1>(panel, half, k, x, y, n, lo),
+                        2 => half_panel::<2>(panel, half, k, x, y, n, lo),
+                        3 => half_panel::<3>(panel, half, k, x, y, n, lo),
+                        _ => half_panel::<4>(panel, half, k, x, y, n, lo),
+                    }
+                    r0 += 4;
+                }
+            }
         }
-        r0 += 4;
     }
 }
 
-/// Rows `r0 .. r0 + R` of [`f32_rows_avx512`].
+/// One half panel of [`f32_rows_avx512`] (outputs `lo .. lo + 64`) for `R` rows from
+/// `x` (`k` floats each) into `y` (`n` floats each).
 ///
 /// # Safety
-/// As [`f32_rows_avx512`], with rows `r0 .. r0 + R` inside `x` and `y`.
+/// As [`f32_rows_avx512`], for `R` rows at `x` and `y`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_rows_block<const R: usize>(
-    y: &mut [f32],
-    n: usize,
-    data: &[f32],
-    x: &[f32],
+unsafe fn half_panel<const R: usize>(
+    panel: &[f32],
+    half: usize,
     k: usize,
-    r0: usize,
+    x: *const f32,
+    y: *mut f32,
+    n: usize,
+    lo: usize,
 ) {
     use std::arch::x86_64::*;
     // Weights are requested this far ahead (in floats: 16 panel columns, 8 KB): the
     // hardware prefetcher alone left the stream from L3 latency-bound (0.54 against
     // 0.46 ms for the reference speller's first cell, 4 rows).
     const AHEAD: usize = 16 * PANEL;
-    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(r0 + r) * k..(r0 + r + 1) * k]);
-    for (b, panel) in data.chunks_exact(k * PANEL).enumerate() {
-        for half in 0..2 {
-            let lo = b * PANEL + 64 * half;
-            if lo >= n {
-                break;
-            }
-            let mut acc = [[_mm512_setzero_ps(); 4]; R];
-            let mut w = panel.as_ptr().add(64 * half);
-            let end = panel.as_ptr().add(panel.len());
-            for p in 0..k {
-                // Skipped near the panel's end, so that `add` stays inside the panel.
-                let ahead = w.wrapping_add(AHEAD);
-                if ahead < end {
-                    for v in 0..4 {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(16 * v) as *const i8);
-                    }
-                }
-                // SAFETY: `w` walks the half panel's `k` columns, `PANEL` floats apart.
-                let wv: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(w.add(16 * v)));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let xb = _mm512_set1_ps(*xs[r].get_unchecked(p));
-                    for (a, &wv) in acc.iter_mut().zip(&wv) {
-                        *a = _mm512_fmadd_ps(wv, xb, *a);
-                    }
-                }
-                // After the last column this points past the panel: wrapping, not
-                // `add`, whose result must stay in bounds even if never read.
-                w = w.wrapping_add(PANEL);
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                add_lanes(&mut y[(r0 + r) * n..(r0 + r + 1) * n], lo, acc);
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let mut w = panel.as_ptr().add(64 * half);
+    let end = panel.as_ptr().add(panel.len());
+    for p in 0..k {
+        // Skipped near the panel's end, so that `add` stays inside the panel.
+        let ahead = w.wrapping_add(AHEAD);
+        if ahead < end {
+            for v in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.add(16 * v) as *const i8);
             }
         }
+        // SAFETY: `w` walks the half panel's `k` columns, `PANEL` floats apart.
+        let wv: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(w.add(16 * v)));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row `r` of `x` holds `k` floats.
+            let xb = _mm512_set1_ps(*x.add(r * k + p));
+            for (a, &wv) in acc.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(wv, xb, *a);
+            }
+        }
+        // After the last column this points past the panel: wrapping, not `add`,
+        // whose result must stay in bounds even if never read.
+        w = w.wrapping_add(PANEL);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        add_lanes_raw(y.add(r * n), n, lo, acc);
     }
 }
 
