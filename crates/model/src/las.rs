@@ -914,12 +914,13 @@ impl Las {
         let subs: Vec<Batch> = (0..parts)
             .map(|i| batch.part(i * b / parts..(i + 1) * b / parts))
             .collect();
-        // With a core for each part, the parts' spellers run as a team whose products
-        // share their weights' stream from L3 (lasr_nn::team); the same bits either
-        // way. The listeners run before and after it, one part per core as before
-        // (their products stay in L2), so that a part done early helps the other.
+        // With a pool thread for each part, the parts' spellers run as a team whose
+        // products share their weights' stream from L3 (lasr_nn::team); the same bits
+        // either way. Each part prepares its own packs of the same weights. The
+        // listeners run before and after it, one part per thread as before (their
+        // products stay in L2), so that a part done early helps the other.
         let team = Team::shares_products()
-            && parts <= rayon::current_num_threads()
+            && parts <= rayon::current_num_threads().min(Team::MAX_MEMBERS)
             && self.config.trains_speller();
         let mut fwd = if team {
             let heard = subs

@@ -670,8 +670,9 @@ impl LstmCell {
 
     /// [`LstmCell::forward`] as a member of `team`, if given, whose members share the
     /// weights' stream of the step's products (when `prepared` has the training
-    /// packs): the same bits as alone. Every member must step a cell of this shape
-    /// as often, or leave the team.
+    /// packs): the same bits as alone. Every member must make the same sequence of
+    /// team products (cells of the same shapes and weights, step for step), or leave
+    /// the team.
     pub fn forward_in(
         &self,
         team: Option<&TeamMember>,

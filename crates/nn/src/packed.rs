@@ -849,8 +849,8 @@ pub(crate) struct Rows {
 /// panels are the outer loop, so a half panel (at most a few hundred KB) comes from
 /// L3 once and from L2 for the rows after the first four. Per row, the same operations
 /// in the same order as [`panel_walk`] (one fused multiply-add per column into a
-/// zeroed accumulator, then added into `y` by [`add_lanes`]): the same bits as one row
-/// alone, whatever the panels and however the rows are grouped.
+/// zeroed accumulator, then added into `y` by [`add_lanes_raw`]): the same bits as one
+/// row alone, whatever the panels and however the rows are grouped.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `data` holds whole panels of `k * PANEL` weights for `n`

@@ -14,7 +14,9 @@
 //! posted) and one after (every share is written). A member that has no more products
 //! (its part has fewer decoder steps, or it failed) leaves, and the others then share
 //! the columns without it; a member that is dropped leaves too, so an error or a panic
-//! in one part never leaves the others waiting.
+//! in one part outside a product never leaves the others waiting. Inside a product
+//! nothing can fail once rows are shared: members that disagree about the product
+//! find out before anyone writes, pass the closing barrier together and then panic.
 //!
 //! The members must run at the same time on different threads (they wait for each
 //! other by spinning): [`Team::run`] starts them on scoped threads.
@@ -117,23 +119,25 @@ impl Team {
             return Vec::new();
         }
         let team = Team::new(items.len());
-        let (team, f) = (&team, &f);
+        let f = &f;
+        // Every member exists before any thread starts: if a spawn fails, the members
+        // not yet running are dropped with their closures, and so leave the team.
+        let mut members = (0..items.len())
+            .map(|i| team.member(i))
+            .collect::<Vec<_>>()
+            .into_iter();
         let mut items = items.into_iter();
-        let first = items.next().expect("not empty");
+        let (first, first_member) = (
+            items.next().expect("not empty"),
+            members.next().expect("one per item"),
+        );
         std::thread::scope(|scope| {
             let others: Vec<_> = items
-                .enumerate()
-                .map(|(i, item)| {
-                    scope.spawn(move || {
-                        let member = team.member(i + 1);
-                        f(&member, item)
-                    })
-                })
+                .zip(members)
+                .map(|(item, member)| scope.spawn(move || f(&member, item)))
                 .collect();
-            let first = {
-                let member = team.member(0);
-                f(&member, first)
-            };
+            let first = f(&first_member, first);
+            drop(first_member);
             let mut out = vec![first];
             for h in others {
                 match h.join() {
@@ -245,20 +249,27 @@ impl TeamMember<'_> {
     /// same bits as [`PackedMatrix::gemm_acc`] term by term.
     ///
     /// Every member still in the team must make the same sequence of calls, with
-    /// matrices of the same shapes (its own rows, any number of them, 0 included).
+    /// matrices of the same shapes, format (f32) and weights: each member applies its
+    /// own matrices to everyone's rows (its own rows: any number, 0 included). Counts,
+    /// shapes and formats are checked, and all members panic on a mismatch; the
+    /// weights themselves are the caller's promise.
     ///
     /// # Panics
     /// When a matrix is not stored in f32, shapes disagree, or `terms` has more than
     /// two terms (bugs in lasr: layers check user-facing shapes first).
     pub fn gemm_acc(&self, mut y: ArrayViewMut2<f32>, terms: &[(&PackedMatrix, ArrayView2<f32>)]) {
+        for (w, x) in terms {
+            check(w, x.dim(), y.dim());
+        }
+        let rows = y.nrows();
         let y = y.as_slice_mut().expect("products write row-major outputs");
         // Every term adds into `y`, so the jobs share its pointer.
-        let (yp, ylen) = (y.as_mut_ptr(), y.len());
+        let yp = y.as_mut_ptr();
         let xs: Vec<_> = terms.iter().map(|(_, x)| x.as_standard_layout()).collect();
         let jobs: Vec<_> = terms
             .iter()
             .zip(&xs)
-            .map(|((w, _), x)| job(w, x.as_slice().expect("standard layout"), yp, ylen))
+            .map(|((w, _), x)| job(w, x.as_slice().expect("standard layout"), yp, rows))
             .collect();
         self.round(&jobs);
     }
@@ -270,13 +281,17 @@ impl TeamMember<'_> {
         outs: &mut [(&PackedMatrix, ArrayViewMut2<f32>)],
         x: ArrayView2<f32>,
     ) {
+        for (w, y) in outs.iter() {
+            check(w, x.dim(), y.dim());
+        }
         let x = x.as_standard_layout();
         let x = x.as_slice().expect("standard layout");
         let jobs: Vec<_> = outs
             .iter_mut()
             .map(|(w, y)| {
+                let rows = y.nrows();
                 let y = y.as_slice_mut().expect("row-major outputs");
-                job(w, x, y.as_mut_ptr(), y.len())
+                job(w, x, y.as_mut_ptr(), rows)
             })
             .collect();
         self.round(&jobs);
@@ -316,23 +331,31 @@ impl TeamMember<'_> {
             .filter(|m| round & (1 << m) != 0)
             .map(|m| unsafe { &*team.slots[m].0.get() })
             .collect();
+        // Checked before anyone writes: a member that panicked between the barriers
+        // would free rows the others are writing into. Every member sees the same
+        // slots, so all of them pass the closing barrier and then panic together.
+        let agree = slots.iter().all(|slot| {
+            slot.jobs.len() == jobs.len()
+                && slot.jobs.iter().zip(jobs).all(|(theirs, mine)| {
+                    // SAFETY: posted by members waiting for this round to end, which
+                    // keeps their matrices alive.
+                    let (a, b) = unsafe { (&*theirs.w, &*mine.w) };
+                    a.dim() == b.dim() && a.f32_data().is_some() && b.f32_data().is_some()
+                })
+        });
+        if !agree {
+            team.arrive();
+            panic!("team members posted different products (counts, shapes or formats)");
+        }
         for (j, job) in jobs.iter().enumerate() {
-            // SAFETY: the pointer was posted by a member waiting for this round to end,
-            // which keeps its matrix alive; every member posts the same matrices.
+            // SAFETY: the pointer was posted by this member; its matrix is the
+            // caller's, alive for the call. Every member applies its own matrices to
+            // everyone's rows, so they must hold the same weights (shapes and format
+            // are checked above).
             let w = unsafe { &*job.w };
             let panels = w.panels();
             let mine = rank * panels / count..(rank + 1) * panels / count;
-            let (n, k) = w.dim();
-            let sets: Vec<Rows> = slots
-                .iter()
-                .map(|s| {
-                    let other = s.jobs.get(j).expect("every member posts the same products");
-                    // SAFETY: as above.
-                    let ow = unsafe { &*other.w };
-                    assert_eq!(ow.dim(), (n, k), "team members' products disagree");
-                    other.rows
-                })
-                .collect();
+            let sets: Vec<Rows> = slots.iter().map(|s| s.jobs[j].rows).collect();
             // SAFETY: each set's rows were posted with their shapes checked against
             // this matrix; this member alone writes the outputs of panels `mine`
             // during the round (the others take theirs), and their owners wait at
@@ -356,6 +379,10 @@ impl TeamMember<'_> {
 unsafe fn products(w: &PackedMatrix, panels: std::ops::Range<usize>, sets: &[Rows]) {
     let data = w.f32_data().expect("team products are f32");
     let (n, k) = w.dim();
+    if n == 0 || k == 0 {
+        // Nothing to add, as in `PackedMatrix::gemm_acc` (and no empty panel to walk).
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         assert!(crate::simd::avx512(), "team products need AVX-512");
@@ -369,17 +396,19 @@ unsafe fn products(w: &PackedMatrix, panels: std::ops::Range<usize>, sets: &[Row
     }
 }
 
-/// `y += W x`: the job for `x` `[M, K]` and `y` `[M, N]` (`ylen` floats at `y`), both
-/// row-major.
-fn job(w: &PackedMatrix, x: &[f32], y: *mut f32, ylen: usize) -> Job {
+/// Panics unless `W` `[N, K]` takes `x` `[M, K]` into `y` `[M, N]`: a member's rows
+/// are shared with the others by raw pointers, so their shapes must be exact.
+fn check(w: &PackedMatrix, x: (usize, usize), y: (usize, usize)) {
     let (n, k) = w.dim();
-    // With no columns, the rows are counted by the outputs.
-    let rows = x.len().checked_div(k).unwrap_or(ylen / n.max(1));
     assert!(
-        x.len() == rows * k && ylen == rows * n,
-        "team product: [{n}, {k}] x {} floats into {ylen} floats",
-        x.len(),
+        x.1 == k && y.1 == n && x.0 == y.0,
+        "team product: [{n}, {k}] x {x:?} into {y:?}"
     );
+}
+
+/// `y += W x`: the job for `rows` rows of `x` and `y` (row-major, shapes checked by
+/// [`check`]).
+fn job(w: &PackedMatrix, x: &[f32], y: *mut f32, rows: usize) -> Job {
     Job {
         w,
         rows: Rows {
@@ -469,6 +498,42 @@ mod tests {
             out
         });
         assert_eq!(got, expected);
+    }
+
+    /// Members that post different products all panic, after the closing barrier
+    /// and before anyone writes into another's rows; empty matrices add nothing.
+    #[test]
+    fn members_that_disagree_panic_together_and_empty_products_add_nothing() {
+        if !Team::shares_products() {
+            return;
+        }
+        let (a, b) = (
+            PackedMatrix::new(random(256, 32, 4).view(), WeightFormat::F32),
+            PackedMatrix::new(random(256, 16, 5).view(), WeightFormat::F32),
+        );
+        let panicked = AtomicUsize::new(0);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Team::run(vec![&a, &b], |member, w| {
+                let x = random(2, w.dim().1, 6);
+                let mut y = Array2::zeros((2, 256));
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    member.gemm_acc(y.view_mut(), &[(w, x.view())])
+                }));
+                if caught.is_err() {
+                    panicked.fetch_add(1, Ordering::Relaxed);
+                }
+                assert!(y.iter().all(|&v| v == 0.0), "nothing written");
+            })
+        }));
+        assert!(outcome.is_ok());
+        assert_eq!(panicked.load(Ordering::Relaxed), 2, "both members refuse");
+        let empty = PackedMatrix::new(Array2::<f32>::zeros((128, 0)).view(), WeightFormat::F32);
+        let got = Team::run(vec![0, 1], |member, _| {
+            let mut y = Array2::from_elem((3, 128), -0.0f32);
+            member.gemm_acc(y.view_mut(), &[(&empty, Array2::zeros((3, 0)).view())]);
+            y.iter().all(|v| v.to_bits() == (-0.0f32).to_bits())
+        });
+        assert_eq!(got, [true, true], "-0.0 stays -0.0: nothing was added");
     }
 
     /// A member that fails (here: panics) leaves, and the others finish alone.
