@@ -320,7 +320,10 @@ fn make_tiny(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         seeds: None,
     };
     let mut opt = Adam::new(&las, 0.01);
-    for _ in 0..400 {
+    // The CTC loss drops off a cliff between steps 300 and 500 (0.43, 0.22, 0.013 in
+    // the fourteenth session), so 400 steps passed or failed on the rounding of
+    // the products; 500 leaves margin.
+    for _ in 0..500 {
         let mut grads = las.zeros_like();
         las.train_step(&batch, &mut grads).unwrap();
         clip_grad_norm(&mut grads, 5.0).unwrap();

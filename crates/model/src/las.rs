@@ -23,11 +23,13 @@ use ndarray::{
 };
 use rand::Rng;
 
+use std::sync::Arc;
+
 use lasr_nn::module::join;
 use lasr_nn::{
     ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward,
     softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, Dropout, Embedding, Linear,
-    Module, PackedRecurrent, Team, TeamMember, WeightFormat,
+    Module, PackedRecurrent, PreparedAttention, Team, TeamMember, WeightFormat,
 };
 
 use crate::cells::{
@@ -275,9 +277,17 @@ pub struct SpellerCache {
     /// Decoder input tokens, `[L][B]`.
     inputs: Vec<Vec<usize>>,
     steps: Vec<StepCache>,
-    /// The cells' prepared weights of the forward pass, which backward's per-step
-    /// products read too.
-    prepared: [PreparedCell; 2],
+    /// The forward pass's prepared weights, which backward's per-step products read
+    /// too (shared by a batch's parts).
+    prepared: Arc<PreparedSpeller>,
+}
+
+/// The speller's weights packed for a batch's decoder steps: both cells' (see
+/// [`SpellerCell::prepare`]) and the attention's query weights.
+#[derive(Debug)]
+pub(crate) struct PreparedSpeller {
+    cells: [PreparedCell; 2],
+    attention: PreparedAttention,
 }
 
 impl SpellerCache {
@@ -327,16 +337,31 @@ impl Speller {
         inputs: &[Vec<usize>],
         noise: Option<Noise>,
     ) -> Result<(Array3<f32>, SpellerCache)> {
-        self.forward_in(None, h, lengths, inputs, noise)
+        self.forward_in(None, None, h, lengths, inputs, noise)
     }
 
-    /// [`Speller::forward`] as a member of `team`, if given: the cells' products share
-    /// their weight stream with the other members (the same bits as alone). The
-    /// member leaves the team after its last step, so that members with more steps
-    /// go on without it.
+    /// The weights packed for [`Speller::forward_in`]; they must not change while in
+    /// use. The cells pack on separate threads.
+    pub(crate) fn prepare(&self) -> PreparedSpeller {
+        let (cell0, (cell1, attention)) = rayon::join(
+            || self.cell0.prepare(),
+            || (self.cell1.prepare(), self.attention.prepare()),
+        );
+        PreparedSpeller {
+            cells: [cell0, cell1],
+            attention,
+        }
+    }
+
+    /// [`Speller::forward`] with `prepared` (from [`Speller::prepare`], made here if
+    /// not given), as a member of `team`, if given: the cells' products share their
+    /// weight stream with the other members (the same bits as alone). The member
+    /// leaves the team after its last step, so that members with more steps go on
+    /// without it.
     pub(crate) fn forward_in(
         &self,
         team: Option<&TeamMember>,
+        prepared: Option<Arc<PreparedSpeller>>,
         h: ArrayView3<f32>,
         lengths: &[usize],
         inputs: &[Vec<usize>],
@@ -345,8 +370,8 @@ impl Speller {
         let (_, batch, d) = h.dim();
         let vocab = self.out.output_dim();
         let keys = self.attention.keys(h)?;
-        let p0 = self.cell0.prepare();
-        let p1 = self.cell1.prepare();
+        let prepared = prepared.unwrap_or_else(|| Arc::new(self.prepare()));
+        let [p0, p1] = &prepared.cells;
         let mut s0 = self.cell0.zero_state(batch);
         let mut s1 = self.cell1.zero_state(batch);
         let mut ctx = Array2::<f32>::zeros((batch, d));
@@ -369,9 +394,10 @@ impl Speller {
             let e = self.emb.forward(&tokens)?;
             fed.push(tokens);
             let in0 = concatenate(Axis(1), &[e.view(), ctx.view()]).expect("same batch");
-            let (ns0, cache0) = self.cell0.forward(team, &p0, in0.view(), &s0)?;
-            let (ns1, cache1) = self.cell1.forward(team, &p1, ns0.h.view(), &s1)?;
+            let (ns0, cache0) = self.cell0.forward(team, p0, in0.view(), &s0)?;
+            let (ns1, cache1) = self.cell1.forward(team, p1, ns0.h.view(), &s1)?;
             let (nctx, att) = self.attention.step(
+                Some(&prepared.attention),
                 h,
                 keys.view(),
                 ns1.h.view(),
@@ -410,7 +436,7 @@ impl Speller {
                 keys,
                 inputs: fed,
                 steps,
-                prepared: [p0, p1],
+                prepared,
             },
         ))
     }
@@ -463,6 +489,7 @@ impl Speller {
             }
             let dctx = &dout_in.slice(s![.., sh..]) + &dctx_next;
             let (ds, dprev) = self.attention.step_backward(
+                Some(&cache.prepared.attention),
                 &step.attention,
                 h,
                 dctx.view(),
@@ -473,7 +500,7 @@ impl Speller {
             )?;
             dalpha_next = dprev;
             ds1.h = &dout_in.slice(s![.., ..sh]) + &ds + &ds1.h;
-            let [p0, p1] = &cache.prepared;
+            let [p0, p1] = &cache.prepared.cells;
             let (dx1, ds1_prev) = self.cell1.backward_deferred(
                 team,
                 p1,
@@ -724,15 +751,14 @@ impl Las {
         self.forward_in(None, batch)
     }
 
-    /// [`Las::forward`] as a member of `team`, if given (the speller's products share
-    /// their weight stream, see [`Speller::forward_in`]).
+    /// [`Las::forward`] with the speller's weights `prepared` (made here if not given).
     fn forward_in(
         &self,
-        team: Option<&TeamMember>,
+        prepared: Option<Arc<PreparedSpeller>>,
         batch: &Batch,
     ) -> Result<(StepStats, LasCache)> {
         let listened = self.listen(batch)?;
-        self.spell(team, batch, listened)
+        self.spell(None, prepared, batch, listened)
     }
 
     /// The first half of [`Las::forward`]: the batch checked and heard.
@@ -747,10 +773,13 @@ impl Las {
     }
 
     /// The second half of [`Las::forward`]: speller, losses and the whole cache, as a
-    /// member of `team`, if given.
+    /// member of `team`, if given (the speller's products share their weight stream,
+    /// see [`Speller::forward_in`]), with the speller's weights `prepared` (made here
+    /// if not given).
     fn spell(
         &self,
         team: Option<&TeamMember>,
+        prepared: Option<Arc<PreparedSpeller>>,
         batch: &Batch,
         listened: Listened,
     ) -> Result<(StepStats, LasCache)> {
@@ -776,7 +805,7 @@ impl Las {
             let (inputs, scored) = self.teacher_forcing(&batch.targets);
             let (logits, speller) =
                 self.speller
-                    .forward_in(team, h.view(), &lengths, &inputs, noise)?;
+                    .forward_in(team, prepared, h.view(), &lengths, &inputs, noise)?;
             let (steps, b, v) = logits.dim();
             let flat = logits
                 .view()
@@ -922,6 +951,11 @@ impl Las {
         let team = Team::shares_products()
             && parts <= rayon::current_num_threads().min(Team::MAX_MEMBERS)
             && self.config.trains_speller();
+        // The speller's weights are packed once for all parts.
+        let prepared = self
+            .config
+            .trains_speller()
+            .then(|| Arc::new(self.speller.prepare()));
         let mut fwd = if team {
             let heard = subs
                 .par_iter()
@@ -929,13 +963,13 @@ impl Las {
                 .collect::<Result<Vec<_>>>()?;
             let work: Vec<_> = subs.iter().zip(heard).collect();
             Team::run(work, |member, (sub, heard)| {
-                lasr_nn::linalg::serial(|| self.spell(Some(member), sub, heard))
+                lasr_nn::linalg::serial(|| self.spell(Some(member), prepared.clone(), sub, heard))
             })
             .into_iter()
             .collect::<Result<Vec<_>>>()?
         } else {
             subs.par_iter()
-                .map(|sub| self.forward(sub))
+                .map(|sub| self.forward_in(prepared.clone(), sub))
                 .collect::<Result<Vec<_>>>()?
         };
         let tokens: usize = fwd.iter().map(|(s, _)| s.tokens).sum();

@@ -31,7 +31,7 @@ pub mod pyramid;
 mod recurrent;
 pub mod team;
 
-pub use attention::{AdditiveAttention, AttentionCache, Location};
+pub use attention::{AdditiveAttention, AttentionCache, Location, PreparedAttention};
 pub use checkpoint::Storage;
 pub use ctc::{ctc_greedy, ctc_loss, ctc_score, Ctc};
 pub use dropout::Dropout;

@@ -519,8 +519,11 @@ fn lstm_cell_unrolled_over_three_steps() {
     );
 }
 
-/// Keys once, two decoder steps, loss on both contexts.
+/// Keys once, two decoder steps, loss on both contexts; with `packed`, the query
+/// products run on weights packed by `prepare` (from `att` as it is, so finite
+/// differences see their perturbations too).
 fn attend(
+    packed: bool,
     att: &lasr_nn::AdditiveAttention,
     h: &Array3<f32>,
     ss: &[Array2<f32>],
@@ -533,6 +536,7 @@ fn attend(
     Vec<Array2<f32>>,
 ) {
     let keys = att.keys(h.view()).unwrap();
+    let prepared = packed.then(|| att.prepare());
     let mut loss = 0.0;
     let mut caches = Vec::new();
     // Location-aware attention reads the previous step's weights.
@@ -540,6 +544,7 @@ fn attend(
     for (s, r) in ss.iter().zip(rs) {
         let (ctx, cache) = att
             .step(
+                prepared.as_ref(),
                 h.view(),
                 keys.view(),
                 s.view(),
@@ -567,6 +572,7 @@ fn attend(
     for (cache, r) in caches.iter().zip(rs).rev() {
         let (ds, dprev) = att
             .step_backward(
+                prepared.as_ref(),
                 cache,
                 h.view(),
                 r.view(),
@@ -588,17 +594,25 @@ fn attend(
 
 #[test]
 fn additive_attention() {
-    attention_case(lasr_nn::AdditiveAttention::new(6, 5, 4, &mut rng(120)), 2);
+    for packed in [false, true] {
+        attention_case(
+            packed,
+            lasr_nn::AdditiveAttention::new(6, 5, 4, &mut rng(120)),
+            2,
+        );
+    }
 }
 
 #[test]
 fn location_aware_attention_over_three_steps() {
     // Width 5 > the shortest sequence (4 positions): filters hang over both ends.
     let att = lasr_nn::AdditiveAttention::new_location(6, 5, 4, 3, 5, &mut rng(140));
-    attention_case(att, 3);
+    for packed in [false, true] {
+        attention_case(packed, att.clone(), 3);
+    }
 }
 
-fn attention_case(att: lasr_nn::AdditiveAttention, steps: u64) {
+fn attention_case(packed: bool, att: lasr_nn::AdditiveAttention, steps: u64) {
     let h = random3((7, 2, 6), 121);
     let ss: Vec<Array2<f32>> = (0..steps)
         .map(|i| lasr_nn::init::uniform((2, 5), 1.0, &mut rng(122 + i)))
@@ -607,8 +621,8 @@ fn attention_case(att: lasr_nn::AdditiveAttention, steps: u64) {
         .map(|i| lasr_nn::init::uniform((2, 6), 1.0, &mut rng(130 + i)))
         .collect();
     let lengths = [7usize, 4];
-    let (_, grads, dh, dss) = attend(&att, &h, &ss, &rs, &lengths);
-    let loss = |m: &lasr_nn::AdditiveAttention| attend(m, &h, &ss, &rs, &lengths).0;
+    let (_, grads, dh, dss) = attend(packed, &att, &h, &ss, &rs, &lengths);
+    let loss = |m: &lasr_nn::AdditiveAttention| attend(packed, m, &h, &ss, &rs, &lengths).0;
     let reports = check_params(&att, &grads, &loss, EPS, 40, FLOOR);
     let names: Vec<&str> = reports.iter().map(|r| r.tensor.as_str()).collect();
     let mut expected = vec!["att_h.weight", "att_h.bias", "att_s.weight", "att_v.weight"];
@@ -619,6 +633,7 @@ fn attention_case(att: lasr_nn::AdditiveAttention, steps: u64) {
     assert_close(&reports, "attention");
     let loss_h = |hh: &ArrayD<f32>| {
         attend(
+            packed,
             &att,
             &hh.clone().into_dimensionality::<Ix3>().unwrap(),
             &ss,
@@ -643,7 +658,7 @@ fn attention_case(att: lasr_nn::AdditiveAttention, steps: u64) {
     let loss_s = |s0: &ArrayD<f32>| {
         let mut s2 = ss.clone();
         s2[0] = s0.clone().into_dimensionality::<Ix2>().unwrap();
-        attend(&att, &h, &s2, &rs, &lengths).0
+        attend(packed, &att, &h, &s2, &rs, &lengths).0
     };
     assert_close(
         &[check_input(

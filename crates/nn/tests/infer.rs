@@ -191,7 +191,14 @@ fn attention_infer_step_equals_the_training_step_to_the_bit() {
         let kb = keys.view().insert_axis(Axis(1));
         let kb = kb.broadcast((units, n, a)).unwrap();
         let (ctx, cache) = att
-            .step(hb, kb, state.view(), None, prev.as_ref().map(|p| p.view()))
+            .step(
+                None,
+                hb,
+                kb,
+                state.view(),
+                None,
+                prev.as_ref().map(|p| p.view()),
+            )
             .unwrap();
         let (ctx2, alpha2) = att
             .infer_step(
