@@ -13,7 +13,7 @@ use crate::activation as act;
 use crate::error::{check_shape, Error, Result};
 use crate::gru::{check_prepared, pack_pair, step_product, transpose_as};
 use crate::linalg::{matmul, transpose};
-use crate::packed::{PackedMatrix, PackedRecurrent, WeightFormat};
+use crate::packed::{PackedMatrix, PackedRecurrent, Recurrence, WeightFormat};
 use crate::recurrent::{cell_module, order, recurrent_module};
 use crate::team::TeamMember;
 
@@ -95,7 +95,7 @@ impl Lstm {
         // on a contiguous right-hand side than on a transposed view, which it would
         // repack on every step. The input projection of all steps is one large product
         // that packs its right-hand side anyway, so it takes `W_ih^T` as a view.
-        let w_hh_t = transpose(self.weight_hh.view());
+        let w_hh = Recurrence::new(self.weight_hh.view());
         // Input projections of every step in one product, both biases folded in.
         let mut gates = Array3::zeros((steps, batch, 4 * hd));
         {
@@ -120,12 +120,7 @@ impl Lstm {
         let mut c_prev = Array2::<f32>::zeros((batch, hd));
         for (t, prev) in order(self.reverse, steps) {
             if let Some(p) = prev {
-                matmul(
-                    gates.slice_mut(s![t, .., ..]),
-                    h.slice(s![p, .., ..]),
-                    w_hh_t.view(),
-                    true,
-                );
+                w_hh.acc(gates.slice_mut(s![t, .., ..]), h.slice(s![p, .., ..]));
             }
             for b in 0..batch {
                 if !live.as_ref().is_none_or(|l| l[(t, b)]) {
@@ -230,6 +225,7 @@ impl Lstm {
         let mut dh_carry = Array2::<f32>::zeros((batch, hd));
         let mut dc_carry = Array2::<f32>::zeros((batch, hd));
         let order = order(self.reverse, steps);
+        let w_hh_t = Recurrence::new(self.weight_hh.t());
         for &(t, prev) in order.iter().rev() {
             for b in 0..batch {
                 let mut dhc = dh_carry.row_mut(b);
@@ -259,12 +255,8 @@ impl Lstm {
                 );
             }
             if prev.is_some() {
-                matmul(
-                    dh_carry.view_mut(),
-                    dgates.slice(s![t, .., ..]),
-                    self.weight_hh.view(),
-                    false,
-                );
+                dh_carry.fill(0.0);
+                w_hh_t.acc(dh_carry.view_mut(), dgates.slice(s![t, .., ..]));
             }
         }
         // Parameter gradients over all steps at once.

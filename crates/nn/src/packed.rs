@@ -433,6 +433,50 @@ impl PackedMatrix {
     }
 }
 
+/// A recurrent layer's weights `W` `[N, K]` for the per-step products `y += W x`
+/// (`x` `[B, K]`, `y` `[B, N]`, a few rows each). On AVX-512 CPUs they are packed
+/// once per sequence for [`PackedMatrix::gemm_acc`]: the weights stay in L2 and each
+/// is read once per four rows, where gemm repacked its operands at every step (about
+/// 3% of the reference training step went to that packing). Elsewhere gemm runs on a
+/// row-major copy of `W^T`, 3-4x faster than on a transposed view, which it would
+/// repack at every step. The LSTM layer uses it; the GRU's forward was no faster
+/// with it (BENCHMARKS.md, "Training step").
+pub(crate) enum Recurrence {
+    Packed(PackedMatrix),
+    Gemm(Array2<f32>),
+}
+
+impl Recurrence {
+    pub(crate) fn new(w: ArrayView2<f32>) -> Recurrence {
+        if avx512_rows() {
+            Recurrence::Packed(PackedMatrix::new(w, WeightFormat::F32))
+        } else {
+            Recurrence::Gemm(crate::linalg::transpose(w))
+        }
+    }
+
+    /// `y += W x`.
+    pub(crate) fn acc(&self, y: ArrayViewMut2<f32>, x: ArrayView2<f32>) {
+        match self {
+            Recurrence::Packed(w) => w.gemm_acc(y, x),
+            Recurrence::Gemm(w_t) => crate::linalg::matmul(y, x, w_t.view(), true),
+        }
+    }
+}
+
+/// Whether [`PackedMatrix::gemm_acc`]'s f32 rows run on the AVX-512 kernel (elsewhere
+/// they run one by one, slower than gemm for several rows).
+fn avx512_rows() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::simd::avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Borrowed int8 data of a [`PackedMatrix`] `[n, k]`.
 struct Int8Weights<'a> {
     q: &'a [i8],
