@@ -18,12 +18,12 @@
 //! speech otherwise may never find. Everything
 //! is time-major. Parameter names match the reference's `state_dict()`.
 
+use std::sync::Arc;
+
 use ndarray::{
     concatenate, s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis,
 };
 use rand::Rng;
-
-use std::sync::Arc;
 
 use lasr_nn::module::join;
 use lasr_nn::{
@@ -945,9 +945,9 @@ impl Las {
             .collect();
         // With a pool thread for each part, the parts' spellers run as a team whose
         // products share their weights' stream from L3 (lasr_nn::team); the same bits
-        // either way. Each part prepares its own packs of the same weights. The
-        // listeners run before and after it, one part per thread as before (their
-        // products stay in L2), so that a part done early helps the other.
+        // either way. The listeners run before and after it, one part per thread as
+        // before (their products stay in L2), so that a part done early helps the
+        // other.
         let team = Team::shares_products()
             && parts <= rayon::current_num_threads().min(Team::MAX_MEMBERS)
             && self.config.trains_speller();

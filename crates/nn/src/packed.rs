@@ -887,6 +887,15 @@ pub(crate) struct Rows {
     pub rows: usize,
 }
 
+impl Rows {
+    /// No rows (a place holder in fixed arrays).
+    pub const NONE: Rows = Rows {
+        x: std::ptr::null(),
+        y: std::ptr::null_mut(),
+        rows: 0,
+    };
+}
+
 /// `y[m] += W x[m]` over the outputs of panels `panels` only, for every row of each
 /// of `sets`, f32 panels: four rows at a time, each half panel (64 outputs) walked once
 /// for them, 16 accumulators, so each weight streamed in is used four times. Half

@@ -36,10 +36,29 @@ struct Job {
     rows: Rows,
 }
 
-/// What a member posts for the round under way: up to [`MAX_JOBS`] products.
-#[derive(Debug, Default)]
+impl Job {
+    /// A place holder in a slot's fixed array, never read.
+    const NONE: Job = Job {
+        w: std::ptr::null(),
+        rows: Rows::NONE,
+    };
+}
+
+/// What a member posts for the round under way: its first `len` jobs (fixed arrays,
+/// so that rounds allocate nothing).
+#[derive(Debug)]
 struct Slot {
-    jobs: Vec<Job>,
+    jobs: [Job; MAX_JOBS],
+    len: usize,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            jobs: [Job::NONE; MAX_JOBS],
+            len: 0,
+        }
+    }
 }
 
 /// Products per round: an LSTM cell's two (input and recurrent weights).
@@ -258,6 +277,10 @@ impl TeamMember<'_> {
     /// When a matrix is not stored in f32, shapes disagree, or `terms` has more than
     /// two terms (bugs in lasr: layers check user-facing shapes first).
     pub fn gemm_acc(&self, mut y: ArrayViewMut2<f32>, terms: &[(&PackedMatrix, ArrayView2<f32>)]) {
+        assert!(
+            terms.len() <= MAX_JOBS,
+            "at most {MAX_JOBS} products per round"
+        );
         for (w, x) in terms {
             check(w, x.dim(), y.dim());
         }
@@ -265,13 +288,13 @@ impl TeamMember<'_> {
         let y = y.as_slice_mut().expect("products write row-major outputs");
         // Every term adds into `y`, so the jobs share its pointer.
         let yp = y.as_mut_ptr();
-        let xs: Vec<_> = terms.iter().map(|(_, x)| x.as_standard_layout()).collect();
-        let jobs: Vec<_> = terms
-            .iter()
-            .zip(&xs)
-            .map(|((w, _), x)| job(w, x.as_slice().expect("standard layout"), yp, rows))
-            .collect();
-        self.round(&jobs);
+        let xs: [_; MAX_JOBS] =
+            std::array::from_fn(|i| terms.get(i).map(|(_, x)| x.as_standard_layout()));
+        let jobs: [Job; MAX_JOBS] = std::array::from_fn(|i| match (terms.get(i), &xs[i]) {
+            (Some((w, _)), Some(x)) => job(w, x.as_slice().expect("standard layout"), yp, rows),
+            _ => Job::NONE,
+        });
+        self.round(&jobs[..terms.len()]);
     }
 
     /// `y_i += W_i x` for `outs` `(W_i [N_i, K], y_i [M, N_i])` and `x` `[M, K]`,
@@ -281,29 +304,30 @@ impl TeamMember<'_> {
         outs: &mut [(&PackedMatrix, ArrayViewMut2<f32>)],
         x: ArrayView2<f32>,
     ) {
+        assert!(
+            outs.len() <= MAX_JOBS,
+            "at most {MAX_JOBS} products per round"
+        );
         for (w, y) in outs.iter() {
             check(w, x.dim(), y.dim());
         }
         let x = x.as_standard_layout();
         let x = x.as_slice().expect("standard layout");
-        let jobs: Vec<_> = outs
-            .iter_mut()
-            .map(|(w, y)| {
-                let rows = y.nrows();
-                let y = y.as_slice_mut().expect("row-major outputs");
-                job(w, x, y.as_mut_ptr(), rows)
-            })
-            .collect();
-        self.round(&jobs);
+        let mut jobs = [Job::NONE; MAX_JOBS];
+        for (j, (w, y)) in jobs.iter_mut().zip(outs.iter_mut()) {
+            let rows = y.nrows();
+            let y = y.as_slice_mut().expect("row-major outputs");
+            *j = job(w, x, y.as_mut_ptr(), rows);
+        }
+        self.round(&jobs[..outs.len()]);
     }
 
     /// Posts `jobs`, waits for the team, computes this member's share of every
     /// member's products, and waits until all shares are written.
     fn round(&self, jobs: &[Job]) {
-        assert!(
-            jobs.len() <= MAX_JOBS,
-            "at most {MAX_JOBS} products per round"
-        );
+        // Checked before posting: a panic after the opening barrier could free rows
+        // the others are writing into.
+        assert!(Team::shares_products(), "team products need AVX-512");
         if self.left.get() {
             for j in jobs {
                 // SAFETY: the job was made from live views by the caller, just now.
@@ -319,23 +343,22 @@ impl TeamMember<'_> {
         // is not in one.
         unsafe {
             let slot = &mut *team.slots[self.index].0.get();
-            slot.jobs.clear();
-            slot.jobs.extend_from_slice(jobs);
+            slot.jobs[..jobs.len()].copy_from_slice(jobs);
+            slot.len = jobs.len();
         }
         let round = team.arrive();
         let count = round.count_ones() as usize;
         let rank = (round & ((1 << self.index) - 1)).count_ones() as usize;
         // SAFETY: between the barriers every slot of the round is complete and
         // unchanging; a member that left is not in `round`.
-        let slots: Vec<&Slot> = (0..team.members)
+        let slots = (0..team.members)
             .filter(|m| round & (1 << m) != 0)
-            .map(|m| unsafe { &*team.slots[m].0.get() })
-            .collect();
+            .map(|m| unsafe { &*team.slots[m].0.get() });
         // Checked before anyone writes: a member that panicked between the barriers
         // would free rows the others are writing into. Every member sees the same
         // slots, so all of them pass the closing barrier and then panic together.
-        let agree = slots.iter().all(|slot| {
-            slot.jobs.len() == jobs.len()
+        let agree = slots.clone().all(|slot| {
+            slot.len == jobs.len()
                 && slot.jobs.iter().zip(jobs).all(|(theirs, mine)| {
                     // SAFETY: posted by members waiting for this round to end, which
                     // keeps their matrices alive.
@@ -347,6 +370,7 @@ impl TeamMember<'_> {
             team.arrive();
             panic!("team members posted different products (counts, shapes or formats)");
         }
+        let mut sets = [Rows::NONE; Team::MAX_MEMBERS];
         for (j, job) in jobs.iter().enumerate() {
             // SAFETY: the pointer was posted by this member; its matrix is the
             // caller's, alive for the call. Every member applies its own matrices to
@@ -355,12 +379,14 @@ impl TeamMember<'_> {
             let w = unsafe { &*job.w };
             let panels = w.panels();
             let mine = rank * panels / count..(rank + 1) * panels / count;
-            let sets: Vec<Rows> = slots.iter().map(|s| s.jobs[j].rows).collect();
+            for (set, slot) in sets.iter_mut().zip(slots.clone()) {
+                *set = slot.jobs[j].rows;
+            }
             // SAFETY: each set's rows were posted with their shapes checked against
             // this matrix; this member alone writes the outputs of panels `mine`
             // during the round (the others take theirs), and their owners wait at
             // the closing barrier.
-            unsafe { products(w, mine, &sets) };
+            unsafe { products(w, mine, &sets[..count]) };
         }
         team.arrive();
     }
