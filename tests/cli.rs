@@ -271,7 +271,7 @@ fn spec_augment_flag_masks_reproducibly() {
 /// and checks that `lasr transcribe` spells them: audio -> features -> listener ->
 /// beam search -> text, end to end.
 /// Trains the tiny model of these tests in `dir`: two 0.6 s tones ("low.wav" says
-/// "hi", "high.wav" says "yo"), a 2,000-parameter LAS with a CTC head, 400 Adam steps.
+/// "hi", "high.wav" says "yo"), a 2,000-parameter LAS with a CTC head, 500 Adam steps.
 /// Returns (model, low, high).
 fn make_tiny(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use lasr_decode::Vocab;

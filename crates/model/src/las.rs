@@ -442,7 +442,8 @@ impl Speller {
     }
 
     /// Backpropagation through the decoder: `dlogits` `[L, B, V]` -> `dL/dh`
-    /// `[U, B, D]`, parameter gradients added into `grads`.
+    /// `[U, B, D]`, parameter gradients added into `grads`. `cache` must come from
+    /// [`Speller::forward`] on these very weights (it holds them as packed then).
     pub fn backward(
         &self,
         cache: &SpellerCache,
@@ -871,6 +872,8 @@ impl Las {
     }
 
     /// Adds the gradient of the mean loss into `grads`; returns `dL/dfeats` `[T, B, F]`.
+    /// `cache` must come from [`Las::forward`] on these very weights: it holds the
+    /// speller's weights as packed then, which backward's per-step products read.
     pub fn backward(&self, cache: &LasCache, grads: &mut Las) -> Result<Array3<f32>> {
         self.backward_in(None, cache, grads)
     }

@@ -26,7 +26,7 @@ use crate::error::{check_shape, Error, Result};
 use crate::linalg::matmul;
 use crate::linear::Linear;
 use crate::module::{join, Module};
-use crate::packed::{PackedMatrix, WeightFormat};
+use crate::packed::Recurrence;
 
 /// Parameters `att_h` (`[A, D]` + bias), `att_s` (`[A, S]`), `att_v` (`[1, A]`),
 /// named as the PyTorch reference names them; with location awareness also
@@ -53,10 +53,13 @@ pub struct Location {
 /// the whole weight (0.5 MB at the reference size) at every step: about 2% of the
 /// reference training step. Build it once per batch with
 /// [`AdditiveAttention::prepare`] (weights must not change while it is in use).
+///
+/// On CPUs without AVX-512 the packs are gemm on transposed copies (see
+/// `packed::Recurrence`).
 #[derive(Debug, Clone)]
 pub struct PreparedAttention {
-    query: PackedMatrix,
-    query_t: PackedMatrix,
+    query: Recurrence,
+    query_t: Recurrence,
 }
 
 /// What [`AdditiveAttention::step_backward`] needs from one step.
@@ -168,10 +171,11 @@ impl AdditiveAttention {
 
     /// `att_s`'s weight packed for [`AdditiveAttention::step`] and
     /// [`AdditiveAttention::step_backward`].
+    /// A decoder step has a few rows (a batch part's utterances, or a beam's).
     pub fn prepare(&self) -> PreparedAttention {
         PreparedAttention {
-            query: PackedMatrix::new(self.att_s.weight.view(), WeightFormat::F32),
-            query_t: PackedMatrix::new(self.att_s.weight.t(), WeightFormat::F32),
+            query: Recurrence::new(self.att_s.weight.view(), 1),
+            query_t: Recurrence::new(self.att_s.weight.t(), 1),
         }
     }
 
@@ -226,11 +230,12 @@ impl AdditiveAttention {
         let prev = self
             .previous_weights(prev, batch, units)?
             .map(|p| p.to_owned());
-        let q = match prepared {
+        // The packs leave out a bias, which `att_s` never has (`new` makes it without).
+        let q = match prepared.filter(|_| self.att_s.bias.is_none()) {
             Some(p) => {
                 self.check_prepared(p)?;
                 let mut q = Array2::zeros((batch, a));
-                p.query.gemm_acc(q.view_mut(), s);
+                p.query.acc(q.view_mut(), s);
                 q
             }
             None => self.att_s.forward(s)?,
@@ -581,12 +586,12 @@ impl AdditiveAttention {
         };
         let mut gv = grads.att_v.weight.row_mut(0);
         gv.iter_mut().zip(&dv).for_each(|(g, &d)| *g += d);
-        let ds = match prepared {
+        let ds = match prepared.filter(|_| self.att_s.bias.is_none()) {
             Some(p) => {
                 self.check_prepared(p)?;
                 matmul(grads.att_s.weight.view_mut(), dq.t(), cache.s.view(), true);
                 let mut ds = Array2::zeros(cache.s.raw_dim());
-                p.query_t.gemm_acc(ds.view_mut(), dq.view());
+                p.query_t.acc(ds.view_mut(), dq.view());
                 ds
             }
             None => self

@@ -8,7 +8,7 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 /// Products at least this large (m * n * k) are split across the rayon pool; smaller
 /// ones lose more to synchronisation than they gain. The per-step recurrent products
 /// (8 x 256 x 1024 = 2^21) must stay below: splitting them made the listener slower.
-const PARALLEL_WORK: usize = 1 << 24;
+pub(crate) const PARALLEL_WORK: usize = 1 << 24;
 
 thread_local! {
     /// Set by [`serial`]: this thread's products stay on it.

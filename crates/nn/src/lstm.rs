@@ -91,11 +91,10 @@ impl Lstm {
         let (steps, batch, input) = x.dim();
         let hd = self.hidden();
         let x = x.as_standard_layout().into_owned();
-        // A row-major copy of `W_hh^T` for the per-step products: gemm runs 3-4x faster
-        // on a contiguous right-hand side than on a transposed view, which it would
-        // repack on every step. The input projection of all steps is one large product
-        // that packs its right-hand side anyway, so it takes `W_ih^T` as a view.
-        let w_hh = Recurrence::new(self.weight_hh.view());
+        // `W_hh` prepared for the per-step products (`Recurrence`). The input
+        // projection of all steps is one large product that packs its right-hand side
+        // anyway, so it takes `W_ih^T` as a view.
+        let w_hh = Recurrence::new(self.weight_hh.view(), batch);
         // Input projections of every step in one product, both biases folded in.
         let mut gates = Array3::zeros((steps, batch, 4 * hd));
         {
@@ -225,7 +224,7 @@ impl Lstm {
         let mut dh_carry = Array2::<f32>::zeros((batch, hd));
         let mut dc_carry = Array2::<f32>::zeros((batch, hd));
         let order = order(self.reverse, steps);
-        let w_hh_t = Recurrence::new(self.weight_hh.t());
+        let w_hh_t = Recurrence::new(self.weight_hh.t(), batch);
         for &(t, prev) in order.iter().rev() {
             for b in 0..batch {
                 let mut dhc = dh_carry.row_mut(b);
@@ -506,19 +505,6 @@ pub struct LstmCellCache {
 
 cell_module!(LstmCell, 4);
 
-/// Whether [`LstmCell::prepare`] packs for training: the packed multi-row products
-/// beat gemm only with their AVX-512 kernel.
-fn avx512_packs() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::simd::avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 impl LstmCell {
     /// Transposed weights and summed bias for [`LstmCell::forward`] and batched
     /// [`LstmCell::step`]s; on AVX-512 CPUs also the weights and their transposes
@@ -531,7 +517,7 @@ impl LstmCell {
     /// alone, 2-3% of the whole reference training step, where both cores stream at
     /// once (BENCHMARKS.md). It also gives each row the bits it would get alone.
     pub fn prepare(&self) -> PreparedLstmCell {
-        let train = avx512_packs().then(|| {
+        let train = crate::packed::avx512_rows().then(|| {
             Box::new(TrainPacks {
                 forward: pack_pair(&self.weight_ih, &self.weight_hh, WeightFormat::F32),
                 backward: [

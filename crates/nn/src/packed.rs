@@ -357,9 +357,10 @@ impl PackedMatrix {
     /// input projections over all frames, a beam's rows, or a training batch's rows
     /// at one decoder step). Each row's result is what [`PackedMatrix::gemv_acc`] gives
     /// it alone, bit for bit. In int8 the rows share each weight read six at a time;
-    /// in f32 on AVX-512 four at a time (the speller's training steps, whose weights
-    /// stream from L3: 15-25% faster there than gemm on a transposed copy on one
-    /// core); otherwise the rows run one by one.
+    /// in f32 on AVX-512 four at a time (training's per-step products: the speller's,
+    /// whose weights stream from L3, 15-25% faster than gemm on a transposed copy on
+    /// one core when measured with row blocks as the outer loop, and the recurrent
+    /// layers', see [`Recurrence`]); otherwise the rows run one by one.
     ///
     /// # Panics
     /// When the shapes disagree (a bug in lasr: layers check user-facing shapes first).
@@ -439,19 +440,34 @@ impl PackedMatrix {
 /// is read once per four rows, where gemm repacked its operands at every step (about
 /// 3% of the reference training step went to that packing). Elsewhere gemm runs on a
 /// row-major copy of `W^T`, 3-4x faster than on a transposed view, which it would
-/// repack at every step. The LSTM layer uses it; the GRU's forward was no faster
-/// with it (BENCHMARKS.md, "Training step").
+/// repack at every step. The LSTM layer and the attention's query use it; the GRU's
+/// forward was no faster with it (BENCHMARKS.md, "Training step").
+#[derive(Debug, Clone)]
 pub(crate) enum Recurrence {
     Packed(PackedMatrix),
     Gemm(Array2<f32>),
 }
 
 impl Recurrence {
-    pub(crate) fn new(w: ArrayView2<f32>) -> Recurrence {
-        if avx512_rows() {
+    /// `w` for products of `rows` rows. Products as large as those [`matmul`] spreads
+    /// over threads (`rows` 64 and up at the reference sizes) keep gemm: the packed
+    /// walk runs on one thread.
+    ///
+    /// [`matmul`]: crate::linalg::matmul
+    pub(crate) fn new(w: ArrayView2<f32>, rows: usize) -> Recurrence {
+        let (n, k) = w.dim();
+        if avx512_rows() && rows * n * k < crate::linalg::PARALLEL_WORK {
             Recurrence::Packed(PackedMatrix::new(w, WeightFormat::F32))
         } else {
             Recurrence::Gemm(crate::linalg::transpose(w))
+        }
+    }
+
+    /// `(N, K)` of `W`.
+    pub(crate) fn dim(&self) -> (usize, usize) {
+        match self {
+            Recurrence::Packed(w) => w.dim(),
+            Recurrence::Gemm(w_t) => (w_t.ncols(), w_t.nrows()),
         }
     }
 
@@ -466,7 +482,7 @@ impl Recurrence {
 
 /// Whether [`PackedMatrix::gemm_acc`]'s f32 rows run on the AVX-512 kernel (elsewhere
 /// they run one by one, slower than gemm for several rows).
-fn avx512_rows() -> bool {
+pub(crate) fn avx512_rows() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         crate::simd::avx512()
@@ -1052,6 +1068,36 @@ mod tests {
             }
         } else {
             go!(portable)
+        }
+    }
+
+    /// Both forms of [`Recurrence`] (whichever this CPU would pick) compute `y += W x`,
+    /// for a weight and for a transposed view of one.
+    #[test]
+    fn recurrences_packed_or_by_gemm_are_the_product() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let w = crate::init::uniform((300, 70), 1.0, &mut rng);
+        for view in [w.view(), w.t()] {
+            let (n, k) = view.dim();
+            let x = crate::init::uniform((5, k), 1.0, &mut rng);
+            let y0 = crate::init::uniform((5, n), 1.0, &mut rng);
+            let mut want = y0.clone();
+            crate::linalg::matmul(want.view_mut(), x.view(), view.t(), true);
+            let mut forms = vec![Recurrence::Gemm(crate::linalg::transpose(view))];
+            if avx512_rows() {
+                forms.push(Recurrence::Packed(PackedMatrix::new(
+                    view,
+                    WeightFormat::F32,
+                )));
+            }
+            for r in &forms {
+                assert_eq!(r.dim(), (n, k));
+                let mut y = y0.clone();
+                r.acc(y.view_mut(), x.view());
+                let err = (&y - &want).iter().fold(0f32, |m, d| m.max(d.abs()));
+                assert!(err < 1e-4, "{r:?}: {err}");
+            }
         }
     }
 

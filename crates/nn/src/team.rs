@@ -16,7 +16,8 @@
 //! the columns without it; a member that is dropped leaves too, so an error or a panic
 //! in one part outside a product never leaves the others waiting. Inside a product
 //! nothing can fail once rows are shared: members that disagree about the product
-//! find out before anyone writes, pass the closing barrier together and then panic.
+//! (another matrix, another count) find out before anyone writes, pass the closing
+//! barrier together and then panic.
 //!
 //! The members must run at the same time on different threads (they wait for each
 //! other by spinning): [`Team::run`] starts them on scoped threads.
@@ -267,11 +268,9 @@ impl TeamMember<'_> {
     /// x_i [M, K_i])`, `y` `[M, N]`, sharing the weights' stream with the team: the
     /// same bits as [`PackedMatrix::gemm_acc`] term by term.
     ///
-    /// Every member still in the team must make the same sequence of calls, with
-    /// matrices of the same shapes, format (f32) and weights: each member applies its
-    /// own matrices to everyone's rows (its own rows: any number, 0 included). Counts,
-    /// shapes and formats are checked, and all members panic on a mismatch; the
-    /// weights themselves are the caller's promise.
+    /// Every member still in the team must make the same sequence of calls, with the
+    /// same matrices (the same objects, stored in f32; its own rows: any number, 0
+    /// included). That is checked: all members panic on a mismatch.
     ///
     /// # Panics
     /// When a matrix is not stored in f32, shapes disagree, or `terms` has more than
@@ -360,22 +359,20 @@ impl TeamMember<'_> {
         let agree = slots.clone().all(|slot| {
             slot.len == jobs.len()
                 && slot.jobs.iter().zip(jobs).all(|(theirs, mine)| {
-                    // SAFETY: posted by members waiting for this round to end, which
-                    // keeps their matrices alive.
-                    let (a, b) = unsafe { (&*theirs.w, &*mine.w) };
-                    a.dim() == b.dim() && a.f32_data().is_some() && b.f32_data().is_some()
+                    // SAFETY: posted by this member, whose caller keeps it alive.
+                    let w = unsafe { &*mine.w };
+                    std::ptr::eq(theirs.w, mine.w) && w.f32_data().is_some()
                 })
         });
         if !agree {
             team.arrive();
-            panic!("team members posted different products (counts, shapes or formats)");
+            panic!("team members posted different products (counts, matrices or formats)");
         }
         let mut sets = [Rows::NONE; Team::MAX_MEMBERS];
         for (j, job) in jobs.iter().enumerate() {
             // SAFETY: the pointer was posted by this member; its matrix is the
-            // caller's, alive for the call. Every member applies its own matrices to
-            // everyone's rows, so they must hold the same weights (shapes and format
-            // are checked above).
+            // caller's, alive for the call, and every member posted the same one
+            // (checked above).
             let w = unsafe { &*job.w };
             let panels = w.panels();
             let mine = rank * panels / count..(rank + 1) * panels / count;

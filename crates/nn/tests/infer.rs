@@ -210,6 +210,21 @@ fn attention_infer_step_equals_the_training_step_to_the_bit() {
             .unwrap();
         assert_eq!(ctx, ctx2);
         assert_eq!(cache.alpha(), alpha2.view());
+        // Training steps with the query weights prepared (packed on AVX-512 CPUs):
+        // the same up to the rounding of the query products' other order.
+        let prepared = att.prepare();
+        let (ctx3, _) = att
+            .step(
+                Some(&prepared),
+                hb,
+                kb,
+                state.view(),
+                None,
+                prev.as_ref().map(|p| p.view()),
+            )
+            .unwrap();
+        let diff = (&ctx3 - &ctx).iter().fold(0f32, |m, d| m.max(d.abs()));
+        assert!(diff < 1e-5, "prepared query: {diff}");
         // Not trivially equal: the rows attend differently.
         assert_ne!(alpha2.row(0), alpha2.row(1));
     }
