@@ -875,17 +875,7 @@ impl Las {
     /// `cache` must come from [`Las::forward`] on these very weights: it holds the
     /// speller's weights as packed then, which backward's per-step products read.
     pub fn backward(&self, cache: &LasCache, grads: &mut Las) -> Result<Array3<f32>> {
-        self.backward_in(None, cache, grads)
-    }
-
-    /// [`Las::backward`] as a member of `team`, if given (see [`Las::forward_in`]).
-    fn backward_in(
-        &self,
-        team: Option<&TeamMember>,
-        cache: &LasCache,
-        grads: &mut Las,
-    ) -> Result<Array3<f32>> {
-        let dh = self.unspell(team, cache, grads)?;
+        let dh = self.unspell(None, cache, grads)?;
         self.listener
             .backward(&cache.listener, dh.view(), &mut grads.listener)
     }

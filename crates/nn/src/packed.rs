@@ -360,7 +360,7 @@ impl PackedMatrix {
     /// in f32 on AVX-512 four at a time (training's per-step products: the speller's,
     /// whose weights stream from L3, 15-25% faster than gemm on a transposed copy on
     /// one core when measured with row blocks as the outer loop, and the recurrent
-    /// layers', see [`Recurrence`]); otherwise the rows run one by one.
+    /// layers', see `Recurrence`); otherwise the rows run one by one.
     ///
     /// # Panics
     /// When the shapes disagree (a bug in lasr: layers check user-facing shapes first).

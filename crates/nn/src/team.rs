@@ -245,16 +245,6 @@ fn all(n: usize) -> usize {
 }
 
 impl TeamMember<'_> {
-    /// This member's index in its team.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// Members in the team.
-    pub fn members(&self) -> usize {
-        self.team.members
-    }
-
     /// Leaves the team: the others stop waiting for this member, and its later
     /// products (if any) run alone. A member whose part has no more products should
     /// leave at once rather than when it is dropped.

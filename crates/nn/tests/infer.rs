@@ -190,16 +190,21 @@ fn attention_infer_step_equals_the_training_step_to_the_bit() {
         let hb = hb.broadcast((units, n, d)).unwrap();
         let kb = keys.view().insert_axis(Axis(1));
         let kb = kb.broadcast((units, n, a)).unwrap();
-        let (ctx, cache) = att
-            .step(
-                None,
+        // Training steps without and with the query weights prepared (packed on
+        // AVX-512 CPUs).
+        let prepared = att.prepare();
+        let step = |p| {
+            att.step(
+                p,
                 hb,
                 kb,
                 state.view(),
                 None,
                 prev.as_ref().map(|p| p.view()),
             )
-            .unwrap();
+            .unwrap()
+        };
+        let (ctx, cache) = step(None);
         let (ctx2, alpha2) = att
             .infer_step(
                 h.view(),
@@ -210,19 +215,8 @@ fn attention_infer_step_equals_the_training_step_to_the_bit() {
             .unwrap();
         assert_eq!(ctx, ctx2);
         assert_eq!(cache.alpha(), alpha2.view());
-        // Training steps with the query weights prepared (packed on AVX-512 CPUs):
-        // the same up to the rounding of the query products' other order.
-        let prepared = att.prepare();
-        let (ctx3, _) = att
-            .step(
-                Some(&prepared),
-                hb,
-                kb,
-                state.view(),
-                None,
-                prev.as_ref().map(|p| p.view()),
-            )
-            .unwrap();
+        // Prepared: the same up to the rounding of the query products' other order.
+        let (ctx3, _) = step(Some(&prepared));
         let diff = (&ctx3 - &ctx).iter().fold(0f32, |m, d| m.max(d.abs()));
         assert!(diff < 1e-5, "prepared query: {diff}");
         // Not trivially equal: the rows attend differently.
