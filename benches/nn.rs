@@ -69,11 +69,45 @@ fn run<R: Recurrent>(c: &mut Criterion, name: &str, model: &Listener<R>) {
     let mut group = c.benchmark_group(name);
     group.sample_size(10);
     group.bench_function("forward", |b| b.iter(|| model.forward(&x).0));
+    // The same batch as two halves of 4 on the pool's threads, as lasr's training
+    // step runs its listeners: each thread runs both directions of its half.
+    let halves: Vec<Array3<f32>> = (0..2)
+        .map(|i| {
+            x.slice(ndarray::s![.., i * BATCH / 2..(i + 1) * BATCH / 2, ..])
+                .to_owned()
+        })
+        .collect();
+    group.bench_function("forward_2_halves", |b| {
+        b.iter(|| {
+            use rayon::prelude::*;
+            halves
+                .par_iter()
+                .map(|h| model.forward(h).0)
+                .collect::<Vec<_>>()
+        })
+    });
     let (y, caches) = model.forward(&x);
     let dy = Array3::from_elem(y.dim(), 1e-3f32);
     let mut grads: Vec<_> = model.layers.iter().map(|l| l.zeros_like()).collect();
     group.bench_function("backward", |b| {
         b.iter(|| model.backward(&caches, &dy, &mut grads))
+    });
+    let mut parts: Vec<_> = halves
+        .iter()
+        .map(|h| {
+            let (y, caches) = model.forward(h);
+            let dy = Array3::from_elem(y.dim(), 1e-3f32);
+            let grads: Vec<_> = model.layers.iter().map(|l| l.zeros_like()).collect();
+            (caches, dy, grads)
+        })
+        .collect();
+    group.bench_function("backward_2_halves", |b| {
+        b.iter(|| {
+            use rayon::prelude::*;
+            parts
+                .par_iter_mut()
+                .for_each(|(caches, dy, grads)| model.backward(caches, dy, grads))
+        })
     });
     group.finish();
 }

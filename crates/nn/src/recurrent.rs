@@ -285,7 +285,7 @@ pub(crate) use cell_module;
 /// at run time (the model's `cell` config) can be written once.
 pub trait Recurrent: Module + Clone + std::fmt::Debug + Send + Sync {
     /// What [`Recurrent::backward`] needs from [`Recurrent::forward`].
-    type Cache: Clone + std::fmt::Debug + Send;
+    type Cache: Clone + std::fmt::Debug + Send + Sync;
 
     /// PyTorch's module name (`LSTM`, `GRU`, `RNN`), for error messages.
     const KIND: &'static str;
@@ -480,16 +480,27 @@ impl<R: Recurrent> Bidirectional<R> {
             dy.shape(),
             &[None, None, Some(2 * hd)],
         )?;
-        let mut dx = self.forward.backward(
-            &cache.forward,
-            dy.slice(s![.., .., ..hd]),
-            &mut grads.forward,
-        )?;
-        dx += &self.backward.backward(
-            &cache.backward,
-            dy.slice(s![.., .., hd..]),
-            &mut grads.backward,
-        )?;
+        // The directions on separate threads, as in `forward`: each one's per-step
+        // products run on one thread, so one after the other left the second core
+        // idle through every recurrence (BENCHMARKS.md, "Recurrent core").
+        let (f, b) = rayon::join(
+            || {
+                self.forward.backward(
+                    &cache.forward,
+                    dy.slice(s![.., .., ..hd]),
+                    &mut grads.forward,
+                )
+            },
+            || {
+                self.backward.backward(
+                    &cache.backward,
+                    dy.slice(s![.., .., hd..]),
+                    &mut grads.backward,
+                )
+            },
+        );
+        let mut dx = f?;
+        dx += &b?;
         Ok(dx)
     }
 }
