@@ -482,7 +482,7 @@ impl<R: Recurrent> Bidirectional<R> {
         )?;
         // The directions on separate threads, as in `forward`: each one's per-step
         // products run on one thread, so one after the other left the second core
-        // idle through every recurrence (BENCHMARKS.md, "Recurrent core").
+        // idle through every recurrence (BENCHMARKS.md, "Training step").
         let (f, b) = rayon::join(
             || {
                 self.forward.backward(
