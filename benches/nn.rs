@@ -1,7 +1,9 @@
 //! The recurrent core at the reference model's sizes (see ../shared/reference):
 //! the LAS listener, BiLSTM 80 -> 2x256 then three pyramid BiLSTMs 1024 -> 2x256,
 //! on a batch of 8 x 1000 frames; and the same stack of BiGRUs (`listener_gru_8x1000`),
-//! the cell a model config may choose instead (3 gates to the LSTM's 4).
+//! the cell a model config may choose instead (3 gates to the LSTM's 4). Each also as
+//! two halves of 4 on the pool (`forward_2_halves`, `backward_2_halves`), the way the
+//! training step runs its listeners.
 //!
 //!     cargo bench -p lasr-nn --bench nn
 //!
@@ -70,7 +72,8 @@ fn run<R: Recurrent>(c: &mut Criterion, name: &str, model: &Listener<R>) {
     group.sample_size(10);
     group.bench_function("forward", |b| b.iter(|| model.forward(&x).0));
     // The same batch as two halves of 4 on the pool's threads, as lasr's training
-    // step runs its listeners: each thread runs both directions of its half.
+    // step runs its listeners: on 2 threads, mostly one half per thread (a thread
+    // done early may steal the other half's second direction).
     let halves: Vec<Array3<f32>> = (0..2)
         .map(|i| {
             x.slice(ndarray::s![.., i * BATCH / 2..(i + 1) * BATCH / 2, ..])
