@@ -179,8 +179,16 @@ impl AdditiveAttention {
         }
     }
 
-    /// Refuses packs prepared from an attention layer of another shape.
-    fn check_prepared(&self, p: &PreparedAttention) -> Result<()> {
+    /// `prepared`, if this layer can use it: the packs leave out a bias, which `att_s`
+    /// never has (`new` makes it without). Refuses packs prepared from an attention
+    /// layer of another shape.
+    fn usable<'a>(
+        &self,
+        prepared: Option<&'a PreparedAttention>,
+    ) -> Result<Option<&'a PreparedAttention>> {
+        let Some(p) = prepared.filter(|_| self.att_s.bias.is_none()) else {
+            return Ok(None);
+        };
         let (a, s) = self.att_s.weight.dim();
         let (n, k) = p.query.dim();
         check_shape(
@@ -188,7 +196,8 @@ impl AdditiveAttention {
             "prepared query weights",
             &[n, k],
             &[Some(a), Some(s)],
-        )
+        )?;
+        Ok(Some(p))
     }
 
     /// One decoder step: listener states `h` `[U, B, D]`, their `keys` `[U, B, A]`,
@@ -230,10 +239,8 @@ impl AdditiveAttention {
         let prev = self
             .previous_weights(prev, batch, units)?
             .map(|p| p.to_owned());
-        // The packs leave out a bias, which `att_s` never has (`new` makes it without).
-        let q = match prepared.filter(|_| self.att_s.bias.is_none()) {
+        let q = match self.usable(prepared)? {
             Some(p) => {
-                self.check_prepared(p)?;
                 let mut q = Array2::zeros((batch, a));
                 p.query.acc(q.view_mut(), s);
                 q
@@ -586,9 +593,8 @@ impl AdditiveAttention {
         };
         let mut gv = grads.att_v.weight.row_mut(0);
         gv.iter_mut().zip(&dv).for_each(|(g, &d)| *g += d);
-        let ds = match prepared.filter(|_| self.att_s.bias.is_none()) {
+        let ds = match self.usable(prepared)? {
             Some(p) => {
-                self.check_prepared(p)?;
                 matmul(grads.att_s.weight.view_mut(), dq.t(), cache.s.view(), true);
                 let mut ds = Array2::zeros(cache.s.raw_dim());
                 p.query_t.acc(ds.view_mut(), dq.view());
