@@ -477,6 +477,8 @@ impl Speller {
         // Gradient reaching this step's attention weights from the next step's
         // location term.
         let mut dalpha_next: Option<Array2<f32>> = None;
+        // Each step's context gradient, for the contexts' path into `h` after the loop.
+        let mut dctxs = Array3::<f32>::zeros((cache.steps.len(), batch, d));
         // The cells' weight gradients wait for one product over every step.
         let (mut pending0, mut pending1) = (Vec::new(), Vec::new());
         for (t, step) in cache.steps.iter().enumerate().rev() {
@@ -488,14 +490,16 @@ impl Speller {
             if let Some(m) = &step.mask {
                 dout_in *= m;
             }
-            let dctx = &dout_in.slice(s![.., sh..]) + &dctx_next;
+            let mut dctx = dctxs.slice_mut(s![t, .., ..]);
+            dctx.assign(&dout_in.slice(s![.., sh..]));
+            dctx += &dctx_next;
             let (ds, dprev) = self.attention.step_backward(
                 Some(&cache.prepared.attention),
                 &step.attention,
                 h,
+                cache.keys.view(),
                 dctx.view(),
                 dalpha_next.as_ref().map(|d| d.view()),
-                dh.view_mut(),
                 dkeys.view_mut(),
                 &mut grads.attention,
             )?;
@@ -533,6 +537,9 @@ impl Speller {
             .accumulate(&caches0, &pending0, &mut grads.cell0)?;
         self.cell1
             .accumulate(&caches1, &pending1, &mut grads.cell1)?;
+        let alphas: Vec<_> = cache.steps.iter().map(|s| s.attention.alpha()).collect();
+        self.attention
+            .contexts_backward(&alphas, dctxs.view(), dh.view_mut())?;
         dh += &self
             .attention
             .keys_backward(h, dkeys.view(), &mut grads.attention)?;

@@ -575,9 +575,9 @@ fn attend(
                 prepared.as_ref(),
                 cache,
                 h.view(),
+                keys.view(),
                 r.view(),
                 d_alpha.as_ref().map(|d| d.view()),
-                dh.view_mut(),
                 dkeys.view_mut(),
                 &mut grads,
             )
@@ -586,6 +586,11 @@ fn attend(
         d_alpha = dprev;
     }
     dss.reverse();
+    let alphas: Vec<_> = caches.iter().map(|c| c.alpha()).collect();
+    let views: Vec<_> = rs.iter().map(|r| r.view()).collect();
+    let d_ctx = ndarray::stack(ndarray::Axis(0), &views).unwrap();
+    att.contexts_backward(&alphas, d_ctx.view(), dh.view_mut())
+        .unwrap();
     dh += &att
         .keys_backward(h.view(), dkeys.view(), &mut grads)
         .unwrap();
