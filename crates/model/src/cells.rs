@@ -102,19 +102,21 @@ impl ListenerLayer {
         Ok(dispatch!(ListenerLayer, self, l => l.infer_packed(x, w)?))
     }
 
-    /// `dy` `[T, B, 2H]` -> `dx` `[T, B, I]`, gradients added into `grads`.
+    /// `dy` `[T, B, 2H]` -> `dx` `[T, B, I]` if `input_grad` (the first layer's is
+    /// of no use in training), gradients added into `grads`.
     pub fn backward(
         &self,
         cache: &ListenerLayerCache,
         dy: ArrayView3<f32>,
         grads: &mut ListenerLayer,
-    ) -> Result<Array3<f32>> {
+        input_grad: bool,
+    ) -> Result<Option<Array3<f32>>> {
         use ListenerLayer as L;
         use ListenerLayerCache as C;
         Ok(match (self, cache, grads) {
-            (L::Lstm(l), C::Lstm(c), L::Lstm(g)) => l.backward(c, dy, g)?,
-            (L::Gru(l), C::Gru(c), L::Gru(g)) => l.backward(c, dy, g)?,
-            (L::Rnn(l), C::Rnn(c), L::Rnn(g)) => l.backward(c, dy, g)?,
+            (L::Lstm(l), C::Lstm(c), L::Lstm(g)) => l.backward_to(c, dy, g, input_grad)?,
+            (L::Gru(l), C::Gru(c), L::Gru(g)) => l.backward_to(c, dy, g, input_grad)?,
+            (L::Rnn(l), C::Rnn(c), L::Rnn(g)) => l.backward_to(c, dy, g, input_grad)?,
             _ => return Err(mismatch("a listener layer's cache or gradient")),
         })
     }

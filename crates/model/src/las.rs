@@ -198,26 +198,32 @@ impl Listener {
         Ok(h)
     }
 
-    /// `dy` `[U, B, 2H]` -> `dx` `[T, B, F]`, gradients added into `grads`.
+    /// `dy` `[U, B, 2H]` -> `dx` `[T, B, F]` if `input_grad` (training has no use for
+    /// the features' gradient, which costs the first layer a product over all
+    /// frames), gradients added into `grads`.
     pub fn backward(
         &self,
         cache: &ListenerCache,
         dy: ArrayView3<f32>,
         grads: &mut Listener,
-    ) -> Result<Array3<f32>> {
+        input_grad: bool,
+    ) -> Result<Option<Array3<f32>>> {
         let mut d = dy.to_owned();
         let mut masks = cache.masks.iter().rev();
         for ((layer, (steps, c)), g) in self.pyr.iter().zip(&cache.pyr).zip(&mut grads.pyr).rev() {
             if let Some(m) = masks.next() {
                 d *= m;
             }
-            let dj = layer.backward(c, d.view(), g)?;
+            let dj = layer
+                .backward(c, d.view(), g, true)?
+                .expect("the input gradient was asked for");
             d = pyramid_reduce_backward(dj.view(), *steps);
         }
         if let Some(m) = masks.next() {
             d *= m;
         }
-        self.l0.backward(&cache.l0, d.view(), &mut grads.l0)
+        self.l0
+            .backward(&cache.l0, d.view(), &mut grads.l0, input_grad)
     }
 }
 
@@ -264,9 +270,7 @@ struct StepCache {
     cell0: SpellerCellCache,
     cell1: SpellerCellCache,
     attention: AttentionCache,
-    /// `[s; context]` `[B, S + D]`, the output layer's input (after dropout).
-    out_in: Array2<f32>,
-    /// Its dropout mask, with noise.
+    /// The output layer's input's dropout mask `[B, S + D]`, with noise.
     mask: Option<Array2<f32>>,
 }
 
@@ -277,6 +281,9 @@ pub struct SpellerCache {
     /// Decoder input tokens, `[L][B]`.
     inputs: Vec<Vec<usize>>,
     steps: Vec<StepCache>,
+    /// Every step's `[s; context]` `[L, B, S + D]`, the output layer's input (after
+    /// dropout).
+    out_in: Array3<f32>,
     /// The forward pass's prepared weights, which backward's per-step products read
     /// too (shared by a batch's parts).
     prepared: Arc<PreparedSpeller>,
@@ -375,7 +382,12 @@ impl Speller {
         let mut s0 = self.cell0.zero_state(batch);
         let mut s1 = self.cell1.zero_state(batch);
         let mut ctx = Array2::<f32>::zeros((batch, d));
+        let sh = self.cell1.hidden();
         let mut logits = Array3::zeros((inputs.len(), batch, vocab));
+        let mut out_ins = Array3::<f32>::zeros((inputs.len(), batch, sh + d));
+        // Only a step that may feed its guess to the next needs its logits before the
+        // next step; otherwise the output layer runs once over all steps, after them.
+        let sampling = noise.is_some_and(|n| n.sampling_rate > 0.0);
         let mut steps = Vec::with_capacity(inputs.len());
         let location = self.attention.location.is_some();
         let mut prev = location.then(|| AdditiveAttention::initial_weights(h.dim().0, lengths));
@@ -407,22 +419,24 @@ impl Speller {
             if location {
                 prev = Some(att.alpha().to_owned());
             }
-            let mut out_in =
-                concatenate(Axis(1), &[ns1.h.view(), nctx.view()]).expect("same batch");
+            let mut out_in = out_ins.slice_mut(s![t, .., ..]);
+            out_in.slice_mut(s![.., ..sh]).assign(&ns1.h);
+            out_in.slice_mut(s![.., sh..]).assign(&nctx);
             let mask = noise.filter(|n| n.dropout > 0.0).map(|n| {
                 Dropout { p: n.dropout }.step_mask(out_in.dim(), n.seeds, SITE_SPELLER_OUT, t)
             });
             if let Some(m) = &mask {
                 out_in *= m;
             }
-            logits
-                .slice_mut(s![t, .., ..])
-                .assign(&self.out.forward(out_in.view())?);
+            if sampling {
+                logits
+                    .slice_mut(s![t, .., ..])
+                    .assign(&self.out.forward(out_in.view())?);
+            }
             steps.push(StepCache {
                 cell0: cache0,
                 cell1: cache1,
                 attention: att,
-                out_in,
                 mask,
             });
             (s0, s1, ctx) = (ns0, ns1, nctx);
@@ -430,12 +444,25 @@ impl Speller {
         if let Some(team) = team {
             team.leave();
         }
+        if !sampling {
+            let rows = inputs.len() * batch;
+            let flat = out_ins
+                .view()
+                .into_shape_with_order((rows, sh + d))
+                .expect("row-major");
+            logits = self
+                .out
+                .forward(flat)?
+                .into_shape_with_order((inputs.len(), batch, vocab))
+                .expect("row-major");
+        }
         Ok((
             logits,
             SpellerCache {
                 keys,
                 inputs: fed,
                 steps,
+                out_in: out_ins,
                 prepared,
             },
         ))
@@ -481,12 +508,35 @@ impl Speller {
         let mut dctxs = Array3::<f32>::zeros((cache.steps.len(), batch, d));
         // The cells' weight gradients wait for one product over every step.
         let (mut pending0, mut pending1) = (Vec::new(), Vec::new());
-        for (t, step) in cache.steps.iter().enumerate().rev() {
-            let mut dout_in = self.out.backward(
-                step.out_in.view(),
-                dlogits.slice(s![t, .., ..]),
+        // The output layer needs nothing from the steps after it: one product over all
+        // steps for its input's gradients and one for its weights'.
+        let (steps, _, width) = cache.out_in.dim();
+        let vocab = self.out.output_dim();
+        if dlogits.dim() != (steps, batch, vocab) || width != sh + d {
+            return Err(Error::Batch(format!(
+                "logit gradients {:?} do not fit the cache's {steps} steps of {batch} utterances over {vocab} characters",
+                dlogits.shape()
+            )));
+        }
+        let dout_ins = self
+            .out
+            .backward(
+                cache
+                    .out_in
+                    .view()
+                    .into_shape_with_order((steps * batch, width))
+                    .expect("row-major"),
+                dlogits
+                    .as_standard_layout()
+                    .view()
+                    .into_shape_with_order((steps * batch, vocab))
+                    .expect("row-major"),
                 &mut grads.out,
-            )?;
+            )?
+            .into_shape_with_order((steps, batch, width))
+            .expect("row-major");
+        for (t, step) in cache.steps.iter().enumerate().rev() {
+            let mut dout_in = dout_ins.slice(s![t, .., ..]).to_owned();
             if let Some(m) = &step.mask {
                 dout_in *= m;
             }
@@ -883,8 +933,18 @@ impl Las {
     /// speller's weights as packed then, which backward's per-step products read.
     pub fn backward(&self, cache: &LasCache, grads: &mut Las) -> Result<Array3<f32>> {
         let dh = self.unspell(None, cache, grads)?;
+        Ok(self
+            .listener
+            .backward(&cache.listener, dh.view(), &mut grads.listener, true)?
+            .expect("the input gradient was asked for"))
+    }
+
+    /// [`Las::backward`] without `dL/dfeats`, which training has no use for.
+    fn backward_params(&self, cache: &LasCache, grads: &mut Las) -> Result<()> {
+        let dh = self.unspell(None, cache, grads)?;
         self.listener
-            .backward(&cache.listener, dh.view(), &mut grads.listener)
+            .backward(&cache.listener, dh.view(), &mut grads.listener, false)?;
+        Ok(())
     }
 
     /// The first half of [`Las::backward`]: the speller's and the CTC head's gradients
@@ -920,7 +980,7 @@ impl Las {
     /// Forward and backward: the loss of `batch`, gradients added into `grads`.
     pub fn train_step(&self, batch: &Batch, grads: &mut Las) -> Result<StepStats> {
         let (stats, cache) = self.forward(batch)?;
-        self.backward(&cache, grads)?;
+        self.backward_params(&cache, grads)?;
         Ok(stats)
     }
 
@@ -998,7 +1058,7 @@ impl Las {
                 .zip(&fwd)
                 .map(|((mut g, dh), (_, cache))| {
                     self.listener
-                        .backward(&cache.listener, dh.view(), &mut g.listener)?;
+                        .backward(&cache.listener, dh.view(), &mut g.listener, false)?;
                     Ok(g)
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -1006,7 +1066,7 @@ impl Las {
             fwd.par_iter()
                 .map(|(_, cache)| {
                     let mut g = self.zeros_like();
-                    self.backward(cache, &mut g)?;
+                    self.backward_params(cache, &mut g)?;
                     Ok(g)
                 })
                 .collect::<Result<Vec<_>>>()?

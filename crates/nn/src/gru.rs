@@ -52,8 +52,9 @@ fn project(x: &Array3<f32>, w: &Array2<f32>, b: &Array1<f32>) -> Array3<f32> {
     out
 }
 
-/// Parameter and input gradients shared by both layers: `dxg`, `dhg` `[T, B, G]` are
-/// the gradients of the input and hidden projections (biases included).
+/// Parameter and (if `input_grad`) input gradients shared by both layers: `dxg`, `dhg`
+/// `[T, B, G]` are the gradients of the input and hidden projections (biases
+/// included).
 #[allow(clippy::too_many_arguments)]
 fn projection_grads(
     x: &Array3<f32>,
@@ -65,7 +66,8 @@ fn projection_grads(
     g_w_hh: &mut Array2<f32>,
     g_b_ih: &mut Array1<f32>,
     g_b_hh: &mut Array1<f32>,
-) -> Array3<f32> {
+    input_grad: bool,
+) -> Option<Array3<f32>> {
     let (steps, batch, input) = x.dim();
     let (n, g, hd) = (steps * batch, dxg.dim().2, h_prev.dim().2);
     let dx2 = dxg
@@ -95,6 +97,9 @@ fn projection_grads(
     );
     *g_b_ih += &dx2.sum_axis(Axis(0));
     *g_b_hh += &dh2.sum_axis(Axis(0));
+    if !input_grad {
+        return None;
+    }
     let mut dx = Array3::zeros((steps, batch, input));
     matmul(
         dx.view_mut()
@@ -104,7 +109,7 @@ fn projection_grads(
         w_ih.view(),
         false,
     );
-    dx
+    Some(dx)
 }
 
 /// One live GRU step: `g` `[3H]` holds the input projection `W_i x + b_i` and becomes
@@ -295,6 +300,20 @@ impl Gru {
         dy: ArrayView3<f32>,
         grads: &mut Gru,
     ) -> Result<Array3<f32>> {
+        Ok(self
+            .backward_to(cache, dy, grads, true)?
+            .expect("the input gradient was asked for"))
+    }
+
+    /// [`Gru::backward`], returning `dL/dx` only if `input_grad` (see
+    /// [`Recurrent::backward_to`](crate::recurrent::Recurrent::backward_to)).
+    pub fn backward_to(
+        &self,
+        cache: &GruCache,
+        dy: ArrayView3<f32>,
+        grads: &mut Gru,
+        input_grad: bool,
+    ) -> Result<Option<Array3<f32>>> {
         let (steps, batch, _) = cache.x.dim();
         let hd = self.hidden();
         check_shape(
@@ -352,6 +371,7 @@ impl Gru {
             &mut grads.weight_hh,
             &mut grads.bias_ih,
             &mut grads.bias_hh,
+            input_grad,
         ))
     }
 }
@@ -448,6 +468,20 @@ impl Elman {
         dy: ArrayView3<f32>,
         grads: &mut Elman,
     ) -> Result<Array3<f32>> {
+        Ok(self
+            .backward_to(cache, dy, grads, true)?
+            .expect("the input gradient was asked for"))
+    }
+
+    /// [`Elman::backward`], returning `dL/dx` only if `input_grad` (see
+    /// [`Recurrent::backward_to`](crate::recurrent::Recurrent::backward_to)).
+    pub fn backward_to(
+        &self,
+        cache: &ElmanCache,
+        dy: ArrayView3<f32>,
+        grads: &mut Elman,
+        input_grad: bool,
+    ) -> Result<Option<Array3<f32>>> {
         let (steps, batch, _) = cache.x.dim();
         let hd = self.hidden();
         check_shape(
@@ -489,6 +523,7 @@ impl Elman {
             &mut grads.weight_hh,
             &mut grads.bias_ih,
             &mut grads.bias_hh,
+            input_grad,
         ))
     }
 }

@@ -183,6 +183,20 @@ impl Lstm {
         dy: ArrayView3<f32>,
         grads: &mut Lstm,
     ) -> Result<Array3<f32>> {
+        Ok(self
+            .backward_to(cache, dy, grads, true)?
+            .expect("the input gradient was asked for"))
+    }
+
+    /// [`Lstm::backward`], returning `dL/dx` only if `input_grad` (see
+    /// [`Recurrent::backward_to`](crate::recurrent::Recurrent::backward_to)).
+    pub fn backward_to(
+        &self,
+        cache: &LstmCache,
+        dy: ArrayView3<f32>,
+        grads: &mut Lstm,
+        input_grad: bool,
+    ) -> Result<Option<Array3<f32>>> {
         let (steps, batch, _) = cache.x.dim();
         check_shape(
             &self.name(),
@@ -193,9 +207,9 @@ impl Lstm {
         #[cfg(target_arch = "x86_64")]
         if crate::simd::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
-            return Ok(unsafe { self.backward_avx2(cache, dy, grads) });
+            return Ok(unsafe { self.backward_avx2(cache, dy, grads, input_grad) });
         }
-        Ok(self.backward_impl(cache, dy, grads))
+        Ok(self.backward_impl(cache, dy, grads, input_grad))
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -205,8 +219,9 @@ impl Lstm {
         cache: &LstmCache,
         dy: ArrayView3<f32>,
         grads: &mut Lstm,
-    ) -> Array3<f32> {
-        self.backward_impl(cache, dy, grads)
+        input_grad: bool,
+    ) -> Option<Array3<f32>> {
+        self.backward_impl(cache, dy, grads, input_grad)
     }
 
     #[inline(always)]
@@ -215,7 +230,8 @@ impl Lstm {
         cache: &LstmCache,
         dy: ArrayView3<f32>,
         grads: &mut Lstm,
-    ) -> Array3<f32> {
+        input_grad: bool,
+    ) -> Option<Array3<f32>> {
         let (steps, batch, input) = cache.x.dim();
         let hd = self.hidden();
         let dy = dy.as_standard_layout();
@@ -287,6 +303,9 @@ impl Lstm {
         let db = dg2.sum_axis(Axis(0));
         grads.bias_ih += &db;
         grads.bias_hh += &db;
+        if !input_grad {
+            return None;
+        }
         let mut dx = Array3::<f32>::zeros((steps, batch, input));
         {
             let dx2 = dx
@@ -295,7 +314,7 @@ impl Lstm {
                 .expect("contiguous");
             matmul(dx2, dg2, self.weight_ih.view(), false);
         }
-        dx
+        Some(dx)
     }
 }
 

@@ -312,7 +312,21 @@ pub trait Recurrent: Module + Clone + std::fmt::Debug + Send + Sync {
         cache: &Self::Cache,
         dy: ArrayView3<f32>,
         grads: &mut Self,
-    ) -> Result<Array3<f32>>;
+    ) -> Result<Array3<f32>> {
+        Ok(self
+            .backward_to(cache, dy, grads, true)?
+            .expect("the input gradient was asked for"))
+    }
+
+    /// [`Recurrent::backward`], returning `dL/dx` only if `input_grad`: a network's
+    /// first layer has no use for it, and it costs a product over all steps.
+    fn backward_to(
+        &self,
+        cache: &Self::Cache,
+        dy: ArrayView3<f32>,
+        grads: &mut Self,
+        input_grad: bool,
+    ) -> Result<Option<Array3<f32>>>;
 
     /// Inference over one sequence, no cache: `x` `[T, I]` -> `[T, H]`.
     fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>>;
@@ -353,13 +367,14 @@ macro_rules! impl_recurrent {
                 $ty::forward(self, x, lengths)
             }
 
-            fn backward(
+            fn backward_to(
                 &self,
                 cache: &$cache,
                 dy: ArrayView3<f32>,
                 grads: &mut Self,
-            ) -> Result<Array3<f32>> {
-                $ty::backward(self, cache, dy, grads)
+                input_grad: bool,
+            ) -> Result<Option<Array3<f32>>> {
+                $ty::backward_to(self, cache, dy, grads, input_grad)
             }
 
             fn infer(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
@@ -473,6 +488,20 @@ impl<R: Recurrent> Bidirectional<R> {
         dy: ArrayView3<f32>,
         grads: &mut Bidirectional<R>,
     ) -> Result<Array3<f32>> {
+        Ok(self
+            .backward_to(cache, dy, grads, true)?
+            .expect("the input gradient was asked for"))
+    }
+
+    /// [`Bidirectional::backward`], returning `dx` only if `input_grad` (see
+    /// [`Recurrent::backward_to`]).
+    pub fn backward_to(
+        &self,
+        cache: &BidirectionalCache<R>,
+        dy: ArrayView3<f32>,
+        grads: &mut Bidirectional<R>,
+        input_grad: bool,
+    ) -> Result<Option<Array3<f32>>> {
         let hd = self.forward.hidden();
         check_shape(
             &format!("Bi{}", R::KIND),
@@ -485,23 +514,29 @@ impl<R: Recurrent> Bidirectional<R> {
         // idle through every recurrence (BENCHMARKS.md, "Training step").
         let (f, b) = rayon::join(
             || {
-                self.forward.backward(
+                self.forward.backward_to(
                     &cache.forward,
                     dy.slice(s![.., .., ..hd]),
                     &mut grads.forward,
+                    input_grad,
                 )
             },
             || {
-                self.backward.backward(
+                self.backward.backward_to(
                     &cache.backward,
                     dy.slice(s![.., .., hd..]),
                     &mut grads.backward,
+                    input_grad,
                 )
             },
         );
-        let mut dx = f?;
-        dx += &b?;
-        Ok(dx)
+        Ok(match (f?, b?) {
+            (Some(mut dx), Some(db)) => {
+                dx += &db;
+                Some(dx)
+            }
+            _ => None,
+        })
     }
 }
 

@@ -214,6 +214,39 @@ fn bidirectional_lstm_padded_batch_matches_sequences_alone() {
 }
 
 /// `infer` on one sequence equals the training forward pass on a batch of one.
+/// Without the input gradient (a first layer's backward in training), the parameter
+/// gradients are the very bits of the full backward, and nothing is returned.
+fn parameter_gradients_alone<R: Recurrent>(seed: u64) {
+    let layer = Bidirectional::<R>::new(3, 5, 1, &mut rng(seed));
+    let x = random3((6, 2, 3), seed + 1);
+    let r = random3((6, 2, 10), seed + 2);
+    let (_, cache) = layer.forward(x.view(), Some(&[6, 3])).unwrap();
+    let mut full = layer.zeros_like();
+    let dx = layer
+        .backward_to(&cache, r.view(), &mut full, true)
+        .unwrap()
+        .expect("asked for");
+    assert!(dx.iter().any(|&v| v != 0.0));
+    let mut alone = layer.zeros_like();
+    let none = layer
+        .backward_to(&cache, r.view(), &mut alone, false)
+        .unwrap();
+    assert!(none.is_none());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    full.visit("", &mut |n, t| a.push((n, t.to_owned())));
+    alone.visit("", &mut |n, t| b.push((n, t.to_owned())));
+    assert_eq!(a.len(), 8);
+    assert_eq!(a, b, "Bi{}: parameter gradients differ", R::KIND);
+    assert!(a.iter().all(|(_, t)| t.iter().any(|&v| v != 0.0)));
+}
+
+#[test]
+fn parameter_gradients_alone_match_the_full_backward() {
+    parameter_gradients_alone::<Lstm>(300);
+    parameter_gradients_alone::<Gru>(310);
+    parameter_gradients_alone::<Elman>(320);
+}
+
 fn infer_matches_forward<R: Recurrent>(seed: u64) {
     let mut g = rng(seed);
     // Widths that are and are not multiples of the kernel's 8 rows and 16 lanes.
