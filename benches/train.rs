@@ -42,6 +42,18 @@ fn train_step(c: &mut Criterion) {
             las.train_step_parallel(&batch, &mut grads, 2).unwrap()
         })
     });
+    // The same with the Adam update, as the PyTorch reference's "train step" times it
+    // (no clipping there either); the model trains on the one batch as it goes.
+    let mut trained = las.clone();
+    let mut adam = lasr_nn::Adam::new(&trained, 1e-3);
+    group.bench_function("forward_backward_adam_2_parts", |b| {
+        b.iter(|| {
+            grads.zero();
+            let stats = trained.train_step_parallel(&batch, &mut grads, 2).unwrap();
+            adam.step(&mut trained, &grads);
+            stats
+        })
+    });
     group.finish();
 }
 

@@ -3,7 +3,7 @@
 //! LSTM, GRU and Elman RNN, dispatching to the `lasr-nn` layers. Parameter names are
 //! the layers' own (PyTorch's) for every cell type; only shapes differ.
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMut2, ArrayViewMutD};
 use rand::Rng;
 
 use lasr_nn::{
@@ -160,6 +160,17 @@ pub enum PreparedCell {
     Rnn(PreparedElmanCell),
 }
 
+impl PreparedCell {
+    /// The leading input columns these weights leave to the caller
+    /// ([`SpellerCell::prepare_given`]).
+    pub fn given(&self) -> usize {
+        match self {
+            PreparedCell::Lstm(p) => p.given(),
+            _ => 0,
+        }
+    }
+}
+
 /// What [`SpellerCell::backward`] needs from one step.
 #[derive(Debug, Clone)]
 pub enum SpellerCellCache {
@@ -229,6 +240,43 @@ impl SpellerCell {
         }
     }
 
+    /// [`SpellerCell::prepare`] for training steps whose first `given` input columns
+    /// reach an LSTM's gates as rows of [`SpellerCell::given_table`]
+    /// ([`LstmCell::prepare_given`]); GRU and RNN cells take their whole input as
+    /// before (`given` 0, [`PreparedCell::given`]).
+    pub fn prepare_given(&self, given: usize) -> PreparedCell {
+        match self {
+            SpellerCell::Lstm(c) => PreparedCell::Lstm(c.prepare_given(given)),
+            _ => self.prepare(),
+        }
+    }
+
+    /// The table of the given columns' gate contributions for embedding rows `emb`
+    /// `[V, G]` (`[V, 4H]`, [`LstmCell::given_table`]), for an LSTM; `None` for the
+    /// other cells.
+    pub fn given_table(&self, emb: ArrayView2<f32>) -> Result<Option<Array2<f32>>> {
+        Ok(match self {
+            SpellerCell::Lstm(c) => Some(c.given_table(emb)?),
+            _ => None,
+        })
+    }
+
+    /// The backward of [`SpellerCell::given_table`] ([`LstmCell::given_table_backward`]).
+    pub fn given_table_backward(
+        &self,
+        emb: ArrayView2<f32>,
+        dtable: ArrayView2<f32>,
+        grads: &mut SpellerCell,
+        demb: ArrayViewMut2<f32>,
+    ) -> Result<()> {
+        match (self, grads) {
+            (SpellerCell::Lstm(c), SpellerCell::Lstm(g)) => {
+                Ok(c.given_table_backward(emb, dtable, g, demb)?)
+            }
+            _ => Err(mismatch("a given table's gradient")),
+        }
+    }
+
     /// [`SpellerCell::prepare`] plus the weights packed in `format` for single-row
     /// steps (greedy decoding), and in int8 for beams' rows too.
     pub fn prepare_packed(&self, format: WeightFormat) -> PreparedCell {
@@ -287,10 +335,25 @@ impl SpellerCell {
         x: ArrayView2<f32>,
         state: &CellState,
     ) -> Result<(CellState, SpellerCellCache)> {
+        self.forward_given(team, prepared, None, x, state)
+    }
+
+    /// [`SpellerCell::forward`] with weights from [`SpellerCell::prepare_given`]: an
+    /// LSTM prepared for given columns takes their gate contribution as `given_gates`
+    /// `[B, 4H]` and the rest of its input as `x` ([`LstmCell::forward_given`]).
+    pub fn forward_given(
+        &self,
+        team: Option<&TeamMember>,
+        prepared: &PreparedCell,
+        given_gates: Option<ArrayView2<f32>>,
+        x: ArrayView2<f32>,
+        state: &CellState,
+    ) -> Result<(CellState, SpellerCellCache)> {
         let h = state.h.view();
         Ok(match (self, prepared) {
             (SpellerCell::Lstm(cell), PreparedCell::Lstm(p)) => {
-                let (h, c, cache) = cell.forward_in(team, p, x, h, memory(&state.c)?)?;
+                let (h, c, cache) =
+                    cell.forward_given(team, p, given_gates, x, h, memory(&state.c)?)?;
                 (CellState { h, c: Some(c) }, SpellerCellCache::Lstm(cache))
             }
             (SpellerCell::Gru(cell), PreparedCell::Gru(p)) => {

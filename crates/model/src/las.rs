@@ -295,6 +295,12 @@ pub struct SpellerCache {
 pub(crate) struct PreparedSpeller {
     cells: [PreparedCell; 2],
     attention: PreparedAttention,
+    /// With an LSTM speller, each character's contribution to cell 0's gates,
+    /// `emb W_ih[:, ..E]^T` `[V, 4H]`, looked up like an embedding: the embedding
+    /// columns of cell 0's input then take no part in the step's products, whose
+    /// weights stream from L3 at every step (forward and backward). Cell 0 is
+    /// prepared for those given columns ([`SpellerCell::prepare_given`]).
+    table: Option<Embedding>,
 }
 
 impl SpellerCache {
@@ -349,15 +355,21 @@ impl Speller {
 
     /// The weights packed for [`Speller::forward_in`]; they must not change while in
     /// use. The cells pack on separate threads.
-    pub(crate) fn prepare(&self) -> PreparedSpeller {
-        let (cell0, (cell1, attention)) = rayon::join(
-            || self.cell0.prepare(),
+    pub(crate) fn prepare(&self) -> Result<PreparedSpeller> {
+        let e = self.emb.weight.ncols();
+        let ((cell0, table), (cell1, attention)) = rayon::join(
+            || {
+                let table = self.cell0.given_table(self.emb.weight.view());
+                let given = if matches!(table, Ok(Some(_))) { e } else { 0 };
+                (self.cell0.prepare_given(given), table)
+            },
             || (self.cell1.prepare(), self.attention.prepare()),
         );
-        PreparedSpeller {
+        Ok(PreparedSpeller {
             cells: [cell0, cell1],
             attention,
-        }
+            table: table?.map(|weight| Embedding { weight }),
+        })
     }
 
     /// [`Speller::forward`] with `prepared` (from [`Speller::prepare`], made here if
@@ -377,7 +389,10 @@ impl Speller {
         let (_, batch, d) = h.dim();
         let vocab = self.out.output_dim();
         let keys = self.attention.keys(h)?;
-        let prepared = prepared.unwrap_or_else(|| Arc::new(self.prepare()));
+        let prepared = match prepared {
+            Some(p) => p,
+            None => Arc::new(self.prepare()?),
+        };
         let [p0, p1] = &prepared.cells;
         let mut s0 = self.cell0.zero_state(batch);
         let mut s1 = self.cell1.zero_state(batch);
@@ -403,10 +418,19 @@ impl Speller {
                     }
                 }
             }
-            let e = self.emb.forward(&tokens)?;
+            let (ns0, cache0) = match &prepared.table {
+                Some(table) => {
+                    let given = table.forward(&tokens)?;
+                    self.cell0
+                        .forward_given(team, p0, Some(given.view()), ctx.view(), &s0)?
+                }
+                None => {
+                    let e = self.emb.forward(&tokens)?;
+                    let in0 = concatenate(Axis(1), &[e.view(), ctx.view()]).expect("same batch");
+                    self.cell0.forward(team, p0, in0.view(), &s0)?
+                }
+            };
             fed.push(tokens);
-            let in0 = concatenate(Axis(1), &[e.view(), ctx.view()]).expect("same batch");
-            let (ns0, cache0) = self.cell0.forward(team, p0, in0.view(), &s0)?;
             let (ns1, cache1) = self.cell1.forward(team, p1, ns0.h.view(), &s1)?;
             let (nctx, att) = self.attention.step(
                 Some(&prepared.attention),
@@ -508,6 +532,7 @@ impl Speller {
         let mut dctxs = Array3::<f32>::zeros((cache.steps.len(), batch, d));
         // The cells' weight gradients wait for one product over every step.
         let (mut pending0, mut pending1) = (Vec::new(), Vec::new());
+        let mut dtable = cache.prepared.table.as_ref().map(Embedding::zeros_like);
         // The output layer needs nothing from the steps after it: one product over all
         // steps for its input's gradients and one for its weights'.
         let (steps, _, width) = cache.out_in.dim();
@@ -573,10 +598,28 @@ impl Speller {
                 &mut grads.cell0,
                 &mut pending0,
             )?;
-            self.emb
-                .backward(&cache.inputs[t], dx0.slice(s![.., ..e]), &mut grads.emb)?;
-            dctx_next = dx0.slice(s![.., e..]).to_owned();
+            match (&cache.prepared.table, &mut dtable) {
+                // Cell 0's gate gradients, summed per character: the table's gradient.
+                (Some(table), Some(dtable)) => {
+                    let dgates = pending0.last().expect("an LSTM cell pushes its gates");
+                    table.backward(&cache.inputs[t], dgates.view(), dtable)?;
+                    dctx_next = dx0;
+                }
+                _ => {
+                    self.emb
+                        .backward(&cache.inputs[t], dx0.slice(s![.., ..e]), &mut grads.emb)?;
+                    dctx_next = dx0.slice(s![.., e..]).to_owned();
+                }
+            }
             (ds0, ds1) = (ds0_prev, ds1_prev);
+        }
+        if let Some(dtable) = &dtable {
+            self.cell0.given_table_backward(
+                self.emb.weight.view(),
+                dtable.weight.view(),
+                &mut grads.cell0,
+                grads.emb.weight.view_mut(),
+            )?;
         }
         if let Some(team) = team {
             team.leave();
@@ -1015,7 +1058,8 @@ impl Las {
         let prepared = self
             .config
             .trains_speller()
-            .then(|| Arc::new(self.speller.prepare()));
+            .then(|| self.speller.prepare().map(Arc::new))
+            .transpose()?;
         let mut fwd = if team {
             let heard = subs
                 .par_iter()

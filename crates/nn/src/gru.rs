@@ -584,21 +584,28 @@ pub(crate) fn transpose_as(w: &Array2<f32>, format: WeightFormat) -> Array2<f32>
 }
 
 /// Refuses weights prepared from a cell of another shape (they would index out of
-/// their arrays): the transposes `[I, G]` and `[H, G]` of `weights` (`[G, I]`,
-/// `[G, H]`), the prepared bias length, and any packed copies.
+/// their arrays): the transposes `[I - given, G]` and `[H, G]` of `weights` (`[G, I]`,
+/// `[G, H]`; the first `given` input columns left to the caller), the prepared bias
+/// length, and any packed copies.
 pub(crate) fn check_prepared(
     layer: &str,
     weights: [&Array2<f32>; 2],
     transposed: [&Array2<f32>; 2],
+    given: usize,
     bias: usize,
     packed: Option<&[PackedMatrix; 2]>,
 ) -> Result<()> {
     let gates = weights[0].nrows();
-    for (name, w, t) in [
-        ("prepared weight_ih", weights[0], transposed[0]),
-        ("prepared weight_hh", weights[1], transposed[1]),
+    for (name, w, t, given) in [
+        ("prepared weight_ih", weights[0], transposed[0], given),
+        ("prepared weight_hh", weights[1], transposed[1], 0),
     ] {
-        check_shape(layer, name, t.shape(), &[Some(w.ncols()), Some(w.nrows())])?;
+        check_shape(
+            layer,
+            name,
+            t.shape(),
+            &[Some(w.ncols().saturating_sub(given)), Some(w.nrows())],
+        )?;
     }
     check_shape(layer, "prepared bias", &[bias], &[Some(gates)])?;
     if let Some([w_ih, w_hh]) = packed {
@@ -723,6 +730,7 @@ impl GruCell {
                 "GRUCell",
                 [&self.weight_ih, &self.weight_hh],
                 [&p.w_ih_t, &p.w_hh_t],
+                0,
                 self.bias_ih.len(),
                 p.packed.as_ref(),
             )?;
@@ -914,6 +922,7 @@ impl ElmanCell {
                 "RNNCell",
                 [&self.weight_ih, &self.weight_hh],
                 [&p.w_ih_t, &p.w_hh_t],
+                0,
                 p.bias.len(),
                 p.packed.as_ref(),
             )?;

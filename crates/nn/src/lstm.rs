@@ -502,6 +502,17 @@ pub struct PreparedLstmCell {
     /// transposes packed in f32 (the forward and backward products), see
     /// [`LstmCell::prepare`].
     train: Option<Box<TrainPacks>>,
+    /// Leading input columns whose gate contribution the caller supplies
+    /// ([`LstmCell::prepare_given`]); `w_ih_t` and the packs hold the other columns.
+    given: usize,
+}
+
+impl PreparedLstmCell {
+    /// The leading input columns these weights leave to the caller
+    /// ([`LstmCell::prepare_given`]); 0 from the other `prepare`s.
+    pub fn given(&self) -> usize {
+        self.given
+    }
 }
 
 /// A cell's weights packed in f32 for [`LstmCell::forward`] (`W_ih`, `W_hh`) and
@@ -536,22 +547,94 @@ impl LstmCell {
     /// alone, 2-3% of the whole reference training step, where both cores stream at
     /// once (BENCHMARKS.md). It also gives each row the bits it would get alone.
     pub fn prepare(&self) -> PreparedLstmCell {
+        self.prepare_given(0)
+    }
+
+    /// [`LstmCell::prepare`] for training steps whose first `given` input columns
+    /// reach the gates as a sum the caller supplies ([`LstmCell::forward_given`]): a
+    /// decoder's embedding columns, whose product with a token's embedding is a row of
+    /// a table made once per batch (`embedding W_ih[:, ..given]^T`). Only the other
+    /// columns are transposed and packed, so every step's products stream `given`
+    /// fewer columns of `weight_ih`, forward and backward.
+    ///
+    /// # Panics
+    /// When `given` exceeds the input width (a bug in the caller, not bad input).
+    pub fn prepare_given(&self, given: usize) -> PreparedLstmCell {
+        assert!(
+            given <= self.input_dim(),
+            "{given} given columns of {}",
+            self.input_dim()
+        );
+        let w_ih = self.weight_ih.slice(s![.., given..]);
         let train = crate::packed::avx512_rows().then(|| {
             Box::new(TrainPacks {
-                forward: pack_pair(&self.weight_ih, &self.weight_hh, WeightFormat::F32),
+                forward: [
+                    PackedMatrix::new(w_ih, WeightFormat::F32),
+                    PackedMatrix::new(self.weight_hh.view(), WeightFormat::F32),
+                ],
                 backward: [
-                    PackedMatrix::new(self.weight_ih.t(), WeightFormat::F32),
+                    PackedMatrix::new(w_ih.t(), WeightFormat::F32),
                     PackedMatrix::new(self.weight_hh.t(), WeightFormat::F32),
                 ],
             })
         });
         PreparedLstmCell {
-            w_ih_t: transpose(self.weight_ih.view()),
+            w_ih_t: transpose(w_ih),
             w_hh_t: transpose(self.weight_hh.view()),
             bias: &self.bias_ih + &self.bias_hh,
             packed: None,
             train,
+            given,
         }
+    }
+
+    /// The table of gate contributions [`LstmCell::forward_given`] takes rows of: for
+    /// vectors `emb` `[V, G]` (an embedding's rows), `emb W_ih[:, ..G]^T` `[V, 4H]`.
+    pub fn given_table(&self, emb: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let g = emb.ncols();
+        self.check_given(g)?;
+        let mut table = Array2::zeros((emb.nrows(), 4 * self.hidden()));
+        matmul(
+            table.view_mut(),
+            emb,
+            self.weight_ih.slice(s![.., ..g]).t(),
+            false,
+        );
+        Ok(table)
+    }
+
+    /// The backward of [`LstmCell::given_table`]: for the table's gradient `dtable`
+    /// `[V, 4H]`, adds `dtable^T emb` into `grads.weight_ih[:, ..G]` and `dtable
+    /// W_ih[:, ..G]` into `demb` `[V, G]`.
+    pub fn given_table_backward(
+        &self,
+        emb: ArrayView2<f32>,
+        dtable: ArrayView2<f32>,
+        grads: &mut LstmCell,
+        demb: ndarray::ArrayViewMut2<f32>,
+    ) -> Result<()> {
+        let (v, g) = emb.dim();
+        check_shape(
+            "LSTMCell",
+            "given table gradient",
+            dtable.shape(),
+            &[Some(v), Some(4 * self.hidden())],
+        )?;
+        check_shape(
+            "LSTMCell",
+            "given gradient",
+            demb.shape(),
+            &[Some(v), Some(g)],
+        )?;
+        self.check_given(g)?;
+        matmul(
+            grads.weight_ih.slice_mut(s![.., ..g]),
+            dtable.t(),
+            emb,
+            true,
+        );
+        matmul(demb, dtable, self.weight_ih.slice(s![.., ..g]), true);
+        Ok(())
     }
 
     /// [`LstmCell::prepare`] for decoding, with both weights also packed in `format` for
@@ -564,7 +647,35 @@ impl LstmCell {
             bias: &self.bias_ih + &self.bias_hh,
             packed: Some(pack_pair(&self.weight_ih, &self.weight_hh, format)),
             train: None,
+            given: 0,
         }
+    }
+
+    /// Refuses weights prepared for given columns ([`LstmCell::prepare_given`]) where
+    /// the whole input comes as `x`.
+    fn check_whole(&self, p: &PreparedLstmCell) -> Result<()> {
+        if p.given != 0 {
+            return Err(Error::Shape {
+                layer: "LSTMCell".into(),
+                tensor: "prepared weights' given columns",
+                got: vec![p.given],
+                expected: "0 (these weights are for forward_given)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses more given columns than the input has.
+    fn check_given(&self, given: usize) -> Result<()> {
+        if given > self.input_dim() {
+            return Err(Error::Shape {
+                layer: "LSTMCell".into(),
+                tensor: "given columns",
+                got: vec![given],
+                expected: format!("at most {}", self.input_dim()),
+            });
+        }
+        Ok(())
     }
 
     /// Refuses weights prepared from a cell of another shape.
@@ -573,25 +684,27 @@ impl LstmCell {
             "LSTMCell",
             [&self.weight_ih, &self.weight_hh],
             [&p.w_ih_t, &p.w_hh_t],
+            p.given,
             p.bias.len(),
             p.packed.as_ref(),
         )
     }
 
-    /// Checks one step's shapes: `x` `[B, I]`, `h_prev` and `c_prev` `[B, H]`; returns
-    /// `B`.
+    /// Checks one step's shapes: `x` `[B, I - given]`, `h_prev` and `c_prev` `[B, H]`;
+    /// returns `B`.
     fn check_step(
         &self,
         x: ArrayView2<f32>,
         h_prev: ArrayView2<f32>,
         c_prev: ArrayView2<f32>,
+        given: usize,
     ) -> Result<usize> {
         let hd = self.hidden();
         check_shape(
             "LSTMCell",
             "input",
             x.shape(),
-            &[None, Some(self.input_dim())],
+            &[None, Some(self.input_dim().saturating_sub(given))],
         )?;
         let batch = x.nrows();
         check_shape(
@@ -623,9 +736,10 @@ impl LstmCell {
         c_prev: ArrayView2<f32>,
     ) -> Result<(Array2<f32>, Array2<f32>)> {
         let hd = self.hidden();
-        let batch = self.check_step(x, h_prev, c_prev)?;
+        let batch = self.check_step(x, h_prev, c_prev, 0)?;
         if let Some(p) = prepared {
             self.check_prepared(p)?;
+            self.check_whole(p)?;
         }
         let mut gates = Array2::zeros((batch, 4 * hd));
         let bias = match prepared {
@@ -678,8 +792,26 @@ impl LstmCell {
         h_prev: ArrayView2<f32>,
         c_prev: ArrayView2<f32>,
     ) -> Result<(Array2<f32>, Array2<f32>, LstmCellCache)> {
+        self.check_whole(prepared)?;
+        self.forward_given(team, prepared, None, x, h_prev, c_prev)
+    }
+
+    /// [`LstmCell::forward_in`] with weights from [`LstmCell::prepare_given`]: the
+    /// first `given` input columns' contribution to the gates comes as `given_gates`
+    /// `[B, 4H]` (rows of [`LstmCell::given_table`]), `x` `[B, I - given]` holds the
+    /// rest. Backward then returns the gradient of `x` alone and leaves the given
+    /// columns' weight gradient to [`LstmCell::given_table_backward`].
+    pub fn forward_given(
+        &self,
+        team: Option<&TeamMember>,
+        prepared: &PreparedLstmCell,
+        given_gates: Option<ArrayView2<f32>>,
+        x: ArrayView2<f32>,
+        h_prev: ArrayView2<f32>,
+        c_prev: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, Array2<f32>, LstmCellCache)> {
         let hd = self.hidden();
-        let batch = self.check_step(x, h_prev, c_prev)?;
+        let batch = self.check_step(x, h_prev, c_prev, prepared.given)?;
         self.check_prepared(prepared)?;
         let mut gates = Array2::zeros((batch, 4 * hd));
         gates.assign(
@@ -688,6 +820,26 @@ impl LstmCell {
                 .broadcast((batch, 4 * hd))
                 .expect("bias is [4H]"),
         );
+        match given_gates {
+            Some(g) => {
+                check_shape(
+                    "LSTMCell",
+                    "given gates",
+                    g.shape(),
+                    &[Some(batch), Some(4 * hd)],
+                )?;
+                gates += &g;
+            }
+            None if prepared.given > 0 => {
+                return Err(Error::Shape {
+                    layer: "LSTMCell".into(),
+                    tensor: "given gates",
+                    got: vec![],
+                    expected: format!("[{batch}, {}] for {} given columns", 4 * hd, prepared.given),
+                })
+            }
+            None => {}
+        }
         match (&prepared.train, team) {
             (Some(t), Some(team)) => {
                 team.gemm_acc(
@@ -785,10 +937,20 @@ impl LstmCell {
                 dg.as_slice_mut().expect("contiguous"),
             );
         }
+        // The input columns the step's `x` held (all but the given ones).
+        let given = self.input_dim().saturating_sub(cache.x.ncols());
         if let Some(p) = prepared {
             self.check_prepared(p)?;
+            if p.given != given {
+                return Err(Error::Shape {
+                    layer: "LSTMCell".into(),
+                    tensor: "prepared weights' given columns",
+                    got: vec![p.given],
+                    expected: format!("{given}, as in the step's input"),
+                });
+            }
         }
-        let mut dx = Array2::zeros((batch, self.input_dim()));
+        let mut dx = Array2::zeros((batch, cache.x.ncols()));
         let mut dh_prev = Array2::zeros((batch, hd));
         match (prepared.and_then(|p| p.train.as_ref()), team) {
             (Some(t), Some(team)) => team.gemm_acc_each(
@@ -803,7 +965,12 @@ impl LstmCell {
                 t.backward[1].gemm_acc(dh_prev.view_mut(), dgates.view());
             }
             (None, _) => {
-                matmul(dx.view_mut(), dgates.view(), self.weight_ih.view(), false);
+                matmul(
+                    dx.view_mut(),
+                    dgates.view(),
+                    self.weight_ih.slice(s![.., given..]),
+                    false,
+                );
                 matmul(
                     dh_prev.view_mut(),
                     dgates.view(),
@@ -824,12 +991,25 @@ impl LstmCell {
         grads: &mut LstmCell,
     ) -> Result<()> {
         let hd = self.hidden();
+        let width = steps.first().map_or(self.input_dim(), |(c, _)| c.x.ncols());
+        check_shape(
+            "LSTMCell",
+            "cached input",
+            &[width],
+            &[Some(width.min(self.input_dim()))],
+        )?;
         for (cache, dg) in steps {
             check_shape(
                 "LSTMCell",
                 "dgates",
                 dg.shape(),
                 &[Some(cache.x.nrows()), Some(4 * hd)],
+            )?;
+            check_shape(
+                "LSTMCell",
+                "cached input",
+                cache.x.shape(),
+                &[None, Some(width)],
             )?;
         }
         let (dgates, x, h_prev) = match steps {
@@ -838,7 +1018,7 @@ impl LstmCell {
                 let rows: usize = steps.iter().map(|(c, _)| c.x.nrows()).sum();
                 let mut stacked = (
                     Array2::zeros((rows, 4 * hd)),
-                    Array2::zeros((rows, self.input_dim())),
+                    Array2::zeros((rows, width)),
                     Array2::zeros((rows, hd)),
                 );
                 let mut r = 0;
@@ -857,7 +1037,8 @@ impl LstmCell {
         Ok(())
     }
 
-    /// `grads += dgates^T [x | h_prev]` and the bias sums, for stacked rows.
+    /// `grads += dgates^T [x | h_prev]` and the bias sums, for stacked rows; `x` holds
+    /// the last columns of the input (all but any given ones).
     fn add_grads(
         &self,
         dgates: ArrayView2<f32>,
@@ -865,7 +1046,13 @@ impl LstmCell {
         h_prev: ArrayView2<f32>,
         grads: &mut LstmCell,
     ) {
-        matmul(grads.weight_ih.view_mut(), dgates.t(), x, true);
+        let given = self.input_dim() - x.ncols();
+        matmul(
+            grads.weight_ih.slice_mut(s![.., given..]),
+            dgates.t(),
+            x,
+            true,
+        );
         matmul(grads.weight_hh.view_mut(), dgates.t(), h_prev, true);
         let db = dgates.sum_axis(Axis(0));
         grads.bias_ih += &db;

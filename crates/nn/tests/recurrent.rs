@@ -687,3 +687,92 @@ fn aliases_name_their_parameters_like_pytorch() {
         .unwrap_err();
     assert!(err.to_string().starts_with("BiGRU"), "{err}");
 }
+
+/// An LSTM cell fed its first input columns as rows of a table (a decoder's
+/// embedding columns, `LstmCell::prepare_given`) computes what it computes on the
+/// whole input, and its backward, with the table's, gives the same gradients: for the
+/// rest of the input, every weight, and the embedding.
+#[test]
+fn lstm_cell_with_given_columns_matches_the_whole_input() {
+    let (vocab, e, rest, hd, batch) = (6, 3, 4, 5, 3);
+    let cell = lasr_nn::LstmCell::new(e + rest, hd, &mut rng(400));
+    let emb = random2((vocab, e), 401);
+    let tokens = [4usize, 0, 4];
+    let ctx = random2((batch, rest), 402);
+    let (h0, c0) = (random2((batch, hd), 403), random2((batch, hd), 404));
+    let (dh, dc) = (random2((batch, hd), 405), random2((batch, hd), 406));
+    let rows = emb.select(Axis(0), &tokens);
+    let whole = ndarray::concatenate(Axis(1), &[rows.view(), ctx.view()]).unwrap();
+
+    let plain = cell.prepare();
+    let (h, c, cache) = cell
+        .forward(&plain, whole.view(), h0.view(), c0.view())
+        .unwrap();
+    let (dx, dh_prev, _, dgates) = cell
+        .backward_gates(Some(&plain), &cache, dh.view(), dc.view())
+        .unwrap();
+    let mut grads = cell.zeros_like();
+    cell.accumulate(&[(&cache, dgates.view())], &mut grads)
+        .unwrap();
+    let mut demb = Array2::<f32>::zeros((vocab, e));
+    for (b, &t) in tokens.iter().enumerate() {
+        let mut row = demb.row_mut(t);
+        row += &dx.slice(s![b, ..e]);
+    }
+
+    let given = cell.prepare_given(e);
+    assert_eq!(given.given(), e);
+    let table = cell.given_table(emb.view()).unwrap();
+    let g = table.select(Axis(0), &tokens);
+    let (h2, c2, cache2) = cell
+        .forward_given(
+            None,
+            &given,
+            Some(g.view()),
+            ctx.view(),
+            h0.view(),
+            c0.view(),
+        )
+        .unwrap();
+    assert!(max_abs_diff(h.view(), h2.view()) < 1e-6);
+    assert!(max_abs_diff(c.view(), c2.view()) < 1e-6);
+    // Without the given rows, or with the whole input, the step is refused.
+    assert!(cell
+        .forward_given(None, &given, None, ctx.view(), h0.view(), c0.view())
+        .is_err());
+    assert!(cell
+        .forward_given(
+            None,
+            &given,
+            Some(g.view()),
+            whole.view(),
+            h0.view(),
+            c0.view()
+        )
+        .is_err());
+    let (dx2, dh_prev2, _, dgates2) = cell
+        .backward_gates(Some(&given), &cache2, dh.view(), dc.view())
+        .unwrap();
+    assert_eq!(dx2.dim(), (batch, rest));
+    assert!(max_abs_diff(dx.slice(s![.., e..]), dx2.view()) < 1e-6);
+    assert!(max_abs_diff(dh_prev.view(), dh_prev2.view()) < 1e-6);
+    let mut grads2 = cell.zeros_like();
+    cell.accumulate(&[(&cache2, dgates2.view())], &mut grads2)
+        .unwrap();
+    let mut dtable = Array2::<f32>::zeros(table.raw_dim());
+    for (b, &t) in tokens.iter().enumerate() {
+        let mut row = dtable.row_mut(t);
+        row += &dgates2.row(b);
+    }
+    let mut demb2 = Array2::<f32>::zeros((vocab, e));
+    cell.given_table_backward(emb.view(), dtable.view(), &mut grads2, demb2.view_mut())
+        .unwrap();
+    assert!(max_abs_diff(demb.view(), demb2.view()) < 1e-5);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    grads.visit("", &mut |n, t| a.push((n, t.to_owned())));
+    grads2.visit("", &mut |n, t| b.push((n, t.to_owned())));
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.iter().any(|&v| v != 0.0), "{n} is all zero");
+        assert!(max_abs_diff(x.view(), y.view()) < 1e-5, "{n} differs");
+    }
+}
