@@ -613,6 +613,11 @@ impl Speller {
             }
             (ds0, ds1) = (ds0_prev, ds1_prev);
         }
+        // Leave before the products over all steps, so that a member with more steps
+        // goes on without waiting for them.
+        if let Some(team) = team {
+            team.leave();
+        }
         if let Some(dtable) = &dtable {
             self.cell0.given_table_backward(
                 self.emb.weight.view(),
@@ -620,9 +625,6 @@ impl Speller {
                 &mut grads.cell0,
                 grads.emb.weight.view_mut(),
             )?;
-        }
-        if let Some(team) = team {
-            team.leave();
         }
         let caches0: Vec<_> = cache.steps.iter().rev().map(|s| &s.cell0).collect();
         let caches1: Vec<_> = cache.steps.iter().rev().map(|s| &s.cell1).collect();
