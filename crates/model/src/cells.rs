@@ -160,17 +160,6 @@ pub enum PreparedCell {
     Rnn(PreparedElmanCell),
 }
 
-impl PreparedCell {
-    /// The leading input columns these weights leave to the caller
-    /// ([`SpellerCell::prepare_given`]).
-    pub fn given(&self) -> usize {
-        match self {
-            PreparedCell::Lstm(p) => p.given(),
-            _ => 0,
-        }
-    }
-}
-
 /// What [`SpellerCell::backward`] needs from one step.
 #[derive(Debug, Clone)]
 pub enum SpellerCellCache {
@@ -243,7 +232,7 @@ impl SpellerCell {
     /// [`SpellerCell::prepare`] for training steps whose first `given` input columns
     /// reach an LSTM's gates as rows of [`SpellerCell::given_table`]
     /// ([`LstmCell::prepare_given`]); GRU and RNN cells take their whole input as
-    /// before (`given` 0, [`PreparedCell::given`]).
+    /// before (`given` 0).
     pub fn prepare_given(&self, given: usize) -> PreparedCell {
         match self {
             SpellerCell::Lstm(c) => PreparedCell::Lstm(c.prepare_given(given)),
@@ -350,6 +339,10 @@ impl SpellerCell {
         state: &CellState,
     ) -> Result<(CellState, SpellerCellCache)> {
         let h = state.h.view();
+        if given_gates.is_some() && !matches!(self, SpellerCell::Lstm(_)) {
+            // Only an LSTM takes given columns; ignoring the rows would drop them.
+            return Err(mismatch("given gate rows"));
+        }
         Ok(match (self, prepared) {
             (SpellerCell::Lstm(cell), PreparedCell::Lstm(p)) => {
                 let (h, c, cache) =
@@ -370,7 +363,8 @@ impl SpellerCell {
 
     /// Gradients of one step: given `d` (the gradient reaching the new state from
     /// everything after it), adds parameter gradients into `grads` and returns `dL/dx`
-    /// `[B, I]` and the gradient reaching the previous state.
+    /// `[B, I]` (`[B, I - given]` after [`SpellerCell::forward_given`]) and the
+    /// gradient reaching the previous state.
     pub fn backward(
         &self,
         cache: &SpellerCellCache,

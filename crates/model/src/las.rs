@@ -388,6 +388,9 @@ impl Speller {
     ) -> Result<(Array3<f32>, SpellerCache)> {
         let (_, batch, d) = h.dim();
         let vocab = self.out.output_dim();
+        // The attention reads `h` row-major at every step: copy a strided one once.
+        let h = h.as_standard_layout();
+        let h = h.view();
         let keys = self.attention.keys(h)?;
         let prepared = match prepared {
             Some(p) => p,
@@ -398,11 +401,15 @@ impl Speller {
         let mut s1 = self.cell1.zero_state(batch);
         let mut ctx = Array2::<f32>::zeros((batch, d));
         let sh = self.cell1.hidden();
-        let mut logits = Array3::zeros((inputs.len(), batch, vocab));
         let mut out_ins = Array3::<f32>::zeros((inputs.len(), batch, sh + d));
         // Only a step that may feed its guess to the next needs its logits before the
         // next step; otherwise the output layer runs once over all steps, after them.
         let sampling = noise.is_some_and(|n| n.sampling_rate > 0.0);
+        let mut logits = Array3::zeros(if sampling {
+            (inputs.len(), batch, vocab)
+        } else {
+            (0, 0, 0)
+        });
         let mut steps = Vec::with_capacity(inputs.len());
         let location = self.attention.location.is_some();
         let mut prev = location.then(|| AdditiveAttention::initial_weights(h.dim().0, lengths));
@@ -518,6 +525,9 @@ impl Speller {
         let (_, batch, d) = h.dim();
         let sh = self.cell1.hidden();
         let e = self.emb.weight.ncols();
+        // The attention reads `h` row-major at every step: copy a strided one once.
+        let h = h.as_standard_layout();
+        let h = h.view();
         let mut dh = Array3::<f32>::zeros(h.raw_dim());
         let mut dkeys = Array3::<f32>::zeros(cache.keys.raw_dim());
         // Gradients reaching each cell's state from the steps after it.
@@ -535,9 +545,16 @@ impl Speller {
         let mut dtable = cache.prepared.table.as_ref().map(Embedding::zeros_like);
         // The output layer needs nothing from the steps after it: one product over all
         // steps for its input's gradients and one for its weights'.
-        let (steps, _, width) = cache.out_in.dim();
+        let (steps, cached, width) = cache.out_in.dim();
         let vocab = self.out.output_dim();
-        if dlogits.dim() != (steps, batch, vocab) || width != sh + d {
+        if cached != batch || width != sh + d {
+            return Err(Error::Batch(format!(
+                "the cache holds {cached} utterances with output layer inputs {width} wide; \
+                 the listener states hold {batch}, for inputs {} wide",
+                sh + d
+            )));
+        }
+        if dlogits.dim() != (steps, batch, vocab) {
             return Err(Error::Batch(format!(
                 "logit gradients {:?} do not fit the cache's {steps} steps of {batch} utterances over {vocab} characters",
                 dlogits.shape()

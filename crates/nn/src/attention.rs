@@ -206,7 +206,9 @@ impl AdditiveAttention {
     /// decoder state `s` `[B, S]`, and (location-aware only) the previous step's
     /// weights `prev` `[B, U]` -> context `[B, D]` and the cache (with the weights).
     /// `prepared` (from this layer's current weights), if given, supplies the packed
-    /// query weights; the result is the same up to float rounding.
+    /// query weights; the result is the same up to float rounding. `h` and `keys` are
+    /// read as row-major arrays: other layouts (a broadcast) are copied at every call,
+    /// so a caller stepping through many steps should pass row-major ones.
     pub fn step(
         &self,
         prepared: Option<&PreparedAttention>,
@@ -437,7 +439,8 @@ impl AdditiveAttention {
     /// per sequence instead of a pass over `dh` at every step.
     ///
     /// `prepared` (from this layer's current weights), if given, supplies the packed
-    /// query weights for `dL/ds`.
+    /// query weights for `dL/ds`. As in [`AdditiveAttention::step`], `h` and `keys`
+    /// of another layout than row-major are copied at every call.
     #[allow(clippy::too_many_arguments)]
     pub fn step_backward(
         &self,
@@ -496,6 +499,14 @@ impl AdditiveAttention {
         let keys = keys.as_standard_layout();
         let ks = keys.as_slice().expect("standard layout");
         let d_ctx = d_ctx.as_standard_layout();
+        if let (Some(l), Some(f)) = (&self.location, &cache.f) {
+            check_shape(
+                "attention",
+                "cached filter outputs",
+                f.shape(),
+                &[Some(batch), Some(units), Some(l.conv.nrows())],
+            )?;
+        }
         // The location term as the step computed it: the same product of the same
         // cached filter outputs.
         let loc = match (&self.location, &cache.f) {
@@ -785,7 +796,9 @@ fn softmax_live(mut e: ndarray::ArrayViewMut1<f32>, live: usize) {
 
 /// Defines `fn $name` that runs `$body` compiled for AVX2 and FMA when the CPU has
 /// them, and for the build's baseline otherwise: these loops run at every listener
-/// frame of every decoder step, and the baseline (SSE2) build runs them at half width.
+/// frame of every decoder step, and the baseline (SSE2) build runs them at half
+/// width (and makes each `mul_add` a library call, so only `score` uses it, as it
+/// did before this macro).
 macro_rules! with_avx2 {
     ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -844,12 +857,12 @@ with_avx2! {
         let (mut xc, mut yc) = (x.chunks_exact(L), y.chunks_exact(L));
         for (x, y) in (&mut xc).zip(&mut yc) {
             for l in 0..L {
-                acc[l] = x[l].mul_add(y[l], acc[l]);
+                acc[l] += x[l] * y[l];
             }
         }
         let mut sum: f32 = acc.iter().sum();
         for (x, y) in xc.remainder().iter().zip(yc.remainder()) {
-            sum = x.mul_add(*y, sum);
+            sum += x * y;
         }
         sum
     }

@@ -498,9 +498,9 @@ pub struct PreparedLstmCell {
     /// `weight_ih` and `weight_hh` packed for single-row steps (and, in int8, for
     /// several rows too), if asked for.
     packed: Option<[PackedMatrix; 2]>,
-    /// For training steps on AVX-512 CPUs: `weight_ih`, `weight_hh` and their
-    /// transposes packed in f32 (the forward and backward products), see
-    /// [`LstmCell::prepare`].
+    /// For training steps on AVX-512 CPUs: `weight_ih` (its columns from `given` on),
+    /// `weight_hh` and their transposes packed in f32 (the forward and backward
+    /// products), see [`LstmCell::prepare`].
     train: Option<Box<TrainPacks>>,
     /// Leading input columns whose gate contribution the caller supplies
     /// ([`LstmCell::prepare_given`]); `w_ih_t` and the packs hold the other columns.
@@ -870,7 +870,10 @@ impl LstmCell {
 
     /// Gradients of one step: given `dh`, `dc` `[B, H]` (the gradient reaching the new
     /// state from everything after it), adds parameter gradients into `grads` and
-    /// returns `(dx [B, I], dh_prev [B, H], dc_prev [B, H])`.
+    /// returns `(dx [B, I], dh_prev [B, H], dc_prev [B, H])`; after
+    /// [`LstmCell::forward_given`], `dx` is the gradient of its `x`, `[B, I - given]`,
+    /// and the given columns' weight gradient is left to
+    /// [`LstmCell::given_table_backward`].
     pub fn backward(
         &self,
         cache: &LstmCellCache,
@@ -892,8 +895,9 @@ impl LstmCell {
     /// gradient (19 MB at the reference speller's size) for a rank-`B` update; stacked,
     /// one product over all steps does it once.
     ///
-    /// `prepared` (from this cell's current weights), if given, supplies the packed
-    /// transposes that `dx` and `dh_prev` stream faster on AVX-512 CPUs.
+    /// `prepared` (from this cell's current weights, for the same given columns as the
+    /// step), if given, supplies the packed transposes that `dx` and `dh_prev` stream
+    /// faster on AVX-512 CPUs.
     #[allow(clippy::type_complexity)]
     pub fn backward_gates(
         &self,
@@ -992,12 +996,14 @@ impl LstmCell {
     ) -> Result<()> {
         let hd = self.hidden();
         let width = steps.first().map_or(self.input_dim(), |(c, _)| c.x.ncols());
-        check_shape(
-            "LSTMCell",
-            "cached input",
-            &[width],
-            &[Some(width.min(self.input_dim()))],
-        )?;
+        if width > self.input_dim() {
+            return Err(Error::Shape {
+                layer: "LSTMCell".into(),
+                tensor: "cached input",
+                got: vec![width],
+                expected: format!("at most {} columns", self.input_dim()),
+            });
+        }
         for (cache, dg) in steps {
             check_shape(
                 "LSTMCell",

@@ -213,7 +213,6 @@ fn bidirectional_lstm_padded_batch_matches_sequences_alone() {
     padded_batch_matches_sequences_alone::<Lstm>(340);
 }
 
-/// `infer` on one sequence equals the training forward pass on a batch of one.
 /// Without the input gradient (a first layer's backward in training), the parameter
 /// gradients are the very bits of the full backward, and nothing is returned.
 fn parameter_gradients_alone<R: Recurrent>(seed: u64) {
@@ -247,6 +246,7 @@ fn parameter_gradients_alone_match_the_full_backward() {
     parameter_gradients_alone::<Elman>(320);
 }
 
+/// `infer` on one sequence equals the training forward pass on a batch of one.
 fn infer_matches_forward<R: Recurrent>(seed: u64) {
     let mut g = rng(seed);
     // Widths that are and are not multiples of the kernel's 8 rows and 16 lanes.
