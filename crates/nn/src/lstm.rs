@@ -941,8 +941,16 @@ impl LstmCell {
                 dg.as_slice_mut().expect("contiguous"),
             );
         }
+        if cache.x.ncols() > self.input_dim() {
+            return Err(Error::Shape {
+                layer: "LSTMCell".into(),
+                tensor: "cached input",
+                got: cache.x.shape().to_vec(),
+                expected: format!("at most {} columns", self.input_dim()),
+            });
+        }
         // The input columns the step's `x` held (all but the given ones).
-        let given = self.input_dim().saturating_sub(cache.x.ncols());
+        let given = self.input_dim() - cache.x.ncols();
         if let Some(p) = prepared {
             self.check_prepared(p)?;
             if p.given != given {
