@@ -994,19 +994,22 @@ impl Las {
     /// `cache` must come from [`Las::forward`] on these very weights: it holds the
     /// speller's weights as packed then, which backward's per-step products read.
     pub fn backward(&self, cache: &LasCache, grads: &mut Las) -> Result<Array3<f32>> {
-        let dh = self.unspell(None, cache, grads)?;
         Ok(self
-            .listener
-            .backward(&cache.listener, dh.view(), &mut grads.listener, true)?
+            .backward_to(cache, grads, true)?
             .expect("the input gradient was asked for"))
     }
 
-    /// [`Las::backward`] without `dL/dfeats`, which training has no use for.
-    fn backward_params(&self, cache: &LasCache, grads: &mut Las) -> Result<()> {
+    /// [`Las::backward`], returning `dL/dfeats` only if `input_grad` (training has no
+    /// use for it).
+    fn backward_to(
+        &self,
+        cache: &LasCache,
+        grads: &mut Las,
+        input_grad: bool,
+    ) -> Result<Option<Array3<f32>>> {
         let dh = self.unspell(None, cache, grads)?;
         self.listener
-            .backward(&cache.listener, dh.view(), &mut grads.listener, false)?;
-        Ok(())
+            .backward(&cache.listener, dh.view(), &mut grads.listener, input_grad)
     }
 
     /// The first half of [`Las::backward`]: the speller's and the CTC head's gradients
@@ -1042,7 +1045,7 @@ impl Las {
     /// Forward and backward: the loss of `batch`, gradients added into `grads`.
     pub fn train_step(&self, batch: &Batch, grads: &mut Las) -> Result<StepStats> {
         let (stats, cache) = self.forward(batch)?;
-        self.backward_params(&cache, grads)?;
+        self.backward_to(&cache, grads, false)?;
         Ok(stats)
     }
 
@@ -1129,7 +1132,7 @@ impl Las {
             fwd.par_iter()
                 .map(|(_, cache)| {
                     let mut g = self.zeros_like();
-                    self.backward_params(cache, &mut g)?;
+                    self.backward_to(cache, &mut g, false)?;
                     Ok(g)
                 })
                 .collect::<Result<Vec<_>>>()?

@@ -342,8 +342,7 @@ impl AdditiveAttention {
             .expect("only location-aware attention has a location term");
         let (batch, units) = prev.dim();
         let k = l.conv.nrows();
-        // Filter outputs by direct convolution (K * W per frame), then one product with
-        // the projection for every frame at once.
+        // Filter outputs by direct convolution (K * W per frame), then the projection.
         let mut f = Array3::<f32>::zeros((batch, units, k));
         for b in 0..batch {
             let live = lengths.map_or(units, |l| l[b]);
@@ -352,17 +351,22 @@ impl AdditiveAttention {
                 location_features(l, prev.row(b), u, fr.as_slice_mut().expect("row-major"));
             }
         }
+        let loc = self.location_projection(l, &f)?;
+        Ok((f, loc))
+    }
+
+    /// The location term's projection of filter outputs `f` `[B, U, K]` -> `[B, U, A]`,
+    /// one product for every frame at once; backward repeats it on the cached `f`.
+    fn location_projection(&self, l: &Location, f: &Array3<f32>) -> Result<Array3<f32>> {
+        let (batch, units, k) = f.dim();
         let flat = f
             .view()
             .into_shape_with_order((batch * units, k))
             .expect("contiguous");
-        let loc = l.proj.forward(flat)?;
-        let a = self.att_h.output_dim();
-        Ok((
-            f,
-            loc.into_shape_with_order((batch, units, a))
-                .expect("row-major"),
-        ))
+        Ok(l.proj
+            .forward(flat)?
+            .into_shape_with_order((batch, units, self.att_h.output_dim()))
+            .expect("row-major"))
     }
 
     /// [`AdditiveAttention::step`] for decoding: `n` hypotheses of one utterance attend
@@ -510,19 +514,7 @@ impl AdditiveAttention {
         // The location term as the step computed it: the same product of the same
         // cached filter outputs.
         let loc = match (&self.location, &cache.f) {
-            (Some(l), Some(f)) => {
-                let k = l.conv.nrows();
-                let flat = f
-                    .view()
-                    .into_shape_with_order((batch * units, k))
-                    .expect("contiguous");
-                Some(
-                    l.proj
-                        .forward(flat)?
-                        .into_shape_with_order((batch, units, a))
-                        .expect("row-major"),
-                )
-            }
+            (Some(l), Some(f)) => Some(self.location_projection(l, f)?),
             _ => None,
         };
         // A caller's strided `dkeys` gets this step's share through a row-major copy.

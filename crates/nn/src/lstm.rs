@@ -592,7 +592,7 @@ impl LstmCell {
     /// vectors `emb` `[V, G]` (an embedding's rows), `emb W_ih[:, ..G]^T` `[V, 4H]`.
     pub fn given_table(&self, emb: ArrayView2<f32>) -> Result<Array2<f32>> {
         let g = emb.ncols();
-        self.check_given(g)?;
+        self.check_columns("given columns", g)?;
         let mut table = Array2::zeros((emb.nrows(), 4 * self.hidden()));
         matmul(
             table.view_mut(),
@@ -626,7 +626,7 @@ impl LstmCell {
             demb.shape(),
             &[Some(v), Some(g)],
         )?;
-        self.check_given(g)?;
+        self.check_columns("given columns", g)?;
         matmul(
             grads.weight_ih.slice_mut(s![.., ..g]),
             dtable.t(),
@@ -665,14 +665,15 @@ impl LstmCell {
         Ok(())
     }
 
-    /// Refuses more given columns than the input has.
-    fn check_given(&self, given: usize) -> Result<()> {
-        if given > self.input_dim() {
+    /// Refuses `columns` of the input (given ones, or a cached step's `x`) that are
+    /// more than the input has.
+    fn check_columns(&self, tensor: &'static str, columns: usize) -> Result<()> {
+        if columns > self.input_dim() {
             return Err(Error::Shape {
                 layer: "LSTMCell".into(),
-                tensor: "given columns",
-                got: vec![given],
-                expected: format!("at most {}", self.input_dim()),
+                tensor,
+                got: vec![columns],
+                expected: format!("at most {} columns", self.input_dim()),
             });
         }
         Ok(())
@@ -941,14 +942,7 @@ impl LstmCell {
                 dg.as_slice_mut().expect("contiguous"),
             );
         }
-        if cache.x.ncols() > self.input_dim() {
-            return Err(Error::Shape {
-                layer: "LSTMCell".into(),
-                tensor: "cached input",
-                got: cache.x.shape().to_vec(),
-                expected: format!("at most {} columns", self.input_dim()),
-            });
-        }
+        self.check_columns("cached input", cache.x.ncols())?;
         // The input columns the step's `x` held (all but the given ones).
         let given = self.input_dim() - cache.x.ncols();
         if let Some(p) = prepared {
@@ -1004,14 +998,7 @@ impl LstmCell {
     ) -> Result<()> {
         let hd = self.hidden();
         let width = steps.first().map_or(self.input_dim(), |(c, _)| c.x.ncols());
-        if width > self.input_dim() {
-            return Err(Error::Shape {
-                layer: "LSTMCell".into(),
-                tensor: "cached input",
-                got: vec![width],
-                expected: format!("at most {} columns", self.input_dim()),
-            });
-        }
+        self.check_columns("cached input", width)?;
         for (cache, dg) in steps {
             check_shape(
                 "LSTMCell",
