@@ -341,3 +341,81 @@ fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
     let out = resume("5");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = kaldi_dir(dir.path());
+    let cfg = dir.path().join("model.json");
+    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let masks = |name: &str, json: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, json).unwrap();
+        path
+    };
+    let none = masks("none.json", r#"{"freq_masks": 0, "time_masks": 0}"#);
+    let some = masks(
+        "some.json",
+        r#"{"freq_masks": 1, "max_freq_width": 20, "time_masks": 1, "max_time_width": 30, "max_time_fraction": 1.0}"#,
+    );
+    let run = |name: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(name);
+        let out = train(
+            &data,
+            &out_dir,
+            &cfg,
+            &[&["--seed", "5"][..], extra].concat(),
+        );
+        (out, out_dir.join("model.safetensors"))
+    };
+
+    let (out, off) = run("off", &["--no-spec-augment"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Masks that cover nothing train exactly as no SpecAugment at all ...
+    let (out, empty) = run("empty", &["--spec-augment", none.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(tensors(&off), tensors(&empty));
+    // ... and real ones change what the model learns, and stay in its file; the flag
+    // turns SpecAugment on even where the options turn it off.
+    let off_options = masks("options.json", r#"{"spec_augment": false}"#);
+    let (out, masked) = run(
+        "masked",
+        &[
+            "--options",
+            off_options.to_str().unwrap(),
+            "--spec-augment",
+            some.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(tensors(&off), tensors(&masked));
+    let m = lasr_model::ModelFile::load(&masked).unwrap();
+    let sa = &m.front_end.features.spec_augment;
+    assert_eq!(
+        (
+            sa.freq_masks,
+            sa.max_freq_width,
+            sa.time_masks,
+            sa.max_time_width
+        ),
+        (1, 20, 1, 30)
+    );
+
+    let bad = masks("bad.json", r#"{"max_time_fraction": 2.0}"#);
+    let (out, _) = run("bad", &["--spec-augment", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.json") && err.contains("max_time_fraction"),
+        "{err}"
+    );
+    let (out, _) = run(
+        "both",
+        &[
+            "--spec-augment",
+            some.to_str().unwrap(),
+            "--no-spec-augment",
+        ],
+    );
+    assert!(!out.status.success());
+}

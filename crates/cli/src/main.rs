@@ -300,6 +300,14 @@ struct TrainArgs {
     /// Turn SpecAugment off.
     #[arg(long)]
     no_spec_augment: bool,
+    /// SpecAugment's masks as JSON (fields of lasr_features::SpecAugmentConfig:
+    /// freq_masks, max_freq_width, time_masks, max_time_width, max_time_fraction,
+    /// mask_value; missing ones default to LibriSpeech's policy: 2 masks up to 27 bins,
+    /// 2 up to 100 frames and a fifth of the utterance). Turns SpecAugment on; milder
+    /// masks suit small models and corpora. Kept in the model file, so a resumed run
+    /// goes on with the same masks.
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["no_spec_augment", "resume"])]
+    spec_augment: Option<PathBuf>,
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
     /// Continue the run in --out from its last checkpoint.
@@ -1873,6 +1881,14 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     // an initial model may be taught to read padded audio with its own statistics.
     if let Some(p) = args.pad_frames {
         front.pad_frames = p;
+    }
+    if let Some(path) = &args.spec_augment {
+        let masks: lasr_features::SpecAugmentConfig = read_json(Some(path.as_path()))?;
+        masks
+            .validate()
+            .with_context(|| format!("{}: invalid masks", path.display()))?;
+        front.features.spec_augment = masks;
+        options.spec_augment = true;
     }
     // Whether validation reports CTC numbers alone; a resumed run trains the saved
     // model, whatever the command line builds.
