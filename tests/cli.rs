@@ -1563,3 +1563,63 @@ fn builtin_main_model(dir: &Path) -> PathBuf {
     m.save(&path).unwrap();
     path
 }
+
+#[test]
+fn ensemble_main_puts_a_later_phase_of_the_main_model_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = repo().join("assets/model.safetensors");
+    let out = dir.path().join("new.safetensors");
+    let with_main = |main: &Path, models: &[&Path]| {
+        let mut args = vec!["ensemble"];
+        args.extend(models.iter().map(|m| m.to_str().unwrap()));
+        args.extend([
+            "--main",
+            main.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        lasr(&args)
+    };
+    // The main model taken out in f32 and put back gives the file it came from, byte
+    // for byte: members, weights, decoding and storage all stay.
+    let main = dir.path().join("main.safetensors");
+    let mut m = lasr_model::ModelFile::load(&full).unwrap();
+    m.members.clear();
+    m.storage = lasr_nn::Storage::F32;
+    m.save(&main).unwrap();
+    let run = with_main(&main, &[&full]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&full).unwrap());
+    // Another main model must read the same features: the members were folded to the
+    // ensemble's statistics.
+    let mut other = lasr_model::ModelFile::load(&main).unwrap();
+    if let Some(c) = other.front_end.cmvn.as_mut() {
+        c.mean[0] += 1.0;
+    }
+    let shifted = dir.path().join("shifted.safetensors");
+    other.save(&shifted).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let run = with_main(&shifted, &[&full]);
+    assert!(!run.status.success());
+    let err = text(&run.stderr);
+    assert!(
+        err.contains("shifted.safetensors") && err.contains("CMVN statistics"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // One ensemble, and an ensemble it must be.
+    let run = with_main(&main, &[&full, &main]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("one ensemble"),
+        "{}",
+        text(&run.stderr)
+    );
+    let run = with_main(&main, &[&main]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("not an ensemble"),
+        "{}",
+        text(&run.stderr)
+    );
+}

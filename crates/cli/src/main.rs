@@ -142,7 +142,8 @@ enum Command {
     #[command(
         after_help = "Examples:\n  lasr ensemble run-a.safetensors run-b.safetensors --weights 0.6,0.4 -o ens.safetensors\n  \
         lasr pack ens.safetensors --decode decode.json -o ens-packed.safetensors   # retune the decoding\n  \
-        lasr ensemble ens.safetensors run-c.safetensors --drop 1 --weights 0.5,0.5 -o swapped.safetensors   # run-c replaces run-b"
+        lasr ensemble ens.safetensors run-c.safetensors --drop 1 --weights 0.5,0.5 -o swapped.safetensors   # run-c replaces run-b\n  \
+        lasr ensemble ens.safetensors --main phase2.safetensors -o new-main.safetensors   # a later phase of the main model"
     )]
     Ensemble {
         /// The main model (or an ensemble to grow), then the members: all with a CTC
@@ -165,6 +166,12 @@ enum Command {
         /// How to store the weights (default: as the first model is stored).
         #[arg(long, value_enum)]
         storage: Option<StorageArg>,
+        /// Put this model in place of the ensemble's main model (its listener, speller
+        /// and CTC head), keeping the members, their weights and the recommended
+        /// decoding: for a later phase of the main model (`lasr train --init`), which
+        /// reads the same features and statistics. Takes one MODEL, the ensemble.
+        #[arg(long, value_name = "MODEL", conflicts_with_all = ["weights", "leave_out"])]
+        main: Option<PathBuf>,
     },
     /// Write a copy of a model file that recommends a way of decoding (a JSON of
     /// decoding options: what `transcribe` and `bench` then use by default), or that
@@ -739,10 +746,18 @@ fn main() -> ExitCode {
         Command::Average { models, out } => average(&models, &out),
         Command::Ensemble {
             models,
+            out,
+            storage,
+            main: Some(main),
+            ..
+        } => replace_main(&models, &main, &out, storage),
+        Command::Ensemble {
+            models,
             weights,
             leave_out,
             out,
             storage,
+            main: None,
         } => ensemble(&models, weights, &leave_out, &out, storage),
         Command::Pack {
             model,
@@ -1499,6 +1514,46 @@ fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `lasr ensemble ENSEMBLE --main MODEL`: the ensemble with another main model.
+fn replace_main(
+    models: &[PathBuf],
+    main: &Path,
+    out: &Path,
+    storage: Option<StorageArg>,
+) -> Result<ExitCode> {
+    let [ensemble] = models else {
+        bail!("--main replaces the main model of one ensemble: give that ensemble alone");
+    };
+    let first = lasr_model::ModelFile::load(ensemble)?;
+    if first.members.is_empty() {
+        bail!(
+            "{}: not an ensemble (no members); `lasr ensemble {} {}` would make one",
+            ensemble.display(),
+            main.display(),
+            ensemble.display()
+        );
+    }
+    let new_main = lasr_model::ModelFile::load(main)?;
+    let mut joined = first.with_main(new_main).with_context(|| {
+        format!(
+            "cannot put {} in place of the main model of {}",
+            main.display(),
+            ensemble.display()
+        )
+    })?;
+    if let Some(s) = storage {
+        joined.storage = s.into();
+    }
+    joined.save(out)?;
+    eprintln!(
+        "wrote {} ({} with the main model of {})",
+        out.display(),
+        ensemble.display(),
+        main.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn ensemble(
     models: &[PathBuf],
     weights: Option<Vec<f32>>,
@@ -1801,14 +1856,21 @@ impl lasr_model::Observer for Bars {
             (false, Some(l), None) => ("", format!("; CTC loss {l:.4}")),
             _ => ("", String::new()),
         };
-        self.bar.suspend(|| {
-            eprintln!(
-                "epoch {}: valid {kind}loss {:.4}, {kind}CER {:.2}%, {kind}WER {:.2}% ({} utterances decoded){ctc}",
-                v.epoch,
-                v.loss,
+        // With `validate_decode` 0 nothing is decoded and the rates are undefined.
+        let rates = if v.decoded == 0 {
+            "nothing decoded".to_string()
+        } else {
+            format!(
+                "{kind}CER {:.2}%, {kind}WER {:.2}% ({} utterances decoded)",
                 100.0 * v.cer,
                 100.0 * v.wer,
                 v.decoded
+            )
+        };
+        self.bar.suspend(|| {
+            eprintln!(
+                "epoch {}: valid {kind}loss {:.4}, {rates}{ctc}",
+                v.epoch, v.loss
             )
         });
     }

@@ -225,6 +225,48 @@ impl ModelFile {
         Ok(out)
     }
 
+    /// This ensemble with `main` in place of its main model (listener, speller and CTC
+    /// head, and the training record that goes with them); the members, their weights,
+    /// the recommended decoding and the storage stay. The members were folded to this
+    /// file's CMVN statistics, so `main` must read exactly its front end (statistics
+    /// included) and spell with its vocabulary: a later phase of the main model
+    /// (`lasr train --init`) does.
+    pub fn with_main(mut self, main: ModelFile) -> Result<ModelFile> {
+        if !main.members.is_empty() {
+            return Err(Error::Model(
+                "the new main model is an ensemble itself".into(),
+            ));
+        }
+        if !main.las.config.has_ctc() {
+            return Err(Error::Model(
+                "the new main model has no CTC head to mix with the members".into(),
+            ));
+        }
+        if let Some(what) = main.reads_unlike(&self, false) {
+            return Err(Error::Model(format!(
+                "the new main model differs from the ensemble's in its {what}: its members \
+                 read the ensemble's features"
+            )));
+        }
+        let members = std::mem::take(&mut self.members);
+        let mut out = ModelFile {
+            las: main.las,
+            info: main.info,
+            ..self
+        };
+        for (k, m) in members.into_iter().enumerate() {
+            if let Some(what) = out.member_problem(&m) {
+                return Err(Error::Model(format!(
+                    "member {} does not fit the new main model: it has {what}",
+                    k + 1
+                )));
+            }
+            out.members.push(m);
+        }
+        out.validate()?;
+        Ok(out)
+    }
+
     /// Leaves out the members numbered `numbers` (1-based, as their tensor names
     /// `member.1`, `member.2`, ... and `lasr info`'s list number them); the others keep
     /// their order and weights, and the main model's share (the rest of 1) takes up the
@@ -299,15 +341,19 @@ impl ModelFile {
     /// Averaging and ensembles both need models that read the same features and spell
     /// with the same symbols; an ensemble folds a member's other CMVN into its weights.
     fn reads_unlike(&self, other: &ModelFile, cmvn_may_differ: bool) -> Option<&'static str> {
+        // SpecAugment's masks only shaped training: models trained with other masks
+        // read the same features.
+        let mut mine = self.front_end.clone();
+        mine.features.spec_augment = other.front_end.features.spec_augment.clone();
         if cmvn_may_differ {
             let same_features = FrontEndConfig {
                 cmvn: other.front_end.cmvn.clone(),
-                ..self.front_end.clone()
+                ..mine
             } == other.front_end;
             if !same_features {
                 return Some("feature settings");
             }
-        } else if self.front_end != other.front_end {
+        } else if mine != other.front_end {
             return Some("front end (feature settings or CMVN statistics)");
         }
         if self.vocab != other.vocab {

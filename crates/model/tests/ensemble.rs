@@ -370,6 +370,11 @@ fn broken_or_mismatched_ensembles_are_refused_with_the_reason() {
         e.contains("model 2") && e.contains("feature settings"),
         "{e}"
     );
+    // SpecAugment's masks shaped training only: they do not keep models apart.
+    let mut masked = model(2, config(2, 4));
+    masked.front_end.features.spec_augment.max_time_width = 7;
+    ModelFile::ensemble(a(), vec![masked.clone()], &[0.5, 0.5]).unwrap();
+    ModelFile::average(&[a(), masked]).unwrap();
     // No CTC head to mix.
     let mut no_ctc = config(2, 4);
     no_ctc.ctc_weight = 0.0;
