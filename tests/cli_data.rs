@@ -401,6 +401,68 @@ fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
         (1, 20, 1, 30)
     );
 
+    // A resumed run goes on with SpecAugment and its masks, though the options file
+    // says off: it ends where two epochs in one go do.
+    let masked_dir = dir.path().join("masked");
+    let (off_s, some_s) = (off_options.to_str().unwrap(), some.to_str().unwrap());
+    let two = ["--seed", "5", "--options", off_s];
+    let straight = dir.path().join("straight");
+    let cfg_s = cfg.to_str().unwrap();
+    let out = train_on(
+        &data,
+        &straight,
+        &[
+            &two[..],
+            &[
+                "--model-config",
+                cfg_s,
+                "--epochs",
+                "2",
+                "--spec-augment",
+                some_s,
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = train_on(
+        &data,
+        &masked_dir,
+        &[&two[..], &["--epochs", "2", "--resume"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("trained with SpecAugment on; going on with it"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        tensors(&straight.join("model.safetensors")),
+        tensors(&masked)
+    );
+    // Its masks are the run's own.
+    let out = train_on(
+        &data,
+        &masked_dir,
+        &[
+            &two[..],
+            &[
+                "--epochs",
+                "3",
+                "--resume",
+                "--spec-augment",
+                none.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("other SpecAugment masks"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let bad = masks("bad.json", r#"{"max_time_fraction": 2.0}"#);
     let (out, _) = run("bad", &["--spec-augment", bad.to_str().unwrap()]);
     assert!(!out.status.success());

@@ -311,9 +311,9 @@ struct TrainArgs {
     /// freq_masks, max_freq_width, time_masks, max_time_width, max_time_fraction,
     /// mask_value; missing ones default to LibriSpeech's policy: 2 masks up to 27 bins,
     /// 2 up to 100 frames and a fifth of the utterance). Turns SpecAugment on; milder
-    /// masks suit small models and corpora. Kept in the model file, so a resumed run
-    /// goes on with the same masks.
-    #[arg(long, value_name = "JSON", conflicts_with_all = ["no_spec_augment", "resume"])]
+    /// masks suit small models and corpora. Kept in the model file: a resumed run goes
+    /// on with the same masks, and with SpecAugment on unless --no-spec-augment.
+    #[arg(long, value_name = "JSON", conflicts_with = "no_spec_augment")]
     spec_augment: Option<PathBuf>,
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
@@ -1982,6 +1982,31 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 saved.front_end.pad_frames
             );
         }
+        if args.spec_augment.is_some()
+            && front.features.spec_augment != saved.front_end.features.spec_augment
+        {
+            bail!(
+                "{}: trained with other SpecAugment masks ({}); a run keeps its masks",
+                path.display(),
+                serde_json::to_string(&saved.front_end.features.spec_augment)?
+            );
+        }
+        // `--spec-augment` turns SpecAugment on over the options file, and the file
+        // given on resuming may well be the one that said off: without a flag, the run
+        // goes on as it trained.
+        let trained_with = saved.info["train_options"]["spec_augment"].as_bool();
+        if let Some(was) = trained_with.filter(|&was| {
+            was != options.spec_augment && !args.no_spec_augment && args.spec_augment.is_none()
+        }) {
+            eprintln!(
+                "{}: trained with SpecAugment {}; going on {} (--no-spec-augment or \
+                 --spec-augment to say otherwise)",
+                path.display(),
+                if was { "on" } else { "off" },
+                if was { "with it" } else { "without it" }
+            );
+            options.spec_augment = was;
+        }
         resumed_ctc_only = Some(!saved.las.config.trains_speller());
         front = saved.front_end;
         init_cmvn = front.cmvn.take();
@@ -2089,11 +2114,14 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             serde_json::json!({"out": args.out, "last_validation": last})
         );
     } else if let Some(v) = last {
+        let rates = if v.decoded == 0 {
+            format!("loss {:.4} (nothing decoded)", v.loss)
+        } else {
+            format!("CER {:.2}%, WER {:.2}%", 100.0 * v.cer, 100.0 * v.wer)
+        };
         println!(
-            "done: {} epochs; last validation CER {:.2}%, WER {:.2}%; model in {}",
+            "done: {} epochs; last validation {rates}; model in {}",
             v.epoch,
-            100.0 * v.cer,
-            100.0 * v.wer,
             args.out.join("model.safetensors").display()
         );
     }
