@@ -1623,3 +1623,42 @@ fn ensemble_main_puts_a_later_phase_of_the_main_model_in_place() {
         text(&run.stderr)
     );
 }
+
+#[test]
+fn ensemble_take_writes_a_member_as_a_model_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = repo().join("assets/model.safetensors");
+    let out = dir.path().join("member.safetensors");
+    let take = |n: &str, models: &[&Path]| {
+        let mut args = vec!["ensemble"];
+        args.extend(models.iter().map(|m| m.to_str().unwrap()));
+        args.extend(["--take", n, "--storage", "f32", "-o", out.to_str().unwrap()]);
+        lasr(&args)
+    };
+    let run = take("2", &[&full]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let ens = lasr_model::ModelFile::load(&full).unwrap();
+    let member = lasr_model::ModelFile::load(&out).unwrap();
+    assert!(member.members.is_empty());
+    assert_eq!(member.storage, lasr_nn::Storage::F32);
+    assert_eq!(member.las.config, ens.members[1].config);
+    assert_eq!(member.las.listener, ens.members[1].listener);
+    assert_eq!(member.front_end, ens.front_end);
+    // Trained on, it would start from the member, not from the main model.
+    assert_ne!(member.las.listener, ens.las.listener);
+
+    let run = take("9", &[&full]);
+    assert!(!run.status.success());
+    let err = text(&run.stderr);
+    assert!(
+        err.contains("--take 9") && err.contains("no member 9"),
+        "{err}"
+    );
+    let run = take("1", &[&full, &full]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("one ensemble"),
+        "{}",
+        text(&run.stderr)
+    );
+}

@@ -143,7 +143,8 @@ enum Command {
         after_help = "Examples:\n  lasr ensemble run-a.safetensors run-b.safetensors --weights 0.6,0.4 -o ens.safetensors\n  \
         lasr pack ens.safetensors --decode decode.json -o ens-packed.safetensors   # retune the decoding\n  \
         lasr ensemble ens.safetensors run-c.safetensors --drop 1 --weights 0.5,0.5 -o swapped.safetensors   # run-c replaces run-b\n  \
-        lasr ensemble ens.safetensors --main phase2.safetensors -o new-main.safetensors   # a later phase of the main model"
+        lasr ensemble ens.safetensors --main phase2.safetensors -o new-main.safetensors   # a later phase of the main model\n  \
+        lasr ensemble ens.safetensors --take 2 --storage f32 -o member2.safetensors   # a member alone, to train further"
     )]
     Ensemble {
         /// The main model (or an ensemble to grow), then the members: all with a CTC
@@ -172,6 +173,12 @@ enum Command {
         /// reads the same features and statistics. Takes one MODEL, the ensemble.
         #[arg(long, value_name = "MODEL", conflicts_with_all = ["weights", "leave_out"])]
         main: Option<PathBuf>,
+        /// Write member N of the ensemble (numbered as `lasr info` numbers them) as a
+        /// model of its own, to train further (`lasr train --init`) and join again; it
+        /// reads the ensemble's features. Members trained with CTC alone only. Takes one
+        /// MODEL, the ensemble.
+        #[arg(long, value_name = "N", conflicts_with_all = ["weights", "leave_out", "main"])]
+        take: Option<usize>,
     },
     /// Write a copy of a model file that recommends a way of decoding (a JSON of
     /// decoding options: what `transcribe` and `bench` then use by default), or that
@@ -753,11 +760,18 @@ fn main() -> ExitCode {
         } => replace_main(&models, &main, &out, storage),
         Command::Ensemble {
             models,
+            out,
+            storage,
+            take: Some(number),
+            ..
+        } => take_member(&models, number, &out, storage),
+        Command::Ensemble {
+            models,
             weights,
             leave_out,
             out,
             storage,
-            main: None,
+            ..
         } => ensemble(&models, weights, &leave_out, &out, storage),
         Command::Pack {
             model,
@@ -1511,6 +1525,32 @@ fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
     let mean = lasr_model::ModelFile::average(&loaded)?;
     mean.save(out)?;
     println!("wrote {} (mean of {} models)", out.display(), models.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lasr ensemble ENSEMBLE --take N`: member N as a model of its own.
+fn take_member(
+    models: &[PathBuf],
+    number: usize,
+    out: &Path,
+    storage: Option<StorageArg>,
+) -> Result<ExitCode> {
+    let [ensemble] = models else {
+        bail!("--take writes a member of one ensemble: give that ensemble alone");
+    };
+    let file = lasr_model::ModelFile::load(ensemble)?;
+    let mut member = file
+        .take_member(number)
+        .with_context(|| format!("{}: --take {number}", ensemble.display()))?;
+    if let Some(s) = storage {
+        member.storage = s.into();
+    }
+    member.save(out)?;
+    eprintln!(
+        "wrote {} (member {number} of {})",
+        out.display(),
+        ensemble.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

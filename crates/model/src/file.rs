@@ -267,6 +267,50 @@ impl ModelFile {
         Ok(out)
     }
 
+    /// Member `number` (1-based, as `lasr info` numbers them) as a model of its own:
+    /// its listener and CTC head, reading this file's features (its own statistics
+    /// were folded into its first layer when it joined), so that it can be trained on
+    /// (`lasr train --init`) and joined again. Only a member trained with CTC alone:
+    /// an ensemble keeps no member's speller. The speller of the model made is a fresh
+    /// draw of the member's (unused) speller sizes, which CTC-only training never
+    /// touches.
+    pub fn take_member(mut self, number: usize) -> Result<ModelFile> {
+        let n = self.members.len();
+        if number == 0 || number > n {
+            return Err(Error::Model(format!(
+                "there is no member {number}: the model has {}",
+                match n {
+                    0 => "no members".to_string(),
+                    1 => "1 member".to_string(),
+                    n => format!("members 1 to {n}"),
+                }
+            )));
+        }
+        let member = self.members.swap_remove(number - 1);
+        if member.config.trains_speller() {
+            return Err(Error::Model(format!(
+                "member {number} was trained with an attention decoder (ctc_weight {}), \
+                 which the ensemble did not keep: only CTC-only members can be taken out",
+                member.config.ctc_weight
+            )));
+        }
+        let mut las = Las::new(
+            member.config.clone(),
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+        )?;
+        las.listener = member.listener;
+        las.ctc = Some(member.ctc);
+        let out = ModelFile {
+            las,
+            info: member.info,
+            decode: None,
+            members: Vec::new(),
+            ..self
+        };
+        out.validate()?;
+        Ok(out)
+    }
+
     /// Leaves out the members numbered `numbers` (1-based, as their tensor names
     /// `member.1`, `member.2`, ... and `lasr info`'s list number them); the others keep
     /// their order and weights, and the main model's share (the rest of 1) takes up the

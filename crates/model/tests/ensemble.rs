@@ -466,3 +466,60 @@ fn an_ensemble_is_not_trained() {
     .to_string();
     assert!(e.contains("ensemble of 2 models cannot be trained"), "{e}");
 }
+
+#[test]
+fn a_member_taken_out_is_the_model_that_joined() {
+    let ctc_only = |hidden| ModelConfig {
+        ctc_weight: 1.0,
+        ..config(2, hidden)
+    };
+    let b = model(2, ctc_only(5));
+    let c = model(3, ctc_only(6));
+    let ens =
+        ModelFile::ensemble(model(1, config(2, 4)), vec![b.clone(), c], &[0.5, 0.3, 0.2]).unwrap();
+    let params = |las: &Las, prefix: &str| {
+        let mut out = Vec::new();
+        las.visit("", &mut |name, t| {
+            if name.starts_with(prefix) {
+                out.push((name, t.to_owned()));
+            }
+        });
+        out
+    };
+    let taken = ens.clone().take_member(1).unwrap();
+    assert!(taken.members.is_empty());
+    assert_eq!(taken.las.config, b.las.config);
+    assert_eq!(taken.info, b.info);
+    assert_eq!(taken.front_end, ens.front_end);
+    for part in ["listener.", "ctc."] {
+        let got = params(&taken.las, part);
+        assert!(!got.is_empty(), "{part}");
+        assert_eq!(got, params(&b.las, part), "{part}");
+    }
+    // Taken out and joined again, the members are what they were.
+    let mut main = ens.clone();
+    main.members.clear();
+    let back = ModelFile::ensemble(
+        main,
+        vec![taken, ens.clone().take_member(2).unwrap()],
+        &[0.5, 0.3, 0.2],
+    )
+    .unwrap();
+    assert_eq!(back.members, ens.members);
+
+    let e = ens.clone().take_member(3).unwrap_err().to_string();
+    assert!(
+        e.contains("no member 3") && e.contains("members 1 to 2"),
+        "{e}"
+    );
+    assert!(ens.clone().take_member(0).is_err());
+    // A joint member's speller was not kept: it cannot come back whole.
+    let joint = ModelFile::ensemble(
+        model(1, config(2, 4)),
+        vec![model(4, config(2, 5))],
+        &[0.5, 0.5],
+    )
+    .unwrap();
+    let e = joint.take_member(1).unwrap_err().to_string();
+    assert!(e.contains("attention decoder"), "{e}");
+}
