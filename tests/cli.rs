@@ -1643,6 +1643,7 @@ fn ensemble_take_writes_a_member_as_a_model_of_its_own() {
     assert_eq!(member.storage, lasr_nn::Storage::F32);
     assert_eq!(member.las.config, ens.members[1].config);
     assert_eq!(member.las.listener, ens.members[1].listener);
+    assert_eq!(member.las.ctc.as_ref(), Some(&ens.members[1].ctc));
     assert_eq!(member.front_end, ens.front_end);
     // Trained on, it would start from the member, not from the main model.
     assert_ne!(member.las.listener, ens.las.listener);

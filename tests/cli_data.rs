@@ -358,18 +358,24 @@ fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
         "some.json",
         r#"{"freq_masks": 1, "max_freq_width": 20, "time_masks": 1, "max_time_width": 30, "max_time_fraction": 1.0}"#,
     );
+    // Every run reads the same options, which say no SpecAugment.
+    let off_options = masks("options.json", r#"{"spec_augment": false}"#);
     let run = |name: &str, extra: &[&str]| {
         let out_dir = dir.path().join(name);
         let out = train(
             &data,
             &out_dir,
             &cfg,
-            &[&["--seed", "5"][..], extra].concat(),
+            &[
+                &["--seed", "5", "--options", off_options.to_str().unwrap()][..],
+                extra,
+            ]
+            .concat(),
         );
         (out, out_dir.join("model.safetensors"))
     };
 
-    let (out, off) = run("off", &["--no-spec-augment"]);
+    let (out, off) = run("off", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // Masks that cover nothing train exactly as no SpecAugment at all ...
     let (out, empty) = run("empty", &["--spec-augment", none.to_str().unwrap()]);
@@ -377,16 +383,7 @@ fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
     assert_eq!(tensors(&off), tensors(&empty));
     // ... and real ones change what the model learns, and stay in its file; the flag
     // turns SpecAugment on even where the options turn it off.
-    let off_options = masks("options.json", r#"{"spec_augment": false}"#);
-    let (out, masked) = run(
-        "masked",
-        &[
-            "--options",
-            off_options.to_str().unwrap(),
-            "--spec-augment",
-            some.to_str().unwrap(),
-        ],
-    );
+    let (out, masked) = run("masked", &["--spec-augment", some.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_ne!(tensors(&off), tensors(&masked));
     let m = lasr_model::ModelFile::load(&masked).unwrap();
@@ -462,6 +459,24 @@ fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
         "{}",
         text(&out.stderr)
     );
+    // --no-spec-augment turns it off for the rest of the run, without a word.
+    let out = train_on(
+        &data,
+        &masked_dir,
+        &[
+            &two[..],
+            &["--epochs", "3", "--resume", "--no-spec-augment"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("going on"),
+        "{}",
+        text(&out.stderr)
+    );
+    let m = lasr_model::ModelFile::load(&masked).unwrap();
+    assert_eq!(m.info["train_options"]["spec_augment"], false);
 
     let bad = masks("bad.json", r#"{"max_time_fraction": 2.0}"#);
     let (out, _) = run("bad", &["--spec-augment", bad.to_str().unwrap()]);
@@ -480,4 +495,44 @@ fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
         ],
     );
     assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_run_that_decodes_nothing_says_so_instead_of_printing_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = kaldi_dir(dir.path());
+    let cfg = dir.path().join("model.json");
+    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let options = dir.path().join("options.json");
+    std::fs::write(&options, r#"{"epochs": 1, "validate_decode": 0}"#).unwrap();
+    let out = train_on(
+        &data,
+        &dir.path().join("run"),
+        &[
+            "--model-config",
+            cfg.to_str().unwrap(),
+            "--options",
+            options.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stderr.contains("epoch 1: valid loss") && stderr.contains("nothing decoded"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("done: 1 epochs; last validation loss")
+            && stdout.contains("(nothing decoded)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("NaN") && !stderr.contains("NaN"),
+        "{stdout}{stderr}"
+    );
 }

@@ -175,8 +175,8 @@ enum Command {
         main: Option<PathBuf>,
         /// Write member N of the ensemble (numbered as `lasr info` numbers them) as a
         /// model of its own, to train further (`lasr train --init`) and join again; it
-        /// reads the ensemble's features. Members trained with CTC alone only. Takes one
-        /// MODEL, the ensemble.
+        /// reads the ensemble's features and carries no recommended decoding. Members
+        /// trained with CTC alone only. Takes one MODEL, the ensemble.
         #[arg(long, value_name = "N", conflicts_with_all = ["weights", "leave_out", "main"])]
         take: Option<usize>,
     },
@@ -319,7 +319,8 @@ struct TrainArgs {
     /// mask_value; missing ones default to LibriSpeech's policy: 2 masks up to 27 bins,
     /// 2 up to 100 frames and a fifth of the utterance). Turns SpecAugment on; milder
     /// masks suit small models and corpora. Kept in the model file: a resumed run goes
-    /// on with the same masks, and with SpecAugment on unless --no-spec-augment.
+    /// on with the same masks (and SpecAugment on or off as it trained), and an --init
+    /// run takes the initial model's masks unless this is given.
     #[arg(long, value_name = "JSON", conflicts_with = "no_spec_augment")]
     spec_augment: Option<PathBuf>,
     #[arg(long, value_name = "N")]
@@ -1546,7 +1547,7 @@ fn take_member(
         member.storage = s.into();
     }
     member.save(out)?;
-    eprintln!(
+    println!(
         "wrote {} (member {number} of {})",
         out.display(),
         ensemble.display()
@@ -1567,8 +1568,10 @@ fn replace_main(
     let first = lasr_model::ModelFile::load(ensemble)?;
     if first.members.is_empty() {
         bail!(
-            "{}: not an ensemble (no members); `lasr ensemble {} {}` would make one",
+            "{}: not an ensemble (no members): use {} itself, or `lasr ensemble {} {} -o OUT` \
+             to make an ensemble of the two",
             ensemble.display(),
+            main.display(),
             main.display(),
             ensemble.display()
         );
@@ -1585,7 +1588,7 @@ fn replace_main(
         joined.storage = s.into();
     }
     joined.save(out)?;
-    eprintln!(
+    println!(
         "wrote {} ({} with the main model of {})",
         out.display(),
         ensemble.display(),
@@ -2022,30 +2025,48 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 saved.front_end.pad_frames
             );
         }
+        // `lasr_model::train` reloads the saved model on resume, masks included, so a
+        // resumed run can only go on with the masks its file holds.
+        let trained_with = saved.info["train_options"]["spec_augment"].as_bool();
+        let saved_masks = serde_json::to_string(&saved.front_end.features.spec_augment)?;
         if args.spec_augment.is_some()
             && front.features.spec_augment != saved.front_end.features.spec_augment
         {
+            if trained_with == Some(false) {
+                bail!(
+                    "{}: trained without SpecAugment; a resumed run keeps the masks its file \
+                     holds ({saved_masks}): start a new phase with --init and --spec-augment \
+                     to train with others",
+                    path.display()
+                );
+            }
             bail!(
-                "{}: trained with other SpecAugment masks ({}); a run keeps its masks",
-                path.display(),
-                serde_json::to_string(&saved.front_end.features.spec_augment)?
+                "{}: trained with other SpecAugment masks ({saved_masks}); a resumed run keeps \
+                 its masks",
+                path.display()
             );
         }
         // `--spec-augment` turns SpecAugment on over the options file, and the file
         // given on resuming may well be the one that said off: without a flag, the run
         // goes on as it trained.
-        let trained_with = saved.info["train_options"]["spec_augment"].as_bool();
-        if let Some(was) = trained_with.filter(|&was| {
-            was != options.spec_augment && !args.no_spec_augment && args.spec_augment.is_none()
-        }) {
-            eprintln!(
-                "{}: trained with SpecAugment {}; going on {} (--no-spec-augment or \
-                 --spec-augment to say otherwise)",
-                path.display(),
-                if was { "on" } else { "off" },
-                if was { "with it" } else { "without it" }
-            );
-            options.spec_augment = was;
+        let flagged = args.no_spec_augment || args.spec_augment.is_some();
+        if let Some(was) = trained_with.filter(|&was| was != options.spec_augment) {
+            if !flagged {
+                if was {
+                    eprintln!(
+                        "{}: trained with SpecAugment on; going on with it (--no-spec-augment \
+                         to turn it off)",
+                        path.display()
+                    );
+                } else {
+                    eprintln!(
+                        "{}: trained with SpecAugment off; going on without it \
+                         (--spec-augment with the run's masks, {saved_masks}, to turn it on)",
+                        path.display()
+                    );
+                }
+                options.spec_augment = was;
+            }
         }
         resumed_ctc_only = Some(!saved.las.config.trains_speller());
         front = saved.front_end;

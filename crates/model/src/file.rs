@@ -230,7 +230,8 @@ impl ModelFile {
     /// the recommended decoding and the storage stay. The members were folded to this
     /// file's CMVN statistics, so `main` must read exactly its front end (statistics
     /// included) and spell with its vocabulary: a later phase of the main model
-    /// (`lasr train --init`) does.
+    /// (`lasr train --init`) does. The decoding was tuned for the old main model: tune
+    /// it again (`lasr pack --decode`).
     pub fn with_main(mut self, main: ModelFile) -> Result<ModelFile> {
         if !main.members.is_empty() {
             return Err(Error::Model(
