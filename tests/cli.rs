@@ -42,8 +42,14 @@ fn setting_names(v: &serde_json::Value) -> Vec<String> {
 
 /// Runs `lasr ensemble MODELS... -o OUT` (equal weights, the first model's storage).
 fn ensemble(models: &[&Path], out: &Path) -> std::process::Output {
+    ensemble_with(models, &[], out)
+}
+
+/// Runs `lasr ensemble MODELS... FLAGS... -o OUT`.
+fn ensemble_with(models: &[&Path], flags: &[&str], out: &Path) -> std::process::Output {
     let mut args = vec!["ensemble"];
     args.extend(models.iter().map(|m| m.to_str().unwrap()));
+    args.extend(flags);
     args.extend(["-o", out.to_str().unwrap()]);
     lasr(&args)
 }
@@ -1458,12 +1464,7 @@ fn ensemble_joins_models_that_read_alike() {
     }
     // Members leave by number: the grown file's first and its added last one.
     // `lasr ensemble GROWN ARGS... -o OUT`.
-    let from_grown = |args: &[&str], out: &Path| {
-        let mut all = vec!["ensemble", grown.to_str().unwrap()];
-        all.extend(args);
-        all.extend(["-o", out.to_str().unwrap()]);
-        lasr(&all)
-    };
+    let from_grown = |args: &[&str], out: &Path| ensemble_with(&[&grown], args, out);
     // Half to the main model, the rest equally among shipped + 1 others: the weights
     // of both the swap and the re-weighting below.
     let half_to_main = std::iter::once("0.5".to_string())
@@ -1570,15 +1571,7 @@ fn ensemble_main_puts_a_later_phase_of_the_main_model_in_place() {
     let full = repo().join("assets/model.safetensors");
     let out = dir.path().join("new.safetensors");
     let with_main = |main: &Path, models: &[&Path]| {
-        let mut args = vec!["ensemble"];
-        args.extend(models.iter().map(|m| m.to_str().unwrap()));
-        args.extend([
-            "--main",
-            main.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        lasr(&args)
+        ensemble_with(models, &["--main", main.to_str().unwrap()], &out)
     };
     // The main model taken out in f32 and put back gives the file it came from, byte
     // for byte: members, weights, decoding and storage all stay.
@@ -1629,12 +1622,8 @@ fn ensemble_take_writes_a_member_as_a_model_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let full = repo().join("assets/model.safetensors");
     let out = dir.path().join("member.safetensors");
-    let take = |n: &str, models: &[&Path]| {
-        let mut args = vec!["ensemble"];
-        args.extend(models.iter().map(|m| m.to_str().unwrap()));
-        args.extend(["--take", n, "--storage", "f32", "-o", out.to_str().unwrap()]);
-        lasr(&args)
-    };
+    let take =
+        |n: &str, models: &[&Path]| ensemble_with(models, &["--take", n, "--storage", "f32"], &out);
     let run = take("2", &[&full]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let ens = lasr_model::ModelFile::load(&full).unwrap();

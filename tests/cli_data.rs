@@ -62,9 +62,7 @@ fn train(data: &Path, out: &Path, cfg: &Path, extra: &[&str]) -> Output {
 #[test]
 fn train_reads_a_kaldi_directory_caches_features_and_perturbs_only_the_training_set() {
     let dir = tempfile::tempdir().unwrap();
-    let data = kaldi_dir(dir.path());
-    let cfg = dir.path().join("model.json");
-    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let (data, cfg) = tiny_inputs(dir.path());
     let cache = dir.path().join("cache");
     let cache_s = cache.to_str().unwrap();
     let flags = ["--feature-cache", cache_s, "--speed-perturb", "0.9,1.0,1.1"];
@@ -169,12 +167,18 @@ fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     out
 }
 
-/// A tiny model trained one epoch on [`kaldi_dir`] under `root`: the data directory,
-/// the model config and the model file.
-fn first_model(root: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+/// [`kaldi_dir`] under `root` and a tiny model config beside it (`root/model.json`).
+fn tiny_inputs(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let data = kaldi_dir(root);
     let cfg = root.join("model.json");
     std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    (data, cfg)
+}
+
+/// A tiny model trained one epoch on [`kaldi_dir`] under `root`: the data directory,
+/// the model config and the model file.
+fn first_model(root: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (data, cfg) = tiny_inputs(root);
     let run1 = root.join("run1");
     let out = train(&data, &run1, &cfg, &["--seed", "3"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -345,9 +349,7 @@ fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
 #[test]
 fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let data = kaldi_dir(dir.path());
-    let cfg = dir.path().join("model.json");
-    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let (data, cfg) = tiny_inputs(dir.path());
     let masks = |name: &str, json: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, json).unwrap();
@@ -505,9 +507,7 @@ fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
 #[test]
 fn a_run_that_decodes_nothing_says_so_instead_of_printing_nan() {
     let dir = tempfile::tempdir().unwrap();
-    let data = kaldi_dir(dir.path());
-    let cfg = dir.path().join("model.json");
-    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let (data, cfg) = tiny_inputs(dir.path());
     let options = dir.path().join("options.json");
     std::fs::write(&options, r#"{"epochs": 1, "validate_decode": 0}"#).unwrap();
     let out = train_on(

@@ -1529,6 +1529,19 @@ fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes `model` to `out`, in the `--storage` asked for, else as it is stored.
+fn save_stored(
+    mut model: lasr_model::ModelFile,
+    storage: Option<StorageArg>,
+    out: &Path,
+) -> Result<()> {
+    if let Some(s) = storage {
+        model.storage = s.into();
+    }
+    model.save(out)?;
+    Ok(())
+}
+
 /// `lasr ensemble ENSEMBLE --take N`: member N as a model of its own.
 fn take_member(
     models: &[PathBuf],
@@ -1540,13 +1553,10 @@ fn take_member(
         bail!("--take writes a member of one ensemble: give that ensemble alone");
     };
     let file = lasr_model::ModelFile::load(ensemble)?;
-    let mut member = file
+    let member = file
         .take_member(number)
         .with_context(|| format!("{}: --take {number}", ensemble.display()))?;
-    if let Some(s) = storage {
-        member.storage = s.into();
-    }
-    member.save(out)?;
+    save_stored(member, storage, out)?;
     println!(
         "wrote {} (member {number} of {})",
         out.display(),
@@ -1577,17 +1587,14 @@ fn replace_main(
         );
     }
     let new_main = lasr_model::ModelFile::load(main)?;
-    let mut joined = first.with_main(new_main).with_context(|| {
+    let joined = first.with_main(new_main).with_context(|| {
         format!(
             "cannot put {} in place of the main model of {}",
             main.display(),
             ensemble.display()
         )
     })?;
-    if let Some(s) = storage {
-        joined.storage = s.into();
-    }
-    joined.save(out)?;
+    save_stored(joined, storage, out)?;
     println!(
         "wrote {} ({} with the main model of {})",
         out.display(),
@@ -1648,15 +1655,14 @@ fn ensemble(
             .position(|m| m.las.config.trains_speller())
             .map(|k| (nested, k + 1))
     };
-    let mut joined =
-        lasr_model::ModelFile::ensemble(main, loaded, &weights).with_context(|| {
-            let names: Vec<String> = models
-                .iter()
-                .enumerate()
-                .map(|(k, p)| format!("model {} = {}", k + 1, p.display()))
-                .collect();
-            format!("cannot join {}", names.join(", "))
-        })?;
+    let joined = lasr_model::ModelFile::ensemble(main, loaded, &weights).with_context(|| {
+        let names: Vec<String> = models
+            .iter()
+            .enumerate()
+            .map(|(k, p)| format!("model {} = {}", k + 1, p.display()))
+            .collect();
+        format!("cannot join {}", names.join(", "))
+    })?;
     if let Some((nested, k)) = dropped {
         let (first, with) = (models[0].display(), models[k].display());
         // An ensemble can only go first, so one whose main model is CTC-only is rebuilt.
@@ -1674,10 +1680,7 @@ fn ensemble(
              attention search and re-ranking"
         );
     }
-    if let Some(s) = storage {
-        joined.storage = s.into();
-    }
-    joined.save(out)?;
+    save_stored(joined, storage, out)?;
     if n == 1 {
         println!(
             "wrote {} (the main model of {} alone)",
@@ -1712,10 +1715,7 @@ fn pack(
             .with_context(|| format!("{}", decode.display()))?;
         m.decode = Some(options);
     }
-    if let Some(s) = storage {
-        m.storage = s.into();
-    }
-    m.save(out)?;
+    save_stored(m, storage, out)?;
     println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

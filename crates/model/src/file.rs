@@ -232,15 +232,10 @@ impl ModelFile {
     /// included) and spell with its vocabulary: a later phase of the main model
     /// (`lasr train --init`) does. The decoding was tuned for the old main model: tune
     /// it again (`lasr pack --decode`).
-    pub fn with_main(mut self, main: ModelFile) -> Result<ModelFile> {
+    pub fn with_main(self, main: ModelFile) -> Result<ModelFile> {
         if !main.members.is_empty() {
             return Err(Error::Model(
                 "the new main model is an ensemble itself".into(),
-            ));
-        }
-        if !main.las.config.has_ctc() {
-            return Err(Error::Model(
-                "the new main model has no CTC head to mix with the members".into(),
             ));
         }
         if let Some(what) = main.reads_unlike(&self, false) {
@@ -249,21 +244,13 @@ impl ModelFile {
                  read the ensemble's features"
             )));
         }
-        let members = std::mem::take(&mut self.members);
-        let mut out = ModelFile {
+        // `validate` checks the rest: a CTC head on the main model, and each member's
+        // fit to it (time reduction, vocabulary, input size).
+        let out = ModelFile {
             las: main.las,
             info: main.info,
             ..self
         };
-        for (k, m) in members.into_iter().enumerate() {
-            if let Some(what) = out.member_problem(&m) {
-                return Err(Error::Model(format!(
-                    "member {} does not fit the new main model: it has {what}",
-                    k + 1
-                )));
-            }
-            out.members.push(m);
-        }
         out.validate()?;
         Ok(out)
     }
@@ -280,11 +267,7 @@ impl ModelFile {
         if number == 0 || number > n {
             return Err(Error::Model(format!(
                 "there is no member {number}: the model has {}",
-                match n {
-                    0 => "no members".to_string(),
-                    1 => "1 member".to_string(),
-                    n => format!("members 1 to {n}"),
-                }
+                members_held(n)
             )));
         }
         let member = self.members.swap_remove(number - 1);
@@ -322,11 +305,7 @@ impl ModelFile {
         let mut keep = vec![true; n];
         for &k in numbers {
             if k == 0 || k > n {
-                let held = match n {
-                    0 => "no members".to_string(),
-                    1 => "1 member".to_string(),
-                    n => format!("members 1 to {n}"),
-                };
+                let held = members_held(n);
                 return Err(Error::Model(format!(
                     "there is no member {k} to leave out: the model has {held}"
                 )));
@@ -670,5 +649,15 @@ mod erased {
         fn json(&self) -> String {
             serde_json::to_string(self).expect("lasr's configs serialise to JSON")
         }
+    }
+}
+
+/// "no members", "1 member" or "members 1 to N": what a member number may be, for
+/// errors about one that is not.
+fn members_held(n: usize) -> String {
+    match n {
+        0 => "no members".to_string(),
+        1 => "1 member".to_string(),
+        n => format!("members 1 to {n}"),
     }
 }
