@@ -10,19 +10,23 @@
 # MAX_WORDS (default 40) words are drawn at random; SEED (a positive integer) makes the
 # draw, the voices and the rates, so the same arguments give the same corpus.
 # VOICES='engine:voice ...' replaces the voice mix below with these, drawn uniformly
-# (engines: flite, festival, espeak; e.g. 'espeak:de espeak:fr-fr' for English words
-# read by other languages' letter-to-sound rules, a crude stand-in for accents).
-# VARY_PITCH=1 also draws each flite and espeak-ng utterance's mean pitch (flite 70 to
-# 250 Hz, espeak-ng 10 to 90 of its 0-99 scale; a third column of voices.tsv): more
-# voices from the same engines. The draw shares the seeded sequence, so it also moves
-# every later sentence's voice and rate: a corpus made with it is another corpus.
+# (engines: flite, festival, espeak, pico; e.g. 'espeak:de espeak:fr-fr' for English
+# words read by other languages' letter-to-sound rules, a crude stand-in for accents;
+# 'espeak:mb-us1' for espeak-ng driving an MBROLA diphone voice; 'pico:en-US').
+# VARY_PITCH=1 also draws each flite, espeak-ng and pico utterance's mean pitch (flite
+# 70 to 250 Hz, espeak-ng 10 to 90 of its 0-99 scale, pico 70% to 150% of its own; a
+# third column of voices.tsv): more voices from the same engines. The draw shares the
+# seeded sequence, so it also moves every later sentence's voice and rate: a corpus
+# made with it is another corpus.
 # Needs: flite, festival (voices kal_diphone, cmu_us_slt_arctic_hts), espeak-ng
 #   apt-get install flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng
+# and, for VOICES only, with Debian's contrib and non-free components enabled:
+#   apt-get install mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils
 # Re-running skips sentences whose WAV exists, so an interrupted run can go on.
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 out=$1 n=$2 seed=$3
@@ -40,8 +44,8 @@ chosen=()
 read -r -a chosen <<< "${VOICES:-}"
 # `${a[@]+"${a[@]}"}`: an empty array is "unbound" to `set -u` in bash before 4.4.
 for v in ${chosen[@]+"${chosen[@]}"}; do
-    if ! [[ $v =~ ^(flite|festival|espeak):[A-Za-z0-9_+-]+$ ]]; then
-        echo "error: VOICES entries are ENGINE:VOICE with ENGINE flite, festival or espeak, not '$v'" >&2
+    if ! [[ $v =~ ^(flite|festival|espeak|pico):[A-Za-z0-9_+-]+$ ]]; then
+        echo "error: VOICES entries are ENGINE:VOICE with ENGINE flite, festival, espeak or pico, not '$v'" >&2
         exit 2
     fi
 done
@@ -60,6 +64,7 @@ if (( ${#chosen[@]} > 0 )); then
             flite) tools+=(flite) ;;
             festival) tools+=(text2wave) ;;
             espeak) tools+=(espeak-ng) ;;
+            pico) tools+=(pico2wave) ;;
         esac
     done
 fi
@@ -114,14 +119,16 @@ while IFS= read -r text; do
     fi
     next; r=$(( rnd % 41 ))   # 0..40: speaking rate 0.8x to 1.2x (festival: its own)
     # Drawn only when asked, so that corpora made without it keep their voices.
-    flite_pitch=() espeak_pitch=()
+    flite_pitch=() espeak_pitch=() pico_pitch=100
     if (( vary_pitch )); then
         next; p=$(( rnd % 81 ))
         flite_pitch=(--setf int_f0_target_mean=$((70 + p * 180 / 80)))
         espeak_pitch=(-p $((10 + p)))
+        pico_pitch=$((70 + p))
         case $voice in
             flite:*) pitch_note="${flite_pitch[1]}" ;;
             espeak:*) pitch_note="pitch=$((10 + p))" ;;
+            pico:*) pitch_note="pitch=$pico_pitch%" ;;
             *) pitch_note="-" ;;   # festival's voices keep their own
         esac
     fi
@@ -140,6 +147,12 @@ while IFS= read -r text; do
                 # espeak-ng speaks 175 words per minute by default.
                 espeak-ng -v "${voice#espeak:}" -s $((140 + r * 70 / 40)) \
                     ${espeak_pitch[@]+"${espeak_pitch[@]}"} -w "$wav.tmp.wav" "$lower" < /dev/null ;;
+            pico:*)
+                # pico2wave takes rate and pitch only as markup (percent of its own),
+                # so the characters that would end the text's element are left out.
+                plain=${lower//[<>&]/ }
+                pico2wave -l "${voice#pico:}" -w "$wav.tmp.wav" \
+                    "<speed level='$((80 + r))'><pitch level='$pico_pitch'>$plain</pitch></speed>" < /dev/null ;;
         esac
         mv "$wav.tmp.wav" "$wav"
     fi

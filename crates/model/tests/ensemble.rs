@@ -523,3 +523,97 @@ fn a_member_taken_out_is_the_model_that_joined() {
     let e = joint.take_member(1).unwrap_err().to_string();
     assert!(e.contains("attention decoder"), "{e}");
 }
+
+#[test]
+fn a_member_taken_out_after_its_cmvn_was_folded_in_reads_as_it_did_alone() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let cmvn = |rng: &mut rand_chacha::ChaCha8Rng| lasr_features::Cmvn {
+        frames: 1000,
+        mean: lasr_nn::init::uniform(80, 3.0, rng).to_vec(),
+        std: lasr_nn::init::uniform(80, 1.75, rng)
+            .iter()
+            .map(|v| v + 2.25)
+            .collect(),
+    };
+    let raw = lasr_nn::init::uniform((40, 80), 6.0, &mut rng);
+    let normalised = |c: &lasr_features::Cmvn| {
+        let mut x = raw.clone();
+        c.apply(x.view_mut()).unwrap();
+        x
+    };
+    let mut main = model(1, config(2, 4));
+    main.front_end.cmvn = Some(cmvn(&mut rng));
+    let mut member = model(
+        2,
+        ModelConfig {
+            ctc_weight: 1.0,
+            ..config(2, 5)
+        },
+    );
+    member.front_end.cmvn = Some(cmvn(&mut rng));
+    let alone = ctc_log_probs(
+        &member,
+        normalised(member.front_end.cmvn.as_ref().unwrap()).view(),
+    );
+    let ens = ModelFile::ensemble(main, vec![member], &[0.6, 0.4]).unwrap();
+    let taken = ens.clone().take_member(1).unwrap();
+    // The taken model reads the ensemble's statistics, its first layer carrying the
+    // difference: fed the ensemble's features it gives what the member gave alone.
+    assert_eq!(taken.front_end, ens.front_end);
+    let x = normalised(ens.front_end.cmvn.as_ref().unwrap());
+    let got = ctc_log_probs(&taken, x.view());
+    let worst = got
+        .iter()
+        .zip(&alone)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "{worst}");
+}
+
+#[test]
+fn a_new_main_model_that_cannot_lead_the_members_is_refused() {
+    let ens = ModelFile::ensemble(
+        model(1, config(2, 4)),
+        vec![model(2, config(2, 5))],
+        &[0.6, 0.4],
+    )
+    .unwrap();
+    // A later phase of the main model takes its place; the members and weights stay.
+    let later = model(3, config(2, 4));
+    let swapped = ens.clone().with_main(later.clone()).unwrap();
+    assert_eq!(swapped.members, ens.members);
+    assert_eq!(swapped.las, later.las);
+    assert_eq!(swapped.info, later.info);
+    // An ensemble in the main model's place would bring members of its own.
+    let e = ens.clone().with_main(ens.clone()).unwrap_err().to_string();
+    assert!(e.contains("an ensemble itself"), "{e}");
+    // Without a CTC head there is nothing to mix the members' distributions with.
+    let no_ctc = model(
+        4,
+        ModelConfig {
+            ctc_weight: 0.0,
+            ..config(2, 4)
+        },
+    );
+    let e = ens.clone().with_main(no_ctc).unwrap_err().to_string();
+    assert!(e.contains("needs a CTC head"), "{e}");
+    // Another time reduction would give the mixture rows that do not line up.
+    let e = ens
+        .clone()
+        .with_main(model(5, config(3, 4)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("member 1") && e.contains("time reduction"),
+        "{e}"
+    );
+    // Other CMVN statistics: the members were folded to the ensemble's.
+    let mut shifted = model(6, config(2, 4));
+    shifted.front_end.cmvn = Some(lasr_features::Cmvn {
+        frames: 10,
+        mean: vec![1.0; 80],
+        std: vec![2.0; 80],
+    });
+    let e = ens.with_main(shifted).unwrap_err().to_string();
+    assert!(e.contains("CMVN statistics"), "{e}");
+}
