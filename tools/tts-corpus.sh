@@ -14,10 +14,10 @@
 # words read by other languages' letter-to-sound rules, a crude stand-in for accents;
 # 'espeak:mb-us1' for espeak-ng driving an MBROLA diphone voice; 'pico:en-US').
 # VARY_PITCH=1 also draws each flite, espeak-ng and pico utterance's mean pitch (flite
-# 70 to 250 Hz, espeak-ng 10 to 90 of its 0-99 scale, pico 70% to 150% of its own; a
-# third column of voices.tsv): more voices from the same engines. The draw shares the
-# seeded sequence, so it also moves every later sentence's voice and rate: a corpus
-# made with it is another corpus.
+# 70 to 250 Hz, espeak-ng 10 to 90 of its 0-99 scale, pico 70% to 150% of its own
+# pitch; a third column of voices.tsv): more voices from the same engines. The draw
+# shares the seeded sequence, so it also moves every later sentence's voice and rate:
+# a corpus made with it is another corpus.
 # Needs: flite, festival (voices kal_diphone, cmu_us_slt_arctic_hts), espeak-ng
 #   apt-get install flite festival festvox-kallpc16k festvox-us-slt-hts espeak-ng
 # and, for VOICES only, with Debian's contrib and non-free components enabled:
@@ -55,7 +55,7 @@ if ! [[ $min_words =~ ^[1-9][0-9]*$ && $max_words =~ ^[1-9][0-9]*$ ]] || ((min_w
     echo "error: MIN_WORDS and MAX_WORDS must be positive integers, MIN_WORDS <= MAX_WORDS (not '$min_words', '$max_words')" >&2
     exit 2
 fi
-# The engines this corpus uses: all three unless VOICES names fewer.
+# The engines this corpus uses: the three of the default mix unless VOICES names others.
 tools=(flite text2wave espeak-ng)
 if (( ${#chosen[@]} > 0 )); then
     tools=()
@@ -149,7 +149,7 @@ while IFS= read -r text; do
                     ${espeak_pitch[@]+"${espeak_pitch[@]}"} -w "$wav.tmp.wav" "$lower" < /dev/null ;;
             pico:*)
                 # pico2wave takes rate and pitch only as markup (percent of its own),
-                # so the characters that would end the text's element are left out.
+                # so markup's own characters `<`, `>` and `&` become spaces.
                 plain=${lower//[<>&]/ }
                 pico2wave -l "${voice#pico:}" -w "$wav.tmp.wav" \
                     "<speed level='$((80 + r))'><pitch level='$pico_pitch'>$plain</pitch></speed>" < /dev/null ;;

@@ -555,6 +555,15 @@ fn a_member_taken_out_after_its_cmvn_was_folded_in_reads_as_it_did_alone() {
         &member,
         normalised(member.front_end.cmvn.as_ref().unwrap()).view(),
     );
+    // Without the fold, the member reading the ensemble's features would be lost.
+    let unfolded = ctc_log_probs(
+        &member,
+        normalised(main.front_end.cmvn.as_ref().unwrap()).view(),
+    );
+    assert!(unfolded
+        .iter()
+        .zip(&alone)
+        .any(|(u, a)| (u - a).abs() > 1e-2));
     let ens = ModelFile::ensemble(main, vec![member], &[0.6, 0.4]).unwrap();
     let taken = ens.clone().take_member(1).unwrap();
     // The taken model reads the ensemble's statistics, its first layer carrying the
@@ -572,16 +581,24 @@ fn a_member_taken_out_after_its_cmvn_was_folded_in_reads_as_it_did_alone() {
 
 #[test]
 fn a_new_main_model_that_cannot_lead_the_members_is_refused() {
-    let ens = ModelFile::ensemble(
+    let mut ens = ModelFile::ensemble(
         model(1, config(2, 4)),
         vec![model(2, config(2, 5))],
         &[0.6, 0.4],
     )
     .unwrap();
-    // A later phase of the main model takes its place; the members and weights stay.
+    ens.decode = Some(DecodeOptions {
+        ctc_only: true,
+        ..DecodeOptions::default()
+    });
+    ens.storage = lasr_nn::Storage::F16;
+    // A later phase of the main model takes its place; the members and weights, the
+    // recommended decoding and the storage stay.
     let later = model(3, config(2, 4));
     let swapped = ens.clone().with_main(later.clone()).unwrap();
     assert_eq!(swapped.members, ens.members);
+    assert_eq!(swapped.decode, ens.decode);
+    assert_eq!(swapped.storage, ens.storage);
     assert_eq!(swapped.las, later.las);
     assert_eq!(swapped.info, later.info);
     // An ensemble in the main model's place would bring members of its own.
@@ -595,8 +612,15 @@ fn a_new_main_model_that_cannot_lead_the_members_is_refused() {
             ..config(2, 4)
         },
     );
-    let e = ens.clone().with_main(no_ctc).unwrap_err().to_string();
+    // (Without the recommended CTC decoding, which is refused first for want of a head.)
+    let undecided = ModelFile {
+        decode: None,
+        ..ens.clone()
+    };
+    let e = undecided.with_main(no_ctc.clone()).unwrap_err().to_string();
     assert!(e.contains("needs a CTC head"), "{e}");
+    let e = ens.clone().with_main(no_ctc).unwrap_err().to_string();
+    assert!(e.contains("no CTC head"), "{e}");
     // Another time reduction would give the mixture rows that do not line up.
     let e = ens
         .clone()
