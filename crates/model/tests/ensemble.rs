@@ -49,6 +49,27 @@ fn random_log_dist(rng: &mut impl Rng, rows: usize, cols: usize, scale: f32) -> 
     log_softmax(lasr_nn::init::uniform((rows, cols), scale, rng))
 }
 
+/// CMVN statistics for 80 features: means within 3 of 0, deviations from 0.5 to 4.
+fn random_cmvn(rng: &mut impl Rng) -> lasr_features::Cmvn {
+    lasr_features::Cmvn {
+        frames: 1000,
+        mean: lasr_nn::init::uniform(80, 3.0, rng).to_vec(),
+        std: lasr_nn::init::uniform(80, 1.75, rng)
+            .iter()
+            .map(|v| v + 2.25)
+            .collect(),
+    }
+}
+
+/// `raw` `[T, 80]` normalised with `cmvn` (as it is without).
+fn normalised(raw: &Array2<f32>, cmvn: Option<&lasr_features::Cmvn>) -> Array2<f32> {
+    let mut x = raw.clone();
+    if let Some(c) = cmvn {
+        c.apply(x.view_mut()).unwrap();
+    }
+    x
+}
+
 #[test]
 fn the_mixture_is_the_weighted_mean_of_the_probabilities() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -211,30 +232,15 @@ fn ensembles_round_trip_as_format_2_without_the_members_spellers() {
 #[test]
 fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let cmvn = |rng: &mut rand_chacha::ChaCha8Rng| lasr_features::Cmvn {
-        frames: 1000,
-        mean: lasr_nn::init::uniform(80, 3.0, rng).to_vec(),
-        std: lasr_nn::init::uniform(80, 1.75, rng)
-            .iter()
-            .map(|v| v + 2.25)
-            .collect(),
-    };
     let raw = lasr_nn::init::uniform((48, 80), 6.0, &mut rng);
-    let normalised = |c: &Option<lasr_features::Cmvn>| {
-        let mut x = raw.clone();
-        if let Some(c) = c {
-            c.apply(x.view_mut()).unwrap();
-        }
-        x
-    };
     for (cell, main_cmvn, member_cmvn) in [
         (
             lasr_model::CellType::Lstm,
-            Some(cmvn(&mut rng)),
-            Some(cmvn(&mut rng)),
+            Some(random_cmvn(&mut rng)),
+            Some(random_cmvn(&mut rng)),
         ),
-        (lasr_model::CellType::Gru, None, Some(cmvn(&mut rng))),
-        (lasr_model::CellType::Rnn, Some(cmvn(&mut rng)), None),
+        (lasr_model::CellType::Gru, None, Some(random_cmvn(&mut rng))),
+        (lasr_model::CellType::Rnn, Some(random_cmvn(&mut rng)), None),
     ] {
         let mut main = model(1, config(2, 4));
         main.front_end.cmvn = main_cmvn;
@@ -247,8 +253,8 @@ fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
         );
         member.front_end.cmvn = member_cmvn;
         let (xa, xb) = (
-            normalised(&main.front_end.cmvn),
-            normalised(&member.front_end.cmvn),
+            normalised(&raw, main.front_end.cmvn.as_ref()),
+            normalised(&raw, member.front_end.cmvn.as_ref()),
         );
         let la = ctc_log_probs(&main, xa.view());
         let lb = ctc_log_probs(&member, xb.view());
@@ -269,9 +275,9 @@ fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
     }
     // A deviation of 0 cannot be divided by: refused, not folded into infinities.
     let mut main = model(1, config(2, 4));
-    main.front_end.cmvn = Some(cmvn(&mut rng));
+    main.front_end.cmvn = Some(random_cmvn(&mut rng));
     let mut member = model(2, config(2, 6));
-    let mut broken = cmvn(&mut rng);
+    let mut broken = random_cmvn(&mut rng);
     broken.std[7] = 0.0;
     member.front_end.cmvn = Some(broken);
     let e = ModelFile::ensemble(main, vec![member], &[0.5, 0.5])
@@ -527,22 +533,9 @@ fn a_member_taken_out_is_the_model_that_joined() {
 #[test]
 fn a_member_taken_out_after_its_cmvn_was_folded_in_reads_as_it_did_alone() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let cmvn = |rng: &mut rand_chacha::ChaCha8Rng| lasr_features::Cmvn {
-        frames: 1000,
-        mean: lasr_nn::init::uniform(80, 3.0, rng).to_vec(),
-        std: lasr_nn::init::uniform(80, 1.75, rng)
-            .iter()
-            .map(|v| v + 2.25)
-            .collect(),
-    };
     let raw = lasr_nn::init::uniform((40, 80), 6.0, &mut rng);
-    let normalised = |c: &lasr_features::Cmvn| {
-        let mut x = raw.clone();
-        c.apply(x.view_mut()).unwrap();
-        x
-    };
     let mut main = model(1, config(2, 4));
-    main.front_end.cmvn = Some(cmvn(&mut rng));
+    main.front_end.cmvn = Some(random_cmvn(&mut rng));
     let mut member = model(
         2,
         ModelConfig {
@@ -550,15 +543,15 @@ fn a_member_taken_out_after_its_cmvn_was_folded_in_reads_as_it_did_alone() {
             ..config(2, 5)
         },
     );
-    member.front_end.cmvn = Some(cmvn(&mut rng));
+    member.front_end.cmvn = Some(random_cmvn(&mut rng));
     let alone = ctc_log_probs(
         &member,
-        normalised(member.front_end.cmvn.as_ref().unwrap()).view(),
+        normalised(&raw, member.front_end.cmvn.as_ref()).view(),
     );
     // Without the fold, the member reading the ensemble's features would be lost.
     let unfolded = ctc_log_probs(
         &member,
-        normalised(main.front_end.cmvn.as_ref().unwrap()).view(),
+        normalised(&raw, main.front_end.cmvn.as_ref()).view(),
     );
     assert!(unfolded
         .iter()
@@ -569,7 +562,7 @@ fn a_member_taken_out_after_its_cmvn_was_folded_in_reads_as_it_did_alone() {
     // The taken model reads the ensemble's statistics, its first layer carrying the
     // difference: fed the ensemble's features it gives what the member gave alone.
     assert_eq!(taken.front_end, ens.front_end);
-    let x = normalised(ens.front_end.cmvn.as_ref().unwrap());
+    let x = normalised(&raw, ens.front_end.cmvn.as_ref());
     let got = ctc_log_probs(&taken, x.view());
     let worst = got
         .iter()
