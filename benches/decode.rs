@@ -12,6 +12,11 @@
 //! `decode_shipped/ctc_log_probs_shipped_sample`, the model alone (its listener and
 //! CTC head, and an ensemble's members'), the same audio's features in.
 //!
+//! `rnnlm/score_8x150`: an LSTM language model the size `lasr rnnlm` trains by default
+//! (1 x 512, embedding 64) scoring an 8-best list of 150-character hypotheses, the
+//! re-ranking `--rnnlm` adds to each utterance's search: through the batched forward
+//! pass, and through the prefix-sharing scorer `--rnnlm` uses.
+//!
 //!     RAYON_NUM_THREADS=1 cargo bench -p lasr-model --bench decode
 
 use criterion::{criterion_group, Criterion};
@@ -144,7 +149,44 @@ fn shipped_search(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, shipped_search);
+fn rnnlm(c: &mut Criterion) {
+    use rand::RngExt;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let config = lasr_model::RnnLmConfig {
+        vocab_size: 32,
+        embedding_dim: 64,
+        hidden: 512,
+        layers: 1,
+        dropout: 0.0,
+    };
+    let lm = lasr_model::RnnLm::new(config, &mut rng).unwrap();
+    let hyps: Vec<Vec<usize>> = (0..8)
+        .map(|_| (0..150).map(|_| rng.random_range(4..32)).collect())
+        .collect();
+    let refs: Vec<&[usize]> = hyps.iter().map(Vec::as_slice).collect();
+    let mut group = c.benchmark_group("rnnlm");
+    group.sample_size(20);
+    group.bench_function("score_8x150", |b| b.iter(|| lm.log_probs(&refs).unwrap()));
+    // The same lists through the prefix-sharing scorer `--rnnlm` uses: random
+    // hypotheses share no prefix, so this is its cost without the sharing, and a
+    // list whose hypotheses differ only in their last 30 characters, as a CTC beam's
+    // n-best mostly does.
+    let scorer = lm.scorer();
+    group.bench_function("scorer_8x150_distinct", |b| {
+        b.iter(|| scorer.log_probs(&refs).unwrap())
+    });
+    let shared: Vec<Vec<usize>> = hyps
+        .iter()
+        .map(|h| hyps[0][..120].iter().chain(&h[120..]).copied().collect())
+        .collect();
+    let shared_refs: Vec<&[usize]> = shared.iter().map(Vec::as_slice).collect();
+    group.bench_function("scorer_8x150_shared_120", |b| {
+        b.iter(|| scorer.log_probs(&shared_refs).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, shipped_search, rnnlm);
 // criterion_main!, with the heap policy the `lasr` binary sets (lasr_nn::heap).
 fn main() {
     lasr_nn::heap::keep_freed_memory();

@@ -1652,3 +1652,153 @@ fn ensemble_take_writes_a_member_as_a_model_of_its_own() {
         text(&run.stderr)
     );
 }
+
+#[test]
+fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("tests/fixtures");
+    let model = fixtures.join("tiny.safetensors");
+    let high = fixtures.join("high.wav");
+    // Text in LibriSpeech's form (an id first); "hi" far more often than "yo".
+    let train = dir.path().join("train.txt");
+    let valid = dir.path().join("valid.txt");
+    let mut t = String::new();
+    for i in 0..60 {
+        t += &format!("{i}-0-0 {}\n", if i % 10 == 0 { "YO" } else { "HI" });
+    }
+    std::fs::write(&train, &t).unwrap();
+    std::fs::write(&valid, "1-0-0 HI\n2-0-0 HI\n3-0-0 YO\n").unwrap();
+    let lm = dir.path().join("lm.safetensors");
+    let log = dir.path().join("log.jsonl");
+    let out = lasr(&[
+        "rnnlm",
+        train.to_str().unwrap(),
+        "--strip-ids",
+        "--valid",
+        valid.to_str().unwrap(),
+        "--hidden",
+        "16",
+        "--embedding",
+        "8",
+        "--epochs",
+        "30",
+        "--learning-rate",
+        "0.02",
+        "--batch-tokens",
+        "64",
+        "--log",
+        log.to_str().unwrap(),
+        "-o",
+        lm.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let epochs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 30);
+    let ppl = |e: &serde_json::Value| e["valid_perplexity"].as_f64().unwrap();
+    let best = epochs.iter().map(ppl).fold(f64::INFINITY, f64::min);
+    assert!(best < ppl(&epochs[0]) / 2.0, "{epochs:?}");
+    // An epoch is written when it is the best so far, and the summary names the best.
+    let mut so_far = f64::INFINITY;
+    for e in &epochs {
+        assert_eq!(e["kept"], ppl(e) < so_far, "{e}");
+        so_far = so_far.min(ppl(e));
+    }
+    assert!(
+        text(&out.stdout).contains(&format!("{best:.3}")),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let decode = |extra: &[&str]| {
+        let mut args = vec![
+            "transcribe",
+            "-m",
+            model.to_str().unwrap(),
+            "--no-lm",
+            "--ctc-only",
+            "--beam",
+            "4",
+            "--json",
+            "--nbest",
+            "4",
+        ];
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        lasr(&args)
+    };
+    let plain = json_stdout(&decode(&[]));
+    let plain = plain["nbest"].as_array().unwrap().clone();
+    assert!(plain.len() > 1, "{plain:?}");
+    // Each alternative gains W times the LSTM's log-probability of its text.
+    let rescored = json_stdout(&decode(&[
+        "--rnnlm",
+        lm.to_str().unwrap(),
+        "--rnnlm-weight",
+        "2",
+    ]));
+    let rescored = rescored["nbest"].as_array().unwrap().clone();
+    assert_eq!(rescored.len(), plain.len());
+    for (i, alt) in rescored.iter().enumerate() {
+        let lp = alt["rnnlm_log_prob"].as_f64().unwrap();
+        assert!(lp < 0.0, "{alt}");
+        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
+        let want = before["score"].as_f64().unwrap() + 2.0 * lp;
+        assert!(
+            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
+            "{alt}"
+        );
+        if i > 0 {
+            assert!(rescored[i - 1]["score"].as_f64() >= alt["score"].as_f64());
+        }
+    }
+    // "yo" scores better with the LSTM than the n-best's misspellings that add a
+    // letter to it, which it never saw.
+    let lp_of = |t: &str| {
+        rescored
+            .iter()
+            .find(|a| a["text"] == t)
+            .map(|a| a["rnnlm_log_prob"].as_f64().unwrap())
+    };
+    let longer: Vec<f64> = ["yyo", "yoo"].iter().filter_map(|t| lp_of(t)).collect();
+    assert!(!longer.is_empty(), "{rescored:?}");
+    assert!(
+        longer.iter().all(|&lp| lp_of("yo").unwrap() > lp),
+        "{rescored:?}"
+    );
+    assert!(plain.iter().all(|p| p.get("rnnlm_log_prob").is_none()));
+
+    // Refusals name the problem.
+    let refused = |out: std::process::Output| {
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    let err = refused(decode(&[
+        "--rnnlm",
+        model.to_str().unwrap(),
+        "--rnnlm-weight",
+        "1",
+    ]));
+    assert!(err.contains("tiny.safetensors"), "{err}");
+    assert!(err.contains("not an LSTM language model"), "{err}");
+    let err = refused(decode(&["--rnnlm", lm.to_str().unwrap()]));
+    assert!(err.contains("--rnnlm-weight"), "{err}");
+    let err = refused(decode(&["--rnnlm-weight", "1"]));
+    assert!(err.contains("no LSTM language model"), "{err}");
+    let err = refused(lasr(&[
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        "--no-lm",
+        "--attention",
+        "--rnnlm",
+        lm.to_str().unwrap(),
+        "--rnnlm-weight",
+        "1",
+        high.to_str().unwrap(),
+    ]));
+    assert!(err.contains("ctc_only"), "{err}");
+}

@@ -41,6 +41,15 @@ const BUILTIN_WORD_LM: Option<&[u8]> = Some(include_bytes!(concat!(
 #[cfg(not(lasr_builtin_word_lm))]
 const BUILTIN_WORD_LM: Option<&[u8]> = None;
 
+/// The default model's LSTM language model, which re-ranks the CTC search's n-best.
+#[cfg(lasr_builtin_rnnlm)]
+const BUILTIN_RNNLM: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../assets/rnnlm.safetensors"
+)));
+#[cfg(not(lasr_builtin_rnnlm))]
+const BUILTIN_RNNLM: Option<&[u8]> = None;
+
 /// The model at `path`, or the built-in one; the flag says which.
 fn load_model(path: Option<&Path>) -> Result<(lasr_model::ModelFile, bool)> {
     match (path, BUILTIN_MODEL) {
@@ -71,6 +80,19 @@ fn builtin_word_lm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::Shar
             lasr_decode::WordLm::from_bytes(bytes, vocab)
                 .context("the built-in word language model")
                 .map(|lm| lasr_model::SharedWordLm(std::sync::Arc::new(lm)))
+        })
+        .transpose()
+}
+
+fn builtin_rnnlm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedRnnLm>> {
+    BUILTIN_RNNLM
+        .map(|bytes| {
+            let (lm, v) = lasr_model::RnnLm::from_bytes(bytes)
+                .context("the built-in LSTM language model")?;
+            if &v != vocab {
+                bail!("the built-in LSTM language model was trained on another vocabulary than the model's");
+            }
+            Ok(lasr_model::SharedRnnLm(std::sync::Arc::new(lm.scorer())))
         })
         .transpose()
 }
@@ -112,6 +134,9 @@ enum Command {
     Bench(BenchArgs),
     /// Build a character n-gram language model from text, for `--lm`.
     Lm(LmArgs),
+    /// Train a character LSTM language model from text, for re-ranking the n-best
+    /// list of a CTC search (`--rnnlm`).
+    Rnnlm(RnnlmArgs),
     /// Show what a model file holds: sizes, parameters, features, recommended
     /// decoding and how it was trained.
     Info {
@@ -452,6 +477,19 @@ struct DecodeArgs {
     /// How many of the CTC beam's best hypotheses --rescore re-ranks (and keeps).
     #[arg(long, value_name = "N")]
     rescore_nbest: Option<usize>,
+    /// LSTM language model (from `lasr rnnlm`) that re-ranks the --rescore-nbest best
+    /// hypotheses of the CTC beam search, adding --rnnlm-weight times its
+    /// log-probability to each (with --ctc-only; beside --rescore or alone). The
+    /// built-in model comes with the built-in one when its decoding recommends a
+    /// weight, unless --no-rnnlm.
+    #[arg(long, value_name = "FILE")]
+    rnnlm: Option<PathBuf>,
+    /// Decode without an LSTM language model.
+    #[arg(long, conflicts_with = "rnnlm")]
+    no_rnnlm: bool,
+    /// Weight of the LSTM language model's log-probabilities.
+    #[arg(long, value_name = "W")]
+    rnnlm_weight: Option<f32>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the
     /// file's weights; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
     /// listener and the attention decoder reads half the bytes; `int8` stores 8-bit
@@ -555,6 +593,35 @@ impl DecodeArgs {
         if let Some(w) = self.weights {
             o.weights = w;
         }
+        if let Some(w) = self.rnnlm_weight {
+            o.rnnlm_weight = w;
+        }
+        if let Some(path) = &self.rnnlm {
+            let (lm, vocab) = lasr_model::RnnLm::load(path)?;
+            if vocab != model.vocab {
+                bail!(
+                    "{}: the LSTM language model was trained on another vocabulary than the model's",
+                    path.display()
+                );
+            }
+            if o.rnnlm_weight == 0.0 {
+                bail!("--rnnlm needs --rnnlm-weight W above 0 (the model file recommends none)");
+            }
+            o.rnnlm = Some(lasr_model::SharedRnnLm(std::sync::Arc::new(lm.scorer())));
+        } else if !self.no_rnnlm && builtin && o.ctc_only && o.rnnlm_weight > 0.0 {
+            // Only the CTC search re-ranks with one: the attention search would refuse it.
+            o.rnnlm = builtin_rnnlm(&model.vocab)?;
+        }
+        if self.rnnlm_weight.is_some() && o.rnnlm.is_none() {
+            bail!(
+                "--rnnlm-weight has no LSTM language model to apply to: give --rnnlm FILE{}",
+                if self.no_rnnlm {
+                    " (--no-rnnlm turned it off)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(path) = &self.word_lm {
             o.word_lm = Some(lasr_model::SharedWordLm(std::sync::Arc::new(
                 lasr_decode::WordLm::load(path, &model.vocab)?,
@@ -588,9 +655,9 @@ impl DecodeArgs {
                 );
             }
         }
-        if self.rescore_nbest.is_some() && o.attention_rescore_weight == 0.0 {
+        if self.rescore_nbest.is_some() && o.attention_rescore_weight == 0.0 && o.rnnlm.is_none() {
             bail!(
-                "--rescore-nbest sets how many hypotheses --rescore re-ranks: give --rescore W too"
+                "--rescore-nbest sets how many hypotheses --rescore or --rnnlm re-rank: give one of them too"
             );
         }
         Ok(o)
@@ -631,6 +698,58 @@ struct BenchArgs {
     /// ctc-beam, beam+lm, beam+ctc+lm, ctc-beam+lm.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
+}
+
+#[derive(Args)]
+#[command(after_help = "Example:\n  \
+    lasr rnnlm ../shared/data/librispeech/lm-text/train-clean-100.txt --strip-ids \\\n         \
+    --valid ../shared/data/librispeech/lm-text/dev-clean.txt --hidden 512 --epochs 6 -o rnnlm.safetensors\n  \
+    lasr transcribe --rnnlm rnnlm.safetensors --rnnlm-weight 0.3 speech.flac\n\n\
+    One sentence per line, normalised as transcripts are. Each sentence is read from a\n\
+    zero state, <sos> in and <eos> out, and the perplexities printed are per predicted\n\
+    character with <eos> included, as `lasr lm --eval` prints them. After every epoch the\n\
+    model is written to --out (atomically) if its --valid perplexity is the best so far;\n\
+    the JSON lines of --log record every epoch.")]
+struct RnnlmArgs {
+    /// Text files, one sentence per line.
+    #[arg(required = true, value_name = "TEXT")]
+    text: Vec<PathBuf>,
+    /// Held-out text (same form): its perplexity picks the epoch that is kept.
+    #[arg(long, value_name = "TEXT")]
+    valid: PathBuf,
+    /// Drop each line's first word (LibriSpeech transcripts start with an utterance id).
+    #[arg(long)]
+    strip_ids: bool,
+    /// Where to write the model (safetensors, with its config and vocabulary).
+    #[arg(short, long, value_name = "FILE")]
+    out: PathBuf,
+    /// Width of each LSTM layer.
+    #[arg(long, default_value_t = 512, value_name = "H")]
+    hidden: usize,
+    /// LSTM layers.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    layers: usize,
+    /// Width of the character embedding.
+    #[arg(long, default_value_t = 64, value_name = "E")]
+    embedding: usize,
+    /// Drop probability on each LSTM layer's output while training.
+    #[arg(long, default_value_t = 0.1, value_name = "P")]
+    dropout: f32,
+    /// Passes over the text.
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    epochs: usize,
+    /// Adam's peak learning rate (linear warm-up, then cosine decay to 5%).
+    #[arg(long, default_value_t = 2e-3, value_name = "LR")]
+    learning_rate: f32,
+    /// Most characters per batch (padding counted).
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    batch_tokens: usize,
+    /// Seed of the initialisation, batch order and dropout.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    seed: u64,
+    /// Append one JSON line per epoch here.
+    #[arg(long, value_name = "JSONL")]
+    log: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -750,6 +869,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train(a),
         Command::Bench(a) => bench(a),
         Command::Lm(a) => lm(a),
+        Command::Rnnlm(a) => rnnlm(a),
         Command::Info { model } => info(model.as_deref()),
         Command::Average { models, out } => average(&models, &out),
         Command::Ensemble {
@@ -1230,7 +1350,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         (None, Some(l)) => format!(" + {} words, OOV {}", l.0.len(), beam.oov_penalty),
         (None, None) => String::new(),
     };
-    let rescore_note = if beam.attention_rescore_weight > 0.0 {
+    let mut rescore_note = if beam.attention_rescore_weight > 0.0 {
         format!(
             " + attention rescore {} ({}-best)",
             beam.attention_rescore_weight, beam.rescore_nbest
@@ -1238,6 +1358,15 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         String::new()
     };
+    if let Some(lm) = &beam.rnnlm {
+        rescore_note += &format!(
+            " + LSTM LM {} ({} x {}, {}-best)",
+            beam.rnnlm_weight,
+            lm.0.config().layers,
+            lm.0.config().hidden,
+            beam.rescore_nbest
+        );
+    }
     // The settings without a language model come first, then the same with it. Only
     // the last (the full CTC search) rescores with attention.
     let plain = lasr_model::DecodeOptions {
@@ -1245,6 +1374,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         lexicon: None,
         word_lm: None,
         attention_rescore_weight: 0.0,
+        rnnlm: None,
         ..beam.clone()
     };
     // The attention settings' search (the CTC ones keep `beam.search`).
@@ -1327,6 +1457,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                 } else {
                     0.0
                 },
+                rnnlm: beam.rnnlm.clone().filter(|_| full),
                 ..plain.clone()
             },
         });
@@ -1337,6 +1468,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         lexicon: None,
         word_lm: None,
         attention_rescore_weight: 0.0,
+        rnnlm: None,
         ..beam.clone()
     };
     if beam.lm.is_some() {
@@ -1735,6 +1867,120 @@ fn read_lines(path: &Path, strip_ids: bool) -> Result<Vec<String>> {
             .to_string()
         })
         .collect())
+}
+
+fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
+    let vocab = lasr_decode::Vocab::librispeech();
+    let encode = |lines: Vec<String>| -> Vec<Vec<usize>> {
+        lines
+            .iter()
+            .map(|l| vocab.encode(l))
+            .filter(|ids| !ids.is_empty())
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for p in &args.text {
+        lines.extend(read_lines(p, args.strip_ids)?);
+    }
+    let train = encode(lines);
+    let valid = encode(read_lines(&args.valid, args.strip_ids)?);
+    if train.is_empty() || valid.is_empty() {
+        bail!("no sentences to train on or to validate with: the text files are empty");
+    }
+    let options = lasr_model::RnnLmTrainOptions {
+        epochs: args.epochs,
+        learning_rate: args.learning_rate,
+        batch_tokens: args.batch_tokens,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let config = lasr_model::RnnLmConfig {
+        vocab_size: vocab.len(),
+        embedding_dim: args.embedding,
+        hidden: args.hidden,
+        layers: args.layers,
+        dropout: args.dropout,
+    };
+    let mut lm = {
+        use rand::SeedableRng;
+        lasr_model::RnnLm::new(
+            config,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(args.seed),
+        )?
+    };
+    eprintln!(
+        "{} training sentences ({} characters), {} held out; {} parameters",
+        train.len(),
+        train.iter().map(Vec::len).sum::<usize>(),
+        valid.len(),
+        lasr_nn::Module::num_params(&lm)
+    );
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches, eta {eta}")
+            .expect("template is valid")
+            .progress_chars("=> "),
+    );
+    let start = std::time::Instant::now();
+    let mut best = f64::INFINITY;
+    let mut log = match &args.log {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open the log", p.display()))?,
+        ),
+        None => None,
+    };
+    lasr_model::train_rnnlm(
+        &mut lm,
+        &train,
+        &valid,
+        &options,
+        |p| {
+            bar.set_length(p.total_steps);
+            bar.set_position(p.step);
+            bar.set_message(format!("epoch {} loss {:.3}", p.epoch, p.loss));
+        },
+        |lm, e| {
+            let kept = e.valid_perplexity < best;
+            if kept {
+                best = e.valid_perplexity;
+                lm.save(&args.out, &vocab)?;
+            }
+            let line = serde_json::json!({"epoch": e.epoch, "train_perplexity": e.train_perplexity,
+                "valid_perplexity": e.valid_perplexity, "kept": kept,
+                "seconds": start.elapsed().as_secs_f64()});
+            bar.suspend(|| {
+                eprintln!(
+                    "epoch {}: train perplexity {:.3}, valid {:.3}{} ({:.0} s)",
+                    e.epoch,
+                    e.train_perplexity,
+                    e.valid_perplexity,
+                    if kept { ", written" } else { "" },
+                    start.elapsed().as_secs_f64()
+                )
+            });
+            if let Some(f) = &mut log {
+                use std::io::Write;
+                writeln!(f, "{line}").map_err(|e| {
+                    lasr_model::Error::Model(format!("cannot append to the log: {e}"))
+                })?;
+            }
+            Ok(())
+        },
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {}: best valid perplexity {best:.3} per character",
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn lm(args: LmArgs) -> Result<ExitCode> {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod file;
 pub mod infer;
 pub mod las;
+pub mod rnnlm;
 pub mod train;
 pub mod transcribe;
 
@@ -25,8 +26,11 @@ pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{InferenceWeights, SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
 pub use lasr_nn::{Storage, WeightFormat};
+pub use rnnlm::{
+    train_rnnlm, RnnLm, RnnLmConfig, RnnLmEpoch, RnnLmProgress, RnnLmScorer, RnnLmTrainOptions,
+};
 pub use train::{train, validate, Finish, Observer, Progress, Quiet, TrainOptions, Validation};
 pub use transcribe::{
-    chunk_bounds, Alternative, DecodeOptions, SharedLexicon, SharedLm, SharedWordLm, Transcript,
-    Word,
+    chunk_bounds, Alternative, DecodeOptions, SharedLexicon, SharedLm, SharedRnnLm, SharedWordLm,
+    Transcript, Word,
 };

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::file::ModelFile;
 use crate::infer::InferenceWeights;
+use crate::rnnlm::RnnLmScorer;
 
 /// A word and when it was spoken, from the attention peaks (or CTC spikes) of its
 /// letters.
@@ -45,6 +46,10 @@ pub struct Alternative {
     /// it rescored a CTC search's n-best list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attention_log_prob: Option<f64>,
+    /// The LSTM language model's log-probability of the text (`<eos>` included),
+    /// when it rescored a CTC search's n-best list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rnnlm_log_prob: Option<f64>,
     /// What ranked the alternatives (higher is better).
     pub score: f64,
 }
@@ -130,6 +135,23 @@ impl PartialEq for SharedWordLm {
     }
 }
 
+/// An LSTM language model shared between threads (compared by identity).
+#[derive(Clone)]
+pub struct SharedRnnLm(pub Arc<RnnLmScorer>);
+
+impl std::fmt::Debug for SharedRnnLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.0.config();
+        write!(f, "RnnLm({} x {})", c.layers, c.hidden)
+    }
+}
+
+impl PartialEq for SharedRnnLm {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// How to decode. Every field has a default; unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -187,6 +209,18 @@ pub struct DecodeOptions {
     /// rescores; they are the n-best list then.
     #[serde(skip_serializing_if = "is_default_nbest")]
     pub rescore_nbest: usize,
+    /// CTC prefix beam search: weight of the LSTM language model's log-probability
+    /// added to the score of each of the `rescore_nbest` best hypotheses, which are
+    /// then re-ranked (with the attention decoder's, when that is on too); 0 or no
+    /// `rnnlm` turns it off. It adds to the n-gram models' scores from the search
+    /// rather than replacing them. Left out of the model file when 0, so that files
+    /// without it stay readable by earlier versions.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rnnlm_weight: f32,
+    /// The LSTM language model `rnnlm_weight` applies to (data, never serialised;
+    /// see [`crate::rnnlm`]).
+    #[serde(skip)]
+    pub rnnlm: Option<SharedRnnLm>,
     /// The weight format the other settings were chosen with, to make
     /// [`ModelFile::inference_weights`] in (decoding itself uses whatever weights it
     /// is given). f32, the file's weights unchanged, unless set; left out of the
@@ -245,6 +279,8 @@ impl Default for DecodeOptions {
             word_lm: None,
             attention_rescore_weight: 0.0,
             rescore_nbest: DEFAULT_RESCORE_NBEST,
+            rnnlm_weight: 0.0,
+            rnnlm: None,
             weights: WeightFormat::F32,
         }
     }
@@ -322,6 +358,27 @@ impl DecodeOptions {
                 "attention rescoring re-ranks a CTC prefix beam search: decode with ctc_only (--ctc-only)"
                     .into(),
             ));
+        }
+        if !(self.rnnlm_weight.is_finite() && self.rnnlm_weight >= 0.0) {
+            return Err(Error::Model(format!(
+                "rnnlm_weight {} must be finite and >= 0",
+                self.rnnlm_weight
+            )));
+        }
+        if let Some(lm) = &self.rnnlm {
+            if !self.ctc_only {
+                return Err(Error::Model(
+                    "an LSTM language model re-ranks a CTC prefix beam search: decode with ctc_only (--ctc-only)"
+                        .into(),
+                ));
+            }
+            if lm.0.config().vocab_size != model.vocab.len() {
+                return Err(Error::Model(format!(
+                    "the LSTM language model reads {} symbols, the model writes {}",
+                    lm.0.config().vocab_size,
+                    model.vocab.len()
+                )));
+            }
         }
         if self.rescore_nbest == 0 {
             return Err(Error::Model("rescore_nbest must be at least 1".into()));
@@ -462,6 +519,7 @@ impl ModelFile {
                 || options.lexicon.is_some()
                 || options.word_lm.is_some()
                 || options.attention_rescore_weight > 0.0
+                || options.rnnlm.is_some()
             {
                 return self.ctc_beam(&decoder, logits, options);
             }
@@ -473,6 +531,7 @@ impl ModelFile {
                     log_prob: ctc,
                     ctc_log_prob: Some(ctc),
                     attention_log_prob: None,
+                    rnnlm_log_prob: None,
                     score: ctc,
                 }],
                 tokens,
@@ -546,6 +605,7 @@ impl ModelFile {
                     log_prob: h.log_prob,
                     ctc_log_prob: ctc,
                     attention_log_prob: None,
+                    rnnlm_log_prob: None,
                     score: h.score,
                 })
                 .collect(),
@@ -588,24 +648,42 @@ impl ModelFile {
             &search,
         )?;
         let mut attention = vec![None; hyps.len()];
-        if options.attention_rescore_weight > 0.0 {
+        let mut rnnlm = vec![None; hyps.len()];
+        let rnnlm_model = options
+            .rnnlm
+            .as_ref()
+            .filter(|_| options.rnnlm_weight > 0.0);
+        if options.attention_rescore_weight > 0.0 || rnnlm_model.is_some() {
             // Only rescored hypotheses stay: their scores and the others' are not on
             // one scale.
             hyps.truncate(options.rescore_nbest);
             let seqs: Vec<Vec<usize>> = hyps.iter().map(|h| h.tokens.clone()).collect();
-            let att = lasr_decode::score_sequences(decoder, &seqs)?;
-            let w = f64::from(options.attention_rescore_weight);
-            let mut ranked: Vec<_> = hyps
-                .into_iter()
-                .zip(att)
-                .map(|(mut h, lp)| {
-                    h.score += w * lp;
-                    (h, Some(lp))
-                })
-                .collect();
+            if options.attention_rescore_weight > 0.0 {
+                attention = lasr_decode::score_sequences(decoder, &seqs)?
+                    .into_iter()
+                    .map(Some)
+                    .collect();
+            } else {
+                attention = vec![None; hyps.len()];
+            }
+            rnnlm = match rnnlm_model {
+                Some(lm) => {
+                    let refs: Vec<&[usize]> = seqs.iter().map(Vec::as_slice).collect();
+                    lm.0.log_probs(&refs)?.into_iter().map(Some).collect()
+                }
+                None => vec![None; hyps.len()],
+            };
+            let wa = f64::from(options.attention_rescore_weight);
+            let wr = f64::from(options.rnnlm_weight);
+            for ((h, a), r) in hyps.iter_mut().zip(&attention).zip(&rnnlm) {
+                h.score += wa * a.unwrap_or(0.0) + wr * r.unwrap_or(0.0);
+            }
+            let mut order: Vec<usize> = (0..hyps.len()).collect();
             // Stable: ties keep the CTC search's order.
-            ranked.sort_by(|a, b| b.0.score.total_cmp(&a.0.score));
-            (hyps, attention) = ranked.into_iter().unzip();
+            order.sort_by(|&a, &b| hyps[b].score.total_cmp(&hyps[a].score));
+            hyps = order.iter().map(|&i| hyps[i].clone()).collect();
+            attention = order.iter().map(|&i| attention[i]).collect();
+            rnnlm = order.iter().map(|&i| rnnlm[i]).collect();
         }
         let best = hyps
             .first()
@@ -617,13 +695,15 @@ impl ModelFile {
             nbest: hyps
                 .iter()
                 .zip(attention)
-                .map(|(h, attention_log_prob)| Alternative {
+                .zip(rnnlm)
+                .map(|((h, attention_log_prob), rnnlm_log_prob)| Alternative {
                     text: self.vocab.decode(&h.tokens),
                     log_prob: h.ctc_log_prob
                         + f64::from(search.lm_weight) * h.lm_log_prob
                         + f64::from(search.word_lm_weight) * h.word_lm_log_prob,
                     ctc_log_prob: Some(h.ctc_log_prob),
                     attention_log_prob,
+                    rnnlm_log_prob,
                     score: h.score,
                 })
                 .collect(),
@@ -755,6 +835,7 @@ impl ModelFile {
                 log_prob: f64::NAN,
                 ctc_log_prob: None,
                 attention_log_prob: None,
+                rnnlm_log_prob: None,
                 score: f64::NAN,
             }];
         }
