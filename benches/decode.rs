@@ -171,18 +171,20 @@ fn rnnlm(c: &mut Criterion) {
     // hypotheses share no prefix, so this is its cost without the sharing, and a
     // list whose hypotheses differ only in their last 30 characters, as a CTC beam's
     // n-best mostly does.
-    let scorer = lm.scorer();
-    group.bench_function("scorer_8x150_distinct", |b| {
-        b.iter(|| scorer.log_probs(&refs).unwrap())
-    });
     let shared: Vec<Vec<usize>> = hyps
         .iter()
         .map(|h| hyps[0][..120].iter().chain(&h[120..]).copied().collect())
         .collect();
     let shared_refs: Vec<&[usize]> = shared.iter().map(Vec::as_slice).collect();
-    group.bench_function("scorer_8x150_shared_120", |b| {
-        b.iter(|| scorer.log_probs(&shared_refs).unwrap())
-    });
+    for format in [WeightFormat::F32, WeightFormat::Int8] {
+        let scorer = lm.scorer(format);
+        group.bench_function(format!("scorer_8x150_distinct_{format}"), |b| {
+            b.iter(|| scorer.log_probs(&refs).unwrap())
+        });
+        group.bench_function(format!("scorer_8x150_shared_120_{format}"), |b| {
+            b.iter(|| scorer.log_probs(&shared_refs).unwrap())
+        });
+    }
     group.finish();
 }
 

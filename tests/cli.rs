@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{json_stdout, lasr, text, write_tone};
+use common::{json_stdout, lasr, refused, text, write_tone};
 
 use lasr_features::{load, Fbank, FeatureConfig, FrontEndConfig};
 use ndarray::Array2;
@@ -185,8 +185,8 @@ fn cmvn_config_normalises_the_corpus_it_was_computed_on() {
 #[test]
 fn usage_errors_say_what_to_do() {
     let out = lasr(&["features"]);
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("<INPUT>"));
+    let err = refused(&out);
+    assert!(err.contains("<INPUT>"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     write_wav(&dir.path().join("x.wav"), 0.2, 16000, 6);
     write_wav(&dir.path().join("y.wav"), 0.2, 16000, 7);
@@ -196,12 +196,8 @@ fn usage_errors_say_what_to_do() {
         "-o",
         "/tmp/never.npy",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--out-dir"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = refused(&out);
+    assert!(err.contains("--out-dir"), "{err}");
     let bad_cfg = dir.path().join("cfg.json");
     std::fs::write(
         &bad_cfg,
@@ -214,9 +210,11 @@ fn usage_errors_say_what_to_do() {
         "--config",
         bad_cfg.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    let e = text(&out.stderr);
-    assert!(e.contains("cfg.json") && e.contains("num_mel_bins"), "{e}");
+    let err = refused(&out);
+    assert!(
+        err.contains("cfg.json") && err.contains("num_mel_bins"),
+        "{err}"
+    );
     let out = lasr(&["features", "/no/such/file.wav"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/no/such/file.wav"));
@@ -398,11 +396,6 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         args.push(high.to_str().unwrap());
         lasr(&args)
     };
-    // A run that must fail: its error message.
-    let refused = |out: std::process::Output| {
-        assert!(!out.status.success(), "{}", text(&out.stdout));
-        text(&out.stderr)
-    };
     let out = on_high(&["--ctc-only"]);
     assert!(
         text(&out.stdout).ends_with("\tyo\n"),
@@ -483,7 +476,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "2",
     ]);
     assert_eq!(top2.len(), 2, "{top2:?}");
-    let err = refused(on_high(&["--attention", "--rescore", "1"]));
+    let err = refused(&on_high(&["--attention", "--rescore", "1"]));
     assert!(err.contains("ctc_only"), "{err}");
     // A model file that recommends rescoring (as the built-in one does) rescores by
     // default, and still decodes with the attention searches, which cannot rescore.
@@ -602,9 +595,9 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     assert_eq!(setting_names(&v), ["greedy", "beam 8"]);
     let v = bench(&packed1, &["--only", "beam,ctc-beam", "--beam", "3"]);
     assert_eq!(setting_names(&v), ["beam 3", "CTC beam 3"]);
-    let err = refused(on_packed(&["--attention", "--rescore", "0.5"]));
+    let err = refused(&on_packed(&["--attention", "--rescore", "0.5"]));
     assert!(err.contains("ctc_only"), "{err}");
-    let err = refused(on_packed(&["--attention", "--rescore-nbest", "2"]));
+    let err = refused(&on_packed(&["--attention", "--rescore-nbest", "2"]));
     assert!(err.contains("--rescore-nbest re-ranks the CTC"), "{err}");
     // Word-model settings without a word model are refused, not ignored.
     for flags in [
@@ -614,22 +607,22 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     ] {
         let mut args = vec!["--ctc-only"];
         args.extend(flags);
-        let err = refused(on_high(&args));
+        let err = refused(&on_high(&args));
         assert!(
             err.contains(flags[0]) && err.contains("give --word-lm FILE"),
             "{err}"
         );
     }
     // And the reason is named when a flag turned the word model off.
-    let err = refused(on_high(&[
+    let err = refused(&on_high(&[
         "--ctc-only",
         "--no-word-lm",
         "--word-bonus",
         "1",
     ]));
     assert!(err.contains("--no-word-lm turned"), "{err}");
-    let err = refused(on_high(&["--ctc-only", "--rescore-nbest", "3"]));
-    assert!(err.contains("give --rescore W"), "{err}");
+    let err = refused(&on_high(&["--ctc-only", "--rescore-nbest", "3"]));
+    assert!(err.contains("--rescore or --rnnlm re-rank"), "{err}");
     // Rescoring takes the CTC best path through the prefix search, so the one
     // hypothesis still gets its attention score.
     let best_path = decode(&["--ctc-only", "--beam", "1", "--rescore", "1"]);
@@ -658,7 +651,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         text(&out.stdout)
     );
     // The list constrains CTC search only: asking it of the attention decoder is an error.
-    let err = refused(with_list(&[]));
+    let err = refused(&with_list(&[]));
     assert!(err.contains("--ctc-only"), "{err}");
 
     // A word model built by `lasr lm --words` scores the CTC search's words.
@@ -696,7 +689,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
     let out = with_words(&wlm, &["--ctc-only", "--beam", "4"]);
     let v = json_stdout(&out);
     assert_eq!(v["text"], "yo", "{v}");
-    let err = refused(with_words(&wlm, &[]));
+    let err = refused(&with_words(&wlm, &[]));
     assert!(err.contains("--ctc-only"), "{err}");
     // A character model given as a word model says what it is, naming the file.
     let chars = tmp.path().join("chars.bin");
@@ -708,7 +701,7 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         chars.to_str().unwrap(),
     ]);
     assert!(built.status.success(), "{}", text(&built.stderr));
-    let err = refused(with_words(&chars, &["--ctc-only"]));
+    let err = refused(&with_words(&chars, &["--ctc-only"]));
     assert!(
         err.contains("chars.bin") && err.contains("a lasr character language model"),
         "{err}"
@@ -818,12 +811,8 @@ fn a_ctc_only_model_decodes_with_ctc_and_keeps_its_speller_out() {
         "--rescore",
         "0.5",
     ]);
-    assert!(!out.status.success(), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stderr).contains("trained with CTC alone"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = refused(&out);
+    assert!(err.contains("trained with CTC alone"), "{err}");
     // An ensemble keeps its first model's speller: a CTC-only model first drops the
     // other's trained one, and says so; the other order is quiet.
     let tiny = dir.join("tiny.safetensors");
@@ -1151,8 +1140,8 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "-o",
         packed.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("beam"), "{}", text(&out.stderr));
+    let err = refused(&out);
+    assert!(err.contains("beam"), "{err}");
     // --only picks settings by key; an unknown key is an error naming the choices.
     let only = lasr(&[
         "bench",
@@ -1174,12 +1163,8 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "--only",
         "beam+lm",
     ]);
-    assert!(!bad.status.success());
-    assert!(
-        text(&bad.stderr).contains("ctc-beam"),
-        "{}",
-        text(&bad.stderr)
-    );
+    let err = refused(&bad);
+    assert!(err.contains("ctc-beam"), "{err}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     let utterances = report["per_utterance"].as_array().unwrap();
@@ -1192,11 +1177,10 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     assert_eq!(low["results"][0]["text"], "HI");
     // A file that is not a model.
     let out = lasr(&["transcribe", "-m", a.to_str().unwrap(), a.to_str().unwrap()]);
-    assert!(!out.status.success());
+    let err = refused(&out);
     assert!(
-        text(&out.stderr).contains("low.wav") && text(&out.stderr).contains("safetensors"),
-        "{}",
-        text(&out.stderr)
+        err.contains("low.wav") && err.contains("safetensors"),
+        "{err}"
     );
 }
 
@@ -1356,12 +1340,8 @@ fn average_writes_the_mean_of_one_runs_checkpoints_and_refuses_others() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    assert!(!run.status.success());
-    assert!(
-        text(&run.stderr).contains("model config"),
-        "{}",
-        text(&run.stderr)
-    );
+    let err = refused(&run);
+    assert!(err.contains("model config"), "{err}");
     let run = lasr(&["average", tiny_s, "-o", out.to_str().unwrap()]);
     assert!(
         !run.status.success(),
@@ -1426,23 +1406,17 @@ fn ensemble_joins_models_that_read_alike() {
     // up. (Its other CMVN statistics alone would be folded into its first layer.)
     let builtin = builtin_main_model(dir.path());
     let run = ensemble(&[&tiny, &builtin], &out);
-    assert!(!run.status.success());
+    let err = refused(&run);
     assert!(
-        text(&run.stderr).contains("time reduction")
-            && text(&run.stderr).contains("builtin-main.safetensors"),
-        "{}",
-        text(&run.stderr)
+        err.contains("time reduction") && err.contains("builtin-main.safetensors"),
+        "{err}"
     );
     // Nor is an ensemble (the built-in model is one) nested in another, though it
     // grows when it comes first: its members stay, with new weights.
     let full = repo().join("assets/model.safetensors");
     let run = ensemble(&[&tiny, &full], &out);
-    assert!(!run.status.success());
-    assert!(
-        text(&run.stderr).contains("model 2 is an ensemble already"),
-        "{}",
-        text(&run.stderr)
-    );
+    let err = refused(&run);
+    assert!(err.contains("model 2 is an ensemble already"), "{err}");
     let grown = dir.path().join("grown.safetensors");
     let run = ensemble(&[&full, &builtin], &grown);
     assert!(run.status.success(), "{}", text(&run.stderr));
@@ -1529,16 +1503,15 @@ fn ensemble_joins_models_that_read_alike() {
     // the output file is left as it was.
     let before = std::fs::read(&alone).unwrap();
     let run = from_grown(&["--drop", "9"], &alone);
-    assert!(!run.status.success());
-    let e = text(&run.stderr);
+    let err = refused(&run);
     assert!(
-        e.contains("grown.safetensors: --drop") && e.contains("no member 9"),
-        "{e}"
+        err.contains("grown.safetensors: --drop") && err.contains("no member 9"),
+        "{err}"
     );
     assert_eq!(std::fs::read(&alone).unwrap(), before);
     let run = from_grown(&[], &alone);
-    assert!(!run.status.success());
-    assert!(text(&run.stderr).contains("needs a second model"));
+    let err = refused(&run);
+    assert!(err.contains("needs a second model"), "{err}");
     assert_eq!(std::fs::read(&alone).unwrap(), before);
     // Alone with --weights, an ensemble is re-weighted.
     let reweighted = dir.path().join("reweighted.safetensors");
@@ -1593,8 +1566,7 @@ fn ensemble_main_puts_a_later_phase_of_the_main_model_in_place() {
     other.save(&shifted).unwrap();
     std::fs::remove_file(&out).unwrap();
     let run = with_main(&shifted, &[&full]);
-    assert!(!run.status.success());
-    let err = text(&run.stderr);
+    let err = refused(&run);
     assert!(
         err.contains("shifted.safetensors") && err.contains("CMVN statistics"),
         "{err}"
@@ -1602,19 +1574,11 @@ fn ensemble_main_puts_a_later_phase_of_the_main_model_in_place() {
     assert!(!out.exists());
     // One ensemble, and an ensemble it must be.
     let run = with_main(&main, &[&full, &main]);
-    assert!(!run.status.success());
-    assert!(
-        text(&run.stderr).contains("one ensemble"),
-        "{}",
-        text(&run.stderr)
-    );
+    let err = refused(&run);
+    assert!(err.contains("one ensemble"), "{err}");
     let run = with_main(&main, &[&main]);
-    assert!(!run.status.success());
-    assert!(
-        text(&run.stderr).contains("not an ensemble"),
-        "{}",
-        text(&run.stderr)
-    );
+    let err = refused(&run);
+    assert!(err.contains("not an ensemble"), "{err}");
 }
 
 #[test]
@@ -1638,19 +1602,14 @@ fn ensemble_take_writes_a_member_as_a_model_of_its_own() {
     assert_ne!(member.las.listener, ens.las.listener);
 
     let run = take("9", &[&full]);
-    assert!(!run.status.success());
-    let err = text(&run.stderr);
+    let err = refused(&run);
     assert!(
         err.contains("--take 9") && err.contains("no member 9"),
         "{err}"
     );
     let run = take("1", &[&full, &full]);
-    assert!(!run.status.success());
-    assert!(
-        text(&run.stderr).contains("one ensemble"),
-        "{}",
-        text(&run.stderr)
-    );
+    let err = refused(&run);
+    assert!(err.contains("one ensemble"), "{err}");
 }
 
 #[test]
@@ -1771,12 +1730,75 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
     );
     assert!(plain.iter().all(|p| p.get("rnnlm_log_prob").is_none()));
 
-    // Refusals name the problem.
-    let refused = |out: std::process::Output| {
-        assert!(!out.status.success(), "{}", text(&out.stdout));
-        text(&out.stderr)
+    // With a character LM in the search, the LSTM takes W of its weight: each
+    // alternative gains W x (LSTM log-prob - character LM log-prob).
+    let char_lm = dir.path().join("chars.bin");
+    let out = lasr(&[
+        "lm",
+        train.to_str().unwrap(),
+        "--strip-ids",
+        "--order",
+        "3",
+        "-o",
+        char_lm.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let with_lm = |extra: &[&str]| {
+        let mut args = vec![
+            "transcribe",
+            "-m",
+            model.to_str().unwrap(),
+            "--lm",
+            char_lm.to_str().unwrap(),
+            "--lm-weight",
+            "0.5",
+            "--ctc-only",
+            "--beam",
+            "4",
+            "--json",
+            "--nbest",
+            "4",
+        ];
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        lasr(&args)
     };
-    let err = refused(decode(&[
+    let plain = json_stdout(&with_lm(&[]))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let swapped = json_stdout(&with_lm(&[
+        "--rnnlm",
+        lm.to_str().unwrap(),
+        "--rnnlm-weight",
+        "0.3",
+    ]))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(swapped.len(), plain.len());
+    for alt in &swapped {
+        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
+        let ngram = before["lm_log_prob"].as_f64().unwrap();
+        assert_eq!(alt["lm_log_prob"].as_f64().unwrap(), ngram);
+        assert!(ngram < 0.0, "{before}");
+        let lstm = alt["rnnlm_log_prob"].as_f64().unwrap();
+        let want = before["score"].as_f64().unwrap() + f64::from(0.3f32) * (lstm - ngram);
+        assert!(
+            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
+            "{alt}"
+        );
+    }
+    let err = refused(&with_lm(&[
+        "--rnnlm",
+        lm.to_str().unwrap(),
+        "--rnnlm-weight",
+        "0.6",
+    ]));
+    assert!(err.contains("more than lm_weight 0.5"), "{err}");
+
+    // Refusals name the problem.
+    let err = refused(&decode(&[
         "--rnnlm",
         model.to_str().unwrap(),
         "--rnnlm-weight",
@@ -1784,11 +1806,11 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
     ]));
     assert!(err.contains("tiny.safetensors"), "{err}");
     assert!(err.contains("not an LSTM language model"), "{err}");
-    let err = refused(decode(&["--rnnlm", lm.to_str().unwrap()]));
+    let err = refused(&decode(&["--rnnlm", lm.to_str().unwrap()]));
     assert!(err.contains("--rnnlm-weight"), "{err}");
-    let err = refused(decode(&["--rnnlm-weight", "1"]));
+    let err = refused(&decode(&["--rnnlm-weight", "1"]));
     assert!(err.contains("no LSTM language model"), "{err}");
-    let err = refused(lasr(&[
+    let err = refused(&lasr(&[
         "transcribe",
         "-m",
         model.to_str().unwrap(),

@@ -17,6 +17,12 @@ pub fn json_stdout(out: &Output) -> serde_json::Value {
     serde_json::from_str(text(&out.stdout).trim()).unwrap()
 }
 
+/// The stderr of a run that must have failed (its stdout shown if it succeeded).
+pub fn refused(out: &Output) -> String {
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    text(&out.stderr)
+}
+
 /// Bytes of an output stream as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -84,7 +84,10 @@ fn builtin_word_lm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::Shar
         .transpose()
 }
 
-fn builtin_rnnlm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::SharedRnnLm>> {
+fn builtin_rnnlm(
+    vocab: &lasr_decode::Vocab,
+    format: lasr_model::WeightFormat,
+) -> Result<Option<lasr_model::SharedRnnLm>> {
     BUILTIN_RNNLM
         .map(|bytes| {
             let (lm, v) = lasr_model::RnnLm::from_bytes(bytes)
@@ -92,7 +95,7 @@ fn builtin_rnnlm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::Shared
             if &v != vocab {
                 bail!("the built-in LSTM language model was trained on another vocabulary than the model's");
             }
-            Ok(lasr_model::SharedRnnLm(std::sync::Arc::new(lm.scorer())))
+            Ok(lasr_model::SharedRnnLm(std::sync::Arc::new(lm.scorer(format))))
         })
         .transpose()
 }
@@ -478,16 +481,19 @@ struct DecodeArgs {
     #[arg(long, value_name = "N")]
     rescore_nbest: Option<usize>,
     /// LSTM language model (from `lasr rnnlm`) that re-ranks the --rescore-nbest best
-    /// hypotheses of the CTC beam search, adding --rnnlm-weight times its
-    /// log-probability to each (with --ctc-only; beside --rescore or alone). The
-    /// built-in model comes with the built-in one when its decoding recommends a
-    /// weight, unless --no-rnnlm.
+    /// hypotheses of the CTC beam search (with --ctc-only; beside --rescore or
+    /// alone), taking over --rnnlm-weight of the character LM's weight. The built-in
+    /// model comes with the built-in one when its decoding recommends a weight,
+    /// unless --no-rnnlm.
     #[arg(long, value_name = "FILE")]
     rnnlm: Option<PathBuf>,
     /// Decode without an LSTM language model.
     #[arg(long, conflicts_with = "rnnlm")]
     no_rnnlm: bool,
-    /// Weight of the LSTM language model's log-probabilities.
+    /// The share of the character LM's weight the LSTM takes over when it re-ranks:
+    /// each hypothesis gains W x (LSTM log-prob - character LM log-prob), or W x the
+    /// LSTM's log-prob without a character LM. At most --lm-weight (which swaps the
+    /// character LM out of the re-ranking entirely).
     #[arg(long, value_name = "W")]
     rnnlm_weight: Option<f32>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the
@@ -607,10 +613,12 @@ impl DecodeArgs {
             if o.rnnlm_weight == 0.0 {
                 bail!("--rnnlm needs --rnnlm-weight W above 0 (the model file recommends none)");
             }
-            o.rnnlm = Some(lasr_model::SharedRnnLm(std::sync::Arc::new(lm.scorer())));
+            o.rnnlm = Some(lasr_model::SharedRnnLm(std::sync::Arc::new(
+                lm.scorer(o.weights),
+            )));
         } else if !self.no_rnnlm && builtin && o.ctc_only && o.rnnlm_weight > 0.0 {
             // Only the CTC search re-ranks with one: the attention search would refuse it.
-            o.rnnlm = builtin_rnnlm(&model.vocab)?;
+            o.rnnlm = builtin_rnnlm(&model.vocab, o.weights)?;
         }
         if self.rnnlm_weight.is_some() && o.rnnlm.is_none() {
             bail!(

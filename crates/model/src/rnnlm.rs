@@ -367,8 +367,10 @@ pub struct RnnLmScorer {
 }
 
 impl RnnLm {
-    /// This model as an [`RnnLmScorer`].
-    pub fn scorer(&self) -> RnnLmScorer {
+    /// This model as an [`RnnLmScorer`] whose recurrent products read the weights as
+    /// `format` holds them (int8 as the listener's in `--weights int8`: the fastest,
+    /// the scores a little off the f32 ones).
+    pub fn scorer(&self, format: WeightFormat) -> RnnLmScorer {
         let cells = self
             .rnn
             .iter()
@@ -379,7 +381,7 @@ impl RnnLm {
                     bias_ih: l.bias_ih.clone(),
                     bias_hh: l.bias_hh.clone(),
                 };
-                let prepared = cell.prepare_packed(WeightFormat::F32);
+                let prepared = cell.prepare_packed(format);
                 (cell, prepared)
             })
             .collect();
@@ -412,8 +414,8 @@ impl RnnLmScorer {
     /// `[n_b]`, no `<sos>`/`<eos>`) -> natural-log probabilities `[B]`, `<eos>`
     /// included. An n-best list shares most of its prefixes (a 16-best from a wide
     /// CTC beam has a few times fewer distinct prefixes than tokens), and all
-    /// prefixes of one length run as one batched step. Equal to `log_probs` up to
-    /// float summation order.
+    /// prefixes of one length run as one batched step. In f32 equal to `log_probs` up
+    /// to float summation order.
     pub fn log_probs(&self, seqs: &[&[usize]]) -> Result<Vec<f64>> {
         let config = &self.lm.config;
         if let Some(&bad) = seqs

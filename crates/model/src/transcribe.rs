@@ -46,6 +46,10 @@ pub struct Alternative {
     /// it rescored a CTC search's n-best list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attention_log_prob: Option<f64>,
+    /// The character n-gram model's log-probability of the text (`<eos>` included),
+    /// when one was fused into a CTC prefix beam search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lm_log_prob: Option<f64>,
     /// The LSTM language model's log-probability of the text (`<eos>` included),
     /// when it rescored a CTC search's n-best list.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,12 +213,14 @@ pub struct DecodeOptions {
     /// rescores; they are the n-best list then.
     #[serde(skip_serializing_if = "is_default_nbest")]
     pub rescore_nbest: usize,
-    /// CTC prefix beam search: weight of the LSTM language model's log-probability
-    /// added to the score of each of the `rescore_nbest` best hypotheses, which are
-    /// then re-ranked (with the attention decoder's, when that is on too); 0 or no
-    /// `rnnlm` turns it off. It adds to the n-gram models' scores from the search
-    /// rather than replacing them. Left out of the model file when 0, so that files
-    /// without it stay readable by earlier versions.
+    /// CTC prefix beam search: the share of the character n-gram's weight
+    /// (`lm_weight`) that the LSTM language model takes over when it re-ranks the
+    /// `rescore_nbest` best hypotheses: each gains `rnnlm_weight * (log P_lstm - log
+    /// P_ngram)` (just `rnnlm_weight * log P_lstm` with no n-gram), with the attention
+    /// decoder's term when that is on too. At most `lm_weight` when there is an
+    /// n-gram (`lm_weight` itself swaps it out entirely); 0 or no `rnnlm` turns it
+    /// off. Left out of the model file when 0, so that files without it stay
+    /// readable by earlier versions.
     #[serde(skip_serializing_if = "is_zero")]
     pub rnnlm_weight: f32,
     /// The LSTM language model `rnnlm_weight` applies to (data, never serialised;
@@ -363,6 +369,12 @@ impl DecodeOptions {
             return Err(Error::Model(format!(
                 "rnnlm_weight {} must be finite and >= 0",
                 self.rnnlm_weight
+            )));
+        }
+        if self.rnnlm.is_some() && self.lm.is_some() && self.rnnlm_weight > self.lm_weight {
+            return Err(Error::Model(format!(
+                "rnnlm_weight {} is more than lm_weight {}: the LSTM language model takes a share of the character n-gram's weight",
+                self.rnnlm_weight, self.lm_weight
             )));
         }
         if let Some(lm) = &self.rnnlm {
@@ -531,6 +543,7 @@ impl ModelFile {
                     log_prob: ctc,
                     ctc_log_prob: Some(ctc),
                     attention_log_prob: None,
+                    lm_log_prob: None,
                     rnnlm_log_prob: None,
                     score: ctc,
                 }],
@@ -605,6 +618,7 @@ impl ModelFile {
                     log_prob: h.log_prob,
                     ctc_log_prob: ctc,
                     attention_log_prob: None,
+                    lm_log_prob: None,
                     rnnlm_log_prob: None,
                     score: h.score,
                 })
@@ -676,7 +690,14 @@ impl ModelFile {
             let wa = f64::from(options.attention_rescore_weight);
             let wr = f64::from(options.rnnlm_weight);
             for ((h, a), r) in hyps.iter_mut().zip(&attention).zip(&rnnlm) {
-                h.score += wa * a.unwrap_or(0.0) + wr * r.unwrap_or(0.0);
+                // The LSTM takes `wr` of the character n-gram's weight: the n-gram's
+                // score per character is what `ctc_insertion_bonus` was tuned to
+                // offset, and an LSTM added on top would tip that balance toward
+                // shorter texts (it did: more deletions, CER up).
+                if let Some(r) = r {
+                    h.score += wr * (r - h.lm_log_prob);
+                }
+                h.score += wa * a.unwrap_or(0.0);
             }
             let mut order: Vec<usize> = (0..hyps.len()).collect();
             // Stable: ties keep the CTC search's order.
@@ -703,6 +724,7 @@ impl ModelFile {
                         + f64::from(search.word_lm_weight) * h.word_lm_log_prob,
                     ctc_log_prob: Some(h.ctc_log_prob),
                     attention_log_prob,
+                    lm_log_prob: options.lm.as_ref().map(|_| h.lm_log_prob),
                     rnnlm_log_prob,
                     score: h.score,
                 })
@@ -835,6 +857,7 @@ impl ModelFile {
                 log_prob: f64::NAN,
                 ctc_log_prob: None,
                 attention_log_prob: None,
+                lm_log_prob: None,
                 rnnlm_log_prob: None,
                 score: f64::NAN,
             }];
@@ -957,13 +980,16 @@ mod tests {
         // before it refuse (`deny_unknown_fields`).
         let plain = serde_json::to_string(&DecodeOptions::default()).unwrap();
         assert!(!plain.contains("rescore"), "{plain}");
+        assert!(!plain.contains("rnnlm"), "{plain}");
         let o = DecodeOptions {
             attention_rescore_weight: 0.5,
             rescore_nbest: 4,
+            rnnlm_weight: 0.25,
             ..DecodeOptions::default()
         };
         let json = serde_json::to_string(&o).unwrap();
         assert!(json.contains("\"rescore_nbest\":4"), "{json}");
+        assert!(json.contains("\"rnnlm_weight\":0.25"), "{json}");
         let back: DecodeOptions = serde_json::from_str(&json).unwrap();
         assert_eq!(back, o);
         let back: DecodeOptions = serde_json::from_str(&plain).unwrap();
