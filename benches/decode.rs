@@ -177,7 +177,9 @@ fn rnnlm(c: &mut Criterion) {
         .collect();
     let shared_refs: Vec<&[usize]> = shared.iter().map(Vec::as_slice).collect();
     for format in [WeightFormat::F32, WeightFormat::Int8] {
-        let scorer = lm.scorer(format);
+        let scorer = lm
+            .scorer(&lasr_decode::Vocab::librispeech(), format)
+            .unwrap();
         group.bench_function(format!("scorer_8x150_distinct_{format}"), |b| {
             b.iter(|| scorer.log_probs(&refs).unwrap())
         });

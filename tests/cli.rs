@@ -1692,11 +1692,14 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
     let plain = json_stdout(&decode(&[]));
     let plain = plain["nbest"].as_array().unwrap().clone();
     assert!(plain.len() > 1, "{plain:?}");
-    // Each alternative gains W times the LSTM's log-probability of its text.
+    // With no character LM, each alternative gains share x --lm-weight times the
+    // LSTM's log-probability of its text.
     let rescored = json_stdout(&decode(&[
         "--rnnlm",
         lm.to_str().unwrap(),
-        "--rnnlm-weight",
+        "--rnnlm-share",
+        "1",
+        "--lm-weight",
         "2",
     ]));
     let rescored = rescored["nbest"].as_array().unwrap().clone();
@@ -1770,8 +1773,8 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
     let swapped = json_stdout(&with_lm(&[
         "--rnnlm",
         lm.to_str().unwrap(),
-        "--rnnlm-weight",
-        "0.3",
+        "--rnnlm-share",
+        "0.5",
     ]))["nbest"]
         .as_array()
         .unwrap()
@@ -1783,7 +1786,8 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
         assert_eq!(alt["lm_log_prob"].as_f64().unwrap(), ngram);
         assert!(ngram < 0.0, "{before}");
         let lstm = alt["rnnlm_log_prob"].as_f64().unwrap();
-        let want = before["score"].as_f64().unwrap() + f64::from(0.3f32) * (lstm - ngram);
+        // The share of --lm-weight 0.5: 0.25 of each.
+        let want = before["score"].as_f64().unwrap() + 0.25 * (lstm - ngram);
         assert!(
             (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
             "{alt}"
@@ -1792,24 +1796,37 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
     let err = refused(&with_lm(&[
         "--rnnlm",
         lm.to_str().unwrap(),
-        "--rnnlm-weight",
-        "0.6",
+        "--rnnlm-share",
+        "1.5",
     ]));
-    assert!(err.contains("more than lm_weight 0.5"), "{err}");
+    assert!(err.contains("rnnlm_share 1.5 must lie in [0, 1]"), "{err}");
+    // A share of 0 turns it off: the search's own n-best, unscored by the LSTM.
+    let off = json_stdout(&with_lm(&[
+        "--rnnlm",
+        lm.to_str().unwrap(),
+        "--rnnlm-share",
+        "0",
+    ]));
+    assert_eq!(off["nbest"].as_array().unwrap(), &plain);
 
     // Refusals name the problem.
     let err = refused(&decode(&[
         "--rnnlm",
         model.to_str().unwrap(),
-        "--rnnlm-weight",
+        "--rnnlm-share",
         "1",
     ]));
     assert!(err.contains("tiny.safetensors"), "{err}");
     assert!(err.contains("not an LSTM language model"), "{err}");
     let err = refused(&decode(&["--rnnlm", lm.to_str().unwrap()]));
-    assert!(err.contains("--rnnlm-weight"), "{err}");
-    let err = refused(&decode(&["--rnnlm-weight", "1"]));
-    assert!(err.contains("no LSTM language model"), "{err}");
+    assert!(err.contains("--rnnlm-share"), "{err}");
+    let err = refused(&decode(&["--rnnlm-share", "1"]));
+    assert!(
+        err.contains("no LSTM language model") && err.contains("--rnnlm FILE"),
+        "{err}"
+    );
+    let err = refused(&decode(&["--rnnlm-share", "1", "--no-rnnlm"]));
+    assert!(err.contains("--no-rnnlm turned it off"), "{err}");
     let err = refused(&lasr(&[
         "transcribe",
         "-m",
@@ -1818,7 +1835,7 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
         "--attention",
         "--rnnlm",
         lm.to_str().unwrap(),
-        "--rnnlm-weight",
+        "--rnnlm-share",
         "1",
         high.to_str().unwrap(),
     ]));

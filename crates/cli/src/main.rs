@@ -95,7 +95,9 @@ fn builtin_rnnlm(
             if &v != vocab {
                 bail!("the built-in LSTM language model was trained on another vocabulary than the model's");
             }
-            Ok(lasr_model::SharedRnnLm(std::sync::Arc::new(lm.scorer(format))))
+            Ok(lasr_model::SharedRnnLm(std::sync::Arc::new(
+                lm.scorer(&v, format)?,
+            )))
         })
         .transpose()
 }
@@ -482,20 +484,20 @@ struct DecodeArgs {
     rescore_nbest: Option<usize>,
     /// LSTM language model (from `lasr rnnlm`) that re-ranks the --rescore-nbest best
     /// hypotheses of the CTC beam search (with --ctc-only; beside --rescore or
-    /// alone), taking over --rnnlm-weight of the character LM's weight. The built-in
-    /// model comes with the built-in one when its decoding recommends a weight,
-    /// unless --no-rnnlm.
+    /// alone), taking over --rnnlm-share of the character LM's weight there. The
+    /// built-in model brings the built-in one when its decoding recommends a share
+    /// and a character LM is on, unless --no-rnnlm.
     #[arg(long, value_name = "FILE")]
     rnnlm: Option<PathBuf>,
     /// Decode without an LSTM language model.
     #[arg(long, conflicts_with = "rnnlm")]
     no_rnnlm: bool,
-    /// The share of the character LM's weight the LSTM takes over when it re-ranks:
-    /// each hypothesis gains W x (LSTM log-prob - character LM log-prob), or W x the
-    /// LSTM's log-prob without a character LM. At most --lm-weight (which swaps the
-    /// character LM out of the re-ranking entirely).
-    #[arg(long, value_name = "W")]
-    rnnlm_weight: Option<f32>,
+    /// The share (0 to 1) of the character LM's weight the LSTM takes over when it
+    /// re-ranks: the hypotheses' LM term becomes --lm-weight x ((1 - S) x character
+    /// LM log-prob + S x LSTM log-prob); without a character LM, S x --lm-weight x
+    /// the LSTM's log-prob. 0 turns the LSTM off.
+    #[arg(long, value_name = "S")]
+    rnnlm_share: Option<f32>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the
     /// file's weights; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
     /// listener and the attention decoder reads half the bytes; `int8` stores 8-bit
@@ -599,8 +601,8 @@ impl DecodeArgs {
         if let Some(w) = self.weights {
             o.weights = w;
         }
-        if let Some(w) = self.rnnlm_weight {
-            o.rnnlm_weight = w;
+        if let Some(w) = self.rnnlm_share {
+            o.rnnlm_share = w;
         }
         if let Some(path) = &self.rnnlm {
             let (lm, vocab) = lasr_model::RnnLm::load(path)?;
@@ -610,25 +612,32 @@ impl DecodeArgs {
                     path.display()
                 );
             }
-            if o.rnnlm_weight == 0.0 {
-                bail!("--rnnlm needs --rnnlm-weight W above 0 (the model file recommends none)");
+            if o.rnnlm_share == 0.0 && self.rnnlm_share.is_none() {
+                bail!("--rnnlm needs --rnnlm-share S above 0 (the model file recommends none)");
             }
             o.rnnlm = Some(lasr_model::SharedRnnLm(std::sync::Arc::new(
-                lm.scorer(o.weights),
+                lm.scorer(&vocab, o.weights)?,
             )));
-        } else if !self.no_rnnlm && builtin && o.ctc_only && o.rnnlm_weight > 0.0 {
+        } else if !self.no_rnnlm
+            && builtin
+            && o.ctc_only
+            && o.rnnlm_share > 0.0
+            // The recommended share was tuned against the character LM; without one
+            // only an explicit --rnnlm-share brings the LSTM in.
+            && (o.lm.is_some() || self.rnnlm_share.is_some())
+        {
             // Only the CTC search re-ranks with one: the attention search would refuse it.
             o.rnnlm = builtin_rnnlm(&model.vocab, o.weights)?;
         }
-        if self.rnnlm_weight.is_some() && o.rnnlm.is_none() {
-            bail!(
-                "--rnnlm-weight has no LSTM language model to apply to: give --rnnlm FILE{}",
-                if self.no_rnnlm {
-                    " (--no-rnnlm turned it off)"
-                } else {
-                    ""
-                }
-            );
+        if self.rnnlm_share.is_some_and(|s| s > 0.0) && o.rnnlm.is_none() {
+            let why = if self.no_rnnlm {
+                "--no-rnnlm turned it off"
+            } else if !o.ctc_only {
+                "only the CTC search (--ctc-only) re-ranks with one"
+            } else {
+                "this model comes without one: give --rnnlm FILE"
+            };
+            bail!("--rnnlm-share has no LSTM language model to apply to: {why}");
         }
         if let Some(path) = &self.word_lm {
             o.word_lm = Some(lasr_model::SharedWordLm(std::sync::Arc::new(
@@ -711,8 +720,8 @@ struct BenchArgs {
 #[derive(Args)]
 #[command(after_help = "Example:\n  \
     lasr rnnlm ../shared/data/librispeech/lm-text/train-clean-100.txt --strip-ids \\\n         \
-    --valid ../shared/data/librispeech/lm-text/dev-clean.txt --hidden 512 --epochs 6 -o rnnlm.safetensors\n  \
-    lasr transcribe --rnnlm rnnlm.safetensors --rnnlm-weight 0.3 speech.flac\n\n\
+    --valid ../shared/data/librispeech/lm-text/dev-clean.txt --hidden 512 --epochs 8 -o rnnlm.safetensors\n  \
+    lasr transcribe --rnnlm rnnlm.safetensors --rnnlm-share 0.5 speech.flac\n\n\
     One sentence per line, normalised as transcripts are. Each sentence is read from a\n\
     zero state, <sos> in and <eos> out, and the perplexities printed are per predicted\n\
     character with <eos> included, as `lasr lm --eval` prints them. After every epoch the\n\
@@ -744,7 +753,7 @@ struct RnnlmArgs {
     #[arg(long, default_value_t = 0.1, value_name = "P")]
     dropout: f32,
     /// Passes over the text.
-    #[arg(long, default_value_t = 6, value_name = "N")]
+    #[arg(long, default_value_t = 8, value_name = "N")]
     epochs: usize,
     /// Adam's peak learning rate (linear warm-up, then cosine decay to 5%).
     #[arg(long, default_value_t = 2e-3, value_name = "LR")]
@@ -1368,8 +1377,8 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     };
     if let Some(lm) = &beam.rnnlm {
         rescore_note += &format!(
-            " + LSTM LM {} ({} x {}, {}-best)",
-            beam.rnnlm_weight,
+            " + LSTM LM share {} ({} x {}, {}-best)",
+            beam.rnnlm_share,
             lm.0.config().layers,
             lm.0.config().hidden,
             beam.rescore_nbest
@@ -1895,6 +1904,9 @@ fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
     if train.is_empty() || valid.is_empty() {
         bail!("no sentences to train on or to validate with: the text files are empty");
     }
+    if args.epochs == 0 {
+        bail!("--epochs must be at least 1");
+    }
     let options = lasr_model::RnnLmTrainOptions {
         epochs: args.epochs,
         learning_rate: args.learning_rate,
@@ -1977,7 +1989,10 @@ fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
             if let Some(f) = &mut log {
                 use std::io::Write;
                 writeln!(f, "{line}").map_err(|e| {
-                    lasr_model::Error::Model(format!("cannot append to the log: {e}"))
+                    lasr_model::Error::Model(format!(
+                        "{}: cannot append to the log: {e}",
+                        args.log.as_deref().unwrap_or(Path::new("")).display()
+                    ))
                 })?;
             }
             Ok(())

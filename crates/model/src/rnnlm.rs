@@ -323,6 +323,23 @@ impl RnnLm {
         let vocab: Vocab = serde_json::from_str(get("vocabulary")?)
             .map_err(|e| Error::Model(format!("unreadable vocabulary: {e}")))?;
         config.validate()?;
+        // The sizes come from the file: check them against the tensors it holds
+        // before allocating, so a hostile config cannot ask for terabytes.
+        let (v, e, h, l) = (
+            config.vocab_size as f64,
+            config.embedding_dim as f64,
+            config.hidden as f64,
+            config.layers as f64,
+        );
+        let expected =
+            v * e + 4.0 * h * (e + h + 2.0) + (l - 1.0) * 4.0 * h * (2.0 * h + 2.0) + v * h + v;
+        let held = lasr_nn::checkpoint::contents(bytes)?.values;
+        if expected != held {
+            return Err(Error::Model(format!(
+                "its config (vocabulary {}, embedding {}, hidden {}, {} layers) needs {expected} values, but its tensors hold {held}",
+                config.vocab_size, config.embedding_dim, config.hidden, config.layers
+            )));
+        }
         let mut lm = {
             use rand::SeedableRng;
             RnnLm::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0))?
@@ -363,14 +380,17 @@ impl RnnLm {
 #[derive(Debug, Clone)]
 pub struct RnnLmScorer {
     lm: RnnLm,
+    vocab: Vocab,
     cells: Vec<(LstmCell, PreparedLstmCell)>,
 }
 
 impl RnnLm {
-    /// This model as an [`RnnLmScorer`] whose recurrent products read the weights as
-    /// `format` holds them (int8 as the listener's in `--weights int8`: the fastest,
-    /// the scores a little off the f32 ones).
-    pub fn scorer(&self, format: WeightFormat) -> RnnLmScorer {
+    /// This model, trained on `vocab`, as an [`RnnLmScorer`] whose recurrent products
+    /// read the weights as `format` holds them (int8 as the listener's in `--weights
+    /// int8`: the fastest, the scores a little off the f32 ones). Errors if `vocab`
+    /// does not fit the output layer.
+    pub fn scorer(&self, vocab: &Vocab, format: WeightFormat) -> Result<RnnLmScorer> {
+        self.check_vocab(vocab)?;
         let cells = self
             .rnn
             .iter()
@@ -385,10 +405,11 @@ impl RnnLm {
                 (cell, prepared)
             })
             .collect();
-        RnnLmScorer {
+        Ok(RnnLmScorer {
             lm: self.clone(),
+            vocab: vocab.clone(),
             cells,
-        }
+        })
     }
 }
 
@@ -408,6 +429,11 @@ impl RnnLmScorer {
     /// The model scored from.
     pub fn model(&self) -> &RnnLm {
         &self.lm
+    }
+
+    /// The vocabulary the model was trained on.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
     }
 
     /// [`RnnLm::log_probs`] computed once per distinct prefix: `seqs` (token ids
@@ -514,7 +540,7 @@ pub struct RnnLmTrainOptions {
 impl Default for RnnLmTrainOptions {
     fn default() -> Self {
         RnnLmTrainOptions {
-            epochs: 6,
+            epochs: 8,
             learning_rate: 2e-3,
             batch_tokens: 8192,
             clip_norm: 1.0,

@@ -213,17 +213,20 @@ pub struct DecodeOptions {
     /// rescores; they are the n-best list then.
     #[serde(skip_serializing_if = "is_default_nbest")]
     pub rescore_nbest: usize,
-    /// CTC prefix beam search: the share of the character n-gram's weight
+    /// CTC prefix beam search: the share, in `[0, 1]`, of the character LM's weight
     /// (`lm_weight`) that the LSTM language model takes over when it re-ranks the
-    /// `rescore_nbest` best hypotheses: each gains `rnnlm_weight * (log P_lstm - log
-    /// P_ngram)` (just `rnnlm_weight * log P_lstm` with no n-gram), with the attention
-    /// decoder's term when that is on too. At most `lm_weight` when there is an
-    /// n-gram (`lm_weight` itself swaps it out entirely); 0 or no `rnnlm` turns it
-    /// off. Left out of the model file when 0, so that files without it stay
-    /// readable by earlier versions.
+    /// `rescore_nbest` best hypotheses. Their language-model term becomes
+    /// `lm_weight * ((1 - share) * log P_ngram + share * log P_lstm)`: each gains
+    /// `share * lm_weight * (log P_lstm - log P_ngram)` (with no n-gram fused, just
+    /// `share * lm_weight * log P_lstm`), beside the attention decoder's term when
+    /// that is on too. A share rather than a weight of its own, so that the
+    /// search's `ctc_insertion_bonus`, tuned against the n-gram's cost per
+    /// character, stays in balance whatever `lm_weight` is. 0 or no `rnnlm` turns
+    /// it off. Left out of the model file when 0, so that files without it stay
+    /// readable by earlier versions (files with it are refused by those).
     #[serde(skip_serializing_if = "is_zero")]
-    pub rnnlm_weight: f32,
-    /// The LSTM language model `rnnlm_weight` applies to (data, never serialised;
+    pub rnnlm_share: f32,
+    /// The LSTM language model `rnnlm_share` applies to (data, never serialised;
     /// see [`crate::rnnlm`]).
     #[serde(skip)]
     pub rnnlm: Option<SharedRnnLm>,
@@ -285,7 +288,7 @@ impl Default for DecodeOptions {
             word_lm: None,
             attention_rescore_weight: 0.0,
             rescore_nbest: DEFAULT_RESCORE_NBEST,
-            rnnlm_weight: 0.0,
+            rnnlm_share: 0.0,
             rnnlm: None,
             weights: WeightFormat::F32,
         }
@@ -365,16 +368,10 @@ impl DecodeOptions {
                     .into(),
             ));
         }
-        if !(self.rnnlm_weight.is_finite() && self.rnnlm_weight >= 0.0) {
+        if !(0.0..=1.0).contains(&self.rnnlm_share) {
             return Err(Error::Model(format!(
-                "rnnlm_weight {} must be finite and >= 0",
-                self.rnnlm_weight
-            )));
-        }
-        if self.rnnlm.is_some() && self.lm.is_some() && self.rnnlm_weight > self.lm_weight {
-            return Err(Error::Model(format!(
-                "rnnlm_weight {} is more than lm_weight {}: the LSTM language model takes a share of the character n-gram's weight",
-                self.rnnlm_weight, self.lm_weight
+                "rnnlm_share {} must lie in [0, 1]: it is the share of the character LM's weight the LSTM takes over",
+                self.rnnlm_share
             )));
         }
         if let Some(lm) = &self.rnnlm {
@@ -384,12 +381,11 @@ impl DecodeOptions {
                         .into(),
                 ));
             }
-            if lm.0.config().vocab_size != model.vocab.len() {
-                return Err(Error::Model(format!(
-                    "the LSTM language model reads {} symbols, the model writes {}",
-                    lm.0.config().vocab_size,
-                    model.vocab.len()
-                )));
+            if lm.0.vocab() != &model.vocab {
+                return Err(Error::Model(
+                    "the LSTM language model was trained on another vocabulary than the model's"
+                        .into(),
+                ));
             }
         }
         if self.rescore_nbest == 0 {
@@ -531,7 +527,7 @@ impl ModelFile {
                 || options.lexicon.is_some()
                 || options.word_lm.is_some()
                 || options.attention_rescore_weight > 0.0
-                || options.rnnlm.is_some()
+                || (options.rnnlm.is_some() && options.rnnlm_share > 0.0)
             {
                 return self.ctc_beam(&decoder, logits, options);
             }
@@ -663,10 +659,7 @@ impl ModelFile {
         )?;
         let mut attention = vec![None; hyps.len()];
         let mut rnnlm = vec![None; hyps.len()];
-        let rnnlm_model = options
-            .rnnlm
-            .as_ref()
-            .filter(|_| options.rnnlm_weight > 0.0);
+        let rnnlm_model = options.rnnlm.as_ref().filter(|_| options.rnnlm_share > 0.0);
         if options.attention_rescore_weight > 0.0 || rnnlm_model.is_some() {
             // Only rescored hypotheses stay: their scores and the others' are not on
             // one scale.
@@ -688,12 +681,12 @@ impl ModelFile {
                 None => vec![None; hyps.len()],
             };
             let wa = f64::from(options.attention_rescore_weight);
-            let wr = f64::from(options.rnnlm_weight);
+            let wr = f64::from(options.rnnlm_share) * f64::from(options.lm_weight);
             for ((h, a), r) in hyps.iter_mut().zip(&attention).zip(&rnnlm) {
-                // The LSTM takes `wr` of the character n-gram's weight: the n-gram's
-                // score per character is what `ctc_insertion_bonus` was tuned to
-                // offset, and an LSTM added on top would tip that balance toward
-                // shorter texts (it did: more deletions, CER up).
+                // The LSTM takes its share of the character n-gram's weight: the
+                // n-gram's score per character is what `ctc_insertion_bonus` was
+                // tuned to offset, and an LSTM added on top would tip that balance
+                // toward shorter texts (it did: more deletions, CER up).
                 if let Some(r) = r {
                     h.score += wr * (r - h.lm_log_prob);
                 }
@@ -984,12 +977,12 @@ mod tests {
         let o = DecodeOptions {
             attention_rescore_weight: 0.5,
             rescore_nbest: 4,
-            rnnlm_weight: 0.25,
+            rnnlm_share: 0.25,
             ..DecodeOptions::default()
         };
         let json = serde_json::to_string(&o).unwrap();
         assert!(json.contains("\"rescore_nbest\":4"), "{json}");
-        assert!(json.contains("\"rnnlm_weight\":0.25"), "{json}");
+        assert!(json.contains("\"rnnlm_share\":0.25"), "{json}");
         let back: DecodeOptions = serde_json::from_str(&json).unwrap();
         assert_eq!(back, o);
         let back: DecodeOptions = serde_json::from_str(&plain).unwrap();
