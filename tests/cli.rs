@@ -54,6 +54,31 @@ fn ensemble_with(models: &[&Path], flags: &[&str], out: &Path) -> std::process::
     lasr(&args)
 }
 
+/// Checks an n-best list re-ranked by one more model against the list before it:
+/// each alternative's score is its old score plus `weight` times the model's
+/// log-probability `field` (negative), and the list is sorted by the new scores.
+fn assert_reranked(
+    plain: &[serde_json::Value],
+    rescored: &[serde_json::Value],
+    field: &str,
+    weight: f64,
+) {
+    assert_eq!(rescored.len(), plain.len());
+    for (i, alt) in rescored.iter().enumerate() {
+        let lp = alt[field].as_f64().unwrap();
+        assert!(lp < 0.0, "{alt}");
+        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
+        let want = before["score"].as_f64().unwrap() + weight * lp;
+        assert!(
+            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
+            "{alt}"
+        );
+        if i > 0 {
+            assert!(rescored[i - 1]["score"].as_f64() >= alt["score"].as_f64());
+        }
+    }
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -442,21 +467,11 @@ fn the_committed_tiny_checkpoint_transcribes_its_fixtures() {
         "4",
     ]);
     let attention = decode(&["--attention", "--beam", "4", "--ctc-weight", "0"]);
-    assert_eq!(rescored.len(), plain.len());
+    assert_reranked(&plain, &rescored, "attention_log_prob", 0.5);
     assert!(rescored.len() > 1, "{rescored:?}");
     let mut compared = 0;
-    for (i, alt) in rescored.iter().enumerate() {
+    for alt in &rescored {
         let att = alt["attention_log_prob"].as_f64().unwrap();
-        assert!(att < 0.0, "{alt}");
-        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
-        let want = before["score"].as_f64().unwrap() + 0.5 * att;
-        assert!(
-            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
-            "{alt}"
-        );
-        if i > 0 {
-            assert!(rescored[i - 1]["score"].as_f64() >= alt["score"].as_f64());
-        }
         if let Some(a) = attention.iter().find(|a| a["text"] == alt["text"]) {
             let lp = a["log_prob"].as_f64().unwrap();
             assert!((lp - att).abs() < 1e-4, "{a} vs {alt}");
@@ -1703,20 +1718,7 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
         "2",
     ]));
     let rescored = rescored["nbest"].as_array().unwrap().clone();
-    assert_eq!(rescored.len(), plain.len());
-    for (i, alt) in rescored.iter().enumerate() {
-        let lp = alt["rnnlm_log_prob"].as_f64().unwrap();
-        assert!(lp < 0.0, "{alt}");
-        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
-        let want = before["score"].as_f64().unwrap() + 2.0 * lp;
-        assert!(
-            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
-            "{alt}"
-        );
-        if i > 0 {
-            assert!(rescored[i - 1]["score"].as_f64() >= alt["score"].as_f64());
-        }
-    }
+    assert_reranked(&plain, &rescored, "rnnlm_log_prob", 2.0);
     // "yo" scores better with the LSTM than the n-best's misspellings that add a
     // letter to it, which it never saw.
     let lp_of = |t: &str| {

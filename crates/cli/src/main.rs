@@ -956,6 +956,21 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
+/// A bar over a training run's batches (its length set as training learns it), shown
+/// only on a terminal.
+fn batch_progress() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches, eta {eta}")
+            .expect("template is valid")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so an interrupted
 /// run never leaves a half-written file where a good one was.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -1935,16 +1950,7 @@ fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
         valid.len(),
         lasr_nn::Module::num_params(&lm)
     );
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches, eta {eta}")
-            .expect("template is valid")
-            .progress_chars("=> "),
-    );
+    let bar = batch_progress();
     let start = std::time::Instant::now();
     let mut best = f64::INFINITY;
     let mut log = match &args.log {
@@ -2385,16 +2391,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         }
     };
     model.validate()?;
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches, eta {eta}")
-            .expect("template is valid")
-            .progress_chars("=> "),
-    );
+    let bar = batch_progress();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
