@@ -369,6 +369,7 @@ fn make_tiny(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         decode: None,
         members: Vec::new(),
         storage: lasr_model::Storage::F32,
+        ensemble_speller: None,
     }
     .save(&model_path)
     .unwrap();
@@ -1842,4 +1843,136 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
         high.to_str().unwrap(),
     ]));
     assert!(err.contains("ctc_only"), "{err}");
+}
+
+#[test]
+fn speller_trains_an_ensemble_speller_that_reranks_the_ctc_n_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("tests/fixtures");
+    let tiny = fixtures.join("tiny.safetensors");
+    let (low, high) = (fixtures.join("low.wav"), fixtures.join("high.wav"));
+    // The tiny model twice: a main model and one member.
+    let ens = dir.path().join("ens.safetensors");
+    let out = ensemble_with(&[&tiny, &tiny], &["--weights", "0.5,0.5"], &ens);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Labels the main speller has backwards, so that training has something to learn.
+    let corpus = dir.path().join("swapped.tsv");
+    std::fs::write(
+        &corpus,
+        format!("{}\tYO\n{}\tHI\n", low.display(), high.display()),
+    )
+    .unwrap();
+    let out_model = dir.path().join("with-speller.safetensors");
+    let log = dir.path().join("log.jsonl");
+    let out = lasr(&[
+        "speller",
+        "-m",
+        ens.to_str().unwrap(),
+        "--train",
+        corpus.to_str().unwrap(),
+        "--valid",
+        corpus.to_str().unwrap(),
+        "--epochs",
+        "60",
+        "--learning-rate",
+        "0.02",
+        "--input-dropout",
+        "0",
+        "--dropout",
+        "0",
+        "--epoch-files",
+        "--log",
+        log.to_str().unwrap(),
+        "-o",
+        out_model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    // 2 listeners of 2 x 16 states each.
+    assert!(
+        stderr.contains("2 listeners, 64 states per frame"),
+        "{stderr}"
+    );
+    let epochs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 60);
+    let loss = |e: &serde_json::Value| e["valid_loss"].as_f64().unwrap();
+    assert!(loss(&epochs[59]) < loss(&epochs[0]) / 4.0, "{epochs:?}");
+    for k in [1, 60] {
+        assert!(dir
+            .path()
+            .join(format!("with-speller-epoch-{k}.safetensors"))
+            .exists());
+    }
+    let info = text(&lasr(&["info", out_model.to_str().unwrap()]).stdout);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["ensemble_speller"]["input_dim"], 64, "{info}");
+
+    let decode = |model: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "transcribe",
+            "-m",
+            model.to_str().unwrap(),
+            "--no-lm",
+            "--ctc-only",
+            "--beam",
+            "4",
+            "--json",
+            "--nbest",
+            "4",
+        ];
+        args.extend(extra);
+        args.push(low.to_str().unwrap());
+        lasr(&args)
+    };
+    let plain = json_stdout(&decode(&out_model, &[]))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(plain.len() > 1, "{plain:?}");
+    assert!(plain
+        .iter()
+        .all(|a| a.get("ensemble_speller_log_prob").is_none()));
+    let rescored = json_stdout(&decode(&out_model, &["--ensemble-speller", "0.5"]))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_reranked(&plain, &rescored, "ensemble_speller_log_prob", 0.5);
+    // It learned the swap: it finds "hi" far less likely for the low tone than the
+    // main speller, which it started as, does.
+    let both = json_stdout(&decode(
+        &out_model,
+        &["--ensemble-speller", "0.5", "--rescore", "0.5"],
+    ))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let hi = both.iter().find(|a| a["text"] == "hi").unwrap();
+    let (main, learned) = (
+        hi["attention_log_prob"].as_f64().unwrap(),
+        hi["ensemble_speller_log_prob"].as_f64().unwrap(),
+    );
+    assert!(learned < main - 2.0, "{hi}");
+    // Refusals: a file without one; a CTC-only main model to start from.
+    let err = refused(&decode(&ens, &["--ensemble-speller", "0.5"]));
+    assert!(err.contains("holds no ensemble speller"), "{err}");
+    let ctc_only = dir.path().join("ctc-only.safetensors");
+    let mut m = lasr_model::ModelFile::load(&tiny).unwrap();
+    m.las.config.ctc_weight = 1.0;
+    m.save(&ctc_only).unwrap();
+    let err = refused(&lasr(&[
+        "speller",
+        "-m",
+        ctc_only.to_str().unwrap(),
+        "--train",
+        corpus.to_str().unwrap(),
+        "--valid",
+        corpus.to_str().unwrap(),
+        "-o",
+        dir.path().join("x.safetensors").to_str().unwrap(),
+    ]));
+    assert!(err.contains("no speller to start from"), "{err}");
 }

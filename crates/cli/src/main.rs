@@ -2,6 +2,7 @@
 //! arguments and calls the libraries; nothing numerical happens here.
 
 mod plot;
+mod speller;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -142,6 +143,9 @@ enum Command {
     /// Train a character LSTM language model from text, for re-ranking the n-best
     /// list of a CTC search (`--rnnlm`).
     Rnnlm(RnnlmArgs),
+    /// Train a speller that attends over every listener of an ensemble, for
+    /// re-ranking the n-best list of a CTC search (`--ensemble-speller`).
+    Speller(speller::SpellerArgs),
     /// Show what a model file holds: sizes, parameters, features, recommended
     /// decoding and how it was trained.
     Info {
@@ -498,6 +502,12 @@ struct DecodeArgs {
     /// the LSTM's log-prob. 0 turns the LSTM off.
     #[arg(long, value_name = "S")]
     rnnlm_share: Option<f32>,
+    /// Ensemble speller rescoring, with CTC beam search: add W times the log-probability
+    /// of the model file's ensemble speller (a speller attending over every listener
+    /// of the ensemble, from `lasr speller`) to each of the --rescore-nbest best
+    /// hypotheses and re-rank them, beside --rescore's main speller (0 = off).
+    #[arg(long, value_name = "W")]
+    ensemble_speller: Option<f32>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the
     /// file's weights; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
     /// listener and the attention decoder reads half the bytes; `int8` stores 8-bit
@@ -594,6 +604,9 @@ impl DecodeArgs {
         }
         if let Some(w) = self.rescore {
             o.attention_rescore_weight = w;
+        }
+        if let Some(w) = self.ensemble_speller {
+            o.ensemble_speller_weight = w;
         }
         if let Some(n) = self.rescore_nbest {
             o.rescore_nbest = n;
@@ -887,6 +900,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench(a),
         Command::Lm(a) => lm(a),
         Command::Rnnlm(a) => rnnlm(a),
+        Command::Speller(a) => speller::speller(a),
         Command::Info { model } => info(model.as_deref()),
         Command::Average { models, out } => average(&models, &out),
         Command::Ensemble {
@@ -1390,6 +1404,12 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         String::new()
     };
+    if beam.ensemble_speller_weight > 0.0 {
+        rescore_note += &format!(
+            " + ensemble speller {} ({}-best)",
+            beam.ensemble_speller_weight, beam.rescore_nbest
+        );
+    }
     if let Some(lm) = &beam.rnnlm {
         rescore_note += &format!(
             " + LSTM LM share {} ({} x {}, {}-best)",
@@ -1407,6 +1427,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         word_lm: None,
         attention_rescore_weight: 0.0,
         rnnlm: None,
+        ensemble_speller_weight: 0.0,
         ..beam.clone()
     };
     // The attention settings' search (the CTC ones keep `beam.search`).
@@ -1490,6 +1511,11 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                     0.0
                 },
                 rnnlm: beam.rnnlm.clone().filter(|_| full),
+                ensemble_speller_weight: if full {
+                    beam.ensemble_speller_weight
+                } else {
+                    0.0
+                },
                 ..plain.clone()
             },
         });
@@ -1501,6 +1527,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         word_lm: None,
         attention_rescore_weight: 0.0,
         rnnlm: None,
+        ensemble_speller_weight: 0.0,
         ..beam.clone()
     };
     if beam.lm.is_some() {
@@ -1652,7 +1679,8 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
             lasr_model::Storage::Int8 => "int8",
         },
         "parameters": model.las.num_params()
-            + model.members.iter().map(|m| m.num_params()).sum::<usize>(),
+            + model.members.iter().map(|m| m.num_params()).sum::<usize>()
+            + model.ensemble_speller.as_ref().map_or(0, |e| e.num_params()),
         "listener_parameters": model.las.listener.num_params(),
         "speller_parameters": model.las.speller.num_params(),
         "ensemble": (!model.members.is_empty()).then(|| serde_json::json!({
@@ -1665,6 +1693,10 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
                 "config": m.config,
                 "info": m.info,
             })).collect::<Vec<_>>(),
+        })),
+        "ensemble_speller": model.ensemble_speller.as_ref().map(|e| serde_json::json!({
+            "input_dim": e.input_dim(),
+            "parameters": e.num_params(),
         })),
         "config": c,
         "seconds_per_listener_frame": model.seconds_per_frame(),
@@ -2369,6 +2401,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             front_end: front,
             info: serde_json::Value::Null,
             decode: None,
+            // It heard the listeners as they were.
+            ensemble_speller: None,
             ..m
         },
         None => {
@@ -2387,6 +2421,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 decode: None,
                 members: Vec::new(),
                 storage: lasr_model::Storage::F32,
+                ensemble_speller: None,
             }
         }
     };

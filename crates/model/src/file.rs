@@ -14,6 +14,10 @@
 //!   weights as JSON (`[{"model_config": {..}, "weight": 0.3, "info": ..}]`), their
 //!   tensors named `member.1.listener...`, `member.1.ctc...` and so on
 //!   ([`crate::ensemble`]).
+//! - `lasr.ensemble_speller` (format 5): the ensemble speller's config and input
+//!   width as JSON (`{"model_config": {..}, "input_dim": 1856}`), its tensors named
+//!   `ensemble_speller.proj.weight`, `ensemble_speller.speller.emb.weight` and so on
+//!   ([`crate::ensemble_speller`]).
 //!
 //! Format 3 stores the tensors in IEEE half precision (F16; [`Storage::F16`], a
 //! tensor f16 cannot hold stays F32), with or without members. Format 4 adds int8
@@ -35,14 +39,16 @@ use rand::SeedableRng;
 
 use crate::config::ModelConfig;
 use crate::ensemble::CtcMember;
+use crate::ensemble_speller::EnsembleSpeller;
 use crate::error::{Error, Result};
 use crate::las::Las;
 use crate::transcribe::DecodeOptions;
 
 /// Version of the layout above; bumped on any incompatible change. Format 2 added
-/// ensemble members, format 3 half-precision tensors, format 4 int8 matrices; a file
-/// is written with the lowest format that holds it ([`ModelFile::format_version`]).
-pub const FORMAT_VERSION: u32 = 4;
+/// ensemble members, format 3 half-precision tensors, format 4 int8 matrices, format
+/// 5 the ensemble speller; a file is written with the lowest format that holds it
+/// ([`ModelFile::format_version`]).
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The most ensemble members a file may list: each is built before its tensors are
 /// read, so an untrusted file must not make that open-ended.
@@ -66,7 +72,25 @@ pub struct ModelFile {
     /// file had, so packing a file again does not change it; training always writes
     /// f32.
     pub storage: Storage,
+    /// A speller attending over the main model's and every member's listener states,
+    /// for re-ranking ([`crate::ensemble_speller`]); usually none.
+    pub ensemble_speller: Option<EnsembleSpeller>,
 }
+
+/// How the ensemble speller is described in `lasr.ensemble_speller`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnsembleSpellerMeta {
+    /// Its speller's sizes (the main model's config when it was made).
+    model_config: ModelConfig,
+    /// Width of the listener states it reads.
+    input_dim: usize,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    info: serde_json::Value,
+}
+
+/// Tensor-name prefix of the ensemble speller.
+const ENSEMBLE_SPELLER: &str = "ensemble_speller";
 
 /// How a member is described in `lasr.members`.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -131,6 +155,7 @@ impl ModelFile {
         let n = models.len() as f64;
         let mut out = first.clone();
         out.storage = Storage::F32;
+        out.drop_ensemble_speller();
         let mut k = 0;
         out.las.visit_mut("", &mut |_, mut t| {
             for (v, &s) in t.iter_mut().zip(&sums[k]) {
@@ -199,6 +224,9 @@ impl ModelFile {
             )));
         }
         let mut out = main;
+        if !others.is_empty() {
+            out.drop_ensemble_speller();
+        }
         let (held, added) = weights[1..].split_at(out.members.len());
         for (m, &w) in out.members.iter_mut().zip(held) {
             m.weight = w;
@@ -246,11 +274,12 @@ impl ModelFile {
         }
         // `validate` checks the rest: a CTC head on the main model, and each member's
         // fit to it (time reduction, vocabulary, input size).
-        let out = ModelFile {
+        let mut out = ModelFile {
             las: main.las,
             info: main.info,
             ..self
         };
+        out.drop_ensemble_speller();
         out.validate()?;
         Ok(out)
     }
@@ -289,6 +318,7 @@ impl ModelFile {
             info: member.info,
             decode: None,
             members: Vec::new(),
+            ensemble_speller: None,
             ..self
         };
         out.validate()?;
@@ -316,7 +346,20 @@ impl ModelFile {
         }
         let mut keep = keep.into_iter();
         self.members.retain(|_| keep.next() == Some(true));
+        if !numbers.is_empty() {
+            self.drop_ensemble_speller();
+        }
         Ok(())
+    }
+
+    /// Leaves out the ensemble speller, and its weight in the recommended decoding
+    /// (it was trained on listeners that a change of models takes away; train one
+    /// again with `lasr speller`). True if there was one.
+    pub fn drop_ensemble_speller(&mut self) -> bool {
+        if let Some(d) = &mut self.decode {
+            d.ensemble_speller_weight = 0.0;
+        }
+        self.ensemble_speller.take().is_some()
     }
 
     /// Checks that the parts fit together: vocabulary size and specials, feature width.
@@ -355,6 +398,33 @@ impl ModelFile {
             )));
         }
         self.validate_members()?;
+        if let Some(es) = &self.ensemble_speller {
+            let d_all = self.all_listeners_dim();
+            if es.input_dim() != d_all {
+                return Err(Error::Model(format!(
+                    "the ensemble speller reads {} listener states per frame, the main model and members make {d_all}",
+                    es.input_dim()
+                )));
+            }
+            let (ec, c) = (&es.config, &self.las.config);
+            if es.proj.output_dim() != ec.listener_dim()
+                || ec.vocab_size != c.vocab_size
+                || ec.sos != c.sos
+                || ec.eos != c.eos
+            {
+                return Err(Error::Model(format!(
+                    "the ensemble speller spells {} symbols (sos {}, eos {}) from {} projected states; the model has {} symbols (sos {}, eos {}) and its config {} states",
+                    ec.vocab_size,
+                    ec.sos,
+                    ec.eos,
+                    es.proj.output_dim(),
+                    c.vocab_size,
+                    c.sos,
+                    c.eos,
+                    ec.listener_dim()
+                )));
+            }
+        }
         self.front_end
             .validate()
             .map_err(|e| Error::Model(e.to_string()))
@@ -387,10 +457,13 @@ impl ModelFile {
         }
     }
 
-    /// The `lasr.format` this model is written as: 4 with int8 matrices, 3 with f16
-    /// tensors, else 2 with members, else 1 (readable by builds from before ensembles).
+    /// The `lasr.format` this model is written as: 5 with an ensemble speller, 4 with
+    /// int8 matrices, 3 with f16 tensors, else 2 with members, else 1 (readable by
+    /// builds from before ensembles).
     pub fn format_version(&self) -> u32 {
-        if self.storage == Storage::Int8 {
+        if self.ensemble_speller.is_some() {
+            5
+        } else if self.storage == Storage::Int8 {
             4
         } else if self.storage == Storage::F16 {
             3
@@ -500,6 +573,17 @@ impl ModelFile {
                 parts.push((p, m));
             }
         }
+        if let Some(es) = &self.ensemble_speller {
+            meta.insert(
+                "lasr.ensemble_speller".to_string(),
+                json(&EnsembleSpellerMeta {
+                    model_config: es.config.clone(),
+                    input_dim: es.input_dim(),
+                    info: serde_json::Value::Null,
+                }),
+            );
+            parts.push((ENSEMBLE_SPELLER, es));
+        }
         Ok(checkpoint::to_bytes_parts_as(&parts, self.storage, &meta)?)
     }
 
@@ -577,13 +661,33 @@ impl ModelFile {
                 described.len()
             )));
         }
+        let speller_meta: Option<EnsembleSpellerMeta> = match meta.get("lasr.ensemble_speller") {
+            None => None,
+            Some(_) if version < 5 => return Err(Error::Model(format!(
+                "lasr.ensemble_speller in a format {version} file (ensemble spellers are format 5)"
+            ))),
+            Some(s) => Some(
+                serde_json::from_str(s)
+                    .map_err(|e| Error::Model(format!("lasr.ensemble_speller: {e}")))?,
+            ),
+        };
+        if let Some(m) = &speller_meta {
+            m.model_config
+                .validate()
+                .map_err(|e| Error::Model(format!("lasr.ensemble_speller: {e}")))?;
+        }
         // Arrays are built from the configs before the tensors are read: a config
         // must not describe more parameters than the file holds values.
         let wanted = config.min_params()
             + described
                 .iter()
                 .map(|d| d.model_config.min_member_params())
-                .sum::<f64>();
+                .sum::<f64>()
+            + speller_meta.as_ref().map_or(0.0, |m| {
+                // The projection; the speller is at least what its config's whole
+                // model needs minus the listener, bounded below by the projection.
+                m.input_dim as f64 * m.model_config.listener_dim() as f64
+            });
         let contents = checkpoint::contents(bytes).map_err(|e| Error::Model(e.to_string()))?;
         let held = contents.values;
         if wanted > held {
@@ -604,10 +708,15 @@ impl ModelFile {
                 Ok(m)
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut ensemble_speller =
+            speller_meta.map(|m| EnsembleSpeller::new(m.model_config, m.input_dim, rng));
         let prefixes = member_prefixes(members.len());
         let mut parts: Vec<(&str, &mut dyn Module)> = vec![("", &mut las)];
         for (p, m) in prefixes.iter().zip(&mut members) {
             parts.push((p, m));
+        }
+        if let Some(es) = &mut ensemble_speller {
+            parts.push((ENSEMBLE_SPELLER, es));
         }
         checkpoint::from_bytes_parts(bytes, &mut parts).map_err(|e| Error::Model(e.to_string()))?;
         let halves = &contents.half;
@@ -634,6 +743,7 @@ impl ModelFile {
             decode,
             members,
             storage,
+            ensemble_speller,
         };
         file.validate()?;
         Ok(file)

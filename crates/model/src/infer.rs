@@ -10,11 +10,12 @@
 use ndarray::{concatenate, Array2, ArrayView2, Axis};
 
 use lasr_decode::{Decoder, Step};
-use lasr_nn::{PackedRecurrent, WeightFormat};
+use lasr_nn::{Linear, PackedRecurrent, WeightFormat};
 
 use crate::cells::{CellState, PreparedCell};
+use crate::ensemble_speller::EnsembleSpeller;
 use crate::error::{Error, Result};
-use crate::las::Las;
+use crate::las::{Las, Speller};
 
 /// A model's recurrent weights laid out for decoding ([`Las::inference_weights`]):
 /// each listener layer's `weight_hh` (in int8 its `weight_ih` too) and both speller
@@ -35,6 +36,9 @@ pub struct InferenceWeights {
     pub(crate) members: Vec<Vec<[PackedRecurrent; 2]>>,
     /// The members' configs, checked against the model's as `config` is.
     pub(crate) member_configs: Vec<crate::ModelConfig>,
+    /// The ensemble speller's cells ([`crate::ModelFile::inference_weights`]), when
+    /// the file holds one.
+    pub(crate) ensemble_speller: Option<[PreparedCell; 2]>,
 }
 
 impl InferenceWeights {
@@ -44,11 +48,19 @@ impl InferenceWeights {
     }
 }
 
-/// One utterance encoded by the listener, ready to be decoded.
+/// One utterance encoded by the listener, ready to be decoded by a speller: the
+/// model's own, or the ensemble speller over every listener's states
+/// ([`EnsembleSpeller::encode`]).
 pub struct UtteranceDecoder<'a> {
-    las: &'a Las,
-    weights: &'a InferenceWeights,
-    /// Listener states `[U, D]`.
+    /// Sizes and specials of the speller.
+    config: &'a crate::ModelConfig,
+    speller: &'a Speller,
+    /// The speller's cells packed for one-vector products.
+    cells: [&'a PreparedCell; 2],
+    /// The CTC head over `h`, if any (never for the ensemble speller, whose states
+    /// are a projection).
+    ctc: Option<&'a Linear>,
+    /// Listener states `[U, D]` (for the ensemble speller, projected ones).
     h: Array2<f32>,
     /// Attention keys `W_h h + b` `[U, A]`.
     keys: Array2<f32>,
@@ -78,6 +90,7 @@ impl Las {
             cell1: self.speller.cell1.prepare_packed(format),
             members: Vec::new(),
             member_configs: Vec::new(),
+            ensemble_speller: None,
         }
     }
 
@@ -111,8 +124,45 @@ impl Las {
         let h = self.listener.infer_packed(feats, &weights.listener)?;
         let keys = self.speller.attention.keys(h.view().insert_axis(Axis(1)))?;
         Ok(UtteranceDecoder {
-            las: self,
-            weights,
+            config: &self.config,
+            speller: &self.speller,
+            cells: [&weights.cell0, &weights.cell1],
+            ctc: self.ctc.as_ref(),
+            h,
+            keys: keys.index_axis_move(Axis(1), 0),
+        })
+    }
+}
+
+impl EnsembleSpeller {
+    /// Readies one utterance for this speller: every listener's states `[U, D_all]`
+    /// ([`crate::ModelFile::listen_all`]) projected; `weights` are the model file's
+    /// [`crate::ModelFile::inference_weights`], made with this speller in the file.
+    pub fn encode<'a>(
+        &'a self,
+        weights: &'a InferenceWeights,
+        states: ArrayView2<f32>,
+    ) -> Result<UtteranceDecoder<'a>> {
+        let Some([cell0, cell1]) = &weights.ensemble_speller else {
+            return Err(Error::Config(
+                "inference weights made without the ensemble speller: make them with ModelFile::inference_weights".into(),
+            ));
+        };
+        if states.ncols() != self.input_dim() || states.nrows() == 0 {
+            return Err(Error::Batch(format!(
+                "{} listener states of {} per frame; the ensemble speller reads at least one frame of {}",
+                states.nrows(),
+                states.ncols(),
+                self.input_dim()
+            )));
+        }
+        let h = self.project(states)?;
+        let keys = self.speller.attention.keys(h.view().insert_axis(Axis(1)))?;
+        Ok(UtteranceDecoder {
+            config: &self.config,
+            speller: &self.speller,
+            cells: [cell0, cell1],
+            ctc: None,
             h,
             keys: keys.index_axis_move(Axis(1), 0),
         })
@@ -127,11 +177,7 @@ impl UtteranceDecoder<'_> {
 
     /// CTC logits `[U, V]` over the listener states, if the model has a CTC head.
     pub fn ctc_logits(&self) -> Result<Option<Array2<f32>>> {
-        let h = self.h.view().insert_axis(Axis(1));
-        Ok(self
-            .las
-            .ctc_logits(h)?
-            .map(|y| y.index_axis_move(Axis(1), 0)))
+        Ok(self.ctc.map(|c| c.forward(self.h.view())).transpose()?)
     }
 }
 
@@ -140,15 +186,15 @@ impl Decoder for UtteranceDecoder<'_> {
     type Error = Error;
 
     fn vocab_size(&self) -> usize {
-        self.las.config.vocab_size
+        self.config.vocab_size
     }
 
     fn sos(&self) -> usize {
-        self.las.config.sos
+        self.config.sos
     }
 
     fn eos(&self) -> usize {
-        self.las.config.eos
+        self.config.eos
     }
 
     fn encoder_len(&self) -> usize {
@@ -156,24 +202,24 @@ impl Decoder for UtteranceDecoder<'_> {
     }
 
     fn initial(&self) -> Result<SpellerState> {
-        let sp = &self.las.speller;
+        let sp = self.speller;
         Ok(SpellerState {
             s0: sp.cell0.zero_state(1),
             s1: sp.cell1.zero_state(1),
             ctx: Array2::zeros((1, self.h.ncols())),
-            alpha: self.las.speller.attention.location.as_ref().map(|_| {
+            alpha: self.speller.attention.location.as_ref().map(|_| {
                 lasr_nn::AdditiveAttention::initial_weights(self.h.nrows(), &[self.h.nrows()])
             }),
         })
     }
 
     fn step(&self, prev: &[usize], st: SpellerState) -> Result<Step<SpellerState>> {
-        let sp = &self.las.speller;
+        let sp = self.speller;
         let e = sp.emb.forward(prev)?;
         let in0 = concatenate(Axis(1), &[e.view(), st.ctx.view()]).expect("same rows");
-        let w = self.weights;
-        let s0 = sp.cell0.step(Some(&w.cell0), in0.view(), &st.s0)?;
-        let s1 = sp.cell1.step(Some(&w.cell1), s0.h.view(), &st.s1)?;
+        let [c0, c1] = self.cells;
+        let s0 = sp.cell0.step(Some(c0), in0.view(), &st.s0)?;
+        let s1 = sp.cell1.step(Some(c1), s0.h.view(), &st.s1)?;
         // Every hypothesis attends over the same utterance.
         let (ctx, alpha) = sp.attention.infer_step(
             self.h.view(),

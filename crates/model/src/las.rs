@@ -316,7 +316,7 @@ impl SpellerCache {
 }
 
 impl Speller {
-    fn new(c: &ModelConfig, rng: &mut impl Rng) -> Self {
+    pub(crate) fn new(c: &ModelConfig, rng: &mut impl Rng) -> Self {
         let d = c.listener_dim();
         Speller {
             emb: Embedding::new(c.vocab_size, c.embedding_dim, rng),
@@ -777,6 +777,25 @@ impl LasCache {
     }
 }
 
+/// Decoder inputs `[L][B]` (`<sos> y..`, padded with `<eos>`) and scored targets
+/// `[L * B]` in `[t][b]` order (`y.. <eos>`, `None` past the end) of transcripts
+/// `targets` `[B]`, with `c`'s `<sos>` and `<eos>`.
+pub(crate) fn teacher_forcing(
+    c: &ModelConfig,
+    targets: &[Vec<usize>],
+) -> (Vec<Vec<usize>>, Vec<Option<usize>>) {
+    let steps = targets.iter().map(|t| t.len() + 1).max().unwrap_or(1);
+    let mut inputs = vec![vec![c.eos; targets.len()]; steps];
+    let mut scored = vec![None; steps * targets.len()];
+    for (b, t) in targets.iter().enumerate() {
+        for step in 0..=t.len() {
+            inputs[step][b] = if step == 0 { c.sos } else { t[step - 1] };
+            scored[step * targets.len() + b] = Some(if step < t.len() { t[step] } else { c.eos });
+        }
+    }
+    (inputs, scored)
+}
+
 impl Las {
     /// A freshly initialised model (PyTorch's default initialisation for every layer).
     pub fn new(config: ModelConfig, rng: &mut impl Rng) -> Result<Self> {
@@ -838,21 +857,8 @@ impl Las {
         Ok(())
     }
 
-    /// Decoder inputs `[L][B]` (`<sos> y..`, padded with `<eos>`) and scored targets
-    /// `[L * B]` in `[t][b]` order (`y.. <eos>`, `None` past the end).
     fn teacher_forcing(&self, targets: &[Vec<usize>]) -> (Vec<Vec<usize>>, Vec<Option<usize>>) {
-        let c = &self.config;
-        let steps = targets.iter().map(|t| t.len() + 1).max().unwrap_or(1);
-        let mut inputs = vec![vec![c.eos; targets.len()]; steps];
-        let mut scored = vec![None; steps * targets.len()];
-        for (b, t) in targets.iter().enumerate() {
-            for step in 0..=t.len() {
-                inputs[step][b] = if step == 0 { c.sos } else { t[step - 1] };
-                scored[step * targets.len() + b] =
-                    Some(if step < t.len() { t[step] } else { c.eos });
-            }
-        }
-        (inputs, scored)
+        teacher_forcing(&self.config, targets)
     }
 
     /// Teacher-forced logits `[L, B, V]` of a batch. The speller runs whatever the

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cells;
 pub mod config;
 pub mod ensemble;
+pub mod ensemble_speller;
 pub mod error;
 pub mod file;
 pub mod infer;
@@ -21,6 +22,10 @@ pub use bench::{bench, normalize_for_scoring, BenchReport, BenchSetting};
 pub use cells::{CellState, ListenerLayer, SpellerCell};
 pub use config::{CellType, ModelConfig};
 pub use ensemble::{fold_cmvn, mix_log_probs, CtcMember};
+pub use ensemble_speller::{
+    train_ensemble_speller, Encoded, EnsembleSpeller, EnsembleSpellerOptions, SpellerEpoch,
+    SpellerProgress,
+};
 pub use error::{Error, Result};
 pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{InferenceWeights, SpellerState, UtteranceDecoder};

@@ -54,6 +54,10 @@ pub struct Alternative {
     /// when it rescored a CTC search's n-best list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rnnlm_log_prob: Option<f64>,
+    /// The ensemble speller's log-probability of the text (`<eos>` included), when it
+    /// rescored a CTC search's n-best list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ensemble_speller_log_prob: Option<f64>,
     /// What ranked the alternatives (higher is better).
     pub score: f64,
 }
@@ -230,6 +234,13 @@ pub struct DecodeOptions {
     /// see [`crate::rnnlm`]).
     #[serde(skip)]
     pub rnnlm: Option<SharedRnnLm>,
+    /// CTC prefix beam search: weight of the ensemble speller's log-probability
+    /// ([`crate::ensemble_speller`], a speller attending over every listener of the
+    /// ensemble; the model file must hold one) added to the score of each of the
+    /// `rescore_nbest` best hypotheses, beside `attention_rescore_weight`'s main
+    /// speller term. 0 turns it off; left out of the model file when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ensemble_speller_weight: f32,
     /// The weight format the other settings were chosen with, to make
     /// [`ModelFile::inference_weights`] in (decoding itself uses whatever weights it
     /// is given). f32, the file's weights unchanged, unless set; left out of the
@@ -290,6 +301,7 @@ impl Default for DecodeOptions {
             rescore_nbest: DEFAULT_RESCORE_NBEST,
             rnnlm_share: 0.0,
             rnnlm: None,
+            ensemble_speller_weight: 0.0,
             weights: WeightFormat::F32,
         }
     }
@@ -367,6 +379,26 @@ impl DecodeOptions {
                 "attention rescoring re-ranks a CTC prefix beam search: decode with ctc_only (--ctc-only)"
                     .into(),
             ));
+        }
+        if !(self.ensemble_speller_weight.is_finite() && self.ensemble_speller_weight >= 0.0) {
+            return Err(Error::Model(format!(
+                "ensemble_speller_weight {} must be finite and >= 0",
+                self.ensemble_speller_weight
+            )));
+        }
+        if self.ensemble_speller_weight > 0.0 {
+            if !self.ctc_only {
+                return Err(Error::Model(
+                    "the ensemble speller re-ranks a CTC prefix beam search: decode with ctc_only (--ctc-only)"
+                        .into(),
+                ));
+            }
+            if model.ensemble_speller.is_none() {
+                return Err(Error::Model(
+                    "ensemble speller re-ranking asked for, but this model file holds no ensemble speller (lasr speller trains one)"
+                        .into(),
+                ));
+            }
         }
         if !(0.0..=1.0).contains(&self.rnnlm_share) {
             return Err(Error::Model(format!(
@@ -521,15 +553,33 @@ impl ModelFile {
         let decoder = self.las.encode(weights, feats)?;
         let blank = self.las.config.blank;
         if options.ctc_only {
-            let logits = self.chunk_ctc_logits(weights, &decoder, feats)?;
+            let speller = self
+                .ensemble_speller
+                .as_ref()
+                .filter(|_| options.ensemble_speller_weight > 0.0);
+            let (logits, members) =
+                self.chunk_ctc_logits_with(weights, &decoder, feats, speller.is_some())?;
             if options.search.beam_size > 1
                 || options.lm.is_some()
                 || options.lexicon.is_some()
                 || options.word_lm.is_some()
                 || options.attention_rescore_weight > 0.0
                 || (options.rnnlm.is_some() && options.rnnlm_share > 0.0)
+                || speller.is_some()
             {
-                return self.ctc_beam(&decoder, logits, options);
+                let ensemble = match speller {
+                    Some(es) => {
+                        let mut parts = vec![decoder.listener_states()];
+                        parts.extend(members.iter().map(|m| m.view()));
+                        let states =
+                            ndarray::concatenate(ndarray::Axis(1), &parts).map_err(|e| {
+                                Error::Model(format!("listener states do not line up: {e}"))
+                            })?;
+                        Some(es.encode(weights, states.view())?)
+                    }
+                    None => None,
+                };
+                return self.ctc_beam(&decoder, ensemble.as_ref(), logits, options);
             }
             let (tokens, frames) = lasr_nn::ctc_greedy(logits.view(), blank);
             let ctc = -lasr_nn::ctc_score(logits.view(), &tokens, blank);
@@ -541,6 +591,7 @@ impl ModelFile {
                     attention_log_prob: None,
                     lm_log_prob: None,
                     rnnlm_log_prob: None,
+                    ensemble_speller_log_prob: None,
                     score: ctc,
                 }],
                 tokens,
@@ -616,15 +667,19 @@ impl ModelFile {
                     attention_log_prob: None,
                     lm_log_prob: None,
                     rnnlm_log_prob: None,
+                    ensemble_speller_log_prob: None,
                     score: h.score,
                 })
                 .collect(),
         })
     }
 
+    /// The CTC prefix beam search over `logits`, its n-best re-ranked by `decoder`'s
+    /// speller, the ensemble speller's `ensemble` and the LSTM LM as `options` ask.
     fn ctc_beam(
         &self,
         decoder: &crate::infer::UtteranceDecoder<'_>,
+        ensemble: Option<&crate::infer::UtteranceDecoder<'_>>,
         logits: ndarray::Array2<f32>,
         options: &DecodeOptions,
     ) -> Result<Chunk> {
@@ -659,8 +714,9 @@ impl ModelFile {
         )?;
         let mut attention = vec![None; hyps.len()];
         let mut rnnlm = vec![None; hyps.len()];
+        let mut joint = vec![None; hyps.len()];
         let rnnlm_model = options.rnnlm.as_ref().filter(|_| options.rnnlm_share > 0.0);
-        if options.attention_rescore_weight > 0.0 || rnnlm_model.is_some() {
+        if options.attention_rescore_weight > 0.0 || rnnlm_model.is_some() || ensemble.is_some() {
             // Only rescored hypotheses stay: their scores and the others' are not on
             // one scale.
             hyps.truncate(options.rescore_nbest);
@@ -680,9 +736,18 @@ impl ModelFile {
                 }
                 None => vec![None; hyps.len()],
             };
+            joint = match ensemble {
+                Some(d) => lasr_decode::score_sequences(d, &seqs)?
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+                None => vec![None; hyps.len()],
+            };
             let wa = f64::from(options.attention_rescore_weight);
             let wr = f64::from(options.rnnlm_share) * f64::from(options.lm_weight);
-            for ((h, a), r) in hyps.iter_mut().zip(&attention).zip(&rnnlm) {
+            let we = f64::from(options.ensemble_speller_weight);
+            for (((h, a), r), e) in hyps.iter_mut().zip(&attention).zip(&rnnlm).zip(&joint) {
+                h.score += we * e.unwrap_or(0.0);
                 // The LSTM takes its share of the character n-gram's weight: the
                 // n-gram's score per character is what `ctc_insertion_bonus` was
                 // tuned to offset, and an LSTM added on top would tip that balance
@@ -698,6 +763,7 @@ impl ModelFile {
             hyps = order.iter().map(|&i| hyps[i].clone()).collect();
             attention = order.iter().map(|&i| attention[i]).collect();
             rnnlm = order.iter().map(|&i| rnnlm[i]).collect();
+            joint = order.iter().map(|&i| joint[i]).collect();
         }
         let best = hyps
             .first()
@@ -710,17 +776,23 @@ impl ModelFile {
                 .iter()
                 .zip(attention)
                 .zip(rnnlm)
-                .map(|((h, attention_log_prob), rnnlm_log_prob)| Alternative {
-                    text: self.vocab.decode(&h.tokens),
-                    log_prob: h.ctc_log_prob
-                        + f64::from(search.lm_weight) * h.lm_log_prob
-                        + f64::from(search.word_lm_weight) * h.word_lm_log_prob,
-                    ctc_log_prob: Some(h.ctc_log_prob),
-                    attention_log_prob,
-                    lm_log_prob: options.lm.as_ref().map(|_| h.lm_log_prob),
-                    rnnlm_log_prob,
-                    score: h.score,
-                })
+                .zip(joint)
+                .map(
+                    |(((h, attention_log_prob), rnnlm_log_prob), ensemble_speller_log_prob)| {
+                        Alternative {
+                            text: self.vocab.decode(&h.tokens),
+                            log_prob: h.ctc_log_prob
+                                + f64::from(search.lm_weight) * h.lm_log_prob
+                                + f64::from(search.word_lm_weight) * h.word_lm_log_prob,
+                            ctc_log_prob: Some(h.ctc_log_prob),
+                            attention_log_prob,
+                            lm_log_prob: options.lm.as_ref().map(|_| h.lm_log_prob),
+                            rnnlm_log_prob,
+                            ensemble_speller_log_prob,
+                            score: h.score,
+                        }
+                    },
+                )
                 .collect(),
         })
     }
@@ -732,6 +804,12 @@ impl ModelFile {
         let mut w = self.las.inference_weights(format);
         w.members = self.members.iter().map(|m| m.pack(format)).collect();
         w.member_configs = self.members.iter().map(|m| m.config.clone()).collect();
+        w.ensemble_speller = self.ensemble_speller.as_ref().map(|es| {
+            [
+                es.speller.cell0.prepare_packed(format),
+                es.speller.cell1.prepare_packed(format),
+            ]
+        });
         w
     }
 
@@ -759,12 +837,45 @@ impl ModelFile {
         decoder: &crate::infer::UtteranceDecoder<'_>,
         feats: ArrayView2<f32>,
     ) -> Result<ndarray::Array2<f32>> {
+        Ok(self
+            .chunk_ctc_logits_with(weights, decoder, feats, false)?
+            .0)
+    }
+
+    /// [`ModelFile::chunk_ctc_logits`], and if `keep_states` the members' listener
+    /// states `[U, D_k]` each, in order (else none).
+    fn chunk_ctc_logits_with(
+        &self,
+        weights: &InferenceWeights,
+        decoder: &crate::infer::UtteranceDecoder<'_>,
+        feats: ArrayView2<f32>,
+        keep_states: bool,
+    ) -> Result<(ndarray::Array2<f32>, Vec<ndarray::Array2<f32>>)> {
         let logits = decoder
             .ctc_logits()?
             .ok_or_else(|| Error::Model("this model has no CTC head".into()))?;
         if self.members.is_empty() {
-            return Ok(logits);
+            return Ok((logits, Vec::new()));
         }
+        let states = self.member_states(weights, feats)?;
+        let mut parts = vec![ctc_log_probs(logits)];
+        let mut shares = vec![self.main_weight()];
+        for (m, h) in self.members.iter().zip(&states) {
+            parts.push(ctc_log_probs(m.ctc.forward(h.view())?));
+            shares.push(m.weight);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        let mixed = crate::ensemble::mix_log_probs(&views, &shares)?;
+        Ok((mixed, if keep_states { states } else { Vec::new() }))
+    }
+
+    /// Each member's listener states `[U, D_k]` of normalised features `[T, F]`;
+    /// `weights` are this model's [`ModelFile::inference_weights`].
+    pub(crate) fn member_states(
+        &self,
+        weights: &InferenceWeights,
+        feats: ArrayView2<f32>,
+    ) -> Result<Vec<ndarray::Array2<f32>>> {
         if weights.members.len() != self.members.len()
             || self
                 .members
@@ -778,14 +889,11 @@ impl ModelFile {
                 self.members.len()
             )));
         }
-        let mut parts = vec![ctc_log_probs(logits)];
-        let mut shares = vec![self.main_weight()];
-        for (m, w) in self.members.iter().zip(&weights.members) {
-            parts.push(ctc_log_probs(m.ctc_logits(feats, w)?));
-            shares.push(m.weight);
-        }
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        crate::ensemble::mix_log_probs(&views, &shares)
+        self.members
+            .iter()
+            .zip(&weights.members)
+            .map(|(m, w)| m.listener.infer_packed(feats, w))
+            .collect()
     }
 
     /// Transcribes normalised features `[T, F]` (as `front_end` makes them, edge
@@ -852,6 +960,7 @@ impl ModelFile {
                 attention_log_prob: None,
                 lm_log_prob: None,
                 rnnlm_log_prob: None,
+                ensemble_speller_log_prob: None,
                 score: f64::NAN,
             }];
         }

@@ -16,6 +16,7 @@ fn model(seed: u64, config: ModelConfig) -> ModelFile {
         decode: None,
         members: Vec::new(),
         storage: lasr_nn::Storage::F32,
+        ensemble_speller: None,
     }
 }
 

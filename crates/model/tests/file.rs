@@ -24,6 +24,7 @@ fn small() -> ModelFile {
         decode: None,
         members: Vec::new(),
         storage: lasr_nn::Storage::F32,
+        ensemble_speller: None,
     }
 }
 

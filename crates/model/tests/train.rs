@@ -47,6 +47,7 @@ fn model() -> ModelFile {
         decode: None,
         members: Vec::new(),
         storage: lasr_nn::Storage::F32,
+        ensemble_speller: None,
     }
 }
 
