@@ -70,6 +70,10 @@ pub struct SpellerArgs {
     /// Scheduled sampling: chance that a step is fed the speller's own previous guess.
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     sampling_rate: f32,
+    /// Train the projection alone, keeping the main speller's weights (and with them
+    /// its sense of spelling and language) as they are.
+    #[arg(long)]
+    projection_only: bool,
     /// Most padded listener frames (25 per second for the shipped model) per batch.
     #[arg(long, default_value_t = 4000, value_name = "N")]
     batch_frames: usize,
@@ -175,6 +179,7 @@ pub fn speller(args: SpellerArgs) -> Result<ExitCode> {
         label_smoothing: args.label_smoothing,
         sampling_rate: args.sampling_rate,
         seed: args.seed,
+        projection_only: args.projection_only,
         ..Default::default()
     };
     let (start_loss, _) = {

@@ -351,6 +351,10 @@ pub struct EnsembleSpellerOptions {
     pub seed: u64,
     /// Pieces each batch is cut into and run in parallel.
     pub batch_parts: usize,
+    /// Train the projection alone, the speller kept as it is (the main speller's,
+    /// as made by [`EnsembleSpeller::from_file`]).
+    #[serde(default)]
+    pub projection_only: bool,
 }
 
 impl Default for EnsembleSpellerOptions {
@@ -369,6 +373,7 @@ impl Default for EnsembleSpellerOptions {
             sampling_rate: 0.0,
             seed: 1,
             batch_parts: 2,
+            projection_only: false,
         }
     }
 }
@@ -481,6 +486,9 @@ pub fn train_ensemble_speller(
         final_fraction: Some(options.final_lr_fraction),
     };
     let mut adam = lasr_nn::Adam::new(&*es, options.learning_rate);
+    if options.projection_only {
+        adam.frozen = vec!["speller.".into()];
+    }
     let mut step = 0u64;
     for epoch in 1..=options.epochs {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed ^ ((epoch as u64) << 32));
@@ -531,6 +539,11 @@ pub fn train_ensemble_speller(
                      stopping before the update; lower the learning rate",
                     step + 1
                 )));
+            }
+            if options.projection_only {
+                // The frozen speller's gradients only carried dL/dh to the projection;
+                // they must not count in the clipping norm.
+                grads.speller = grads.speller.zeros_like();
             }
             lasr_nn::clip_grad_norm(&mut grads, options.clip_norm)?;
             adam.lr = schedule.at(step);
