@@ -1950,7 +1950,10 @@ fn speller_trains_an_ensemble_speller_that_reranks_the_ctc_n_best() {
         .as_array()
         .unwrap()
         .clone();
-    let hi = both.iter().find(|a| a["text"] == "hi").unwrap();
+    let hi = both
+        .iter()
+        .find(|a| a["text"] == "hi")
+        .unwrap_or_else(|| panic!("\"hi\" in the 4 best: {both:?}"));
     let (main, learned) = (
         hi["attention_log_prob"].as_f64().unwrap(),
         hi["ensemble_speller_log_prob"].as_f64().unwrap(),

@@ -21,8 +21,13 @@ use crate::{batch_progress, load_corpus, load_model, progress};
     attends over, through a projection to the main model's width. It starts as the\n\
     main speller (the projection passes the main listener's states through) and learns\n\
     to use the members' too. After every epoch the model file with the speller is\n\
-    written to --out (atomically) if its --valid loss is the best so far. Decoding\n\
-    uses it with --ensemble-speller W, which re-ranks the CTC search's n-best list.")]
+    written to --out (atomically) if its --valid loss is the best so far, in the\n\
+    model's storage (the built-in model's: int8 recurrent matrices, f16 elsewhere). Decoding\n\
+    uses it with --ensemble-speller W, which re-ranks the CTC search's n-best list.\n\n\
+    Train it on speech the listeners did not learn from (held-out recordings, other\n\
+    voices): on their own training data their states are near perfect, and a speller\n\
+    trained there learns to trust all of them more than unseen speech bears out. On the\n\
+    shipped model it has not yet beaten the main speller (BENCHMARKS.md).")]
 pub struct SpellerArgs {
     /// The model file whose listeners the speller hears; default: the built-in model.
     #[arg(short, long, value_name = "FILE")]
@@ -120,7 +125,9 @@ fn encode_all(
     for (id, r) in results {
         match r {
             Ok(e) => out.push(e),
-            Err(e) => eprintln!("skipped {id}: {e}"),
+            // Too short for the listeners; anything else is not the utterance's fault.
+            Err(e @ lasr_model::Error::Batch(_)) => eprintln!("skipped {id}: {e}"),
+            Err(e) => return Err(e).with_context(|| format!("{what}: {id}")),
         }
     }
     if out.is_empty() {
@@ -201,6 +208,17 @@ pub fn speller(args: SpellerArgs) -> Result<ExitCode> {
     let mut best = start_loss;
     let mut written = false;
     let mut out_model = model.clone();
+    if let Some(d) = out_model
+        .decode
+        .as_mut()
+        .filter(|d| d.ensemble_speller_weight > 0.0)
+    {
+        eprintln!(
+            "the recommended ensemble speller weight {} was tuned for the file's old speller: it is left out; tune one for the new speller and pack it (lasr pack --decode)",
+            d.ensemble_speller_weight
+        );
+        d.ensemble_speller_weight = 0.0;
+    }
     let mut save = |es: &lasr_model::EnsembleSpeller, path: &Path| -> lasr_model::Result<()> {
         out_model.ensemble_speller = Some(es.clone());
         out_model.save(path)

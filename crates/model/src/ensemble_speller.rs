@@ -74,8 +74,9 @@ impl Module for EnsembleSpeller {
 /// One utterance's frozen listener states and transcript, for training.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    /// Listener states `[U, D_all]`, row-major, in half precision (a 23.6 h training
-    /// set at 25 frames per second and 1,856 states per frame is 7.9 GB so).
+    /// Listener states `[U, D_all]`, row-major, in half precision (23.6 h of speech,
+    /// the 7.8 h set speed-perturbed, at 25 frames per second and 1,856 states per
+    /// frame is 7.9 GB so).
     pub states: Vec<f16>,
     /// `U`.
     pub frames: usize,
@@ -250,6 +251,13 @@ impl EnsembleSpeller {
         states: &[ArrayView2<f32>],
         targets: &[Vec<usize>],
     ) -> Result<Vec<f64>> {
+        if states.len() != targets.len() {
+            return Err(Error::Batch(format!(
+                "ensemble speller: {} utterances' states but {} transcripts",
+                states.len(),
+                targets.len()
+            )));
+        }
         states
             .iter()
             .zip(targets)
@@ -304,11 +312,23 @@ fn padded(
     (x, lengths, targets)
 }
 
-/// Batches of utterance indices: sorted by frames, cut where the padded size would
-/// pass `max_frames` or the count `max_utterances`.
-fn frame_batches(data: &[Encoded], max_frames: usize, max_utterances: usize) -> Vec<Vec<usize>> {
+/// Batches of utterance indices: sorted by frames (equal lengths in an order drawn
+/// from `seed`), cut where the padded size would pass `max_frames` or the count
+/// `max_utterances`.
+fn frame_batches(
+    data: &[Encoded],
+    max_frames: usize,
+    max_utterances: usize,
+    seed: u64,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..data.len()).collect();
-    order.sort_by_key(|&i| (data[i].frames, i));
+    order.sort_by_key(|&i| {
+        (
+            data[i].frames,
+            lasr_nn::dropout::uniform(seed, 0, i as u64).to_bits(),
+            i,
+        )
+    });
     let mut batches = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     for i in order {
@@ -396,6 +416,15 @@ impl EnsembleSpellerOptions {
                 self.dropout, self.input_dropout, self.label_smoothing, self.sampling_rate
             )));
         }
+        if !(self.clip_norm.is_finite()
+            && self.clip_norm > 0.0
+            && (0.0..=1.0).contains(&self.final_lr_fraction))
+        {
+            return Err(Error::Config(format!(
+                "clip_norm {} must be positive and final_lr_fraction {} in [0, 1]",
+                self.clip_norm, self.final_lr_fraction
+            )));
+        }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(Error::Config(format!(
                 "learning_rate {} must be positive",
@@ -439,7 +468,7 @@ pub fn ensemble_speller_nll(
     es.check(data)?;
     let d_all = es.input_dim();
     let results: Vec<Result<(f64, usize)>> =
-        frame_batches(data, options.batch_frames, options.batch_utterances)
+        frame_batches(data, options.batch_frames, options.batch_utterances, 0)
             .par_iter()
             .map(|b| {
                 let (x, lengths, targets) = padded(data, b, d_all);
@@ -477,8 +506,11 @@ pub fn train_ensemble_speller(
     es.config.label_smoothing = options.label_smoothing;
     es.config.sampling_rate = options.sampling_rate;
     let d_all = es.input_dim();
-    let mut batches = frame_batches(train, options.batch_frames, options.batch_utterances);
-    let total_steps = (batches.len() * options.epochs) as u64;
+    // Each epoch forms its own batches (below); their number depends only on the
+    // lengths, so the schedule can count them now.
+    let total_steps = (frame_batches(train, options.batch_frames, options.batch_utterances, 0)
+        .len()
+        * options.epochs) as u64;
     let schedule = lasr_nn::LrSchedule {
         peak: options.learning_rate,
         warmup_steps: options.warmup_steps,
@@ -492,6 +524,13 @@ pub fn train_ensemble_speller(
     let mut step = 0u64;
     for epoch in 1..=options.epochs {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed ^ ((epoch as u64) << 32));
+        // Utterances of equal length meet in other batches each epoch.
+        let mut batches = frame_batches(
+            train,
+            options.batch_frames,
+            options.batch_utterances,
+            options.seed ^ epoch as u64,
+        );
         batches.shuffle(&mut rng);
         let (mut epoch_loss, mut epoch_count) = (0.0, 0usize);
         for batch in &batches {

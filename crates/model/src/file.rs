@@ -174,8 +174,8 @@ impl ModelFile {
     /// feature settings (members read `main`'s features), the same vocabulary and the
     /// same time reduction. A model normalised with other CMVN statistics has the
     /// difference folded into its first layer ([`crate::ensemble::fold_cmvn`]).
-    /// `main`'s speller, info and recommended decoding are kept; tune the decoding
-    /// again.
+    /// `main`'s speller, info and recommended decoding are kept (its ensemble speller
+    /// only when no model is added); tune the decoding again.
     ///
     /// With no `others`, this re-weights `main`'s members (and a `main` without
     /// members comes back as it was, its one weight being 1).
@@ -255,7 +255,8 @@ impl ModelFile {
 
     /// This ensemble with `main` in place of its main model (listener, speller and CTC
     /// head, and the training record that goes with them); the members, their weights,
-    /// the recommended decoding and the storage stay. The members were folded to this
+    /// the recommended decoding and the storage stay; an ensemble speller, which heard
+    /// the old main listener, is dropped ([`ModelFile::drop_ensemble_speller`]). The members were folded to this
     /// file's CMVN statistics, so `main` must read exactly its front end (statistics
     /// included) and spell with its vocabulary: a later phase of the main model
     /// (`lasr train --init`) does. The decoding was tuned for the old main model: tune
@@ -328,8 +329,9 @@ impl ModelFile {
     /// Leaves out the members numbered `numbers` (1-based, as their tensor names
     /// `member.1`, `member.2`, ... and `lasr info`'s list number them); the others keep
     /// their order and weights, and the main model's share (the rest of 1) takes up the
-    /// dropped weights until [`ModelFile::ensemble`] gives new ones. Refuses a number that is not a member or
-    /// is given twice, leaving `self` as it was.
+    /// dropped weights until [`ModelFile::ensemble`] gives new ones; an ensemble speller
+    /// is dropped with them. Refuses a number that is not a member or is given twice,
+    /// leaving `self` as it was.
     pub fn drop_members(&mut self, numbers: &[usize]) -> Result<()> {
         let n = self.members.len();
         let mut keep = vec![true; n];
@@ -413,15 +415,15 @@ impl ModelFile {
                 || ec.eos != c.eos
             {
                 return Err(Error::Model(format!(
-                    "the ensemble speller spells {} symbols (sos {}, eos {}) from {} projected states; the model has {} symbols (sos {}, eos {}) and its config {} states",
+                    "the ensemble speller spells {} symbols (sos {}, eos {}) from {} projected states (its config says {}); the main model has {} symbols (sos {}, eos {})",
                     ec.vocab_size,
                     ec.sos,
                     ec.eos,
                     es.proj.output_dim(),
+                    ec.listener_dim(),
                     c.vocab_size,
                     c.sos,
-                    c.eos,
-                    ec.listener_dim()
+                    c.eos
                 )));
             }
         }
@@ -663,9 +665,11 @@ impl ModelFile {
         }
         let speller_meta: Option<EnsembleSpellerMeta> = match meta.get("lasr.ensemble_speller") {
             None => None,
-            Some(_) if version < 5 => return Err(Error::Model(format!(
+            Some(_) if version < 5 => {
+                return Err(Error::Model(format!(
                 "lasr.ensemble_speller in a format {version} file (ensemble spellers are format 5)"
-            ))),
+            )))
+            }
             Some(s) => Some(
                 serde_json::from_str(s)
                     .map_err(|e| Error::Model(format!("lasr.ensemble_speller: {e}")))?,
@@ -675,6 +679,25 @@ impl ModelFile {
             m.model_config
                 .validate()
                 .map_err(|e| Error::Model(format!("lasr.ensemble_speller: {e}")))?;
+            // Its shapes must be the main model's before any array is built from them.
+            let (ec, c) = (&m.model_config, &config);
+            if ec.vocab_size != c.vocab_size
+                || ec.sos != c.sos
+                || ec.eos != c.eos
+                || ec.listener_dim() != c.listener_dim()
+            {
+                return Err(Error::Model(format!(
+                    "lasr.ensemble_speller: it spells {} symbols (sos {}, eos {}) from {} projected states; the main model {} (sos {}, eos {}) from {}",
+                    ec.vocab_size,
+                    ec.sos,
+                    ec.eos,
+                    ec.listener_dim(),
+                    c.vocab_size,
+                    c.sos,
+                    c.eos,
+                    c.listener_dim()
+                )));
+            }
         }
         // Arrays are built from the configs before the tensors are read: a config
         // must not describe more parameters than the file holds values.
@@ -684,9 +707,11 @@ impl ModelFile {
                 .map(|d| d.model_config.min_member_params())
                 .sum::<f64>()
             + speller_meta.as_ref().map_or(0.0, |m| {
-                // The projection; the speller is at least what its config's whole
-                // model needs minus the listener, bounded below by the projection.
+                // The projection, and the speller's lower bound (its config's whole
+                // model less the listener and CTC head).
                 m.input_dim as f64 * m.model_config.listener_dim() as f64
+                    + m.model_config.min_params()
+                    - m.model_config.min_member_params()
             });
         let contents = checkpoint::contents(bytes).map_err(|e| Error::Model(e.to_string()))?;
         let held = contents.values;

@@ -37,8 +37,9 @@ pub struct InferenceWeights {
     /// The members' configs, checked against the model's as `config` is.
     pub(crate) member_configs: Vec<crate::ModelConfig>,
     /// The ensemble speller's cells ([`crate::ModelFile::inference_weights`]), when
-    /// the file holds one.
-    pub(crate) ensemble_speller: Option<[PreparedCell; 2]>,
+    /// the file holds one, with its config and input width (checked by
+    /// [`EnsembleSpeller::encode`] as `config` is).
+    pub(crate) ensemble_speller: Option<([PreparedCell; 2], crate::ModelConfig, usize)>,
 }
 
 impl InferenceWeights {
@@ -143,11 +144,16 @@ impl EnsembleSpeller {
         weights: &'a InferenceWeights,
         states: ArrayView2<f32>,
     ) -> Result<UtteranceDecoder<'a>> {
-        let Some([cell0, cell1]) = &weights.ensemble_speller else {
+        let Some(([cell0, cell1], config, input_dim)) = &weights.ensemble_speller else {
             return Err(Error::Config(
                 "inference weights made without the ensemble speller: make them with ModelFile::inference_weights".into(),
             ));
         };
+        if *config != self.config || *input_dim != self.input_dim() {
+            return Err(Error::Config(
+                "inference weights made from another ensemble speller (different config or input width)".into(),
+            ));
+        }
         if states.ncols() != self.input_dim() || states.nrows() == 0 {
             return Err(Error::Batch(format!(
                 "{} listener states of {} per frame; the ensemble speller reads at least one frame of {}",

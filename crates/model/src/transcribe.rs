@@ -805,10 +805,14 @@ impl ModelFile {
         w.members = self.members.iter().map(|m| m.pack(format)).collect();
         w.member_configs = self.members.iter().map(|m| m.config.clone()).collect();
         w.ensemble_speller = self.ensemble_speller.as_ref().map(|es| {
-            [
-                es.speller.cell0.prepare_packed(format),
-                es.speller.cell1.prepare_packed(format),
-            ]
+            (
+                [
+                    es.speller.cell0.prepare_packed(format),
+                    es.speller.cell1.prepare_packed(format),
+                ],
+                es.config.clone(),
+                es.input_dim(),
+            )
         });
         w
     }

@@ -175,11 +175,9 @@ fn gradients_match_finite_differences_with_noise_and_padding() {
     grads.visit("", &mut |_, t| gb.extend(t.iter().copied()));
     assert!(ga.iter().zip(&gb).any(|(p, q)| (p - q).abs() > 1e-4));
     let reports = check_params(&plain, &g, &loss, 1e-2, 8, 1e-2);
-    assert!(
-        reports.len() >= 10,
-        "every tensor is checked: {}",
-        reports.len()
-    );
+    let mut tensors = 0;
+    plain.visit("", &mut |_, _| tensors += 1);
+    assert_eq!(reports.len(), tensors, "every tensor is checked");
     for r in &reports {
         eprintln!("{r:?}");
         assert!(r.error < 2e-2, "{r:?}");
@@ -267,6 +265,24 @@ fn training_learns_from_the_members_and_a_nan_stops_it() {
     );
     // The projection learned to read the member's columns.
     assert!(es.proj.weight.column(10).iter().any(|w| w.abs() > 0.05));
+    // The projection alone: the speller stays bit for bit the main one.
+    let mut proj_only = EnsembleSpeller::from_file(&file);
+    let start = proj_only.clone();
+    train_ensemble_speller(
+        &mut proj_only,
+        &data,
+        &data,
+        &EnsembleSpellerOptions {
+            epochs: 2,
+            projection_only: true,
+            ..options.clone()
+        },
+        |_| {},
+        |_, _| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(proj_only.speller, start.speller);
+    assert_ne!(proj_only.proj, start.proj);
     // A NaN stops training before it spreads: the weights stay finite.
     let mut bad = data.clone();
     bad[3].states[5] = half::f16::NAN;
@@ -357,9 +373,55 @@ fn the_model_file_carries_it_and_decoding_uses_it() {
         0.0
     );
     dropped.validate().unwrap();
+    // So do the other ways of changing a listener; re-weighting alone keeps it.
+    let reweighted = ModelFile::ensemble(back.clone(), Vec::new(), &[0.2, 0.4, 0.4]).unwrap();
+    assert!(reweighted.ensemble_speller.is_some());
+    let grown =
+        ModelFile::ensemble(back.clone(), vec![model(4, config(3, 1.0))], &[0.25; 4]).unwrap();
+    assert!(grown.ensemble_speller.is_none());
+    let new_main = back.clone().with_main(model(5, config(4, 0.5))).unwrap();
+    assert!(new_main.ensemble_speller.is_none());
+    let taken = back.clone().take_member(1).unwrap();
+    assert!(taken.ensemble_speller.is_none());
+    let mut single = model(1, config(4, 0.5));
+    single.ensemble_speller = Some(EnsembleSpeller::from_file(&single));
+    let averaged = ModelFile::average(&[single.clone(), single]).unwrap();
+    assert!(averaged.ensemble_speller.is_none());
+    // A hostile header cannot make the loader build a speller larger than the file
+    // holds, nor one of other shapes than the main model's.
+    let meta_of = |bytes: &[u8]| -> serde_json::Value {
+        let (_, st) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
+        serde_json::from_str(&st.metadata().as_ref().unwrap()["lasr.ensemble_speller"]).unwrap()
+    };
+    let mut meta = meta_of(&bytes);
+    meta["model_config"]["embedding_dim"] = serde_json::json!(1_000_000_000usize);
+    let err =
+        ModelFile::from_bytes(&with_metadata(&bytes, "lasr.ensemble_speller", &meta)).unwrap_err();
+    assert!(err.to_string().contains("values"), "{err}");
+    let mut meta = meta_of(&bytes);
+    meta["model_config"]["vocab_size"] = serde_json::json!(40);
+    let err =
+        ModelFile::from_bytes(&with_metadata(&bytes, "lasr.ensemble_speller", &meta)).unwrap_err();
+    assert!(err.to_string().contains("40 symbols"), "{err}");
     // A file whose speller reads another width than its listeners make is refused.
     let mut wrong = file.clone();
     wrong.ensemble_speller = Some(EnsembleSpeller::from_file(&model(1, config(4, 0.5))));
     let err = wrong.to_bytes().unwrap_err();
     assert!(err.to_string().contains("reads 8 listener states"), "{err}");
+}
+
+/// `bytes` (a safetensors file) with metadata `key` replaced by `value`'s JSON.
+fn with_metadata(bytes: &[u8], key: &str, value: &serde_json::Value) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"][key] = serde_json::Value::String(value.to_string());
+    let mut h = serde_json::to_vec(&header).unwrap();
+    // safetensors pads the header with spaces to a multiple of 8.
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(&bytes[8 + n..]);
+    out
 }
