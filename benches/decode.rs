@@ -158,6 +158,7 @@ fn rnnlm(c: &mut Criterion) {
         hidden: 512,
         layers: 1,
         dropout: 0.0,
+        reversed: false,
     };
     let lm = lasr_model::RnnLm::new(config, &mut rng).unwrap();
     let hyps: Vec<Vec<usize>> = (0..8)

@@ -1979,3 +1979,135 @@ fn speller_trains_an_ensemble_speller_that_reranks_the_ctc_n_best() {
     ]));
     assert!(err.contains("no speller to start from"), "{err}");
 }
+
+#[test]
+fn a_backward_lstm_lm_reranks_beside_the_forward_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("tests/fixtures");
+    let model = fixtures.join("tiny.safetensors");
+    let high = fixtures.join("high.wav");
+    let train = dir.path().join("train.txt");
+    let valid = dir.path().join("valid.txt");
+    let mut t = String::new();
+    for i in 0..60 {
+        t += &format!("{i}-0-0 {}\n", if i % 10 == 0 { "YO" } else { "HI" });
+    }
+    std::fs::write(&train, &t).unwrap();
+    std::fs::write(&valid, "1-0-0 HI\n2-0-0 HI\n3-0-0 YO\n").unwrap();
+    let make = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "rnnlm",
+            train.to_str().unwrap(),
+            "--strip-ids",
+            "--valid",
+            valid.to_str().unwrap(),
+            "--hidden",
+            "16",
+            "--embedding",
+            "8",
+            "--epochs",
+            "10",
+            "--learning-rate",
+            "0.02",
+            "--batch-tokens",
+            "64",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = lasr(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    let (fwd, bwd) = (
+        dir.path().join("fwd.safetensors"),
+        dir.path().join("bwd.safetensors"),
+    );
+    make(&fwd, &[]);
+    make(&bwd, &["--reverse"]);
+    let decode = |extra: &[&str]| {
+        let mut args = vec![
+            "transcribe",
+            "-m",
+            model.to_str().unwrap(),
+            "--no-lm",
+            "--ctc-only",
+            "--beam",
+            "4",
+            "--json",
+            "--nbest",
+            "4",
+            "--lm-weight",
+            "2",
+            "--rnnlm-share",
+            "1",
+        ];
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        lasr(&args)
+    };
+    let plain = json_stdout(&lasr(&[
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        "--no-lm",
+        "--ctc-only",
+        "--beam",
+        "4",
+        "--json",
+        "--nbest",
+        "4",
+        high.to_str().unwrap(),
+    ]))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let both = json_stdout(&decode(&[
+        "--rnnlm",
+        fwd.to_str().unwrap(),
+        "--rnnlm-backward",
+        bwd.to_str().unwrap(),
+    ]))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(both.len(), plain.len());
+    // Without a character LM each alternative gains share x --lm-weight times the mean
+    // of the two directions' log-probabilities.
+    for (i, alt) in both.iter().enumerate() {
+        let f = alt["rnnlm_log_prob"].as_f64().unwrap();
+        let b = alt["rnnlm_backward_log_prob"].as_f64().unwrap();
+        assert!(f < 0.0 && b < 0.0, "{alt}");
+        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
+        let want = before["score"].as_f64().unwrap() + 2.0 * 0.5 * (f + b);
+        assert!(
+            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
+            "{alt}"
+        );
+        if i > 0 {
+            assert!(both[i - 1]["score"].as_f64() >= alt["score"].as_f64());
+        }
+    }
+    // The two directions score differently (else the backward model were the forward).
+    assert!(both.iter().any(|a| (a["rnnlm_log_prob"].as_f64().unwrap()
+        - a["rnnlm_backward_log_prob"].as_f64().unwrap())
+    .abs()
+        > 1e-6));
+    // The backward one alone: its log-probability, whole.
+    let alone = json_stdout(&decode(&["--rnnlm-backward", bwd.to_str().unwrap()]))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_reranked(&plain, &alone, "rnnlm_backward_log_prob", 2.0);
+    assert!(alone.iter().all(|a| a.get("rnnlm_log_prob").is_none()));
+    // Each must come as what it is.
+    let err = refused(&decode(&["--rnnlm-backward", fwd.to_str().unwrap()]));
+    assert!(
+        err.contains("a forward LSTM language model given as --rnnlm-backward"),
+        "{err}"
+    );
+    let err = refused(&decode(&["--rnnlm", bwd.to_str().unwrap()]));
+    assert!(
+        err.contains("a backward LSTM language model given as --rnnlm"),
+        "{err}"
+    );
+}

@@ -51,6 +51,15 @@ const BUILTIN_RNNLM: Option<&[u8]> = Some(include_bytes!(concat!(
 #[cfg(not(lasr_builtin_rnnlm))]
 const BUILTIN_RNNLM: Option<&[u8]> = None;
 
+/// The default model's backward LSTM language model, beside the forward one.
+#[cfg(lasr_builtin_rnnlm_backward)]
+const BUILTIN_RNNLM_BACKWARD: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../assets/rnnlm-backward.safetensors"
+)));
+#[cfg(not(lasr_builtin_rnnlm_backward))]
+const BUILTIN_RNNLM_BACKWARD: Option<&[u8]> = None;
+
 /// The model at `path`, or the built-in one; the flag says which.
 fn load_model(path: Option<&Path>) -> Result<(lasr_model::ModelFile, bool)> {
     match (path, BUILTIN_MODEL) {
@@ -85,16 +94,19 @@ fn builtin_word_lm(vocab: &lasr_decode::Vocab) -> Result<Option<lasr_model::Shar
         .transpose()
 }
 
+/// One of the built-in LSTM language models (`bytes`, `what` it is) as a scorer.
 fn builtin_rnnlm(
+    bytes: Option<&[u8]>,
+    what: &str,
     vocab: &lasr_decode::Vocab,
     format: lasr_model::WeightFormat,
 ) -> Result<Option<lasr_model::SharedRnnLm>> {
-    BUILTIN_RNNLM
+    bytes
         .map(|bytes| {
             let (lm, v) = lasr_model::RnnLm::from_bytes(bytes)
-                .context("the built-in LSTM language model")?;
+                .with_context(|| format!("the built-in {what}"))?;
             if &v != vocab {
-                bail!("the built-in LSTM language model was trained on another vocabulary than the model's");
+                bail!("the built-in {what} was trained on another vocabulary than the model's");
             }
             Ok(lasr_model::SharedRnnLm(std::sync::Arc::new(
                 lm.scorer(&v, format)?,
@@ -493,8 +505,13 @@ struct DecodeArgs {
     /// and a character LM is on, unless --no-rnnlm.
     #[arg(long, value_name = "FILE")]
     rnnlm: Option<PathBuf>,
-    /// Decode without an LSTM language model.
-    #[arg(long, conflicts_with = "rnnlm")]
+    /// A backward LSTM language model (`lasr rnnlm --reverse`), beside --rnnlm or
+    /// instead of it: with both, each hypothesis's LSTM log-probability is the mean of
+    /// the two. The built-in model brings the built-in one with its forward one.
+    #[arg(long, value_name = "FILE")]
+    rnnlm_backward: Option<PathBuf>,
+    /// Decode without an LSTM language model (neither direction).
+    #[arg(long, conflicts_with_all = ["rnnlm", "rnnlm_backward"])]
     no_rnnlm: bool,
     /// The share (0 to 1) of the character LM's weight the LSTM takes over when it
     /// re-ranks: the hypotheses' LM term becomes --lm-weight x ((1 - S) x character
@@ -617,7 +634,7 @@ impl DecodeArgs {
         if let Some(w) = self.rnnlm_share {
             o.rnnlm_share = w;
         }
-        if let Some(path) = &self.rnnlm {
+        let given = |path: &Path, flag: &str, reversed: bool| -> Result<lasr_model::SharedRnnLm> {
             let (lm, vocab) = lasr_model::RnnLm::load(path)?;
             if vocab != model.vocab {
                 bail!(
@@ -625,12 +642,25 @@ impl DecodeArgs {
                     path.display()
                 );
             }
-            if o.rnnlm_share == 0.0 && self.rnnlm_share.is_none() {
-                bail!("--rnnlm needs --rnnlm-share S above 0 (the model file recommends none)");
+            if lm.config.reversed != reversed {
+                bail!(
+                    "{}: a {} LSTM language model given as {flag}",
+                    path.display(),
+                    if reversed { "forward" } else { "backward" }
+                );
             }
-            o.rnnlm = Some(lasr_model::SharedRnnLm(std::sync::Arc::new(
+            if o.rnnlm_share == 0.0 && self.rnnlm_share.is_none() {
+                bail!("{flag} needs --rnnlm-share S above 0 (the model file recommends none)");
+            }
+            Ok(lasr_model::SharedRnnLm(std::sync::Arc::new(
                 lm.scorer(&vocab, o.weights)?,
-            )));
+            )))
+        };
+        if let Some(path) = &self.rnnlm_backward {
+            o.rnnlm_backward = Some(given(path, "--rnnlm-backward", true)?);
+        }
+        if let Some(path) = &self.rnnlm {
+            o.rnnlm = Some(given(path, "--rnnlm", false)?);
         } else if !self.no_rnnlm
             && builtin
             && o.ctc_only
@@ -640,9 +670,25 @@ impl DecodeArgs {
             && (o.lm.is_some() || self.rnnlm_share.is_some())
         {
             // Only the CTC search re-ranks with one: the attention search would refuse it.
-            o.rnnlm = builtin_rnnlm(&model.vocab, o.weights)?;
+            o.rnnlm = builtin_rnnlm(
+                BUILTIN_RNNLM,
+                "LSTM language model",
+                &model.vocab,
+                o.weights,
+            )?;
+            if self.rnnlm_backward.is_none() {
+                o.rnnlm_backward = builtin_rnnlm(
+                    BUILTIN_RNNLM_BACKWARD,
+                    "backward LSTM language model",
+                    &model.vocab,
+                    o.weights,
+                )?;
+            }
         }
-        if self.rnnlm_share.is_some_and(|s| s > 0.0) && o.rnnlm.is_none() {
+        if self.rnnlm_share.is_some_and(|s| s > 0.0)
+            && o.rnnlm.is_none()
+            && o.rnnlm_backward.is_none()
+        {
             let why = if self.no_rnnlm {
                 "--no-rnnlm turned it off"
             } else if !o.ctc_only {
@@ -765,6 +811,10 @@ struct RnnlmArgs {
     /// Drop probability on each LSTM layer's output while training.
     #[arg(long, default_value_t = 0.1, value_name = "P")]
     dropout: f32,
+    /// Train a backward model, reading each sentence right to left; decoding gives it
+    /// with --rnnlm-backward, beside a forward one.
+    #[arg(long)]
+    reverse: bool,
     /// Passes over the text.
     #[arg(long, default_value_t = 8, value_name = "N")]
     epochs: usize,
@@ -1410,14 +1460,33 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             beam.ensemble_speller_weight, beam.rescore_nbest
         );
     }
-    if let Some(lm) = &beam.rnnlm {
-        rescore_note += &format!(
-            " + LSTM LM share {} ({} x {}, {}-best)",
-            beam.rnnlm_share,
-            lm.0.config().layers,
-            lm.0.config().hidden,
-            beam.rescore_nbest
-        );
+    let sizes = |lm: &lasr_model::SharedRnnLm| {
+        format!("{} x {}", lm.0.config().layers, lm.0.config().hidden)
+    };
+    match (&beam.rnnlm, &beam.rnnlm_backward) {
+        (Some(f), Some(b)) => {
+            rescore_note += &format!(
+                " + LSTM LMs share {} ({} forward, {} backward, {}-best)",
+                beam.rnnlm_share,
+                sizes(f),
+                sizes(b),
+                beam.rescore_nbest
+            )
+        }
+        (Some(lm), None) | (None, Some(lm)) => {
+            rescore_note += &format!(
+                " + LSTM LM share {} ({}{}, {}-best)",
+                beam.rnnlm_share,
+                sizes(lm),
+                if lm.0.config().reversed {
+                    " backward"
+                } else {
+                    ""
+                },
+                beam.rescore_nbest
+            )
+        }
+        (None, None) => {}
     }
     // The settings without a language model come first, then the same with it. Only
     // the last (the full CTC search) rescores with attention.
@@ -1427,6 +1496,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         word_lm: None,
         attention_rescore_weight: 0.0,
         rnnlm: None,
+        rnnlm_backward: None,
         ensemble_speller_weight: 0.0,
         ..beam.clone()
     };
@@ -1511,6 +1581,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
                     0.0
                 },
                 rnnlm: beam.rnnlm.clone().filter(|_| full),
+                rnnlm_backward: beam.rnnlm_backward.clone().filter(|_| full),
                 ensemble_speller_weight: if full {
                     beam.ensemble_speller_weight
                 } else {
@@ -1527,6 +1598,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         word_lm: None,
         attention_rescore_weight: 0.0,
         rnnlm: None,
+        rnnlm_backward: None,
         ensemble_speller_weight: 0.0,
         ..beam.clone()
     };
@@ -1708,6 +1780,8 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "decode": model.decode,
         "built_in_lm": builtin && BUILTIN_LM.is_some(),
         "built_in_word_lm": builtin && BUILTIN_WORD_LM.is_some(),
+        "built_in_rnnlm": builtin && BUILTIN_RNNLM.is_some(),
+        "built_in_rnnlm_backward": builtin && BUILTIN_RNNLM_BACKWARD.is_some(),
         "info": model.info,
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
@@ -1946,8 +2020,14 @@ fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
     for p in &args.text {
         lines.extend(read_lines(p, args.strip_ids)?);
     }
-    let train = encode(lines);
-    let valid = encode(read_lines(&args.valid, args.strip_ids)?);
+    let mut train = encode(lines);
+    let mut valid = encode(read_lines(&args.valid, args.strip_ids)?);
+    if args.reverse {
+        // The model learns, and is validated on, sentences as it will read them.
+        for s in train.iter_mut().chain(valid.iter_mut()) {
+            s.reverse();
+        }
+    }
     if train.is_empty() || valid.is_empty() {
         bail!("no sentences to train on or to validate with: the text files are empty");
     }
@@ -1967,6 +2047,7 @@ fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
         hidden: args.hidden,
         layers: args.layers,
         dropout: args.dropout,
+        reversed: args.reverse,
     };
     let mut lm = {
         use rand::SeedableRng;

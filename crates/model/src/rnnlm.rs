@@ -43,6 +43,13 @@ pub struct RnnLmConfig {
     pub layers: usize,
     /// Drop probability on each LSTM layer's output while training (0 = none).
     pub dropout: f32,
+    /// Reads sentences right to left (`<sos> cn .. c1` in, `cn-1 .. c1 <eos>` out): a
+    /// backward model, whose probability of a sentence complements a forward
+    /// model's. [`RnnLmScorer`] takes sentences in reading order and turns them
+    /// around; [`RnnLm`]'s own methods and [`train_rnnlm`] take them as the model
+    /// reads them. Left out of the file when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reversed: bool,
 }
 
 impl RnnLmConfig {
@@ -443,6 +450,19 @@ impl RnnLmScorer {
     /// prefixes of one length run as one batched step. In f32 equal to `log_probs` up
     /// to float summation order.
     pub fn log_probs(&self, seqs: &[&[usize]]) -> Result<Vec<f64>> {
+        if self.lm.config.reversed {
+            let turned: Vec<Vec<usize>> = seqs
+                .iter()
+                .map(|s| s.iter().rev().copied().collect())
+                .collect();
+            let refs: Vec<&[usize]> = turned.iter().map(Vec::as_slice).collect();
+            return self.log_probs_as_read(&refs);
+        }
+        self.log_probs_as_read(seqs)
+    }
+
+    /// [`RnnLmScorer::log_probs`] of `seqs` in the model's reading direction.
+    fn log_probs_as_read(&self, seqs: &[&[usize]]) -> Result<Vec<f64>> {
         let config = &self.lm.config;
         if let Some(&bad) = seqs
             .iter()

@@ -54,6 +54,10 @@ pub struct Alternative {
     /// when it rescored a CTC search's n-best list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rnnlm_log_prob: Option<f64>,
+    /// The backward LSTM language model's log-probability of the text (read right to
+    /// left, the sentence start included), when it rescored a CTC search's n-best.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rnnlm_backward_log_prob: Option<f64>,
     /// The ensemble speller's log-probability of the text (`<eos>` included), when it
     /// rescored a CTC search's n-best list.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -234,6 +238,11 @@ pub struct DecodeOptions {
     /// see [`crate::rnnlm`]).
     #[serde(skip)]
     pub rnnlm: Option<SharedRnnLm>,
+    /// A backward LSTM language model (trained with `reversed`) beside or instead of
+    /// `rnnlm`: with both, the LSTM log-probability `rnnlm_share` applies to is the
+    /// mean of theirs (data, never serialised).
+    #[serde(skip)]
+    pub rnnlm_backward: Option<SharedRnnLm>,
     /// CTC prefix beam search: weight of the ensemble speller's log-probability
     /// ([`crate::ensemble_speller`], a speller attending over every listener of the
     /// ensemble; the model file must hold one) added to the score of each of the
@@ -301,6 +310,7 @@ impl Default for DecodeOptions {
             rescore_nbest: DEFAULT_RESCORE_NBEST,
             rnnlm_share: 0.0,
             rnnlm: None,
+            rnnlm_backward: None,
             ensemble_speller_weight: 0.0,
             weights: WeightFormat::F32,
         }
@@ -406,7 +416,19 @@ impl DecodeOptions {
                 self.rnnlm_share
             )));
         }
-        if let Some(lm) = &self.rnnlm {
+        for (lm, backward) in [(&self.rnnlm, false), (&self.rnnlm_backward, true)] {
+            let Some(lm) = lm else { continue };
+            if lm.0.config().reversed != backward {
+                return Err(Error::Model(format!(
+                    "the {} LSTM language model reads sentences {}: give it as the other one",
+                    if backward { "backward" } else { "forward" },
+                    if backward {
+                        "left to right"
+                    } else {
+                        "right to left"
+                    }
+                )));
+            }
             if !self.ctc_only {
                 return Err(Error::Model(
                     "an LSTM language model re-ranks a CTC prefix beam search: decode with ctc_only (--ctc-only)"
@@ -564,7 +586,8 @@ impl ModelFile {
                 || options.lexicon.is_some()
                 || options.word_lm.is_some()
                 || options.attention_rescore_weight > 0.0
-                || (options.rnnlm.is_some() && options.rnnlm_share > 0.0)
+                || ((options.rnnlm.is_some() || options.rnnlm_backward.is_some())
+                    && options.rnnlm_share > 0.0)
                 || speller.is_some()
             {
                 let ensemble = match speller {
@@ -591,6 +614,7 @@ impl ModelFile {
                     attention_log_prob: None,
                     lm_log_prob: None,
                     rnnlm_log_prob: None,
+                    rnnlm_backward_log_prob: None,
                     ensemble_speller_log_prob: None,
                     score: ctc,
                 }],
@@ -667,6 +691,7 @@ impl ModelFile {
                     attention_log_prob: None,
                     lm_log_prob: None,
                     rnnlm_log_prob: None,
+                    rnnlm_backward_log_prob: None,
                     ensemble_speller_log_prob: None,
                     score: h.score,
                 })
@@ -715,8 +740,10 @@ impl ModelFile {
         let mut attention = vec![None; hyps.len()];
         let mut rnnlm = vec![None; hyps.len()];
         let mut joint = vec![None; hyps.len()];
-        let rnnlm_model = options.rnnlm.as_ref().filter(|_| options.rnnlm_share > 0.0);
-        if options.attention_rescore_weight > 0.0 || rnnlm_model.is_some() || ensemble.is_some() {
+        let mut backward = vec![None; hyps.len()];
+        let lstms = (options.rnnlm.is_some() || options.rnnlm_backward.is_some())
+            && options.rnnlm_share > 0.0;
+        if options.attention_rescore_weight > 0.0 || lstms || ensemble.is_some() {
             // Only rescored hypotheses stay: their scores and the others' are not on
             // one scale.
             hyps.truncate(options.rescore_nbest);
@@ -729,13 +756,15 @@ impl ModelFile {
             } else {
                 attention = vec![None; hyps.len()];
             }
-            rnnlm = match rnnlm_model {
-                Some(lm) => {
-                    let refs: Vec<&[usize]> = seqs.iter().map(Vec::as_slice).collect();
-                    lm.0.log_probs(&refs)?.into_iter().map(Some).collect()
+            let refs: Vec<&[usize]> = seqs.iter().map(Vec::as_slice).collect();
+            let score = |lm: &Option<SharedRnnLm>| -> Result<Vec<Option<f64>>> {
+                match lm.as_ref().filter(|_| options.rnnlm_share > 0.0) {
+                    Some(lm) => Ok(lm.0.log_probs(&refs)?.into_iter().map(Some).collect()),
+                    None => Ok(vec![None; refs.len()]),
                 }
-                None => vec![None; hyps.len()],
             };
+            rnnlm = score(&options.rnnlm)?;
+            backward = score(&options.rnnlm_backward)?;
             joint = match ensemble {
                 Some(d) => lasr_decode::score_sequences(d, &seqs)?
                     .into_iter()
@@ -746,8 +775,19 @@ impl ModelFile {
             let wa = f64::from(options.attention_rescore_weight);
             let wr = f64::from(options.rnnlm_share) * f64::from(options.lm_weight);
             let we = f64::from(options.ensemble_speller_weight);
-            for (((h, a), r), e) in hyps.iter_mut().zip(&attention).zip(&rnnlm).zip(&joint) {
+            for ((((h, a), f), b), e) in hyps
+                .iter_mut()
+                .zip(&attention)
+                .zip(&rnnlm)
+                .zip(&backward)
+                .zip(&joint)
+            {
                 h.score += we * e.unwrap_or(0.0);
+                // Both directions: their mean is the LSTM's log-probability.
+                let r = match (f, b) {
+                    (Some(f), Some(b)) => Some(0.5 * (f + b)),
+                    (f, b) => f.or(*b),
+                };
                 // The LSTM takes its share of the character n-gram's weight: the
                 // n-gram's score per character is what `ctc_insertion_bonus` was
                 // tuned to offset, and an LSTM added on top would tip that balance
@@ -763,6 +803,7 @@ impl ModelFile {
             hyps = order.iter().map(|&i| hyps[i].clone()).collect();
             attention = order.iter().map(|&i| attention[i]).collect();
             rnnlm = order.iter().map(|&i| rnnlm[i]).collect();
+            backward = order.iter().map(|&i| backward[i]).collect();
             joint = order.iter().map(|&i| joint[i]).collect();
         }
         let best = hyps
@@ -776,9 +817,13 @@ impl ModelFile {
                 .iter()
                 .zip(attention)
                 .zip(rnnlm)
+                .zip(backward)
                 .zip(joint)
                 .map(
-                    |(((h, attention_log_prob), rnnlm_log_prob), ensemble_speller_log_prob)| {
+                    |(
+                        (((h, attention_log_prob), rnnlm_log_prob), rnnlm_backward_log_prob),
+                        ensemble_speller_log_prob,
+                    )| {
                         Alternative {
                             text: self.vocab.decode(&h.tokens),
                             log_prob: h.ctc_log_prob
@@ -788,6 +833,7 @@ impl ModelFile {
                             attention_log_prob,
                             lm_log_prob: options.lm.as_ref().map(|_| h.lm_log_prob),
                             rnnlm_log_prob,
+                            rnnlm_backward_log_prob,
                             ensemble_speller_log_prob,
                             score: h.score,
                         }
@@ -964,6 +1010,7 @@ impl ModelFile {
                 attention_log_prob: None,
                 lm_log_prob: None,
                 rnnlm_log_prob: None,
+                rnnlm_backward_log_prob: None,
                 ensemble_speller_log_prob: None,
                 score: f64::NAN,
             }];

@@ -18,6 +18,7 @@ fn sized(embedding_dim: usize, hidden: usize, layers: usize, dropout: f32) -> Rn
         hidden,
         layers,
         dropout,
+        reversed: false,
     };
     RnnLm::new(config, &mut ChaCha8Rng::seed_from_u64(3)).unwrap()
 }
@@ -136,6 +137,41 @@ fn the_prefix_sharing_scorer_agrees_with_the_batched_forward() {
     let scorer = lm.scorer(&v, WeightFormat::F32).unwrap();
     assert!(scorer.log_probs(&[]).unwrap().is_empty());
     assert!(scorer.log_probs(&[&[99][..]]).is_err());
+}
+
+#[test]
+fn a_backward_model_scores_sentences_turned_around_and_keeps_its_direction_on_file() {
+    let mut lm = sized(6, 9, 1, 0.0);
+    lm.config.reversed = true;
+    let seqs = ids(&["the cat", "the cab", "tac eht", "", "the"]);
+    let refs: Vec<&[usize]> = seqs.iter().map(Vec::as_slice).collect();
+    let turned: Vec<Vec<usize>> = seqs
+        .iter()
+        .map(|s| s.iter().rev().copied().collect())
+        .collect();
+    let turned_refs: Vec<&[usize]> = turned.iter().map(Vec::as_slice).collect();
+    // The model's own methods read as the model reads; the scorer takes reading order.
+    let want = lm.log_probs(&turned_refs).unwrap();
+    let v = Vocab::librispeech();
+    let got = lm
+        .scorer(&v, WeightFormat::F32)
+        .unwrap()
+        .log_probs(&refs)
+        .unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
+    }
+    // "the cat" and its mirror image "tac eht" trade places.
+    let as_read = lm.log_probs(&refs).unwrap();
+    assert!((got[0] - as_read[2]).abs() < 1e-4 && (got[2] - as_read[0]).abs() < 1e-4);
+    assert!((got[0] - as_read[0]).abs() > 1e-4);
+    // The direction is part of the file; a forward file says nothing of it.
+    let (back, _) = RnnLm::from_bytes(&lm.to_bytes(&v).unwrap()).unwrap();
+    assert!(back.config.reversed);
+    let forward = sized(6, 9, 1, 0.0);
+    let bytes = forward.to_bytes(&v).unwrap();
+    let (_, st) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert!(!st.metadata().as_ref().unwrap()["config"].contains("reversed"));
 }
 
 #[test]
