@@ -505,13 +505,15 @@ struct DecodeArgs {
     /// and a character LM is on, unless --no-rnnlm.
     #[arg(long, value_name = "FILE")]
     rnnlm: Option<PathBuf>,
-    /// A backward LSTM language model (`lasr rnnlm --reverse`), beside --rnnlm or
-    /// instead of it: with both, each hypothesis's LSTM log-probability is the mean of
-    /// the two. The built-in model brings the built-in one with its forward one.
+    /// A backward LSTM language model (`lasr rnnlm --reverse`), beside the forward
+    /// one: each hypothesis's LSTM log-probability is then the mean of the two. It
+    /// replaces a built-in backward model but keeps the built-in forward one (alone:
+    /// add --no-rnnlm); --rnnlm FILE replaces both built-ins.
     #[arg(long, value_name = "FILE")]
     rnnlm_backward: Option<PathBuf>,
-    /// Decode without an LSTM language model (neither direction).
-    #[arg(long, conflicts_with_all = ["rnnlm", "rnnlm_backward"])]
+    /// Decode without the built-in LSTM language models (either direction); a
+    /// --rnnlm-backward FILE still re-ranks.
+    #[arg(long, conflicts_with = "rnnlm")]
     no_rnnlm: bool,
     /// The share (0 to 1) of the character LM's weight the LSTM takes over when it
     /// re-ranks: the hypotheses' LM term becomes --lm-weight x ((1 - S) x character
@@ -694,7 +696,7 @@ impl DecodeArgs {
             } else if !o.ctc_only {
                 "only the CTC search (--ctc-only) re-ranks with one"
             } else {
-                "this model comes without one: give --rnnlm FILE"
+                "this model comes without one: give --rnnlm FILE or --rnnlm-backward FILE"
             };
             bail!("--rnnlm-share has no LSTM language model to apply to: {why}");
         }

@@ -43,7 +43,7 @@ pub struct RnnLmConfig {
     pub layers: usize,
     /// Drop probability on each LSTM layer's output while training (0 = none).
     pub dropout: f32,
-    /// Reads sentences right to left (`<sos> cn .. c1` in, `cn-1 .. c1 <eos>` out): a
+    /// Reads sentences right to left (`<sos> cn .. c1` in, `cn .. c1 <eos>` out): a
     /// backward model, whose probability of a sentence complements a forward
     /// model's. [`RnnLmScorer`] takes sentences in reading order and turns them
     /// around; [`RnnLm`]'s own methods and [`train_rnnlm`] take them as the model

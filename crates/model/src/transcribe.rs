@@ -419,14 +419,13 @@ impl DecodeOptions {
         for (lm, backward) in [(&self.rnnlm, false), (&self.rnnlm_backward, true)] {
             let Some(lm) = lm else { continue };
             if lm.0.config().reversed != backward {
+                let (given, other) = if backward {
+                    ("rnnlm_backward", "rnnlm")
+                } else {
+                    ("rnnlm", "rnnlm_backward")
+                };
                 return Err(Error::Model(format!(
-                    "the {} LSTM language model reads sentences {}: give it as the other one",
-                    if backward { "backward" } else { "forward" },
-                    if backward {
-                        "left to right"
-                    } else {
-                        "right to left"
-                    }
+                    "{given} holds a model that reads sentences the other way: put it in {other}"
                 )));
             }
             if !self.ctc_only {
