@@ -1796,13 +1796,33 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
             "{alt}"
         );
     }
-    let err = refused(&with_lm(&[
+    // Past 1 the share extrapolates: W x (LSTM - n-gram) with W above the LM weight.
+    let past = json_stdout(&with_lm(&[
         "--rnnlm",
         lm.to_str().unwrap(),
         "--rnnlm-share",
         "1.5",
+    ]))["nbest"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for alt in &past {
+        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
+        let ngram = before["lm_log_prob"].as_f64().unwrap();
+        let lstm = alt["rnnlm_log_prob"].as_f64().unwrap();
+        let want = before["score"].as_f64().unwrap() + 0.75 * (lstm - ngram);
+        assert!(
+            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
+            "{alt}"
+        );
+    }
+    let err = refused(&with_lm(&[
+        "--rnnlm",
+        lm.to_str().unwrap(),
+        "--rnnlm-share",
+        "2.5",
     ]));
-    assert!(err.contains("rnnlm_share 1.5 must lie in [0, 1]"), "{err}");
+    assert!(err.contains("rnnlm_share 2.5 must lie in [0, 2]"), "{err}");
     // A share of 0 turns it off: the search's own n-best, unscored by the LSTM.
     let off = json_stdout(&with_lm(&[
         "--rnnlm",

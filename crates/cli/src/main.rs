@@ -515,10 +515,11 @@ struct DecodeArgs {
     /// --rnnlm-backward FILE still re-ranks.
     #[arg(long, conflicts_with = "rnnlm")]
     no_rnnlm: bool,
-    /// The share (0 to 1) of the character LM's weight the LSTM takes over when it
+    /// The share (0 to 2) of the character LM's weight the LSTM takes over when it
     /// re-ranks: the hypotheses' LM term becomes --lm-weight x ((1 - S) x character
     /// LM log-prob + S x LSTM log-prob); without a character LM, S x --lm-weight x
-    /// the LSTM's log-prob. 0 turns the LSTM off.
+    /// the LSTM's log-prob. 0 turns the LSTM off; past 1 the LSTM's disagreement with
+    /// the character LM counts for more than that LM's weight.
     #[arg(long, value_name = "S")]
     rnnlm_share: Option<f32>,
     /// Ensemble speller rescoring, with CTC beam search: add W times the log-probability

@@ -221,7 +221,7 @@ pub struct DecodeOptions {
     /// rescores; they are the n-best list then.
     #[serde(skip_serializing_if = "is_default_nbest")]
     pub rescore_nbest: usize,
-    /// CTC prefix beam search: the share, in `[0, 1]`, of the character LM's weight
+    /// CTC prefix beam search: the share, in `[0, 2]`, of the character LM's weight
     /// (`lm_weight`) that the LSTM language model takes over when it re-ranks the
     /// `rescore_nbest` best hypotheses. Their language-model term becomes
     /// `lm_weight * ((1 - share) * log P_ngram + share * log P_lstm)`: each gains
@@ -229,7 +229,10 @@ pub struct DecodeOptions {
     /// `share * lm_weight * log P_lstm`), beside the attention decoder's term when
     /// that is on too. A share rather than a weight of its own, so that the
     /// search's `ctc_insertion_bonus`, tuned against the n-gram's cost per
-    /// character, stays in balance whatever `lm_weight` is. 0 or no `rnnlm` turns
+    /// character, stays in balance whatever `lm_weight` is. Past 1 it extrapolates:
+    /// the LSTM's disagreement with the n-gram counts for more than the n-gram's
+    /// weight (the n-gram's own term turns negative), with the two weights still
+    /// summing to `lm_weight`, so the balance holds. 0 or no `rnnlm` turns
     /// it off. Left out of the model file when 0, so that files without it stay
     /// readable by earlier versions (files with it are refused by those).
     #[serde(skip_serializing_if = "is_zero")]
@@ -410,9 +413,9 @@ impl DecodeOptions {
                 ));
             }
         }
-        if !(0.0..=1.0).contains(&self.rnnlm_share) {
+        if !(0.0..=2.0).contains(&self.rnnlm_share) {
             return Err(Error::Model(format!(
-                "rnnlm_share {} must lie in [0, 1]: it is the share of the character LM's weight the LSTM takes over",
+                "rnnlm_share {} must lie in [0, 2]: it is the share of the character LM's weight the LSTM takes over (past 1, the n-gram's term turns negative)",
                 self.rnnlm_share
             )));
         }
