@@ -79,6 +79,72 @@ fn assert_reranked(
     }
 }
 
+/// Text in LibriSpeech's form (an id first), "hi" far more often than "yo", for the
+/// LSTM language model tests: (training, held-out) files in `dir`.
+fn hi_yo_text(dir: &Path) -> (PathBuf, PathBuf) {
+    let train = dir.join("train.txt");
+    let valid = dir.join("valid.txt");
+    let mut t = String::new();
+    for i in 0..60 {
+        t += &format!("{i}-0-0 {}\n", if i % 10 == 0 { "YO" } else { "HI" });
+    }
+    std::fs::write(&train, &t).unwrap();
+    std::fs::write(&valid, "1-0-0 HI\n2-0-0 HI\n3-0-0 YO\n").unwrap();
+    (train, valid)
+}
+
+/// `lasr rnnlm` on `train` held out on `valid` (as `hi_yo_text` makes them): a model
+/// 16 wide for `epochs` epochs, written to `out`, with `extra` flags.
+fn tiny_rnnlm(
+    train: &Path,
+    valid: &Path,
+    epochs: &str,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "rnnlm",
+        train.to_str().unwrap(),
+        "--strip-ids",
+        "--valid",
+        valid.to_str().unwrap(),
+        "--hidden",
+        "16",
+        "--embedding",
+        "8",
+        "--epochs",
+        epochs,
+        "--learning-rate",
+        "0.02",
+        "--batch-tokens",
+        "64",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    lasr(&args)
+}
+
+/// `lasr transcribe --json` of `audio` by `model`'s CTC beam of 4 without a character
+/// LM, its 4 best reported, with `extra` flags.
+fn ctc_nbest(model: &Path, audio: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "transcribe",
+        "-m",
+        model.to_str().unwrap(),
+        "--no-lm",
+        "--ctc-only",
+        "--beam",
+        "4",
+        "--json",
+        "--nbest",
+        "4",
+    ];
+    args.extend(extra);
+    args.push(audio.to_str().unwrap());
+    lasr(&args)
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -362,14 +428,8 @@ fn make_tiny(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     assert!(stats.mean() < 0.05 && stats.ctc_mean() < 0.2, "{stats:?}");
     let model_path = dir.join("tiny.safetensors");
     ModelFile {
-        las,
-        front_end: front_cfg,
-        vocab,
         info: serde_json::json!({"made_by": "tests/cli.rs"}),
-        decode: None,
-        members: Vec::new(),
-        storage: lasr_model::Storage::F32,
-        ensemble_speller: None,
+        ..ModelFile::new(las, front_cfg, vocab)
     }
     .save(&model_path)
     .unwrap();
@@ -1634,38 +1694,10 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
     let fixtures = repo().join("tests/fixtures");
     let model = fixtures.join("tiny.safetensors");
     let high = fixtures.join("high.wav");
-    // Text in LibriSpeech's form (an id first); "hi" far more often than "yo".
-    let train = dir.path().join("train.txt");
-    let valid = dir.path().join("valid.txt");
-    let mut t = String::new();
-    for i in 0..60 {
-        t += &format!("{i}-0-0 {}\n", if i % 10 == 0 { "YO" } else { "HI" });
-    }
-    std::fs::write(&train, &t).unwrap();
-    std::fs::write(&valid, "1-0-0 HI\n2-0-0 HI\n3-0-0 YO\n").unwrap();
+    let (train, valid) = hi_yo_text(dir.path());
     let lm = dir.path().join("lm.safetensors");
     let log = dir.path().join("log.jsonl");
-    let out = lasr(&[
-        "rnnlm",
-        train.to_str().unwrap(),
-        "--strip-ids",
-        "--valid",
-        valid.to_str().unwrap(),
-        "--hidden",
-        "16",
-        "--embedding",
-        "8",
-        "--epochs",
-        "30",
-        "--learning-rate",
-        "0.02",
-        "--batch-tokens",
-        "64",
-        "--log",
-        log.to_str().unwrap(),
-        "-o",
-        lm.to_str().unwrap(),
-    ]);
+    let out = tiny_rnnlm(&train, &valid, "30", &lm, &["--log", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let epochs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
@@ -1688,23 +1720,7 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
         text(&out.stdout)
     );
 
-    let decode = |extra: &[&str]| {
-        let mut args = vec![
-            "transcribe",
-            "-m",
-            model.to_str().unwrap(),
-            "--no-lm",
-            "--ctc-only",
-            "--beam",
-            "4",
-            "--json",
-            "--nbest",
-            "4",
-        ];
-        args.extend(extra);
-        args.push(high.to_str().unwrap());
-        lasr(&args)
-    };
+    let decode = |extra: &[&str]| ctc_nbest(&model, &high, extra);
     let plain = json_stdout(&decode(&[]));
     let plain = plain["nbest"].as_array().unwrap().clone();
     assert!(plain.len() > 1, "{plain:?}");
@@ -1931,23 +1947,7 @@ fn speller_trains_an_ensemble_speller_that_reranks_the_ctc_n_best() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["ensemble_speller"]["input_dim"], 64, "{info}");
 
-    let decode = |model: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "transcribe",
-            "-m",
-            model.to_str().unwrap(),
-            "--no-lm",
-            "--ctc-only",
-            "--beam",
-            "4",
-            "--json",
-            "--nbest",
-            "4",
-        ];
-        args.extend(extra);
-        args.push(low.to_str().unwrap());
-        lasr(&args)
-    };
+    let decode = |model: &Path, extra: &[&str]| ctc_nbest(model, &low, extra);
     let plain = json_stdout(&decode(&out_model, &[]))["nbest"]
         .as_array()
         .unwrap()
@@ -2006,36 +2006,9 @@ fn a_backward_lstm_lm_reranks_beside_the_forward_one() {
     let fixtures = repo().join("tests/fixtures");
     let model = fixtures.join("tiny.safetensors");
     let high = fixtures.join("high.wav");
-    let train = dir.path().join("train.txt");
-    let valid = dir.path().join("valid.txt");
-    let mut t = String::new();
-    for i in 0..60 {
-        t += &format!("{i}-0-0 {}\n", if i % 10 == 0 { "YO" } else { "HI" });
-    }
-    std::fs::write(&train, &t).unwrap();
-    std::fs::write(&valid, "1-0-0 HI\n2-0-0 HI\n3-0-0 YO\n").unwrap();
+    let (train, valid) = hi_yo_text(dir.path());
     let make = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "rnnlm",
-            train.to_str().unwrap(),
-            "--strip-ids",
-            "--valid",
-            valid.to_str().unwrap(),
-            "--hidden",
-            "16",
-            "--embedding",
-            "8",
-            "--epochs",
-            "10",
-            "--learning-rate",
-            "0.02",
-            "--batch-tokens",
-            "64",
-            "-o",
-            out.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        let o = lasr(&args);
+        let o = tiny_rnnlm(&train, &valid, "10", out, extra);
         assert!(o.status.success(), "{}", text(&o.stderr));
     };
     let (fwd, bwd) = (
@@ -2045,39 +2018,11 @@ fn a_backward_lstm_lm_reranks_beside_the_forward_one() {
     make(&fwd, &[]);
     make(&bwd, &["--reverse"]);
     let decode = |extra: &[&str]| {
-        let mut args = vec![
-            "transcribe",
-            "-m",
-            model.to_str().unwrap(),
-            "--no-lm",
-            "--ctc-only",
-            "--beam",
-            "4",
-            "--json",
-            "--nbest",
-            "4",
-            "--lm-weight",
-            "2",
-            "--rnnlm-share",
-            "1",
-        ];
+        let mut args = vec!["--lm-weight", "2", "--rnnlm-share", "1"];
         args.extend(extra);
-        args.push(high.to_str().unwrap());
-        lasr(&args)
+        ctc_nbest(&model, &high, &args)
     };
-    let plain = json_stdout(&lasr(&[
-        "transcribe",
-        "-m",
-        model.to_str().unwrap(),
-        "--no-lm",
-        "--ctc-only",
-        "--beam",
-        "4",
-        "--json",
-        "--nbest",
-        "4",
-        high.to_str().unwrap(),
-    ]))["nbest"]
+    let plain = json_stdout(&ctc_nbest(&model, &high, &[]))["nbest"]
         .as_array()
         .unwrap()
         .clone();

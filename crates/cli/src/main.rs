@@ -2010,6 +2010,41 @@ fn read_lines(path: &Path, strip_ids: bool) -> Result<Vec<String>> {
         .collect())
 }
 
+/// `--log JSONL` of `lasr rnnlm` and `lasr speller`: one JSON object appended per
+/// epoch.
+struct EpochLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl EpochLog {
+    /// Opens `path` for appending (creating it), if one is given.
+    fn open(path: Option<&Path>) -> Result<Option<EpochLog>> {
+        path.map(|p| {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open the log", p.display()))?;
+            Ok(EpochLog {
+                path: p.to_path_buf(),
+                file,
+            })
+        })
+        .transpose()
+    }
+
+    /// Appends `line`; the error is the trainers' own, so that it stops training.
+    fn append(&mut self, line: &serde_json::Value) -> lasr_model::Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| {
+            lasr_model::Error::Model(format!(
+                "{}: cannot append to the log: {e}",
+                self.path.display()
+            ))
+        })
+    }
+}
+
 fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
     let vocab = lasr_decode::Vocab::librispeech();
     let encode = |lines: Vec<String>| -> Vec<Vec<usize>> {
@@ -2069,16 +2104,7 @@ fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
     let bar = batch_progress();
     let start = std::time::Instant::now();
     let mut best = f64::INFINITY;
-    let mut log = match &args.log {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("{}: cannot open the log", p.display()))?,
-        ),
-        None => None,
-    };
+    let mut log = EpochLog::open(args.log.as_deref())?;
     lasr_model::train_rnnlm(
         &mut lm,
         &train,
@@ -2108,14 +2134,8 @@ fn rnnlm(args: RnnlmArgs) -> Result<ExitCode> {
                     start.elapsed().as_secs_f64()
                 )
             });
-            if let Some(f) = &mut log {
-                use std::io::Write;
-                writeln!(f, "{line}").map_err(|e| {
-                    lasr_model::Error::Model(format!(
-                        "{}: cannot append to the log: {e}",
-                        args.log.as_deref().unwrap_or(Path::new("")).display()
-                    ))
-                })?;
+            if let Some(log) = &mut log {
+                log.append(&line)?;
             }
             Ok(())
         },
@@ -2497,16 +2517,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                     &mut rand_chacha::ChaCha8Rng::seed_from_u64(options.seed),
                 )?
             };
-            lasr_model::ModelFile {
-                las,
-                front_end: front,
-                vocab: lasr_decode::Vocab::librispeech(),
-                info: serde_json::Value::Null,
-                decode: None,
-                members: Vec::new(),
-                storage: lasr_model::Storage::F32,
-                ensemble_speller: None,
-            }
+            lasr_model::ModelFile::new(las, front, lasr_decode::Vocab::librispeech())
         }
     };
     model.validate()?;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use rayon::prelude::*;
 
-use crate::{batch_progress, load_corpus, load_model, progress};
+use crate::{batch_progress, load_corpus, load_model, progress, EpochLog};
 
 #[derive(Args)]
 #[command(after_help = "Example:\n  \
@@ -189,21 +189,10 @@ pub fn speller(args: SpellerArgs) -> Result<ExitCode> {
         projection_only: args.projection_only,
         ..Default::default()
     };
-    let (start_loss, _) = {
-        let (nll, n) = lasr_model::ensemble_speller::ensemble_speller_nll(&es, &valid, &options)?;
-        (nll / n.max(1) as f64, n)
-    };
+    let (nll, n) = lasr_model::ensemble_speller::ensemble_speller_nll(&es, &valid, &options)?;
+    let start_loss = nll / n.max(1) as f64;
     eprintln!("valid loss before training (the main speller's): {start_loss:.4} per character");
-    let mut log = match &args.log {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("{}: cannot open the log", p.display()))?,
-        ),
-        None => None,
-    };
+    let mut log = EpochLog::open(args.log.as_deref())?;
     let bar = batch_progress();
     let mut best = start_loss;
     let mut written = false;
@@ -256,14 +245,8 @@ pub fn speller(args: SpellerArgs) -> Result<ExitCode> {
                     start.elapsed().as_secs_f64()
                 )
             });
-            if let Some(f) = &mut log {
-                use std::io::Write;
-                writeln!(f, "{line}").map_err(|e| {
-                    lasr_model::Error::Model(format!(
-                        "{}: cannot append to the log: {e}",
-                        args.log.as_deref().unwrap_or(Path::new("")).display()
-                    ))
-                })?;
+            if let Some(log) = &mut log {
+                log.append(&line)?;
             }
             Ok(())
         },

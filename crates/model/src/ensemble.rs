@@ -155,20 +155,20 @@ impl CtcMember {
         })
     }
 
-    /// The listener's recurrent weights packed for [`CtcMember::ctc_logits`].
+    /// The listener's recurrent weights packed for [`CtcMember::listen`].
     pub fn pack(&self, format: WeightFormat) -> Vec<[PackedRecurrent; 2]> {
         self.listener.pack(format)
     }
 
-    /// CTC logits `[U, V]` of one utterance's normalised features `[T, F]`; `w` is
-    /// this member's [`CtcMember::pack`].
-    pub fn ctc_logits(
+    /// Listener states `[U, D]` of one utterance's normalised features `[T, F]`
+    /// (its CTC logits are `ctc.forward` of them); `w` is this member's
+    /// [`CtcMember::pack`].
+    pub fn listen(
         &self,
         feats: ArrayView2<f32>,
         w: &[[PackedRecurrent; 2]],
     ) -> Result<Array2<f32>> {
-        let h = self.listener.infer_packed(feats, w)?;
-        Ok(self.ctc.forward(h.view())?)
+        self.listener.infer_packed(feats, w)
     }
 }
 

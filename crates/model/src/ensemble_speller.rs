@@ -475,13 +475,7 @@ pub fn ensemble_speller_nll(
                 es.train_step(x, &lengths, &targets, None, None)
             })
             .collect();
-    let mut total = (0.0, 0);
-    for r in results {
-        let (nll, n) = r?;
-        total.0 += nll;
-        total.1 += n;
-    }
-    Ok(total)
+    crate::train::sum_nll(results)
 }
 
 /// Trains `es` (its projection and speller; the listeners are frozen in `train`'s
@@ -560,17 +554,8 @@ pub fn train_ensemble_speller(
                     Ok((g, loss))
                 })
                 .collect();
-            let mut grads: Option<EnsembleSpeller> = None;
-            let mut loss_sum = 0.0;
-            for r in results {
-                let (g, l) = r?;
-                loss_sum += l;
-                match &mut grads {
-                    Some(acc) => acc.add_from(&g),
-                    None => grads = Some(g),
-                }
-            }
-            let mut grads = grads.expect("a batch holds at least one utterance");
+            let (mut grads, loss_sum) =
+                crate::train::sum_grads(results)?.expect("a batch holds at least one utterance");
             let loss = loss_sum / count as f64;
             if !loss.is_finite() {
                 return Err(Error::Model(format!(

@@ -111,6 +111,22 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
 }
 
 impl ModelFile {
+    /// One model (no ensemble members, no ensemble speller) reading `front_end`'s
+    /// features and spelling with `vocab`, stored in f32, with no record of how it
+    /// was made and no recommended decoding: what a fresh training run starts from.
+    pub fn new(las: Las, front_end: FrontEndConfig, vocab: Vocab) -> ModelFile {
+        ModelFile {
+            las,
+            front_end,
+            vocab,
+            info: serde_json::Value::Null,
+            decode: None,
+            members: Vec::new(),
+            storage: Storage::F32,
+            ensemble_speller: None,
+        }
+    }
+
     /// The element-wise mean of the parameters of `models` (checkpoint averaging, as
     /// ESPnet averages its last or best epochs): every model must have the same
     /// config, vocabulary and front end (CMVN statistics included), i.e. come from one

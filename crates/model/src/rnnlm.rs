@@ -625,13 +625,7 @@ pub fn rnnlm_nll(lm: &RnnLm, seqs: &[Vec<usize>], batch_tokens: usize) -> Result
             Ok((-lp.iter().sum::<f64>(), s.iter().map(|x| x.len() + 1).sum()))
         })
         .collect();
-    let mut total = (0.0, 0);
-    for p in parts {
-        let (nll, n) = p?;
-        total.0 += nll;
-        total.1 += n;
-    }
-    Ok(total)
+    crate::train::sum_nll(parts)
 }
 
 /// Trains `lm` on the sentences `train` (token ids, no `<sos>`/`<eos>`) with Adam,
@@ -687,17 +681,8 @@ pub fn train_rnnlm(
                     Ok((g, nll))
                 })
                 .collect();
-            let mut grads: Option<RnnLm> = None;
-            let mut nll = 0.0;
-            for r in results {
-                let (g, n) = r?;
-                nll += n;
-                match &mut grads {
-                    Some(acc) => acc.add_from(&g),
-                    None => grads = Some(g),
-                }
-            }
-            let mut grads = grads.expect("a batch holds at least one sentence");
+            let (mut grads, nll) =
+                crate::train::sum_grads(results)?.expect("a batch holds at least one sentence");
             let loss = nll / count as f64;
             if !loss.is_finite() {
                 return Err(Error::Model(format!(

@@ -513,3 +513,33 @@ pub fn train(
     }
     Ok(Finish::Done(last))
 }
+
+/// The summed `(negative log-likelihood, count)` of a batch's parts (as the LSTM LM's
+/// and the ensemble speller's validation run them), or the first part's error.
+pub(crate) fn sum_nll(parts: Vec<Result<(f64, usize)>>) -> Result<(f64, usize)> {
+    let mut total = (0.0, 0);
+    for p in parts {
+        let (nll, n) = p?;
+        total.0 += nll;
+        total.1 += n;
+    }
+    Ok(total)
+}
+
+/// The gradients of a batch's parts summed into the first part's, with their summed
+/// losses (as the LSTM LM's and the ensemble speller's training steps run them), or
+/// the first part's error; `None` for no parts.
+pub(crate) fn sum_grads<M: Module>(parts: Vec<Result<(M, f64)>>) -> Result<Option<(M, f64)>> {
+    let mut total: Option<(M, f64)> = None;
+    for p in parts {
+        let (g, loss) = p?;
+        match &mut total {
+            Some((acc, sum)) => {
+                acc.add_from(&g);
+                *sum += loss;
+            }
+            None => total = Some((g, loss)),
+        }
+    }
+    Ok(total)
+}

@@ -944,7 +944,7 @@ impl ModelFile {
         self.members
             .iter()
             .zip(&weights.members)
-            .map(|(m, w)| m.listener.infer_packed(feats, w))
+            .map(|(m, w)| m.listen(feats, w))
             .collect()
     }
 

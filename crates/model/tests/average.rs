@@ -8,16 +8,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn model(seed: u64, config: ModelConfig) -> ModelFile {
-    ModelFile {
-        las: Las::new(config, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap(),
-        front_end: FrontEndConfig::default(),
-        vocab: Vocab::librispeech(),
-        info: serde_json::Value::Null,
-        decode: None,
-        members: Vec::new(),
-        storage: lasr_nn::Storage::F32,
-        ensemble_speller: None,
-    }
+    ModelFile::new(
+        Las::new(config, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap(),
+        FrontEndConfig::default(),
+        Vocab::librispeech(),
+    )
 }
 
 fn small() -> ModelConfig {

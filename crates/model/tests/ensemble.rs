@@ -22,14 +22,12 @@ fn config(pyramid_layers: usize, listener_hidden: usize) -> ModelConfig {
 
 fn model(seed: u64, config: ModelConfig) -> ModelFile {
     ModelFile {
-        las: Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)).unwrap(),
-        front_end: FrontEndConfig::default(),
-        vocab: Vocab::librispeech(),
         info: serde_json::json!({"seed": seed}),
-        decode: None,
-        members: Vec::new(),
-        storage: lasr_nn::Storage::F32,
-        ensemble_speller: None,
+        ..ModelFile::new(
+            Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)).unwrap(),
+            FrontEndConfig::default(),
+            Vocab::librispeech(),
+        )
     }
 }
 

@@ -28,16 +28,11 @@ fn config(listener_hidden: usize, ctc_weight: f32) -> ModelConfig {
 }
 
 fn model(seed: u64, config: ModelConfig) -> ModelFile {
-    ModelFile {
-        las: Las::new(config, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap(),
-        front_end: FrontEndConfig::default(),
-        vocab: Vocab::librispeech(),
-        info: serde_json::Value::Null,
-        decode: None,
-        members: Vec::new(),
-        storage: lasr_nn::Storage::F32,
-        ensemble_speller: None,
-    }
+    ModelFile::new(
+        Las::new(config, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap(),
+        FrontEndConfig::default(),
+        Vocab::librispeech(),
+    )
 }
 
 /// A main model (listener 4 wide per direction) with two members (3 and 5 wide): 8 +
@@ -90,8 +85,7 @@ fn it_starts_as_the_main_speller_in_training_and_in_decoding() {
     assert_eq!(states.dim(), (11, 24));
     // The members' columns are each member's own listener's states.
     let own = file.members[1]
-        .listener
-        .infer_packed(x.view(), &file.members[1].pack(WeightFormat::F32))
+        .listen(x.view(), &file.members[1].pack(WeightFormat::F32))
         .unwrap();
     assert_eq!(states.slice(ndarray::s![.., 14..]), own);
     let target = ids("abc de");

@@ -17,14 +17,12 @@ fn small() -> ModelFile {
         ..ModelConfig::default()
     };
     ModelFile {
-        las: Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap(),
-        front_end: FrontEndConfig::default(),
-        vocab: Vocab::librispeech(),
         info: serde_json::json!({"trained_on": "nothing", "steps": 0}),
-        decode: None,
-        members: Vec::new(),
-        storage: lasr_nn::Storage::F32,
-        ensemble_speller: None,
+        ..ModelFile::new(
+            Las::new(config, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap(),
+            FrontEndConfig::default(),
+            Vocab::librispeech(),
+        )
     }
 }
 

@@ -23,6 +23,22 @@ fn sized(embedding_dim: usize, hidden: usize, layers: usize, dropout: f32) -> Rn
     RnnLm::new(config, &mut ChaCha8Rng::seed_from_u64(3)).unwrap()
 }
 
+/// `refs`' log-probabilities by `lm`'s prefix-sharing scorer in f32.
+fn f32_scores(lm: &RnnLm, refs: &[&[usize]]) -> Vec<f64> {
+    lm.scorer(&Vocab::librispeech(), WeightFormat::F32)
+        .unwrap()
+        .log_probs(refs)
+        .unwrap()
+}
+
+/// Equal up to f32 summation order.
+fn assert_close(got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
+    }
+}
+
 fn ids(texts: &[&str]) -> Vec<Vec<usize>> {
     let v = Vocab::librispeech();
     texts.iter().map(|t| v.encode(t)).collect()
@@ -110,17 +126,10 @@ fn the_prefix_sharing_scorer_agrees_with_the_batched_forward() {
     ]);
     let refs: Vec<&[usize]> = seqs.iter().map(Vec::as_slice).collect();
     let want = lm.log_probs(&refs).unwrap();
-    let v = Vocab::librispeech();
-    let got = lm
-        .scorer(&v, WeightFormat::F32)
-        .unwrap()
-        .log_probs(&refs)
-        .unwrap();
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
-    }
+    let got = f32_scores(&lm, &refs);
+    assert_close(&got, &want);
     assert_eq!(got[0], got[6]);
+    let v = Vocab::librispeech();
     // In int8 the recurrent products round the weights: close, not equal.
     let int8 = lm
         .scorer(&v, WeightFormat::Int8)
@@ -152,15 +161,9 @@ fn a_backward_model_scores_sentences_turned_around_and_keeps_its_direction_on_fi
     let turned_refs: Vec<&[usize]> = turned.iter().map(Vec::as_slice).collect();
     // The model's own methods read as the model reads; the scorer takes reading order.
     let want = lm.log_probs(&turned_refs).unwrap();
+    let got = f32_scores(&lm, &refs);
+    assert_close(&got, &want);
     let v = Vocab::librispeech();
-    let got = lm
-        .scorer(&v, WeightFormat::F32)
-        .unwrap()
-        .log_probs(&refs)
-        .unwrap();
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
-    }
     // "the cat" and its mirror image "tac eht" trade places.
     let as_read = lm.log_probs(&refs).unwrap();
     assert!((got[0] - as_read[2]).abs() < 1e-4 && (got[2] - as_read[0]).abs() < 1e-4);

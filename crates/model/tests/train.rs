@@ -39,16 +39,11 @@ fn model() -> ModelFile {
         label_smoothing: 0.1,
         ..ModelConfig::default()
     };
-    ModelFile {
-        las: Las::new(config, &mut ChaCha8Rng::seed_from_u64(1)).unwrap(),
-        front_end: FrontEndConfig::default(),
-        vocab: Vocab::librispeech(),
-        info: serde_json::Value::Null,
-        decode: None,
-        members: Vec::new(),
-        storage: lasr_nn::Storage::F32,
-        ensemble_speller: None,
-    }
+    ModelFile::new(
+        Las::new(config, &mut ChaCha8Rng::seed_from_u64(1)).unwrap(),
+        FrontEndConfig::default(),
+        Vocab::librispeech(),
+    )
 }
 
 fn options() -> TrainOptions {
