@@ -1119,6 +1119,39 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         v["nbest"][0]["ctc_log_prob"].is_number(),
         "decoded by CTC: {v}"
     );
+    // The utterance's shape taken off: set in the file (`info` shows it), it changes
+    // the features and so the scores; `--utterance-shape false` undoes it when decoding.
+    let unshaped = v["nbest"][0]["ctc_log_prob"].as_f64().unwrap();
+    let shaped = dir.path().join("shaped.safetensors");
+    let out = lasr(&[
+        "pack",
+        packed.to_str().unwrap(),
+        "--utterance-shape",
+        "true",
+        "-o",
+        shaped.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value =
+        serde_json::from_slice(&lasr(&["info", shaped.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(info["utterance_shape"], true, "{info}");
+    assert_eq!(info["decode"]["ctc_only"], true, "{info}");
+    let score = |extra: &[&str]| {
+        let mut args = vec![
+            "transcribe",
+            "-m",
+            shaped.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = lasr(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        v["nbest"][0]["ctc_log_prob"].as_f64().unwrap()
+    };
+    assert_ne!(score(&[]), unshaped);
+    assert_eq!(score(&["--utterance-shape", "false"]), unshaped);
     // Half-precision storage: half the file, the decoding kept, the same transcript.
     // `lasr pack FROM --storage STORAGE -o TO`, then what `lasr info TO` says.
     let pack_as = |from: &Path, storage: &str, to: &Path| -> serde_json::Value {

@@ -338,6 +338,42 @@ fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
 }
 
 #[test]
+fn utterance_shape_is_turned_on_by_init_kept_by_later_phases_and_a_resume_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _, first) = first_model(dir.path());
+    let a = lasr_model::ModelFile::load(&first).unwrap();
+    assert!(!a.front_end.utterance_shape);
+    let phase = |run: &str, from: &Path, extra: &[&str]| {
+        let init = [
+            "--init",
+            from.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--lr",
+            "0.01",
+        ];
+        let out = train_on(&data, &dir.path().join(run), &[&init[..], extra].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        lasr_model::ModelFile::load(&dir.path().join(run).join("model.safetensors")).unwrap()
+    };
+    let shaped = phase("run2", &first, &["--utterance-shape"]);
+    assert!(shaped.front_end.utterance_shape);
+    // The statistics are the initial model's: the shape comes off after them.
+    assert_eq!(a.front_end.cmvn, shaped.front_end.cmvn);
+    let later = phase("run3", &dir.path().join("run2/model.safetensors"), &[]);
+    assert!(later.front_end.utterance_shape);
+    let plain = phase("run4", &first, &[]);
+    assert!(!plain.front_end.utterance_shape);
+    let out = train_on(
+        &data,
+        &dir.path().join("run4"),
+        &["--epochs", "2", "--resume", "--utterance-shape"],
+    );
+    let err = refused(&out);
+    assert!(err.contains("without --utterance-shape"), "{err}");
+}
+
+#[test]
 fn spec_augment_masks_come_from_a_file_travel_in_the_model_and_are_applied() {
     let dir = tempfile::tempdir().unwrap();
     let (data, cfg) = tiny_inputs(dir.path());

@@ -240,8 +240,13 @@ enum Command {
         model: PathBuf,
         /// Decoding options as JSON, e.g. {"ctc_only": true, "lm_weight": 0.6}
         /// (default: keep the model's).
-        #[arg(long, value_name = "JSON", required_unless_present = "storage")]
+        #[arg(long, value_name = "JSON", required_unless_present_any = ["storage", "utterance_shape"])]
         decode: Option<PathBuf>,
+        /// Set the front end's utterance shape (`true`: each utterance's mean spectral
+        /// shape comes off after CMVN wherever the model is used; default: keep the
+        /// model's).
+        #[arg(long, value_name = "BOOL")]
+        utterance_shape: Option<bool>,
         /// Where to write the packed model.
         #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
@@ -324,6 +329,13 @@ struct TrainArgs {
     /// recording's fixed gain and microphone colouring.
     #[arg(long)]
     utterance_mean: bool,
+    /// Subtract each utterance's mean spectral shape after the global CMVN (its mean
+    /// over frames less that mean's average over the bands), here and wherever the
+    /// model is used: removes a microphone's colouring but keeps the level. Allowed
+    /// with --init (a model trained without it learns to read with it); default: the
+    /// initial model's setting, else off.
+    #[arg(long)]
+    utterance_shape: bool,
     /// Frames (10 ms) of each band's floor added at both ends of every utterance, here
     /// and wherever the model is used: gives the CTC head room to spell words in audio
     /// cut tight around them (spoken digits, commands). Allowed with --init; default:
@@ -537,9 +549,22 @@ struct DecodeArgs {
     /// slightly. Default: what the model file recommends, else f32.
     #[arg(long, value_name = "FORMAT")]
     weights: Option<lasr_model::WeightFormat>,
+    /// Take each utterance's mean spectral shape off its features after CMVN (`true`)
+    /// or not (`false`): a microphone's colouring goes, the level stays. Default: the
+    /// model file's front-end setting (the built-in model's is true).
+    #[arg(long, value_name = "BOOL")]
+    utterance_shape: Option<bool>,
 }
 
 impl DecodeArgs {
+    /// The model with the front-end setting the flags override.
+    fn front_end(&self, mut model: lasr_model::ModelFile) -> lasr_model::ModelFile {
+        if let Some(v) = self.utterance_shape {
+            model.front_end.utterance_shape = v;
+        }
+        model
+    }
+
     /// The model file's recommended decoding (or the library's defaults, with CTC
     /// re-ranking when the model has a CTC head), overridden by the flags given.
     fn options(
@@ -981,9 +1006,10 @@ fn main() -> ExitCode {
         Command::Pack {
             model,
             decode,
+            utterance_shape,
             out,
             storage,
-        } => pack(&model, decode.as_deref(), &out, storage),
+        } => pack(&model, decode.as_deref(), utterance_shape, &out, storage),
         Command::Curves { log, out } => curves(&log, &out),
     };
     match result {
@@ -1277,6 +1303,7 @@ impl Input {
 
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     let (model, builtin) = load_model(args.model.as_deref())?;
+    let model = args.decode.front_end(model);
     if args.plot_attention.is_some() && !model.las.config.trains_speller() {
         // Refused before decoding: the plot comes after each transcript, and failing
         // there would lose every transcript of the run.
@@ -1426,6 +1453,7 @@ fn attention_search(
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     let (model, builtin) = load_model(args.model.as_deref())?;
+    let model = args.decode.front_end(model);
     let corpus = lasr_data::corpus(&args.corpus)?;
     print_warnings("skipped", &corpus.warnings);
     let mut entries = corpus.entries;
@@ -1778,6 +1806,7 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "features": model.front_end.features,
         "cmvn": model.front_end.cmvn.is_some(),
         "utterance_mean": model.front_end.utterance_mean,
+        "utterance_shape": model.front_end.utterance_shape,
         "pad_frames": model.front_end.pad_frames,
         "vocabulary": model.vocab.symbols(),
         "decode": model.decode,
@@ -1974,10 +2003,14 @@ fn ensemble(
 fn pack(
     model: &Path,
     decode: Option<&Path>,
+    utterance_shape: Option<bool>,
     out: &Path,
     storage: Option<StorageArg>,
 ) -> Result<ExitCode> {
     let mut m = lasr_model::ModelFile::load(model)?;
+    if let Some(v) = utterance_shape {
+        m.front_end.utterance_shape = v;
+    }
     if let Some(decode) = decode {
         let text = std::fs::read_to_string(decode)
             .with_context(|| format!("{}: cannot read", decode.display()))?;
@@ -2386,12 +2419,14 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut front = FrontEndConfig::default();
     front.features.num_mel_bins = config.input_dim;
     front.utterance_mean = args.utterance_mean;
+    front.utterance_shape = args.utterance_shape;
     // A model's weights only make sense on features normalised the way it was
     // trained, so an initial model brings its own statistics instead of new ones.
     let mut init_cmvn = None;
     if let Some(m) = &init {
         front = m.front_end.clone();
         init_cmvn = front.cmvn.take();
+        front.utterance_shape |= args.utterance_shape;
     }
     // Padding adds rows of each band's floor, which the statistics barely notice, so
     // an initial model may be taught to read padded audio with its own statistics.
@@ -2424,6 +2459,13 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 } else {
                     "without"
                 }
+            );
+        }
+        if args.utterance_shape && !saved.front_end.utterance_shape {
+            bail!(
+                "{}: trained without --utterance-shape; resume without it, or start a new \
+                 phase with --init and --utterance-shape",
+                path.display()
             );
         }
         if args
@@ -2483,8 +2525,13 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         front = saved.front_end;
         init_cmvn = front.cmvn.take();
     }
+    // The shape comes off after CMVN (`Dataset::normalize`), whose statistics are
+    // gathered from what loading gives.
     let mut load = lasr_data::LoadOptions {
-        front: front.clone(),
+        front: FrontEndConfig {
+            utterance_shape: false,
+            ..front.clone()
+        },
         cache: args.feature_cache.clone(),
         speed_perturb: args.speed_perturb.clone(),
     };
@@ -2495,9 +2542,9 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         Some(c) => c,
         None => train_set.cmvn_stats().finish()?,
     };
-    train_set.normalize(&cmvn)?;
-    valid_set.normalize(&cmvn)?;
     front.cmvn = Some(cmvn);
+    train_set.normalize(&front)?;
+    valid_set.normalize(&front)?;
     let model = match init {
         // Decoding settings were tuned for the initial weights; the new ones are
         // tuned (and packed) again.

@@ -68,8 +68,9 @@ pub struct Padded {
 /// How [`Dataset::load_with`] turns entries into features.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Feature settings; the utterance mean and CMVN, when set, are applied after the
-    /// cache (which holds raw features).
+    /// Feature settings; the utterance mean, CMVN and utterance shape, when set, are
+    /// applied after the cache (which holds raw features). To gather CMVN statistics
+    /// first, load without CMVN or the shape, then [`Dataset::normalize`].
     pub front: FrontEndConfig,
     /// Feature cache directory ([`crate::cache`]); `None` computes everything.
     pub cache: Option<PathBuf>,
@@ -479,10 +480,13 @@ impl Dataset {
         stats
     }
 
-    /// Normalises every utterance in place.
-    pub fn normalize(&mut self, cmvn: &lasr_features::Cmvn) -> Result<()> {
+    /// Applies `front`'s steps that need the corpus statistics (its CMVN, then each
+    /// utterance's shape off if `utterance_shape`:
+    /// [`lasr_features::FrontEndConfig::normalize_corpus`]) to every utterance in
+    /// place: for a set loaded without them, whose statistics made that CMVN.
+    pub fn normalize(&mut self, front: &FrontEndConfig) -> Result<()> {
         for u in &mut self.utterances {
-            cmvn.apply(u.feats.view_mut())?;
+            front.normalize_corpus(u.feats.view_mut())?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The on-disk feature cache: hits, misses on a changed config or file, damaged entries
-//! recomputed with a warning, raw features under CMVN.
+//! recomputed with a warning, raw features under CMVN and the utterance shape.
 
 mod common;
 
@@ -206,7 +206,12 @@ fn the_cache_holds_raw_features_and_cmvn_is_applied_after_it() {
     let (d, r) = load(&entries, &normalised);
     assert_eq!(r.computed, 4);
     let mut expected = raw.clone();
-    expected.normalize(&cmvn).unwrap();
+    expected
+        .normalize(&FrontEndConfig {
+            cmvn: Some(cmvn.clone()),
+            ..FrontEndConfig::default()
+        })
+        .unwrap();
     same(&expected, &d);
     // Same cache, no CMVN: every entry hits and is the raw features.
     let (d, r) = load(
@@ -222,6 +227,23 @@ fn the_cache_holds_raw_features_and_cmvn_is_applied_after_it() {
     let (d, r) = load(&entries, &normalised);
     assert_eq!(r.cache_hits, 4);
     same(&expected, &d);
+    // The utterance's shape comes off after CMVN both ways: loaded with a model's
+    // front end (as decoding does), or raw and normalised after (as training does).
+    let shaped = FrontEndConfig {
+        utterance_shape: true,
+        ..normalised.front.clone()
+    };
+    let (d, _) = load(
+        &entries,
+        &LoadOptions {
+            front: shaped.clone(),
+            ..normalised.clone()
+        },
+    );
+    let mut expected_shaped = raw.clone();
+    expected_shaped.normalize(&shaped).unwrap();
+    same(&expected_shaped, &d);
+    assert_ne!(expected.utterances[0].feats, d.utterances[0].feats);
 }
 
 #[test]

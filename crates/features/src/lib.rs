@@ -53,6 +53,13 @@ pub struct FrontEndConfig {
     /// ([`cmvn::subtract_mean`]); absent from older model files: off.
     #[serde(default)]
     pub utterance_mean: bool,
+    /// Subtract each utterance's mean spectral shape after `cmvn`
+    /// ([`cmvn::subtract_shape`]): a recording channel's colouring goes, its level
+    /// stays. Models trained without it may be given it to read with (the default
+    /// model is: DEVELOPERS.md, "Twenty-first session"). Absent from older model
+    /// files: off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub utterance_shape: bool,
     /// Frames added at each end of every utterance before any normalisation, each
     /// band set to its quietest value in the utterance ([`pad_edges`]); absent from
     /// older model files: 0. Audio cut tight around a word leaves a CTC head too few
@@ -68,6 +75,10 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 impl Default for FrontEndConfig {
     fn default() -> Self {
         FrontEndConfig {
@@ -75,6 +86,7 @@ impl Default for FrontEndConfig {
             features: FeatureConfig::default(),
             cmvn: None,
             utterance_mean: false,
+            utterance_shape: false,
             pad_frames: 0,
         }
     }
@@ -123,13 +135,23 @@ impl FrontEndConfig {
 
     /// Raw features `[T, D]` to model input, without the padding of [`Self::prepare`]
     /// (for features padded already): the utterance's mean off (if
-    /// `utterance_mean`), then global CMVN (if any).
+    /// `utterance_mean`), then [`Self::normalize_corpus`].
     pub fn normalize(&self, mut feats: ndarray::ArrayViewMut2<f32>) -> Result<()> {
         if self.utterance_mean {
             cmvn::subtract_mean(feats.view_mut());
         }
+        self.normalize_corpus(feats)
+    }
+
+    /// The steps of [`Self::normalize`] that need the corpus statistics, for features
+    /// `[T, D]` that had the others while the statistics were gathered: global CMVN
+    /// (if any), then the utterance's shape off (if `utterance_shape`).
+    pub fn normalize_corpus(&self, mut feats: ndarray::ArrayViewMut2<f32>) -> Result<()> {
         if let Some(c) = &self.cmvn {
-            c.apply(feats)?;
+            c.apply(feats.view_mut())?;
+        }
+        if self.utterance_shape {
+            cmvn::subtract_shape(feats);
         }
         Ok(())
     }
@@ -249,8 +271,10 @@ pub fn corpus_cmvn_stats(
     on_file: &(dyn Fn() + Sync),
 ) -> Result<(CmvnStats, Vec<Error>)> {
     let dim = front.features.num_mel_bins;
+    // The shape comes off after CMVN, so the statistics are of features without it.
     let front = FrontEnd::new(FrontEndConfig {
         cmvn: None,
+        utterance_shape: false,
         ..front.clone()
     })?;
     let (stats, errors) = paths

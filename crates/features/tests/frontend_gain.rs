@@ -1,4 +1,5 @@
-//! Per-utterance mean normalisation makes features blind to a recording's gain.
+//! Per-utterance mean normalisation makes features blind to a recording's gain; taking
+//! off the utterance's spectral shape makes them blind to its colouring, not its gain.
 
 use lasr_features::{Audio, FrontEnd, FrontEndConfig};
 
@@ -50,4 +51,74 @@ fn utterance_mean_removes_a_gain_change() {
     for col in loud.columns() {
         assert!(col.mean().unwrap().abs() < 1e-4);
     }
+}
+
+/// Noise with a hum, 20 s: every band has energy in every frame, and the utterance is
+/// long enough for nearly all of its shape to come off (`SHAPE_PRIOR_FRAMES`).
+fn hiss() -> Audio {
+    let rate = 16_000;
+    let samples = (0..20 * rate)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            let noise = ((i as f32 * 12.9898).sin() * 43_758.547).fract() - 0.5;
+            5_000.0 * (noise + 0.2 * (2.0 * std::f32::consts::PI * 180.0 * t).sin())
+        })
+        .collect();
+    Audio {
+        samples,
+        sample_rate: rate,
+    }
+}
+
+#[test]
+fn utterance_shape_removes_a_colouring_and_keeps_the_level() {
+    let features = |utterance_shape: bool, audio: Audio| {
+        let mut front = FrontEnd::new(FrontEndConfig {
+            utterance_shape,
+            ..FrontEndConfig::default()
+        })
+        .unwrap();
+        front.audio_features(audio).unwrap()
+    };
+    // A microphone that favours the lows: y[n] = x[n] + 0.6 x[n-1] (+4 dB at the
+    // bottom of the band, -8 dB at the top).
+    let coloured = |audio: Audio| {
+        let mut prev = 0.0;
+        let samples = audio
+            .samples
+            .iter()
+            .map(|&x| {
+                let y = x + 0.6 * prev;
+                prev = x;
+                y
+            })
+            .collect();
+        Audio { samples, ..audio }
+    };
+    // Spread of `a - b` over every frame and band, and its mean.
+    let spread = |a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>| {
+        let d: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+        let lo = d.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = d.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        (hi - lo, d.iter().sum::<f32>() / d.len() as f32)
+    };
+    let (plain, tilted) = (features(false, hiss()), features(false, coloured(hiss())));
+    let (coloured_range, _) = spread(&plain, &tilted);
+    assert!(coloured_range > 2.0, "{coloured_range}");
+    // With the shape off, the colouring leaves about one offset for every value (the
+    // hum's band moves a little from frame to frame, and 1 / 21 of the shape stays).
+    let (plain, tilted) = (features(true, hiss()), features(true, coloured(hiss())));
+    let (range, _) = spread(&plain, &tilted);
+    assert!(
+        range < 0.25 * coloured_range,
+        "{range} against {coloured_range}"
+    );
+    // And a quieter recording stays quieter: half the amplitude, ln 4 lower everywhere.
+    let quiet = Audio {
+        samples: hiss().samples.iter().map(|x| x * 0.5).collect(),
+        ..hiss()
+    };
+    let (range, offset) = spread(&plain, &features(true, quiet));
+    assert!(range < 1e-3, "{range}");
+    assert!((offset - 4f32.ln()).abs() < 1e-3, "{offset}");
 }
