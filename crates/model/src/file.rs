@@ -458,15 +458,26 @@ impl ModelFile {
         let mut mine = self.front_end.clone();
         mine.features.spec_augment = other.front_end.features.spec_augment.clone();
         if cmvn_may_differ {
+            // A member reads the first model's features, utterance shape included
+            // (the shipped members were trained without it and read with it).
             let same_features = FrontEndConfig {
                 cmvn: other.front_end.cmvn.clone(),
+                utterance_shape: other.front_end.utterance_shape,
                 ..mine
             } == other.front_end;
             if !same_features {
                 return Some("feature settings");
             }
         } else if mine != other.front_end {
-            return Some("front end (feature settings or CMVN statistics)");
+            let shape_alone = FrontEndConfig {
+                utterance_shape: other.front_end.utterance_shape,
+                ..mine
+            } == other.front_end;
+            return Some(if shape_alone {
+                "utterance shape setting (`lasr pack --utterance-shape` sets it)"
+            } else {
+                "front end (feature settings or CMVN statistics)"
+            });
         }
         if self.vocab != other.vocab {
             Some("vocabulary")

@@ -630,6 +630,26 @@ fn a_new_main_model_that_cannot_lead_the_members_is_refused() {
         mean: vec![1.0; 80],
         std: vec![2.0; 80],
     });
-    let e = ens.with_main(shifted).unwrap_err().to_string();
+    let e = ens.clone().with_main(shifted).unwrap_err().to_string();
     assert!(e.contains("CMVN statistics"), "{e}");
+    // The utterance shape alone: the message says which setting, and how to set it.
+    let mut shaped = model(7, config(2, 4));
+    shaped.front_end.utterance_shape = true;
+    let e = ens.with_main(shaped).unwrap_err().to_string();
+    assert!(e.contains("utterance shape setting"), "{e}");
+}
+
+#[test]
+fn members_read_with_the_first_models_utterance_shape() {
+    let mut first = model(1, config(2, 4));
+    first.front_end.utterance_shape = true;
+    let plain = model(2, config(2, 5));
+    let ens = ModelFile::ensemble(first.clone(), vec![plain.clone()], &[0.6, 0.4]).unwrap();
+    assert!(ens.front_end.utterance_shape);
+    // And the other way round: a member with it joins a first model without it.
+    let mut shaped = plain;
+    shaped.front_end.utterance_shape = true;
+    first.front_end.utterance_shape = false;
+    let ens = ModelFile::ensemble(first, vec![shaped], &[0.6, 0.4]).unwrap();
+    assert!(!ens.front_end.utterance_shape);
 }
