@@ -338,7 +338,7 @@ fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
 }
 
 #[test]
-fn utterance_shape_is_turned_on_by_init_kept_by_later_phases_and_a_resume_must_match() {
+fn utterance_shape_is_set_by_init_kept_by_later_phases_and_a_resume_must_match() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _, first) = first_model(dir.path());
     let a = lasr_model::ModelFile::load(&first).unwrap();
@@ -356,21 +356,27 @@ fn utterance_shape_is_turned_on_by_init_kept_by_later_phases_and_a_resume_must_m
         assert!(out.status.success(), "{}", text(&out.stderr));
         lasr_model::ModelFile::load(&dir.path().join(run).join("model.safetensors")).unwrap()
     };
-    let shaped = phase("run2", &first, &["--utterance-shape"]);
+    let shaped = phase("run2", &first, &["--utterance-shape", "true"]);
     assert!(shaped.front_end.utterance_shape);
     // The statistics are the initial model's: the shape comes off after them.
     assert_eq!(a.front_end.cmvn, shaped.front_end.cmvn);
-    let later = phase("run3", &dir.path().join("run2/model.safetensors"), &[]);
-    assert!(later.front_end.utterance_shape);
-    let plain = phase("run4", &first, &[]);
-    assert!(!plain.front_end.utterance_shape);
+    let run2 = dir.path().join("run2/model.safetensors");
+    assert!(phase("run3", &run2, &[]).front_end.utterance_shape);
+    assert!(
+        !phase("run4", &run2, &["--utterance-shape", "false"])
+            .front_end
+            .utterance_shape
+    );
     let out = train_on(
         &data,
         &dir.path().join("run4"),
-        &["--epochs", "2", "--resume", "--utterance-shape"],
+        &["--epochs", "2", "--resume", "--utterance-shape", "true"],
     );
     let err = refused(&out);
-    assert!(err.contains("without --utterance-shape"), "{err}");
+    assert!(
+        err.contains("trained with --utterance-shape false"),
+        "{err}"
+    );
 }
 
 #[test]

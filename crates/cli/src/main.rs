@@ -227,12 +227,14 @@ enum Command {
         take: Option<usize>,
     },
     /// Write a copy of a model file that recommends a way of decoding (a JSON of
-    /// decoding options: what `transcribe` and `bench` then use by default), or that
-    /// stores its weights in 16 or 8 bits.
+    /// decoding options: what `transcribe` and `bench` then use by default), that
+    /// stores its weights in 16 or 8 bits, or that takes each utterance's spectral
+    /// shape off its features (or not).
     #[command(
         after_help = "Examples:\n  lasr pack run/model.safetensors --decode decode.json -o packed.safetensors\n  \
         lasr pack packed.safetensors --storage f16 -o small.safetensors   # half the size, for running only\n  \
-        lasr pack packed.safetensors --storage int8 -o tiny.safetensors   # about a quarter, for int8 decoding"
+        lasr pack packed.safetensors --storage int8 -o tiny.safetensors   # about a quarter, for int8 decoding\n  \
+        lasr pack packed.safetensors --utterance-shape true -o shaped.safetensors   # a microphone's colouring off"
     )]
     Pack {
         /// The trained model.
@@ -329,13 +331,14 @@ struct TrainArgs {
     /// recording's fixed gain and microphone colouring.
     #[arg(long)]
     utterance_mean: bool,
-    /// Subtract each utterance's mean spectral shape after the global CMVN (its mean
-    /// over frames less that mean's average over the bands), here and wherever the
-    /// model is used: removes a microphone's colouring but keeps the level. Allowed
-    /// with --init (a model trained without it learns to read with it); default: the
-    /// initial model's setting, else off.
-    #[arg(long)]
-    utterance_shape: bool,
+    /// Take each utterance's mean spectral shape off after the global CMVN (`true`: its
+    /// mean over frames less that mean's average over the bands), here and wherever
+    /// the model is used: removes a microphone's colouring but keeps the level.
+    /// Allowed with --init, either way (a model trained without it learns to read with
+    /// it); default: the initial model's setting (the built-in model's is true), else
+    /// false.
+    #[arg(long, value_name = "BOOL")]
+    utterance_shape: Option<bool>,
     /// Frames (10 ms) of each band's floor added at both ends of every utterance, here
     /// and wherever the model is used: gives the CTC head room to spell words in audio
     /// cut tight around them (spoken digits, commands). Allowed with --init; default:
@@ -1946,6 +1949,15 @@ fn ensemble(
         }
     });
     let main = loaded.remove(0);
+    // Members read with the first model's front end: a member's own utterance-shape
+    // setting does not travel. Said, since it changes what that member hears.
+    let main_shape = main.front_end.utterance_shape;
+    let shape_unlike: Vec<String> = loaded
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.front_end.utterance_shape != main_shape)
+        .map(|(k, _)| models[k + 1].display().to_string())
+        .collect();
     // Only the first model keeps its speller: an attention decoder placed later is
     // dropped, and with it every attention search and re-ranking. Said once the join
     // has succeeded, so a refused join is not preceded by advice.
@@ -1980,6 +1992,20 @@ fn ensemble(
             "warning: {whose} was trained with CTC alone, so the ensemble has no trained \
              attention decoder and decodes with CTC only; {with} has one: {advice} to keep \
              attention search and re-ranking"
+        );
+    }
+    if !shape_unlike.is_empty() {
+        eprintln!(
+            "warning: {} {} with --utterance-shape {}, but members read with the first \
+             model's setting ({})",
+            shape_unlike.join(", "),
+            if shape_unlike.len() == 1 {
+                "was packed or trained"
+            } else {
+                "were packed or trained"
+            },
+            !main_shape,
+            main_shape
         );
     }
     save_stored(joined, storage, out)?;
@@ -2419,14 +2445,15 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut front = FrontEndConfig::default();
     front.features.num_mel_bins = config.input_dim;
     front.utterance_mean = args.utterance_mean;
-    front.utterance_shape = args.utterance_shape;
     // A model's weights only make sense on features normalised the way it was
     // trained, so an initial model brings its own statistics instead of new ones.
     let mut init_cmvn = None;
     if let Some(m) = &init {
         front = m.front_end.clone();
         init_cmvn = front.cmvn.take();
-        front.utterance_shape |= args.utterance_shape;
+    }
+    if let Some(v) = args.utterance_shape {
+        front.utterance_shape = v;
     }
     // Padding adds rows of each band's floor, which the statistics barely notice, so
     // an initial model may be taught to read padded audio with its own statistics.
@@ -2461,11 +2488,15 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 }
             );
         }
-        if args.utterance_shape && !saved.front_end.utterance_shape {
+        if let Some(v) = args
+            .utterance_shape
+            .filter(|&v| v != saved.front_end.utterance_shape)
+        {
             bail!(
-                "{}: trained without --utterance-shape; resume without it, or start a new \
-                 phase with --init and --utterance-shape",
-                path.display()
+                "{}: trained with --utterance-shape {}; resume with that, or start a new \
+                 phase with --init and --utterance-shape {v}",
+                path.display(),
+                saved.front_end.utterance_shape
             );
         }
         if args
@@ -2525,13 +2556,10 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         front = saved.front_end;
         init_cmvn = front.cmvn.take();
     }
-    // The shape comes off after CMVN (`Dataset::normalize`), whose statistics are
-    // gathered from what loading gives.
+    // CMVN and the shape come after loading (`Dataset::normalize`): the statistics
+    // are gathered from what loading gives.
     let mut load = lasr_data::LoadOptions {
-        front: FrontEndConfig {
-            utterance_shape: false,
-            ..front.clone()
-        },
+        front: front.for_statistics(),
         cache: args.feature_cache.clone(),
         speed_perturb: args.speed_perturb.clone(),
     };

@@ -243,6 +243,22 @@ fn the_cache_holds_raw_features_and_cmvn_is_applied_after_it() {
     let mut expected_shaped = raw.clone();
     expected_shaped.normalize(&shaped).unwrap();
     same(&expected_shaped, &d);
+    // Both are CMVN first, then the shape, by hand; the other order differs.
+    for (u, r) in d.utterances.iter().zip(&raw.utterances) {
+        let mut by_hand = r.feats.clone();
+        cmvn.apply(by_hand.view_mut()).unwrap();
+        lasr_features::cmvn::subtract_shape(by_hand.view_mut());
+        assert_eq!(u.feats, by_hand, "{}", u.id);
+        let mut reversed = r.feats.clone();
+        lasr_features::cmvn::subtract_shape(reversed.view_mut());
+        cmvn.apply(reversed.view_mut()).unwrap();
+        let gap = reversed
+            .iter()
+            .zip(&by_hand)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(gap > 1e-3, "{}: {gap}", u.id);
+    }
     assert_ne!(expected.utterances[0].feats, d.utterances[0].feats);
 }
 

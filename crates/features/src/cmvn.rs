@@ -165,8 +165,9 @@ pub fn subtract_mean(mut feats: ArrayViewMut2<f32>) {
 /// How many frames' worth of trust the utterance's shape must earn: [`subtract_shape`]
 /// takes off `T / (T + SHAPE_PRIOR_FRAMES)` of it, half for a one-second utterance.
 /// Over a few words the mean spectrum says more about what was said than about the
-/// microphone. (On LibriSpeech test-clean, 100 read slightly better than taking the
-/// whole shape off at every length: DEVELOPERS.md, "Twenty-first session".)
+/// microphone. (On test-clean-dev's tuning utterances 100 read slightly better than
+/// taking the whole shape off at every length, and 50 to 400 read alike:
+/// DEVELOPERS.md, "Twenty-first session".)
 pub const SHAPE_PRIOR_FRAMES: usize = 100;
 
 /// Per-utterance spectral-shape normalisation: subtracts from every frame of `feats`

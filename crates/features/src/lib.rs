@@ -121,6 +121,17 @@ impl FrontEndConfig {
         Ok(())
     }
 
+    /// These settings without the steps that need corpus statistics (CMVN and the
+    /// utterance shape, which comes off after CMVN): what features are loaded with to
+    /// gather the statistics, before [`Self::normalize_corpus`] applies them.
+    pub fn for_statistics(&self) -> FrontEndConfig {
+        FrontEndConfig {
+            cmvn: None,
+            utterance_shape: false,
+            ..self.clone()
+        }
+    }
+
     /// Most `pad_frames` accepted (1 s at the usual 10 ms shift): more is no use, and
     /// far more could let long audio be cut inside its padding.
     pub const MAX_PAD_FRAMES: usize = 100;
@@ -145,7 +156,7 @@ impl FrontEndConfig {
 
     /// The steps of [`Self::normalize`] that need the corpus statistics, for features
     /// `[T, D]` that had the others while the statistics were gathered: global CMVN
-    /// (if any), then the utterance's shape off (if `utterance_shape`).
+    /// (if any), then the utterance's shape taken off (if `utterance_shape`).
     pub fn normalize_corpus(&self, mut feats: ndarray::ArrayViewMut2<f32>) -> Result<()> {
         if let Some(c) = &self.cmvn {
             c.apply(feats.view_mut())?;
@@ -271,12 +282,7 @@ pub fn corpus_cmvn_stats(
     on_file: &(dyn Fn() + Sync),
 ) -> Result<(CmvnStats, Vec<Error>)> {
     let dim = front.features.num_mel_bins;
-    // The shape comes off after CMVN, so the statistics are of features without it.
-    let front = FrontEnd::new(FrontEndConfig {
-        cmvn: None,
-        utterance_shape: false,
-        ..front.clone()
-    })?;
+    let front = FrontEnd::new(front.for_statistics())?;
     let (stats, errors) = paths
         .par_iter()
         .map_init(

@@ -122,3 +122,25 @@ fn utterance_shape_removes_a_colouring_and_keeps_the_level() {
     assert!(range < 1e-3, "{range}");
     assert!((offset - 4f32.ln()).abs() < 1e-3, "{offset}");
 }
+
+#[test]
+fn statistics_are_gathered_without_cmvn_or_the_shape_and_the_rest_is_kept() {
+    let front = FrontEndConfig {
+        cmvn: Some(lasr_features::Cmvn {
+            frames: 10,
+            mean: vec![1.0; 80],
+            std: vec![2.0; 80],
+        }),
+        utterance_mean: true,
+        utterance_shape: true,
+        pad_frames: 3,
+        ..FrontEndConfig::default()
+    };
+    let raw = front.for_statistics();
+    assert_eq!(raw.cmvn, None);
+    assert!(!raw.utterance_shape);
+    // Applied before the statistics are gathered, so kept.
+    assert!(raw.utterance_mean);
+    assert_eq!(raw.pad_frames, 3);
+    assert_eq!(raw.features, front.features);
+}
