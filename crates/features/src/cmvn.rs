@@ -143,20 +143,33 @@ impl Cmvn {
 /// utterance's frames `[T, D]` (nothing for `T = 0`). A fixed gain or microphone
 /// colouring adds a constant to every frame of a log-mel dimension, so this removes it;
 /// what differs between speakers' voices partly goes with it.
-pub fn subtract_mean(mut feats: ArrayViewMut2<f32>) {
+pub fn subtract_mean(feats: ArrayViewMut2<f32>) {
     let frames = feats.nrows();
     if frames == 0 {
         return;
     }
-    let mut mean = vec![0f64; feats.ncols()];
+    let mean: Vec<f32> = band_sums(feats.view())
+        .iter()
+        .map(|m| (m / frames as f64) as f32)
+        .collect();
+    subtract_from_every_frame(feats, &mean);
+}
+
+/// Each band's sum over the frames of `feats` `[T, D]`, in f64 (long utterances).
+fn band_sums(feats: ArrayView2<f32>) -> Vec<f64> {
+    let mut sums = vec![0f64; feats.ncols()];
     for row in feats.rows() {
-        for (m, &x) in mean.iter_mut().zip(row) {
+        for (m, &x) in sums.iter_mut().zip(row) {
             *m += f64::from(x);
         }
     }
-    let mean: Vec<f32> = mean.iter().map(|m| (m / frames as f64) as f32).collect();
+    sums
+}
+
+/// `feats[t, d] -= v[d]` for every frame `t`.
+fn subtract_from_every_frame(mut feats: ArrayViewMut2<f32>, v: &[f32]) {
     for mut row in feats.rows_mut() {
-        for (x, m) in row.iter_mut().zip(&mean) {
+        for (x, m) in row.iter_mut().zip(v) {
             *x -= m;
         }
     }
@@ -177,26 +190,17 @@ pub const SHAPE_PRIOR_FRAMES: usize = 100;
 /// this takes that colouring off but leaves the overall level alone. Removing the level
 /// too ([`subtract_mean`]) would lift a quiet recording's pauses above any silence a
 /// model trained without it has seen.
-pub fn subtract_shape(mut feats: ArrayViewMut2<f32>) {
+pub fn subtract_shape(feats: ArrayViewMut2<f32>) {
     let frames = feats.nrows();
     if frames == 0 {
         return;
     }
-    let mut mean = vec![0f64; feats.ncols()];
-    for row in feats.rows() {
-        for (m, &x) in mean.iter_mut().zip(row) {
-            *m += f64::from(x);
-        }
-    }
-    let level = mean.iter().sum::<f64>() / mean.len().max(1) as f64;
+    let sums = band_sums(feats.view());
+    let level = sums.iter().sum::<f64>() / sums.len().max(1) as f64;
     // The sums over frames, divided by the frames and shrunk by T / (T + prior).
     let scale = 1.0 / (frames + SHAPE_PRIOR_FRAMES) as f64;
-    let shape: Vec<f32> = mean.iter().map(|m| ((m - level) * scale) as f32).collect();
-    for mut row in feats.rows_mut() {
-        for (x, s) in row.iter_mut().zip(&shape) {
-            *x -= s;
-        }
-    }
+    let shape: Vec<f32> = sums.iter().map(|m| ((m - level) * scale) as f32).collect();
+    subtract_from_every_frame(feats, &shape);
 }
 
 #[cfg(test)]
