@@ -1136,12 +1136,15 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         serde_json::from_slice(&lasr(&["info", shaped.to_str().unwrap()]).stdout).unwrap();
     assert_eq!(info["utterance_shape"], true, "{info}");
     assert_eq!(info["decode"]["ctc_only"], true, "{info}");
-    let score = |extra: &[&str]| {
+    // Noise: a steady tone's frames are all alike, so it has no spread to scale.
+    let noise = dir.path().join("noise.wav");
+    write_wav(&noise, 0.5, 16_000, 5);
+    let score_of = |file: &Path, extra: &[&str]| {
         let mut args = vec![
             "transcribe",
             "-m",
             shaped.to_str().unwrap(),
-            b.to_str().unwrap(),
+            file.to_str().unwrap(),
             "--json",
         ];
         args.extend_from_slice(extra);
@@ -1150,8 +1153,44 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
         v["nbest"][0]["ctc_log_prob"].as_f64().unwrap()
     };
+    let score = |extra: &[&str]| score_of(&b, extra);
     assert_ne!(score(&[]), unshaped);
     assert_eq!(score(&["--utterance-shape", "false"]), unshaped);
+    // The spread, per run: it changes the scores again, and 0 gives the shape alone.
+    let noise_score = score_of(&noise, &[]);
+    assert_ne!(
+        score_of(&noise, &["--utterance-spread", "0.3"]),
+        noise_score
+    );
+    assert_eq!(score_of(&noise, &["--utterance-spread", "0"]), noise_score);
+    let out = lasr(&[
+        "transcribe",
+        "-m",
+        shaped.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--utterance-spread",
+        "1.5",
+    ]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--utterance-spread") && err.contains("outside 0..=1"),
+        "{err}"
+    );
+    // Packed: `info` shows it.
+    let out = lasr(&[
+        "pack",
+        shaped.to_str().unwrap(),
+        "--utterance-spread",
+        "0.3",
+        "-o",
+        shaped.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value =
+        serde_json::from_slice(&lasr(&["info", shaped.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(info["utterance_spread"], 0.3f32 as f64, "{info}");
+    assert_eq!(info["utterance_shape"], true, "{info}");
     // Half-precision storage: half the file, the decoding kept, the same transcript.
     // `lasr pack FROM --storage STORAGE -o TO`, then what `lasr info TO` says.
     let pack_as = |from: &Path, storage: &str, to: &Path| -> serde_json::Value {

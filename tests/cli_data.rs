@@ -356,12 +356,19 @@ fn utterance_shape_is_set_by_init_kept_by_later_phases_and_a_resume_must_match()
         assert!(out.status.success(), "{}", text(&out.stderr));
         lasr_model::ModelFile::load(&dir.path().join(run).join("model.safetensors")).unwrap()
     };
-    let shaped = phase("run2", &first, &["--utterance-shape", "true"]);
+    let shaped = phase(
+        "run2",
+        &first,
+        &["--utterance-shape", "true", "--utterance-spread", "0.25"],
+    );
     assert!(shaped.front_end.utterance_shape);
+    assert_eq!(shaped.front_end.utterance_spread, 0.25);
     // The statistics are the initial model's: the shape comes off after them.
     assert_eq!(a.front_end.cmvn, shaped.front_end.cmvn);
     let run2 = dir.path().join("run2/model.safetensors");
-    assert!(phase("run3", &run2, &[]).front_end.utterance_shape);
+    let later = phase("run3", &run2, &[]);
+    assert!(later.front_end.utterance_shape);
+    assert_eq!(later.front_end.utterance_spread, 0.25);
     assert!(
         !phase("run4", &run2, &["--utterance-shape", "false"])
             .front_end

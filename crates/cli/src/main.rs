@@ -242,13 +242,18 @@ enum Command {
         model: PathBuf,
         /// Decoding options as JSON, e.g. {"ctc_only": true, "lm_weight": 0.6}
         /// (default: keep the model's).
-        #[arg(long, value_name = "JSON", required_unless_present_any = ["storage", "utterance_shape"])]
+        #[arg(long, value_name = "JSON", required_unless_present_any = ["storage", "utterance_shape", "utterance_spread"])]
         decode: Option<PathBuf>,
         /// Set the front end's utterance shape (`true`: each utterance's mean spectral
         /// shape comes off after CMVN wherever the model is used; default: keep the
         /// model's).
         #[arg(long, value_name = "BOOL")]
         utterance_shape: Option<bool>,
+        /// Set the front end's utterance spread power P (0 to 1: each band's deviations
+        /// from its utterance mean scaled by its utterance deviation to the -P, after
+        /// the shape, wherever the model is used; 0 = off; default: keep the model's).
+        #[arg(long, value_name = "P")]
+        utterance_spread: Option<f32>,
         /// Where to write the packed model.
         #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
@@ -339,6 +344,12 @@ struct TrainArgs {
     /// false.
     #[arg(long, value_name = "BOOL")]
     utterance_shape: Option<bool>,
+    /// Scale each band's deviations from its utterance mean by the band's deviation
+    /// over the utterance to the power -P (0 to 1, after CMVN and the shape; 0 = off),
+    /// here and wherever the model is used. Allowed with --init; default: the initial
+    /// model's setting, else 0.
+    #[arg(long, value_name = "P")]
+    utterance_spread: Option<f32>,
     /// Frames (10 ms) of each band's floor added at both ends of every utterance, here
     /// and wherever the model is used: gives the CTC head room to spell words in audio
     /// cut tight around them (spoken digits, commands). Allowed with --init; default:
@@ -557,15 +568,24 @@ struct DecodeArgs {
     /// model file's front-end setting (the built-in model's is true).
     #[arg(long, value_name = "BOOL")]
     utterance_shape: Option<bool>,
+    /// Scale each band's deviations from its utterance mean by the band's deviation
+    /// over the utterance to the power -P (0 to 1, after the shape; 0 = off).
+    /// Default: the model file's front-end setting (the built-in model's is 0).
+    #[arg(long, value_name = "P")]
+    utterance_spread: Option<f32>,
 }
 
 impl DecodeArgs {
-    /// The model with the front-end setting the flags override.
-    fn front_end(&self, mut model: lasr_model::ModelFile) -> lasr_model::ModelFile {
+    /// The model with the front-end settings the flags override.
+    fn front_end(&self, mut model: lasr_model::ModelFile) -> Result<lasr_model::ModelFile> {
         if let Some(v) = self.utterance_shape {
             model.front_end.utterance_shape = v;
         }
-        model
+        if let Some(p) = self.utterance_spread {
+            model.front_end.utterance_spread = p;
+            model.front_end.validate().context("--utterance-spread")?;
+        }
+        Ok(model)
     }
 
     /// The model file's recommended decoding (or the library's defaults, with CTC
@@ -1010,9 +1030,16 @@ fn main() -> ExitCode {
             model,
             decode,
             utterance_shape,
+            utterance_spread,
             out,
             storage,
-        } => pack(&model, decode.as_deref(), utterance_shape, &out, storage),
+        } => pack(
+            &model,
+            decode.as_deref(),
+            (utterance_shape, utterance_spread),
+            &out,
+            storage,
+        ),
         Command::Curves { log, out } => curves(&log, &out),
     };
     match result {
@@ -1306,7 +1333,7 @@ impl Input {
 
 fn transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     let (model, builtin) = load_model(args.model.as_deref())?;
-    let model = args.decode.front_end(model);
+    let model = args.decode.front_end(model)?;
     if args.plot_attention.is_some() && !model.las.config.trains_speller() {
         // Refused before decoding: the plot comes after each transcript, and failing
         // there would lose every transcript of the run.
@@ -1456,7 +1483,7 @@ fn attention_search(
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     let (model, builtin) = load_model(args.model.as_deref())?;
-    let model = args.decode.front_end(model);
+    let model = args.decode.front_end(model)?;
     let corpus = lasr_data::corpus(&args.corpus)?;
     print_warnings("skipped", &corpus.warnings);
     let mut entries = corpus.entries;
@@ -1810,6 +1837,7 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "cmvn": model.front_end.cmvn.is_some(),
         "utterance_mean": model.front_end.utterance_mean,
         "utterance_shape": model.front_end.utterance_shape,
+        "utterance_spread": model.front_end.utterance_spread,
         "pad_frames": model.front_end.pad_frames,
         "vocabulary": model.vocab.symbols(),
         "decode": model.decode,
@@ -1952,10 +1980,13 @@ fn ensemble(
     // Members read with the first model's front end: a member's own utterance-shape
     // setting does not travel. Said, since it changes what that member hears.
     let main_shape = main.front_end.utterance_shape;
+    let main_spread = main.front_end.utterance_spread;
     let shape_unlike: Vec<String> = loaded
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.front_end.utterance_shape != main_shape)
+        .filter(|(_, m)| {
+            m.front_end.utterance_shape != main_shape || m.front_end.utterance_spread != main_spread
+        })
         .map(|(k, _)| models[k + 1].display().to_string())
         .collect();
     // Only the first model keeps its speller: an attention decoder placed later is
@@ -1996,16 +2027,15 @@ fn ensemble(
     }
     if !shape_unlike.is_empty() {
         eprintln!(
-            "warning: {} {} with --utterance-shape {}, but members read with the first \
-             model's setting ({})",
+            "warning: {} {} with other utterance settings than the first model's; \
+             members read with the first's (--utterance-shape {main_shape} \
+             --utterance-spread {main_spread})",
             shape_unlike.join(", "),
             if shape_unlike.len() == 1 {
                 "was packed or trained"
             } else {
                 "were packed or trained"
             },
-            !main_shape,
-            main_shape
         );
     }
     save_stored(joined, storage, out)?;
@@ -2029,13 +2059,17 @@ fn ensemble(
 fn pack(
     model: &Path,
     decode: Option<&Path>,
-    utterance_shape: Option<bool>,
+    (utterance_shape, utterance_spread): (Option<bool>, Option<f32>),
     out: &Path,
     storage: Option<StorageArg>,
 ) -> Result<ExitCode> {
     let mut m = lasr_model::ModelFile::load(model)?;
     if let Some(v) = utterance_shape {
         m.front_end.utterance_shape = v;
+    }
+    if let Some(p) = utterance_spread {
+        m.front_end.utterance_spread = p;
+        m.front_end.validate().context("--utterance-spread")?;
     }
     if let Some(decode) = decode {
         let text = std::fs::read_to_string(decode)
@@ -2455,6 +2489,10 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     if let Some(v) = args.utterance_shape {
         front.utterance_shape = v;
     }
+    if let Some(p) = args.utterance_spread {
+        front.utterance_spread = p;
+        front.validate().context("--utterance-spread")?;
+    }
     // Padding adds rows of each band's floor, which the statistics barely notice, so
     // an initial model may be taught to read padded audio with its own statistics.
     if let Some(p) = args.pad_frames {
@@ -2497,6 +2535,17 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                  phase with --init and --utterance-shape {v}",
                 path.display(),
                 saved.front_end.utterance_shape
+            );
+        }
+        if let Some(p) = args
+            .utterance_spread
+            .filter(|&p| p != saved.front_end.utterance_spread)
+        {
+            bail!(
+                "{}: trained with --utterance-spread {}; resume with that, or start a new \
+                 phase with --init and --utterance-spread {p}",
+                path.display(),
+                saved.front_end.utterance_spread
             );
         }
         if args

@@ -231,6 +231,7 @@ fn the_cache_holds_raw_features_and_cmvn_is_applied_after_it() {
     // front end (as decoding does), or raw and normalised after (as training does).
     let shaped = FrontEndConfig {
         utterance_shape: true,
+        utterance_spread: 0.3,
         ..normalised.front.clone()
     };
     let (d, _) = load(
@@ -243,15 +244,18 @@ fn the_cache_holds_raw_features_and_cmvn_is_applied_after_it() {
     let mut expected_shaped = raw.clone();
     expected_shaped.normalize(&shaped).unwrap();
     same(&expected_shaped, &d);
-    // Both are CMVN first, then the shape, by hand; the other order differs.
+    // Both are CMVN first, then the shape and the spread, by hand; the shape before
+    // CMVN differs.
     for (u, r) in d.utterances.iter().zip(&raw.utterances) {
         let mut by_hand = r.feats.clone();
         cmvn.apply(by_hand.view_mut()).unwrap();
         lasr_features::cmvn::subtract_shape(by_hand.view_mut());
+        lasr_features::cmvn::scale_spread(by_hand.view_mut(), 0.3);
         assert_eq!(u.feats, by_hand, "{}", u.id);
         let mut reversed = r.feats.clone();
         lasr_features::cmvn::subtract_shape(reversed.view_mut());
         cmvn.apply(reversed.view_mut()).unwrap();
+        lasr_features::cmvn::scale_spread(reversed.view_mut(), 0.3);
         let gap = reversed
             .iter()
             .zip(&by_hand)

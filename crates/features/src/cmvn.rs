@@ -203,6 +203,44 @@ pub fn subtract_shape(feats: ArrayViewMut2<f32>) {
     subtract_from_every_frame(feats, &shape);
 }
 
+/// Smallest standard deviation [`scale_spread`] divides by: a band that hardly moves
+/// (digital silence, a pure tone's neighbours) is not blown up into noise.
+pub const SPREAD_FLOOR: f32 = 0.1;
+
+/// Per-utterance partial variance normalisation: each band `d` of `feats` `[T, D]`
+/// becomes `mu + (x - mu) * max(s, SPREAD_FLOOR)^-power`, `mu` and `s` being that
+/// band's mean and standard deviation over the utterance (nothing for `T = 0`). At
+/// `power` 1 every band has unit variance (or its floor's); at 0 nothing changes.
+pub fn scale_spread(mut feats: ArrayViewMut2<f32>, power: f32) {
+    let frames = feats.nrows();
+    if frames == 0 {
+        return;
+    }
+    let means: Vec<f64> = band_sums(feats.view())
+        .iter()
+        .map(|s| s / frames as f64)
+        .collect();
+    let mut squares = vec![0f64; feats.ncols()];
+    for row in feats.rows() {
+        for ((q, &x), m) in squares.iter_mut().zip(row).zip(&means) {
+            *q += (f64::from(x) - m).powi(2);
+        }
+    }
+    let gains: Vec<f32> = squares
+        .iter()
+        .map(|q| {
+            ((q / frames as f64).sqrt() as f32)
+                .max(SPREAD_FLOOR)
+                .powf(-power)
+        })
+        .collect();
+    for mut row in feats.rows_mut() {
+        for ((x, &m), g) in row.iter_mut().zip(&means).zip(&gains) {
+            *x = m as f32 + (*x - m as f32) * g;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +278,26 @@ mod tests {
         assert!((one[[0, 1]] - 1.0 / 101.0).abs() < 1e-6, "{one}");
         let mut empty = Array2::<f32>::zeros((0, 4));
         subtract_shape(empty.view_mut());
+    }
+
+    #[test]
+    fn spreads_scale_by_a_power_of_their_deviation_around_the_band_mean() {
+        // Band 0: mean 1, deviation 4 (values -3, 5); band 1: constant, under the floor.
+        let mut f = array![[-3.0f32, 2.0], [5.0, 2.0]];
+        scale_spread(f.view_mut(), 0.5);
+        // 4^-0.5 = 0.5: -3 -> 1 - 2, 5 -> 1 + 2; the constant band stays.
+        assert_eq!(f, array![[-1.0f32, 2.0], [3.0, 2.0]]);
+        let mut g = array![[-3.0f32, 2.0], [5.0, 2.05]];
+        scale_spread(g.view_mut(), 1.0);
+        // Power 1: unit deviation; band 1's 0.025 is floored at 0.1, so x10.
+        assert_eq!(g.column(0).to_vec(), [0.0, 2.0]);
+        assert!((g[[1, 1]] - g[[0, 1]] - 0.5).abs() < 1e-5, "{g}");
+        let before = array![[1.0f32, -3.0], [3.0, -5.0], [5.0, 2.0]];
+        let mut h = before.clone();
+        scale_spread(h.view_mut(), 0.0);
+        assert_eq!(h, before);
+        let mut empty = Array2::<f32>::zeros((0, 4));
+        scale_spread(empty.view_mut(), 0.3);
     }
 
     #[test]

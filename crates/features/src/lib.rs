@@ -60,6 +60,16 @@ pub struct FrontEndConfig {
     /// files: off.
     #[serde(default, skip_serializing_if = "is_false")]
     pub utterance_shape: bool,
+    /// After `cmvn` and the shape, each band's deviations from its utterance mean are
+    /// multiplied by `s^-p` for this `p`, `s` being the band's standard deviation over
+    /// the utterance ([`cmvn::scale_spread`]): 1 would give every band unit variance
+    /// per utterance, 0 (absent from older model files) leaves the spread alone. A
+    /// noisy or quiet recording squeezes the log-mel range, a close microphone widens
+    /// it. Not on in the default model: for models trained without it, 0.3 helped most
+    /// speakers but widened a quiet speaker's pauses into noise (DEVELOPERS.md,
+    /// "Twenty-first session").
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub utterance_spread: f32,
     /// Frames added at each end of every utterance before any normalisation, each
     /// band set to its quietest value in the utterance ([`pad_edges`]); absent from
     /// older model files: 0. Audio cut tight around a word leaves a CTC head too few
@@ -79,6 +89,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_zero_f32(x: &f32) -> bool {
+    *x == 0.0
+}
+
 impl Default for FrontEndConfig {
     fn default() -> Self {
         FrontEndConfig {
@@ -87,6 +101,7 @@ impl Default for FrontEndConfig {
             cmvn: None,
             utterance_mean: false,
             utterance_shape: false,
+            utterance_spread: 0.0,
             pad_frames: 0,
         }
     }
@@ -102,6 +117,12 @@ impl FrontEndConfig {
             )));
         }
         self.features.validate()?;
+        if !(0.0..=1.0).contains(&self.utterance_spread) {
+            return Err(Error::Config(format!(
+                "utterance_spread {} is outside 0..=1",
+                self.utterance_spread
+            )));
+        }
         if self.pad_frames > Self::MAX_PAD_FRAMES {
             return Err(Error::Config(format!(
                 "pad_frames {} is more than {} frames",
@@ -121,13 +142,14 @@ impl FrontEndConfig {
         Ok(())
     }
 
-    /// These settings without the steps that need corpus statistics (CMVN and the
-    /// utterance shape, which comes off after CMVN): what features are loaded with to
-    /// gather the statistics, before [`Self::normalize_corpus`] applies them.
+    /// These settings without the steps that need corpus statistics (CMVN, and the
+    /// utterance's shape and spread, which come after it): what features are loaded
+    /// with to gather the statistics, before [`Self::normalize_corpus`] applies them.
     pub fn for_statistics(&self) -> FrontEndConfig {
         FrontEndConfig {
             cmvn: None,
             utterance_shape: false,
+            utterance_spread: 0.0,
             ..self.clone()
         }
     }
@@ -156,13 +178,17 @@ impl FrontEndConfig {
 
     /// The steps of [`Self::normalize`] that need the corpus statistics, for features
     /// `[T, D]` that had the others while the statistics were gathered: global CMVN
-    /// (if any), then the utterance's shape taken off (if `utterance_shape`).
+    /// (if any), then the utterance's shape taken off (if `utterance_shape`), then its
+    /// spread scaled (if `utterance_spread` is not 0).
     pub fn normalize_corpus(&self, mut feats: ndarray::ArrayViewMut2<f32>) -> Result<()> {
         if let Some(c) = &self.cmvn {
             c.apply(feats.view_mut())?;
         }
         if self.utterance_shape {
-            cmvn::subtract_shape(feats);
+            cmvn::subtract_shape(feats.view_mut());
+        }
+        if self.utterance_spread != 0.0 {
+            cmvn::scale_spread(feats, self.utterance_spread);
         }
         Ok(())
     }

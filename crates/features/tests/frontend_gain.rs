@@ -133,12 +133,14 @@ fn statistics_are_gathered_without_cmvn_or_the_shape_and_the_rest_is_kept() {
         }),
         utterance_mean: true,
         utterance_shape: true,
+        utterance_spread: 0.3,
         pad_frames: 3,
         ..FrontEndConfig::default()
     };
     let raw = front.for_statistics();
     assert_eq!(raw.cmvn, None);
     assert!(!raw.utterance_shape);
+    assert_eq!(raw.utterance_spread, 0.0);
     // Applied before the statistics are gathered, so kept.
     assert!(raw.utterance_mean);
     assert_eq!(raw.pad_frames, 3);

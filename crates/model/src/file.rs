@@ -458,11 +458,13 @@ impl ModelFile {
         let mut mine = self.front_end.clone();
         mine.features.spec_augment = other.front_end.features.spec_augment.clone();
         if cmvn_may_differ {
-            // A member reads the first model's features, utterance shape included
-            // (the shipped members were trained without it and read with it).
+            // A member reads the first model's features, utterance shape and spread
+            // included (the shipped members were trained without them and read with
+            // them).
             let same_features = FrontEndConfig {
                 cmvn: other.front_end.cmvn.clone(),
                 utterance_shape: other.front_end.utterance_shape,
+                utterance_spread: other.front_end.utterance_spread,
                 ..mine
             } == other.front_end;
             if !same_features {
@@ -471,10 +473,12 @@ impl ModelFile {
         } else if mine != other.front_end {
             let shape_alone = FrontEndConfig {
                 utterance_shape: other.front_end.utterance_shape,
+                utterance_spread: other.front_end.utterance_spread,
                 ..mine
             } == other.front_end;
             return Some(if shape_alone {
-                "utterance shape setting (`lasr pack --utterance-shape` sets it)"
+                "utterance shape or spread setting (`lasr pack --utterance-shape` and \
+                 `--utterance-spread` set them)"
             } else {
                 "front end (feature settings or CMVN statistics)"
             });

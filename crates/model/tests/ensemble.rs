@@ -636,7 +636,7 @@ fn a_new_main_model_that_cannot_lead_the_members_is_refused() {
     let mut shaped = model(7, config(2, 4));
     shaped.front_end.utterance_shape = true;
     let e = ens.with_main(shaped).unwrap_err().to_string();
-    assert!(e.contains("utterance shape setting"), "{e}");
+    assert!(e.contains("utterance shape or spread setting"), "{e}");
 }
 
 #[test]
