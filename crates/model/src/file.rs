@@ -459,8 +459,8 @@ impl ModelFile {
         mine.features.spec_augment = other.front_end.features.spec_augment.clone();
         if cmvn_may_differ {
             // A member reads the first model's features, utterance shape and spread
-            // included (the shipped members were trained without them and read with
-            // them).
+            // included (the shipped members were trained without the shape and read
+            // with it).
             let same_features = FrontEndConfig {
                 cmvn: other.front_end.cmvn.clone(),
                 utterance_shape: other.front_end.utterance_shape,
