@@ -1861,49 +1861,35 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
         .as_array()
         .unwrap()
         .clone();
-    let swapped = json_stdout(&with_lm(&[
-        "--rnnlm",
-        lm.to_str().unwrap(),
-        "--rnnlm-share",
-        "0.5",
-    ]))["nbest"]
-        .as_array()
-        .unwrap()
-        .clone();
-    assert_eq!(swapped.len(), plain.len());
-    for alt in &swapped {
-        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
-        let ngram = before["lm_log_prob"].as_f64().unwrap();
-        assert_eq!(alt["lm_log_prob"].as_f64().unwrap(), ngram);
-        assert!(ngram < 0.0, "{before}");
-        let lstm = alt["rnnlm_log_prob"].as_f64().unwrap();
-        // The share of --lm-weight 0.5: 0.25 of each.
-        let want = before["score"].as_f64().unwrap() + 0.25 * (lstm - ngram);
-        assert!(
-            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
-            "{alt}"
-        );
-    }
-    // Past 1 the share extrapolates: W x (LSTM - n-gram) with W above the LM weight.
-    let past = json_stdout(&with_lm(&[
-        "--rnnlm",
-        lm.to_str().unwrap(),
-        "--rnnlm-share",
-        "1.5",
-    ]))["nbest"]
-        .as_array()
-        .unwrap()
-        .clone();
-    for alt in &past {
-        let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
-        let ngram = before["lm_log_prob"].as_f64().unwrap();
-        let lstm = alt["rnnlm_log_prob"].as_f64().unwrap();
-        let want = before["score"].as_f64().unwrap() + 0.75 * (lstm - ngram);
-        assert!(
-            (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
-            "{alt}"
-        );
-    }
+    // Each hypothesis gains W x (LSTM - n-gram), W = share x --lm-weight 0.5; the
+    // search, and so each n-gram log-prob, is the same as without the LSTM.
+    let rescored_by_share = |share: &str, w: f64| {
+        let rescored = json_stdout(&with_lm(&[
+            "--rnnlm",
+            lm.to_str().unwrap(),
+            "--rnnlm-share",
+            share,
+        ]))["nbest"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(rescored.len(), plain.len());
+        for alt in &rescored {
+            let before = plain.iter().find(|p| p["text"] == alt["text"]).unwrap();
+            let ngram = before["lm_log_prob"].as_f64().unwrap();
+            assert_eq!(alt["lm_log_prob"].as_f64().unwrap(), ngram);
+            assert!(ngram < 0.0, "{before}");
+            let lstm = alt["rnnlm_log_prob"].as_f64().unwrap();
+            let want = before["score"].as_f64().unwrap() + w * (lstm - ngram);
+            assert!(
+                (alt["score"].as_f64().unwrap() - want).abs() < 1e-9,
+                "share {share}: {alt}"
+            );
+        }
+    };
+    rescored_by_share("0.5", 0.25);
+    // Past 1 the share extrapolates: W above the LM weight.
+    rescored_by_share("1.5", 0.75);
     let err = refused(&with_lm(&[
         "--rnnlm",
         lm.to_str().unwrap(),

@@ -2427,6 +2427,24 @@ impl lasr_model::Observer for Bars {
     }
 }
 
+/// `--resume` of the run whose model is `path`: an error if `--FLAG` gives another
+/// value than the run's `saved` one (which an `--init` phase could change).
+fn refuse_another_on_resume<T: PartialEq + std::fmt::Display>(
+    path: &Path,
+    flag: &str,
+    given: Option<T>,
+    saved: T,
+) -> Result<()> {
+    match given {
+        Some(v) if v != saved => bail!(
+            "{}: trained with --{flag} {saved}; resume with that, or start a new phase \
+             with --init and --{flag} {v}",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn train(args: TrainArgs) -> Result<ExitCode> {
     let preset = args.preset.as_deref().unwrap_or("reference");
     let init = match &args.init {
@@ -2526,38 +2544,25 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 }
             );
         }
-        if let Some(v) = args
-            .utterance_shape
-            .filter(|&v| v != saved.front_end.utterance_shape)
-        {
-            bail!(
-                "{}: trained with --utterance-shape {}; resume with that, or start a new \
-                 phase with --init and --utterance-shape {v}",
-                path.display(),
-                saved.front_end.utterance_shape
-            );
-        }
-        if let Some(p) = args
-            .utterance_spread
-            .filter(|&p| p != saved.front_end.utterance_spread)
-        {
-            bail!(
-                "{}: trained with --utterance-spread {}; resume with that, or start a new \
-                 phase with --init and --utterance-spread {p}",
-                path.display(),
-                saved.front_end.utterance_spread
-            );
-        }
-        if args
-            .pad_frames
-            .is_some_and(|p| p != saved.front_end.pad_frames)
-        {
-            bail!(
-                "{}: trained with --pad-frames {}; resume with the same setting",
-                path.display(),
-                saved.front_end.pad_frames
-            );
-        }
+        // Settings an --init phase may change but a resumed run keeps.
+        refuse_another_on_resume(
+            &path,
+            "utterance-shape",
+            args.utterance_shape,
+            saved.front_end.utterance_shape,
+        )?;
+        refuse_another_on_resume(
+            &path,
+            "utterance-spread",
+            args.utterance_spread,
+            saved.front_end.utterance_spread,
+        )?;
+        refuse_another_on_resume(
+            &path,
+            "pad-frames",
+            args.pad_frames,
+            saved.front_end.pad_frames,
+        )?;
         // `lasr_model::train` reloads the saved model on resume, masks included, so a
         // resumed run can only go on with the masks its file holds.
         let trained_with = saved.info["train_options"]["spec_augment"].as_bool();

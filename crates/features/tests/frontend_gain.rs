@@ -23,15 +23,24 @@ fn tone(gain: f32) -> Audio {
     }
 }
 
+/// `audio`'s features `[T, 80]` through a front end with `config`.
+fn features_of(config: FrontEndConfig, audio: Audio) -> ndarray::Array2<f32> {
+    FrontEnd::new(config)
+        .unwrap()
+        .audio_features(audio)
+        .unwrap()
+}
+
 #[test]
 fn utterance_mean_removes_a_gain_change() {
     let features = |utterance_mean: bool, gain: f32| {
-        let mut front = FrontEnd::new(FrontEndConfig {
-            utterance_mean,
-            ..FrontEndConfig::default()
-        })
-        .unwrap();
-        front.audio_features(tone(gain)).unwrap()
+        features_of(
+            FrontEndConfig {
+                utterance_mean,
+                ..FrontEndConfig::default()
+            },
+            tone(gain),
+        )
     };
     let max_diff = |a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>| {
         a.iter()
@@ -73,12 +82,13 @@ fn hiss() -> Audio {
 #[test]
 fn utterance_shape_removes_a_colouring_and_keeps_the_level() {
     let features = |utterance_shape: bool, audio: Audio| {
-        let mut front = FrontEnd::new(FrontEndConfig {
-            utterance_shape,
-            ..FrontEndConfig::default()
-        })
-        .unwrap();
-        front.audio_features(audio).unwrap()
+        features_of(
+            FrontEndConfig {
+                utterance_shape,
+                ..FrontEndConfig::default()
+            },
+            audio,
+        )
     };
     // A microphone that favours the lows: y[n] = x[n] + 0.6 x[n-1] (+4 dB at the
     // bottom of the band, -8 dB at the top).
