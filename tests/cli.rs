@@ -1092,18 +1092,21 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         r#"{"ctc_only": true, "search": {"beam_size": 1}}"#,
     )
     .unwrap();
+    // `lasr pack FROM FLAGS -o TO`, then what `lasr info TO` says.
+    let pack_with = |from: &Path, flags: &[&str], to: &Path| -> serde_json::Value {
+        let mut args = vec!["pack", from.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["-o", to.to_str().unwrap()]);
+        let out = lasr(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&lasr(&["info", to.to_str().unwrap()]).stdout).unwrap()
+    };
     let packed = dir.path().join("packed.safetensors");
-    let out = lasr(&[
-        "pack",
-        model_path.to_str().unwrap(),
-        "--decode",
-        decode_json.to_str().unwrap(),
-        "-o",
-        packed.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = lasr(&["info", packed.to_str().unwrap()]);
-    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let v = pack_with(
+        &model_path,
+        &["--decode", decode_json.to_str().unwrap()],
+        &packed,
+    );
     assert_eq!(v["decode"]["ctc_only"], true, "{v}");
     assert_eq!(v["config"]["ctc_weight"], 0.5);
     let out = lasr(&[
@@ -1123,17 +1126,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     // the features and so the scores; `--utterance-shape false` undoes it when decoding.
     let unshaped = v["nbest"][0]["ctc_log_prob"].as_f64().unwrap();
     let shaped = dir.path().join("shaped.safetensors");
-    let out = lasr(&[
-        "pack",
-        packed.to_str().unwrap(),
-        "--utterance-shape",
-        "true",
-        "-o",
-        shaped.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let info: serde_json::Value =
-        serde_json::from_slice(&lasr(&["info", shaped.to_str().unwrap()]).stdout).unwrap();
+    let info = pack_with(&packed, &["--utterance-shape", "true"], &shaped);
     assert_eq!(info["utterance_shape"], true, "{info}");
     assert_eq!(info["decode"]["ctc_only"], true, "{info}");
     // Noise: a steady tone's frames are all alike, so it has no spread to scale.
@@ -1178,35 +1171,12 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
         "{err}"
     );
     // Packed: `info` shows it.
-    let out = lasr(&[
-        "pack",
-        shaped.to_str().unwrap(),
-        "--utterance-spread",
-        "0.3",
-        "-o",
-        shaped.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let info: serde_json::Value =
-        serde_json::from_slice(&lasr(&["info", shaped.to_str().unwrap()]).stdout).unwrap();
+    let info = pack_with(&shaped, &["--utterance-spread", "0.3"], &shaped);
     assert_eq!(info["utterance_spread"], 0.3f32 as f64, "{info}");
     assert_eq!(info["utterance_shape"], true, "{info}");
     // Half-precision storage: half the file, the decoding kept, the same transcript.
-    // `lasr pack FROM --storage STORAGE -o TO`, then what `lasr info TO` says.
-    let pack_as = |from: &Path, storage: &str, to: &Path| -> serde_json::Value {
-        let out = lasr(&[
-            "pack",
-            from.to_str().unwrap(),
-            "--storage",
-            storage,
-            "-o",
-            to.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice(&lasr(&["info", to.to_str().unwrap()]).stdout).unwrap()
-    };
     let small = dir.path().join("small.safetensors");
-    let v = pack_as(&packed, "f16", &small);
+    let v = pack_with(&packed, &["--storage", "f16"], &small);
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     assert!(
         size(&small) * 10 < size(&packed) * 6,
@@ -1233,7 +1203,7 @@ fn transcribe_spells_what_a_tiny_trained_model_learned() {
     // int8 storage: smaller again, format 4, and decoding in int8 reads it as it
     // reads the 16-bit file.
     let int8_file = dir.path().join("int8.safetensors");
-    let v = pack_as(&small, "int8", &int8_file);
+    let v = pack_with(&small, &["--storage", "int8"], &int8_file);
     assert!(
         size(&int8_file) < size(&small),
         "{} vs {}",
