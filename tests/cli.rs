@@ -128,18 +128,14 @@ fn tiny_rnnlm(
 /// `lasr transcribe --json` of `audio` by `model`'s CTC beam of 4 without a character
 /// LM, its 4 best reported, with `extra` flags.
 fn ctc_nbest(model: &Path, audio: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "transcribe",
-        "-m",
-        model.to_str().unwrap(),
-        "--no-lm",
-        "--ctc-only",
-        "--beam",
-        "4",
-        "--json",
-        "--nbest",
-        "4",
-    ];
+    ctc_nbest_lm(model, audio, &["--no-lm"], extra)
+}
+
+/// [`ctc_nbest`] with the character-LM flags `lm` in place of `--no-lm`.
+fn ctc_nbest_lm(model: &Path, audio: &Path, lm: &[&str], extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["transcribe", "-m", model.to_str().unwrap()];
+    args.extend(lm);
+    args.extend(["--ctc-only", "--beam", "4", "--json", "--nbest", "4"]);
     args.extend(extra);
     args.push(audio.to_str().unwrap());
     lasr(&args)
@@ -1808,24 +1804,12 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let with_lm = |extra: &[&str]| {
-        let mut args = vec![
-            "transcribe",
-            "-m",
-            model.to_str().unwrap(),
-            "--lm",
-            char_lm.to_str().unwrap(),
-            "--lm-weight",
-            "0.5",
-            "--ctc-only",
-            "--beam",
-            "4",
-            "--json",
-            "--nbest",
-            "4",
-        ];
-        args.extend(extra);
-        args.push(high.to_str().unwrap());
-        lasr(&args)
+        ctc_nbest_lm(
+            &model,
+            &high,
+            &["--lm", char_lm.to_str().unwrap(), "--lm-weight", "0.5"],
+            extra,
+        )
     };
     let plain = json_stdout(&with_lm(&[]))["nbest"]
         .as_array()
