@@ -1661,7 +1661,9 @@ fn ensemble_main_puts_a_later_phase_of_the_main_model_in_place() {
         ensemble_with(models, &["--main", main.to_str().unwrap()], &out)
     };
     // The main model taken out in f32 and put back gives the file it came from, byte
-    // for byte: members, weights, decoding and storage all stay.
+    // for byte, but for the CTC prior and its scale in the decoding, which a new main
+    // model would make stale: members, weights, the rest of the decoding and storage
+    // all stay.
     let main = dir.path().join("main.safetensors");
     let mut m = lasr_model::ModelFile::load(&full).unwrap();
     m.members.clear();
@@ -1669,7 +1671,14 @@ fn ensemble_main_puts_a_later_phase_of_the_main_model_in_place() {
     m.save(&main).unwrap();
     let run = with_main(&main, &[&full]);
     assert!(run.status.success(), "{}", text(&run.stderr));
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&full).unwrap());
+    assert!(
+        text(&run.stderr).contains("lasr prior"),
+        "{}",
+        text(&run.stderr)
+    );
+    let mut want = lasr_model::ModelFile::load(&full).unwrap();
+    assert!(want.drop_ctc_prior());
+    assert_eq!(std::fs::read(&out).unwrap(), want.to_bytes().unwrap());
     // Another main model must read the same features: the members were folded to the
     // ensemble's statistics.
     let mut other = lasr_model::ModelFile::load(&main).unwrap();
@@ -2087,4 +2096,107 @@ fn a_backward_lstm_lm_reranks_beside_the_forward_one() {
         err.contains("a backward LSTM language model given as --rnnlm"),
         "{err}"
     );
+}
+
+#[test]
+fn prior_measures_a_corpus_and_decoding_divides_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("tests/fixtures");
+    let tiny = fixtures.join("tiny.safetensors");
+    let (low, high) = (fixtures.join("low.wav"), fixtures.join("high.wav"));
+    let bad = dir.path().join("bad.wav");
+    std::fs::write(&bad, b"RIFF but not audio").unwrap();
+    let manifest = dir.path().join("corpus.tsv");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}\thi\n{}\tyo\n{}\thi\n",
+            low.display(),
+            high.display(),
+            bad.display()
+        ),
+    )
+    .unwrap();
+    let with = dir.path().join("prior.safetensors");
+    let (tiny_s, with_s, manifest_s) = (
+        tiny.to_str().unwrap(),
+        with.to_str().unwrap(),
+        manifest.to_str().unwrap(),
+    );
+    let v = json_stdout(&lasr(&[
+        "prior", manifest_s, "-m", tiny_s, "-o", with_s, "--json",
+    ]));
+    // The corrupt file is reported and left out; the two others are measured.
+    assert_eq!(v["utterances"], 2, "{v}");
+    let skipped = v["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{v}");
+    assert!(skipped[0]["id"].as_str().unwrap().contains("bad"), "{v}");
+    let probs = v["prior"].as_object().unwrap();
+    let sum: f64 = probs.values().map(|p| p.as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "{v}");
+    let info = json_stdout(&lasr(&["info", with_s]));
+    assert_eq!(info["ctc_prior"]["frames"], v["frames"]);
+    assert!(json_stdout(&lasr(&["info", tiny_s]))["ctc_prior"].is_null());
+
+    // Decoding with it moves the CTC scores; without it, the file decodes as before.
+    let nbest = |model: &Path, extra: &[&str]| {
+        json_stdout(&ctc_nbest(model, &high, extra))["nbest"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let plain = nbest(&tiny, &[]);
+    assert_eq!(nbest(&with, &[]), plain);
+    let divided = nbest(&with, &["--ctc-prior-scale", "1"]);
+    assert!(
+        divided
+            .iter()
+            .zip(&plain)
+            .any(|(a, b)| a["ctc_log_prob"] != b["ctc_log_prob"]),
+        "{divided:?}"
+    );
+    // Recommended in the file, it is what decoding does by default.
+    let decode = dir.path().join("decode.json");
+    std::fs::write(&decode, r#"{"ctc_only": true, "ctc_prior_scale": 1.0}"#).unwrap();
+    let packed = dir.path().join("packed.safetensors");
+    let run = lasr(&[
+        "pack",
+        with_s,
+        "--decode",
+        decode.to_str().unwrap(),
+        "-o",
+        packed.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert_eq!(nbest(&packed, &[]), divided);
+    assert_eq!(nbest(&packed, &["--ctc-prior-scale", "0"]), plain);
+
+    // Without a prior, the scale is refused, saying where a prior comes from.
+    let err = refused(&ctc_nbest(&tiny, &high, &["--ctc-prior-scale", "0.5"]));
+    assert!(
+        err.contains("no CTC prior") && err.contains("lasr prior"),
+        "{err}"
+    );
+    let err = refused(&lasr(&[
+        "pack",
+        tiny_s,
+        "--decode",
+        decode.to_str().unwrap(),
+        "-o",
+        packed.to_str().unwrap(),
+    ]));
+    assert!(err.contains("no CTC prior"), "{err}");
+
+    // Another mixture leaves the prior (and the recommended scale) behind, and says so.
+    let joined = dir.path().join("joined.safetensors");
+    let run = ensemble(&[&packed, &tiny], &joined);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("lasr prior"),
+        "{}",
+        text(&run.stderr)
+    );
+    let info = json_stdout(&lasr(&["info", joined.to_str().unwrap()]));
+    assert!(info["ctc_prior"].is_null(), "{info}");
+    assert!(info["decode"].get("ctc_prior_scale").is_none(), "{info}");
 }

@@ -158,6 +158,10 @@ enum Command {
     /// Train a speller that attends over every listener of an ensemble, for
     /// re-ranking the n-best list of a CTC search (`--ensemble-speller`).
     Speller(speller::SpellerArgs),
+    /// Measure a model's CTC label prior on a corpus (the mean over its frames of each
+    /// symbol's CTC probability, of an ensemble's mixture) and write a copy of the
+    /// model holding it, for --ctc-prior-scale.
+    Prior(PriorArgs),
     /// Show what a model file holds: sizes, parameters, features, recommended
     /// decoding and how it was trained.
     Info {
@@ -414,6 +418,35 @@ struct TrainArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  \
+    lasr prior ens.safetensors data/train-clean-5 data/train-clean-100 -o ens-prior.safetensors\n  \
+    lasr bench dev.tsv -m ens-prior.safetensors --ctc-prior-scale 0.6   # then tune the scale\n\n\
+    The corpora's transcripts are not read: any speech the model should hear will do, but\n\
+    its training data is what the prior describes (the letters' frequencies it learned).\n\
+    Changing the ensemble afterwards (members, weights, main model) drops the prior.")]
+struct PriorArgs {
+    /// Corpora: LibriSpeech-layout directories, Kaldi data directories or TSV manifests.
+    #[arg(required = true, value_name = "CORPUS")]
+    corpora: Vec<PathBuf>,
+    /// Model file; default: the built-in model.
+    #[arg(short, long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Measure only the first N utterances (by id) of all the corpora together.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// How the recurrent weights are held while measuring (default: what the model
+    /// file recommends for decoding, else f32).
+    #[arg(long, value_name = "FORMAT")]
+    weights: Option<lasr_model::WeightFormat>,
+    /// Where to write the model with its prior.
+    #[arg(short, long, value_name = "FILE")]
+    out: PathBuf,
+    /// Print the measurement as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 #[command(after_help = "Examples:\n  \
     lasr transcribe speech.flac                    # the built-in model and LM\n  \
     lasr transcribe --model model.safetensors speech.flac\n  \
@@ -554,6 +587,14 @@ struct DecodeArgs {
     /// hypotheses and re-rank them, beside --rescore's main speller (0 = off).
     #[arg(long, value_name = "W")]
     ensemble_speller: Option<f32>,
+    /// CTC beam search: divide S times the letters' label prior out of the CTC output
+    /// before the search (0 to 2; 0 = off): each letter's log-probability loses S x
+    /// (its log-prior among the letters less their mean), so the choice between
+    /// letters rests more on the sound and the language models, which count the
+    /// letters' frequencies themselves. Blank and space are untouched. The model file
+    /// must hold a prior (`lasr prior` measures one).
+    #[arg(long, value_name = "S")]
+    ctc_prior_scale: Option<f32>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the
     /// file's weights; `bf16` rounds them to bfloat16 (8 significant bits), so each step of the
     /// listener and the attention decoder reads half the bytes; `int8` stores 8-bit
@@ -675,6 +716,9 @@ impl DecodeArgs {
         }
         if let Some(w) = self.ensemble_speller {
             o.ensemble_speller_weight = w;
+        }
+        if let Some(s) = self.ctc_prior_scale {
+            o.ctc_prior_scale = s;
         }
         if let Some(n) = self.rescore_nbest {
             o.rescore_nbest = n;
@@ -1002,6 +1046,7 @@ fn main() -> ExitCode {
         Command::Lm(a) => lm(a),
         Command::Rnnlm(a) => rnnlm(a),
         Command::Speller(a) => speller::speller(a),
+        Command::Prior(a) => prior(a),
         Command::Info { model } => info(model.as_deref()),
         Command::Average { models, out } => average(&models, &out),
         Command::Ensemble {
@@ -1549,6 +1594,11 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         }
         (None, None) => {}
     }
+    let prior_note = if beam.ctc_prior_scale > 0.0 {
+        format!(" + prior {}", beam.ctc_prior_scale)
+    } else {
+        String::new()
+    };
     // The settings without a language model come first, then the same with it. Only
     // the last (the full CTC search) rescores with attention.
     let plain = lasr_model::DecodeOptions {
@@ -1623,7 +1673,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         let full = beam.lm.is_none();
         settings.push(lasr_model::BenchSetting {
             name: format!(
-                "CTC beam {}{}",
+                "CTC beam {}{prior_note}{}",
                 beam.search.beam_size,
                 if full {
                     format!("{lexicon_note}{rescore_note}")
@@ -1685,7 +1735,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             });
             settings.push(lasr_model::BenchSetting {
                 name: format!(
-                    "CTC beam {} + LM {lm_w} bonus {}{}{}",
+                    "CTC beam {}{prior_note} + LM {lm_w} bonus {}{}{}",
                     beam.search.beam_size, beam.ctc_insertion_bonus, lexicon_note, rescore_note
                 ),
                 options: lasr_model::DecodeOptions {
@@ -1799,6 +1849,101 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     })
 }
 
+fn prior(args: PriorArgs) -> Result<ExitCode> {
+    let (mut model, _) = load_model(args.model.as_deref())?;
+    let mut entries = Vec::new();
+    for c in &args.corpora {
+        let corpus = lasr_data::corpus(c)?;
+        print_warnings("skipped", &corpus.warnings);
+        entries.extend(corpus.entries);
+    }
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(n) = args.limit {
+        entries.truncate(n);
+    }
+    if entries.is_empty() {
+        bail!("no utterances in {}", paths_list(&args.corpora));
+    }
+    let format = args
+        .weights
+        .or_else(|| model.decode.as_ref().map(|d| d.weights))
+        .unwrap_or(lasr_model::WeightFormat::F32);
+    let bar = progress(entries.len(), "measuring");
+    let m = lasr_model::prior::measure(&model, format, &entries, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    for s in &m.skipped {
+        eprintln!("skipped {}: {}", s.id, s.error);
+    }
+    let symbols = model.vocab.symbols();
+    let blank = model.las.config.blank;
+    let shift = m.prior.letter_shift(&model.vocab, blank);
+    model.ctc_prior = Some(m.prior.clone());
+    model.save(&args.out)?;
+    if args.json {
+        let v = serde_json::json!({
+            "out": args.out.display().to_string(),
+            "utterances": m.utterances,
+            "audio_hours": m.seconds / 3600.0,
+            "skipped": m.skipped,
+            "frames": m.prior.frames,
+            "weights": format.to_string(),
+            "prior": by_symbol(symbols, &m.prior.probs),
+            "letter_shift": by_symbol(symbols, &shift),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let share = |k: Option<usize>| k.map_or(0.0, |k| m.prior.probs[k]);
+        // The letters from most to least probable, as the correction sees them.
+        let mut letters: Vec<usize> = (0..symbols.len()).filter(|&k| shift[k] != 0.0).collect();
+        letters.sort_by(|&a, &b| m.prior.probs[b].total_cmp(&m.prior.probs[a]));
+        let list = |ks: &[usize]| {
+            ks.iter()
+                .map(|&k| format!("{:?} {:.4}", symbols[k], m.prior.probs[k]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "measured {} utterances ({:.2} h, {} frames, {} skipped, {format} weights): \
+             blank {:.3}, space {:.3}, letters {}",
+            m.utterances,
+            m.seconds / 3600.0,
+            m.prior.frames,
+            m.skipped.len(),
+            share(Some(blank)),
+            share(model.vocab.id(' ')),
+            letters.len()
+        );
+        println!("  commonest: {}", list(&letters[..letters.len().min(5)]));
+        println!(
+            "  rarest:    {}",
+            list(&letters[letters.len().saturating_sub(5)..])
+        );
+        println!(
+            "wrote {} (decode with --ctc-prior-scale S, or recommend one with `lasr pack --decode`)",
+            args.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `{"symbol": value, ...}`.
+fn by_symbol(symbols: &[String], values: &[f32]) -> serde_json::Value {
+    symbols
+        .iter()
+        .zip(values)
+        .map(|(s, v)| (s.clone(), serde_json::json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn paths_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn info(path: Option<&Path>) -> Result<ExitCode> {
     use lasr_nn::Module;
     let (model, builtin) = load_model(path)?;
@@ -1830,6 +1975,10 @@ fn info(path: Option<&Path>) -> Result<ExitCode> {
         "ensemble_speller": model.ensemble_speller.as_ref().map(|e| serde_json::json!({
             "input_dim": e.input_dim(),
             "parameters": e.num_params(),
+        })),
+        "ctc_prior": model.ctc_prior.as_ref().map(|p| serde_json::json!({
+            "frames": p.frames,
+            "probs": by_symbol(model.vocab.symbols(), &p.probs),
         })),
         "config": c,
         "seconds_per_listener_frame": model.seconds_per_frame(),
@@ -1920,6 +2069,7 @@ fn replace_main(
         );
     }
     let new_main = lasr_model::ModelFile::load(main)?;
+    let had_prior = first.ctc_prior.is_some();
     let joined = first.with_main(new_main).with_context(|| {
         format!(
             "cannot put {} in place of the main model of {}",
@@ -1928,6 +2078,9 @@ fn replace_main(
         )
     })?;
     save_stored(joined, storage, out)?;
+    if had_prior {
+        prior_dropped(ensemble);
+    }
     println!(
         "wrote {} ({} with the main model of {})",
         out.display(),
@@ -1935,6 +2088,15 @@ fn replace_main(
         main.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says that `first`'s CTC prior did not travel to a changed ensemble.
+fn prior_dropped(first: &Path) {
+    eprintln!(
+        "note: the CTC prior of {} described its old mixture and was left out, with any \
+         recommended --ctc-prior-scale: measure it again with `lasr prior`",
+        first.display()
+    );
 }
 
 fn ensemble(
@@ -1956,6 +2118,7 @@ fn ensemble(
         .collect::<Result<Vec<_>>>()?;
     // Judged before any member leaves: an ensemble can only go first, whatever it keeps.
     let nested = !loaded[0].members.is_empty();
+    let had_prior = loaded[0].ctc_prior.is_some();
     // The main model's share takes up the dropped members' when they leave.
     let main_weight = loaded[0].main_weight();
     loaded[0]
@@ -2039,6 +2202,9 @@ fn ensemble(
         );
     }
     save_stored(joined, storage, out)?;
+    if had_prior {
+        prior_dropped(&models[0]);
+    }
     if n == 1 {
         println!(
             "wrote {} (the main model of {} alone)",

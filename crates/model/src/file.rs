@@ -18,6 +18,10 @@
 //!   width as JSON (`{"model_config": {..}, "input_dim": 1856}`), its tensors named
 //!   `ensemble_speller.proj.weight`, `ensemble_speller.speller.emb.weight` and so on
 //!   ([`crate::ensemble_speller`]).
+//! - `lasr.ctc_prior` (any format; may be absent): the CTC output's label prior
+//!   ([`CtcPrior`] as JSON, `{"probs": [..], "frames": N}`), measured on a corpus by
+//!   `lasr prior`, for [`DecodeOptions::ctc_prior_scale`]. Files without it stay
+//!   readable by earlier versions; a file recommending a scale is refused by them.
 //!
 //! Format 3 stores the tensors in IEEE half precision (F16; [`Storage::F16`], a
 //! tensor f16 cannot hold stays F32), with or without members. Format 4 adds int8
@@ -42,6 +46,7 @@ use crate::ensemble::CtcMember;
 use crate::ensemble_speller::EnsembleSpeller;
 use crate::error::{Error, Result};
 use crate::las::Las;
+use crate::prior::CtcPrior;
 use crate::transcribe::DecodeOptions;
 
 /// Version of the layout above; bumped on any incompatible change. Format 2 added
@@ -75,6 +80,11 @@ pub struct ModelFile {
     /// A speller attending over the main model's and every member's listener states,
     /// for re-ranking ([`crate::ensemble_speller`]); usually none.
     pub ensemble_speller: Option<EnsembleSpeller>,
+    /// How often the CTC output (an ensemble's mixture) puts its probability on each
+    /// symbol, measured on a corpus ([`crate::prior`]); usually none. Anything that
+    /// changes the output (other members, weights or main model, averaging) drops
+    /// it, with the recommended decoding's scale ([`ModelFile::drop_ctc_prior`]).
+    pub ctc_prior: Option<CtcPrior>,
 }
 
 /// How the ensemble speller is described in `lasr.ensemble_speller`.
@@ -124,6 +134,7 @@ impl ModelFile {
             members: Vec::new(),
             storage: Storage::F32,
             ensemble_speller: None,
+            ctc_prior: None,
         }
     }
 
@@ -172,6 +183,7 @@ impl ModelFile {
         let mut out = first.clone();
         out.storage = Storage::F32;
         out.drop_ensemble_speller();
+        out.drop_ctc_prior();
         let mut k = 0;
         out.las.visit_mut("", &mut |_, mut t| {
             for (v, &s) in t.iter_mut().zip(&sums[k]) {
@@ -243,6 +255,8 @@ impl ModelFile {
         if !others.is_empty() {
             out.drop_ensemble_speller();
         }
+        // New shares or new members: another mixture, another prior.
+        out.drop_ctc_prior();
         let (held, added) = weights[1..].split_at(out.members.len());
         for (m, &w) in out.members.iter_mut().zip(held) {
             m.weight = w;
@@ -297,6 +311,7 @@ impl ModelFile {
             ..self
         };
         out.drop_ensemble_speller();
+        out.drop_ctc_prior();
         out.validate()?;
         Ok(out)
     }
@@ -336,6 +351,7 @@ impl ModelFile {
             decode: None,
             members: Vec::new(),
             ensemble_speller: None,
+            ctc_prior: None,
             ..self
         };
         out.validate()?;
@@ -366,6 +382,7 @@ impl ModelFile {
         self.members.retain(|_| keep.next() == Some(true));
         if !numbers.is_empty() {
             self.drop_ensemble_speller();
+            self.drop_ctc_prior();
         }
         Ok(())
     }
@@ -380,9 +397,22 @@ impl ModelFile {
         self.ensemble_speller.take().is_some()
     }
 
+    /// Leaves out the CTC prior, and its scale in the recommended decoding (the prior
+    /// was measured on an output that a change of models or weights changes; measure
+    /// it again with `lasr prior`). True if there was one.
+    pub fn drop_ctc_prior(&mut self) -> bool {
+        if let Some(d) = &mut self.decode {
+            d.ctc_prior_scale = 0.0;
+        }
+        self.ctc_prior.take().is_some()
+    }
+
     /// Checks that the parts fit together: vocabulary size and specials, feature width.
     pub fn validate(&self) -> Result<()> {
         let c = &self.las.config;
+        if let Some(p) = &self.ctc_prior {
+            p.validate(c.vocab_size)?;
+        }
         if let Some(d) = &self.decode {
             d.validate(self)?;
         }
@@ -617,6 +647,9 @@ impl ModelFile {
             );
             parts.push((ENSEMBLE_SPELLER, es));
         }
+        if let Some(p) = &self.ctc_prior {
+            meta.insert("lasr.ctc_prior".to_string(), json(p));
+        }
         Ok(checkpoint::to_bytes_parts_as(&parts, self.storage, &meta)?)
     }
 
@@ -675,6 +708,13 @@ impl ModelFile {
             .map(|s| {
                 serde_json::from_str::<DecodeOptions>(s)
                     .map_err(|e| Error::Model(format!("lasr.decode: {e}")))
+            })
+            .transpose()?;
+        let ctc_prior = meta
+            .get("lasr.ctc_prior")
+            .map(|s| {
+                serde_json::from_str::<CtcPrior>(s)
+                    .map_err(|e| Error::Model(format!("lasr.ctc_prior: {e}")))
             })
             .transpose()?;
         let described: Vec<MemberMeta> = match meta.get("lasr.members") {
@@ -800,6 +840,7 @@ impl ModelFile {
             members,
             storage,
             ensemble_speller,
+            ctc_prior,
         };
         file.validate()?;
         Ok(file)

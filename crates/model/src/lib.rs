@@ -14,6 +14,7 @@ pub mod error;
 pub mod file;
 pub mod infer;
 pub mod las;
+pub mod prior;
 pub mod rnnlm;
 pub mod train;
 pub mod transcribe;
@@ -31,6 +32,7 @@ pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{InferenceWeights, SpellerState, UtteranceDecoder};
 pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
 pub use lasr_nn::{Storage, WeightFormat};
+pub use prior::{CtcPrior, PriorSums};
 pub use rnnlm::{
     train_rnnlm, RnnLm, RnnLmConfig, RnnLmEpoch, RnnLmProgress, RnnLmScorer, RnnLmTrainOptions,
 };

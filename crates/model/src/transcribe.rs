@@ -253,6 +253,13 @@ pub struct DecodeOptions {
     /// speller term. 0 turns it off; left out of the model file when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub ensemble_speller_weight: f32,
+    /// CTC prefix beam search: how much of the letters' label prior to divide out of
+    /// the CTC output before the search, `s` in `ln p(k | x_t) - s * (ln q_k - sum_j
+    /// q_j ln q_j)` for each letter `k` ([`crate::prior`]; the model file must hold a
+    /// prior, from `lasr prior`). 0 turns it off; left out of the model file when 0,
+    /// so that files without it stay readable by earlier versions.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ctc_prior_scale: f32,
     /// The weight format the other settings were chosen with, to make
     /// [`ModelFile::inference_weights`] in (decoding itself uses whatever weights it
     /// is given). f32, the file's weights unchanged, unless set; left out of the
@@ -315,6 +322,7 @@ impl Default for DecodeOptions {
             rnnlm: None,
             rnnlm_backward: None,
             ensemble_speller_weight: 0.0,
+            ctc_prior_scale: 0.0,
             weights: WeightFormat::F32,
         }
     }
@@ -412,6 +420,18 @@ impl DecodeOptions {
                         .into(),
                 ));
             }
+        }
+        if !(0.0..=2.0).contains(&self.ctc_prior_scale) {
+            return Err(Error::Model(format!(
+                "ctc_prior_scale {} must lie in [0, 2] (1 divides the letters' whole prior out)",
+                self.ctc_prior_scale
+            )));
+        }
+        if self.ctc_prior_scale > 0.0 && model.ctc_prior.is_none() {
+            return Err(Error::Model(
+                "ctc_prior_scale asked for, but this model file holds no CTC prior (lasr prior measures one)"
+                    .into(),
+            ));
         }
         if !(0.0..=2.0).contains(&self.rnnlm_share) {
             return Err(Error::Model(format!(
@@ -711,7 +731,19 @@ impl ModelFile {
         options: &DecodeOptions,
     ) -> Result<Chunk> {
         let (frames, v) = logits.dim();
-        let lp = ctc_log_probs(logits);
+        let mut lp = ctc_log_probs(logits);
+        if options.ctc_prior_scale > 0.0 {
+            let prior = self.ctc_prior.as_ref().ok_or_else(|| {
+                Error::Model(
+                    "ctc_prior_scale asked for, but this model file holds no CTC prior".into(),
+                )
+            })?;
+            crate::prior::correct(
+                &mut lp,
+                &prior.letter_shift(&self.vocab, self.las.config.blank),
+                options.ctc_prior_scale,
+            );
+        }
         let search = lasr_decode::CtcSearchOptions {
             beam_size: options.search.beam_size,
             lm_weight: if options.lm.is_some() {
