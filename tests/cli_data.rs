@@ -273,6 +273,12 @@ fn train_init_from_an_ensemble_trains_its_main_model_alone() {
         ens.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // A CTC prior describes the initial weights' output: the trained model leaves it.
+    let mut with_prior = lasr_model::ModelFile::load(&ens).unwrap();
+    let mut probs = vec![0.0f32; with_prior.vocab.len()];
+    probs[0] = 1.0;
+    with_prior.ctc_prior = Some(lasr_model::CtcPrior { probs, frames: 1 });
+    with_prior.save(&ens).unwrap();
     let run = dir.path().join("run2");
     let init = [
         "--init",
@@ -293,6 +299,7 @@ fn train_init_from_an_ensemble_trains_its_main_model_alone() {
     // to half precision there), with no members, stored in f32.
     let trained = lasr_model::ModelFile::load(&run.join("model.safetensors")).unwrap();
     assert!(trained.members.is_empty());
+    assert!(trained.ctc_prior.is_none());
     assert_eq!(trained.storage, lasr_nn::Storage::F32);
     assert_eq!(tensors(&ens), tensors(&run.join("model.safetensors")));
 }

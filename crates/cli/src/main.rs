@@ -2802,6 +2802,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             decode: None,
             // It heard the listeners as they were.
             ensemble_speller: None,
+            // It measured the initial weights' output.
+            ctc_prior: None,
             ..m
         },
         None => {
