@@ -39,7 +39,9 @@ pub struct Alternative {
     pub text: String,
     /// Sum of token log-probabilities (natural log), `<eos>` included.
     pub log_prob: f64,
-    /// CTC log-probability of the text, when it was used to rank.
+    /// CTC log-probability of the text, when it was used to rank (in a CTC prefix
+    /// beam search with `ctc_prior_scale`, of the output with the letters' prior
+    /// divided out, as the search ranked it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ctc_log_prob: Option<f64>,
     /// The attention decoder's log-probability of the text (`<eos>` included), when
