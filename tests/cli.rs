@@ -1647,6 +1647,8 @@ fn ensemble_joins_models_that_read_alike() {
 fn builtin_main_model(dir: &Path) -> PathBuf {
     let mut m = lasr_model::ModelFile::load(&repo().join("assets/model.safetensors")).unwrap();
     m.members.clear();
+    // The prior was the mixture's.
+    m.drop_ctc_prior();
     let path = dir.join("builtin-main.safetensors");
     m.save(&path).unwrap();
     path
@@ -1667,6 +1669,7 @@ fn ensemble_main_puts_a_later_phase_of_the_main_model_in_place() {
     let main = dir.path().join("main.safetensors");
     let mut m = lasr_model::ModelFile::load(&full).unwrap();
     m.members.clear();
+    m.drop_ctc_prior();
     m.storage = lasr_nn::Storage::F32;
     m.save(&main).unwrap();
     let run = with_main(&main, &[&full]);
@@ -2134,6 +2137,14 @@ fn prior_measures_a_corpus_and_decoding_divides_it_out() {
     let probs = v["prior"].as_object().unwrap();
     let sum: f64 = probs.values().map(|p| p.as_f64().unwrap()).sum();
     assert!((sum - 1.0).abs() < 1e-4, "{v}");
+    // The letters the model spelled are corrected; blank, space and specials never.
+    let shift = &v["letter_shift"];
+    for s in ["<pad>", "<sos>", "<eos>", "<unk>", " "] {
+        assert_eq!(shift[s], 0.0, "{s}: {v}");
+    }
+    for s in ["h", "i", "y", "o"] {
+        assert!(shift[s].as_f64().unwrap().abs() > 1e-3, "{s}: {v}");
+    }
     let info = json_stdout(&lasr(&["info", with_s]));
     assert_eq!(info["ctc_prior"]["frames"], v["frames"]);
     assert!(json_stdout(&lasr(&["info", tiny_s]))["ctc_prior"].is_null());
@@ -2155,6 +2166,36 @@ fn prior_measures_a_corpus_and_decoding_divides_it_out() {
             .any(|(a, b)| a["ctc_log_prob"] != b["ctc_log_prob"]),
         "{divided:?}"
     );
+    // At beam 1 without an LM too (the prefix search then stands in for the best path).
+    let greedy = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["transcribe", "-m", model.to_str().unwrap()];
+        args.extend(["--ctc-only", "--beam", "1", "--no-lm", "--json"]);
+        args.extend(extra);
+        args.push(high.to_str().unwrap());
+        json_stdout(&lasr(&args))["nbest"][0]["ctc_log_prob"].clone()
+    };
+    assert_ne!(
+        greedy(&with, &["--ctc-prior-scale", "1"]),
+        greedy(&with, &[])
+    );
+    // Another front end keeps the prior, and says it was measured with the old one.
+    let reshaped = dir.path().join("reshaped.safetensors");
+    let run = lasr(&[
+        "pack",
+        with_s,
+        "--utterance-shape",
+        "true",
+        "-o",
+        reshaped.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("old front end"),
+        "{}",
+        text(&run.stderr)
+    );
+    let info = json_stdout(&lasr(&["info", reshaped.to_str().unwrap()]));
+    assert_eq!(info["ctc_prior"]["frames"], v["frames"]);
     // Recommended in the file, it is what decoding does by default.
     let decode = dir.path().join("decode.json");
     std::fs::write(&decode, r#"{"ctc_only": true, "ctc_prior_scale": 1.0}"#).unwrap();

@@ -419,11 +419,12 @@ struct TrainArgs {
 
 #[derive(Args)]
 #[command(after_help = "Example:\n  \
-    lasr prior ens.safetensors data/train-clean-5 data/train-clean-100 -o ens-prior.safetensors\n  \
+    lasr prior -m ens.safetensors data/train-clean-5 data/train-clean-100 -o ens-prior.safetensors\n  \
     lasr bench dev.tsv -m ens-prior.safetensors --ctc-prior-scale 0.6   # then tune the scale\n\n\
     The corpora's transcripts are not read: any speech the model should hear will do, but\n\
     its training data is what the prior describes (the letters' frequencies it learned).\n\
-    Changing the ensemble afterwards (members, weights, main model) drops the prior.")]
+    Changing the ensemble afterwards (members, weights, main model) drops the prior; a\n\
+    scale the file already recommends stays.")]
 struct PriorArgs {
     /// Corpora: LibriSpeech-layout directories, Kaldi data directories or TSV manifests.
     #[arg(required = true, value_name = "CORPUS")]
@@ -587,12 +588,13 @@ struct DecodeArgs {
     /// hypotheses and re-rank them, beside --rescore's main speller (0 = off).
     #[arg(long, value_name = "W")]
     ensemble_speller: Option<f32>,
-    /// CTC beam search: divide S times the letters' label prior out of the CTC output
-    /// before the search (0 to 2; 0 = off): each letter's log-probability loses S x
-    /// (its log-prior among the letters less their mean), so the choice between
-    /// letters rests more on the sound and the language models, which count the
-    /// letters' frequencies themselves. Blank and space are untouched. The model file
-    /// must hold a prior (`lasr prior` measures one).
+    /// CTC-only decoding: divide S times the letters' label prior out of the CTC
+    /// output before the prefix search (0 to 2; 0 = off): each letter's
+    /// log-probability loses S x (its log-prior among the letters less their
+    /// prior-weighted mean), so the choice between letters rests more on the sound and
+    /// the language models, which count the letters' frequencies themselves. Blank and
+    /// space are untouched; attention searches ignore it. The model file must hold a
+    /// prior (`lasr prior` measures one).
     #[arg(long, value_name = "S")]
     ctc_prior_scale: Option<f32>,
     /// How the recurrent weights are held while decoding: `f32` is exactly the
@@ -1746,6 +1748,12 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             });
         }
     }
+    // Attention searches never read the prior: a report should not say they did.
+    for s in &mut settings {
+        if !s.options.ctc_only {
+            s.options.ctc_prior_scale = 0.0;
+        }
+    }
     // A model trained with CTC alone has an untrained speller: its attention
     // settings would only measure noise (and crawl to the length limit).
     if !model.las.config.trains_speller() {
@@ -1893,8 +1901,9 @@ fn prior(args: PriorArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let share = |k: Option<usize>| k.map_or(0.0, |k| m.prior.probs[k]);
-        // The letters from most to least probable, as the correction sees them.
-        let mut letters: Vec<usize> = (0..symbols.len()).filter(|&k| shift[k] != 0.0).collect();
+        // Both ends of the ranking: the correction moves the rare letters most.
+        let is_letter = m.prior.letters(&model.vocab, blank);
+        let mut letters: Vec<usize> = (0..symbols.len()).filter(|&k| is_letter[k]).collect();
         letters.sort_by(|&a, &b| m.prior.probs[b].total_cmp(&m.prior.probs[a]));
         let list = |ks: &[usize]| {
             ks.iter()
@@ -2007,6 +2016,9 @@ fn average(models: &[PathBuf], out: &Path) -> Result<ExitCode> {
         .collect::<Result<Vec<_>>>()?;
     let mean = lasr_model::ModelFile::average(&loaded)?;
     mean.save(out)?;
+    if loaded[0].ctc_prior.is_some() {
+        prior_dropped(&models[0]);
+    }
     println!("wrote {} (mean of {} models)", out.display(), models.len());
     Ok(ExitCode::SUCCESS)
 }
@@ -2090,10 +2102,10 @@ fn replace_main(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Says that `first`'s CTC prior did not travel to a changed ensemble.
+/// Says that `first`'s CTC prior did not travel to a model with another output.
 fn prior_dropped(first: &Path) {
     eprintln!(
-        "note: the CTC prior of {} described its old mixture and was left out, with any \
+        "note: the CTC prior of {} described its old output and was left out, with any \
          recommended --ctc-prior-scale: measure it again with `lasr prior`",
         first.display()
     );
@@ -2201,8 +2213,9 @@ fn ensemble(
             },
         );
     }
+    let prior_left = had_prior && joined.ctc_prior.is_none();
     save_stored(joined, storage, out)?;
-    if had_prior {
+    if prior_left {
         prior_dropped(&models[0]);
     }
     if n == 1 {
@@ -2230,12 +2243,22 @@ fn pack(
     storage: Option<StorageArg>,
 ) -> Result<ExitCode> {
     let mut m = lasr_model::ModelFile::load(model)?;
+    let front = m.front_end.clone();
     if let Some(v) = utterance_shape {
         m.front_end.utterance_shape = v;
     }
     if let Some(p) = utterance_spread {
         m.front_end.utterance_spread = p;
         m.front_end.validate().context("--utterance-spread")?;
+    }
+    // Kept: another front end moves the output little, and a prior is a property of
+    // the training text more than of the features. Said, so it can be measured again.
+    if m.front_end != front && m.ctc_prior.is_some() {
+        eprintln!(
+            "note: {}'s CTC prior was measured with the old front end; it is kept \
+             (measure it again with `lasr prior` to match the new one)",
+            model.display()
+        );
     }
     if let Some(decode) = decode {
         let text = std::fs::read_to_string(decode)

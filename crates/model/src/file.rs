@@ -141,8 +141,9 @@ impl ModelFile {
     /// The element-wise mean of the parameters of `models` (checkpoint averaging, as
     /// ESPnet averages its last or best epochs): every model must have the same
     /// config, vocabulary and front end (CMVN statistics included), i.e. come from one
-    /// run. Front end, vocabulary, info and decoding come from the first; the mean is
-    /// stored in f32 whatever the inputs were.
+    /// run. Front end, vocabulary, info and decoding come from the first (but a CTC
+    /// prior, which the mean's output would not match); the mean is stored in f32
+    /// whatever the inputs were.
     pub fn average(models: &[ModelFile]) -> Result<ModelFile> {
         let Some(first) = models.first() else {
             return Err(Error::Model("nothing to average".into()));
@@ -203,7 +204,8 @@ impl ModelFile {
     /// same time reduction. A model normalised with other CMVN statistics has the
     /// difference folded into its first layer ([`crate::ensemble::fold_cmvn`]).
     /// `main`'s speller, info and recommended decoding are kept (its ensemble speller
-    /// only when no model is added); tune the decoding again.
+    /// only when no model is added; its CTC prior, and with it the decoding's prior
+    /// scale, only when the mixture stays as it was); tune the decoding again.
     ///
     /// With no `others`, this re-weights `main`'s members (and a `main` without
     /// members comes back as it was, its one weight being 1).
@@ -255,8 +257,15 @@ impl ModelFile {
         if !others.is_empty() {
             out.drop_ensemble_speller();
         }
+        let same_mixture = others.is_empty()
+            && std::iter::once(out.main_weight())
+                .chain(out.members.iter().map(|m| m.weight))
+                .zip(weights)
+                .all(|(a, b)| (a - b).abs() <= 1e-6);
         // New shares or new members: another mixture, another prior.
-        out.drop_ctc_prior();
+        if !same_mixture {
+            out.drop_ctc_prior();
+        }
         let (held, added) = weights[1..].split_at(out.members.len());
         for (m, &w) in out.members.iter_mut().zip(held) {
             m.weight = w;
@@ -286,7 +295,8 @@ impl ModelFile {
     /// This ensemble with `main` in place of its main model (listener, speller and CTC
     /// head, and the training record that goes with them); the members, their weights,
     /// the recommended decoding and the storage stay; an ensemble speller, which heard
-    /// the old main listener, is dropped ([`ModelFile::drop_ensemble_speller`]). The members were folded to this
+    /// the old main listener, is dropped ([`ModelFile::drop_ensemble_speller`]), and
+    /// so is the CTC prior of the old mixture ([`ModelFile::drop_ctc_prior`]). The members were folded to this
     /// file's CMVN statistics, so `main` must read exactly its front end (statistics
     /// included) and spell with its vocabulary: a later phase of the main model
     /// (`lasr train --init`) does. The decoding was tuned for the old main model: tune
@@ -362,7 +372,7 @@ impl ModelFile {
     /// `member.1`, `member.2`, ... and `lasr info`'s list number them); the others keep
     /// their order and weights, and the main model's share (the rest of 1) takes up the
     /// dropped weights until [`ModelFile::ensemble`] gives new ones; an ensemble speller
-    /// is dropped with them. Refuses a number that is not a member or is given twice,
+    /// and the CTC prior are dropped with them. Refuses a number that is not a member or is given twice,
     /// leaving `self` as it was.
     pub fn drop_members(&mut self, numbers: &[usize]) -> Result<()> {
         let n = self.members.len();
@@ -410,18 +420,18 @@ impl ModelFile {
     /// Checks that the parts fit together: vocabulary size and specials, feature width.
     pub fn validate(&self) -> Result<()> {
         let c = &self.las.config;
-        if let Some(p) = &self.ctc_prior {
-            p.validate(c.vocab_size)?;
-        }
-        if let Some(d) = &self.decode {
-            d.validate(self)?;
-        }
         if self.vocab.len() != c.vocab_size {
             return Err(Error::Model(format!(
                 "vocabulary has {} symbols, the model outputs {}",
                 self.vocab.len(),
                 c.vocab_size
             )));
+        }
+        if let Some(p) = &self.ctc_prior {
+            p.validate(c.vocab_size)?;
+        }
+        if let Some(d) = &self.decode {
+            d.validate(self)?;
         }
         if c.sos != Vocab::SOS || c.eos != Vocab::EOS {
             return Err(Error::Model(format!(

@@ -12,11 +12,15 @@
 //! Here the correction touches the letters only: the blank, the word separator, the
 //! special symbols and any symbol the model all but never outputs keep their
 //! log-probabilities. Among the letters it is centred, `ln q_k - sum_j q_j ln q_j`
-//! with `q` the prior restricted to the letters, so it moves probability between
-//! letters without making letters as a whole likelier than blanks or word ends,
-//! which `ctc_insertion_bonus` and the word model's settings balance. Correcting the
-//! space as well cost deletions on the second tuning set (DEVELOPERS.md, "Twenty-second
-//! session").
+//! with `q` the prior restricted to the letters: its prior-weighted mean is zero, so
+//! it mostly moves probability between letters and leaves the balance of letters
+//! against blanks and word ends, which `ctc_insertion_bonus` and the word model's
+//! settings hold, nearly where it was (at a frame shaped like the prior, the letters'
+//! total probability grows by Jensen's inequality: x1.11 for the shipped prior at
+//! scale 0.6). Correcting the space as well cost deletions on the second tuning set
+//! (DEVELOPERS.md, "Twenty-second session"). A letter's share is floored at
+//! [`MIN_LETTER_SHARE`] so that one the model barely outputs is not boosted without
+//! bound.
 //!
 //! The prior is measured on a corpus ([`PriorSums`], `lasr prior`): the mean over
 //! its frames of each symbol's posterior, of the model file's own output (an
@@ -38,6 +42,13 @@ use crate::file::ModelFile;
 /// outputs it (the specials, letters the training text lacked), and its logarithm
 /// would say nothing about the transcripts.
 pub const MIN_LETTER_PRIOR: f32 = 1e-5;
+
+/// The smallest share among the letters `q_k` the correction reads: rarer letters are
+/// boosted as if they had this share. Below every letter of the shipped prior (`z`,
+/// the rarest, has 5e-4), it caps the boost of a letter just above
+/// [`MIN_LETTER_PRIOR`] at `scale x (ln 1e4 + sum_j q_j ln q_j)` nats per frame (about
+/// 6.3 per unit of scale with the shipped prior's letters).
+pub const MIN_LETTER_SHARE: f64 = 1e-4;
 
 /// How often, frame by frame, a model puts its CTC probability on each symbol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,31 +89,42 @@ impl CtcPrior {
         Ok(())
     }
 
+    /// Which symbols `[V]` the correction touches: all but `blank`, the word
+    /// separator, the specials and symbols below [`MIN_LETTER_PRIOR`].
+    pub fn letters(&self, vocab: &Vocab, blank: usize) -> Vec<bool> {
+        let space = vocab.id(' ');
+        (0..self.probs.len())
+            .map(|k| {
+                k != blank
+                    && k > Vocab::UNK
+                    && Some(k) != space
+                    && self.probs[k] >= MIN_LETTER_PRIOR
+            })
+            .collect()
+    }
+
     /// What the correction subtracts, per unit of scale, from each symbol's CTC
     /// log-probability at every frame `[V]`: `ln q_k - sum_j q_j ln q_j` for the
-    /// letters (see the module notes; `q` is the prior restricted to them), 0 for
-    /// `blank`, the word separator, the specials and symbols below
-    /// [`MIN_LETTER_PRIOR`].
+    /// [`CtcPrior::letters`] (see the module notes; `q` is the prior restricted to
+    /// them, each `ln q` floored at `ln MIN_LETTER_SHARE`), 0 for the rest.
     pub fn letter_shift(&self, vocab: &Vocab, blank: usize) -> Vec<f32> {
-        let space = vocab.id(' ');
-        let letter = |k: usize| {
-            k != blank && k > Vocab::UNK && Some(k) != space && self.probs[k] >= MIN_LETTER_PRIOR
-        };
+        let letters = self.letters(vocab, blank);
         let mass: f64 = (0..self.probs.len())
-            .filter(|&k| letter(k))
+            .filter(|&k| letters[k])
             .map(|k| f64::from(self.probs[k]))
             .sum();
         if mass <= 0.0 {
             return vec![0.0; self.probs.len()];
         }
-        let ln_q = |k: usize| (f64::from(self.probs[k]) / mass).ln();
+        let q = |k: usize| f64::from(self.probs[k]) / mass;
+        let ln_q = |k: usize| q(k).max(MIN_LETTER_SHARE).ln();
         let mean: f64 = (0..self.probs.len())
-            .filter(|&k| letter(k))
-            .map(|k| f64::from(self.probs[k]) / mass * ln_q(k))
+            .filter(|&k| letters[k])
+            .map(|k| q(k) * ln_q(k))
             .sum();
         (0..self.probs.len())
             .map(|k| {
-                if letter(k) {
+                if letters[k] {
                     (ln_q(k) - mean) as f32
                 } else {
                     0.0
@@ -128,12 +150,23 @@ pub fn correct(log_probs: &mut Array2<f32>, shift: &[f32], scale: f32) {
 pub struct PriorSums {
     /// Per symbol, the sum of its posterior over the frames added.
     pub sums: Vec<f64>,
+    /// Frames added.
     pub frames: u64,
 }
 
 impl PriorSums {
-    /// Adds the frames of one utterance's CTC log-probabilities `[U, V]`.
+    /// Adds the frames of one utterance's CTC log-probabilities `[U, V]`; one with a
+    /// NaN or an infinite probability is refused and adds nothing (one such frame
+    /// would spoil every sum).
     pub fn add(&mut self, log_probs: ArrayView2<f32>) -> Result<()> {
+        if log_probs
+            .iter()
+            .any(|lp| lp.is_nan() || *lp == f32::INFINITY)
+        {
+            return Err(Error::Model(
+                "CTC prior: the model's output holds a NaN or an infinite probability".into(),
+            ));
+        }
         let v = log_probs.ncols();
         if self.sums.is_empty() {
             self.sums = vec![0.0; v];
@@ -191,6 +224,7 @@ impl PriorSums {
 /// A measured prior and what went into it.
 #[derive(Debug, Clone)]
 pub struct PriorMeasurement {
+    /// The mean posterior over every frame of the utterances measured.
     pub prior: CtcPrior,
     /// Utterances measured.
     pub utterances: usize,
@@ -212,6 +246,11 @@ pub fn measure(
     entries: &[Entry],
     tick: &(dyn Fn() + Sync),
 ) -> Result<PriorMeasurement> {
+    if model.las.ctc.is_none() {
+        return Err(Error::Model(
+            "the model has no CTC head, so no CTC output to measure a prior of".into(),
+        ));
+    }
     let weights = model.inference_weights(format);
     let front = model.front_end()?;
     let results: Vec<Result<(PriorSums, f64)>> = entries
@@ -250,6 +289,15 @@ pub fn measure(
                 error: err.to_string(),
             }),
         }
+    }
+    if utterances == 0 {
+        let why = skipped.first().map_or("there were none".to_string(), |s| {
+            format!("the first, {}: {}", s.id, s.error)
+        });
+        return Err(Error::Model(format!(
+            "no utterance could be measured ({} skipped; {why})",
+            skipped.len()
+        )));
     }
     Ok(PriorMeasurement {
         prior: total.prior()?,
@@ -303,6 +351,27 @@ mod tests {
     }
 
     #[test]
+    fn a_letter_the_model_barely_outputs_is_boosted_as_if_it_had_the_least_share() {
+        let vocab = Vocab::librispeech();
+        let mut p = vec![0.0f32; vocab.len()];
+        p[0] = 0.5;
+        p[6] = 0.25;
+        p[7] = 0.25 - 2e-5;
+        p[8] = 2e-5;
+        let pr = prior(p);
+        let shift = pr.letter_shift(&vocab, 0);
+        // q = 0.5, 0.5 - 4e-5, 4e-5; the last read as MIN_LETTER_SHARE.
+        let q = [0.5f64, 0.5 - 4e-5, 4e-5];
+        let mean = q[0] * q[0].ln() + q[1] * q[1].ln() + q[2] * MIN_LETTER_SHARE.ln();
+        assert!((f64::from(shift[8]) - (MIN_LETTER_SHARE.ln() - mean)).abs() < 1e-5);
+        assert!((f64::from(shift[6]) - (q[0].ln() - mean)).abs() < 1e-5);
+        assert_eq!(
+            pr.letters(&vocab, 0)[..10],
+            [false, false, false, false, false, false, true, true, true, false]
+        );
+    }
+
+    #[test]
     fn a_uniform_letter_prior_changes_nothing() {
         let vocab = Vocab::librispeech();
         let mut p = vec![0.0f32; vocab.len()];
@@ -333,6 +402,10 @@ mod tests {
         let mut wrong = PriorSums::default();
         wrong.add(a.view()).unwrap();
         assert!(wrong.add(array![[0.0f32; 4]].view()).is_err());
+        // A NaN frame is refused and leaves the sums as they were.
+        let before = wrong.clone();
+        assert!(wrong.add(array![[f32::NAN, 0.0, 0.0]].view()).is_err());
+        assert_eq!(wrong, before);
         assert!(PriorSums::default().prior().is_err());
     }
 
@@ -344,6 +417,11 @@ mod tests {
         assert!(e.contains("sum to"), "{e}");
         let e = prior(vec![1.5, -0.5]).validate(2).unwrap_err().to_string();
         assert!(e.contains("symbol 1"), "{e}");
+        let e = prior(vec![f32::NAN, 1.0])
+            .validate(2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("symbol 0 has probability NaN"), "{e}");
         let e = CtcPrior {
             probs: vec![1.0],
             frames: 0,

@@ -255,11 +255,14 @@ pub struct DecodeOptions {
     /// speller term. 0 turns it off; left out of the model file when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub ensemble_speller_weight: f32,
-    /// CTC prefix beam search: how much of the letters' label prior to divide out of
-    /// the CTC output before the search, `s` in `ln p(k | x_t) - s * (ln q_k - sum_j
-    /// q_j ln q_j)` for each letter `k` ([`crate::prior`]; the model file must hold a
-    /// prior, from `lasr prior`). 0 turns it off; left out of the model file when 0,
-    /// so that files without it stay readable by earlier versions.
+    /// CTC-only decoding (`ctc_only`): how much of the letters' label prior to divide
+    /// out of the CTC output before the prefix search, `s` in `ln p(k | x_t) - s * (ln
+    /// q_k - sum_j q_j ln q_j)` for each letter `k` ([`crate::prior`]; the model file
+    /// must hold a prior, from `lasr prior`). Above 0 the prefix search runs even at
+    /// beam 1 with no LM (in place of the best path, whose score reads normalised
+    /// rows). Attention searches, with or without CTC scores, ignore it. 0 turns it
+    /// off; left out of the model file when 0, so that files without it stay readable
+    /// by earlier versions.
     #[serde(skip_serializing_if = "is_zero")]
     pub ctc_prior_scale: f32,
     /// The weight format the other settings were chosen with, to make
@@ -429,11 +432,16 @@ impl DecodeOptions {
                 self.ctc_prior_scale
             )));
         }
-        if self.ctc_prior_scale > 0.0 && model.ctc_prior.is_none() {
-            return Err(Error::Model(
-                "ctc_prior_scale asked for, but this model file holds no CTC prior (lasr prior measures one)"
-                    .into(),
-            ));
+        if self.ctc_prior_scale > 0.0 {
+            match &model.ctc_prior {
+                None => {
+                    return Err(Error::Model(
+                        "ctc_prior_scale asked for, but this model file holds no CTC prior (lasr prior measures one)"
+                            .into(),
+                    ))
+                }
+                Some(p) => p.validate(model.las.config.vocab_size)?,
+            }
         }
         if !(0.0..=2.0).contains(&self.rnnlm_share) {
             return Err(Error::Model(format!(
@@ -613,6 +621,9 @@ impl ModelFile {
                 || ((options.rnnlm.is_some() || options.rnnlm_backward.is_some())
                     && options.rnnlm_share > 0.0)
                 || speller.is_some()
+                // The best path's score reads normalised rows; the prefix search
+                // (one prefix per frame at beam 1) takes the corrected output as is.
+                || options.ctc_prior_scale > 0.0
             {
                 let ensemble = match speller {
                     Some(es) => {

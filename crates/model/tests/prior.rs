@@ -25,6 +25,22 @@ fn model(seed: u64, listener_hidden: usize) -> ModelFile {
     )
 }
 
+/// A safetensors file's bytes with metadata `key` set to `value` (the header
+/// rewritten; tensor offsets are relative to the data, which stays as it was).
+fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"][key] = serde_json::Value::String(value.into());
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(&bytes[8 + n..]);
+    out
+}
+
 fn feats(seed: u64, frames: usize) -> Array2<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     lasr_nn::init::uniform((frames, 80), 1.0, &mut rng)
@@ -85,6 +101,46 @@ fn the_prior_is_the_mixtures_mean_posterior_and_travels_in_the_file() {
     model(1, 4).save(&path).unwrap();
     let meta = lasr_nn::checkpoint::metadata(&std::fs::read(&path).unwrap()).unwrap();
     assert!(!meta.contains_key("lasr.ctc_prior"));
+
+    // A file whose prior is broken is refused on loading, naming the key and the
+    // problem (NaN cannot be written in JSON: it comes as null).
+    for (value, why) in [
+        ("not json", "lasr.ctc_prior"),
+        (
+            r#"{"probs": [0.5, 0.5], "frames": 3}"#,
+            "2 probabilities for 32 symbols",
+        ),
+        (r#"{"probs": null, "frames": 3}"#, "lasr.ctc_prior"),
+        (
+            r#"{"probs": [0.5, 0.5], "frames": 3, "more": 1}"#,
+            "unknown field",
+        ),
+    ] {
+        let e = ModelFile::from_bytes(&with_metadata(&bytes, "lasr.ctc_prior", value))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{value}: {e}");
+    }
+    let mut off = prior.clone();
+    off.probs[0] += 0.5;
+    let e = ModelFile::from_bytes(&with_metadata(
+        &bytes,
+        "lasr.ctc_prior",
+        &serde_json::to_string(&off).unwrap(),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sum to"), "{e}");
+    // The surgery itself keeps a good prior readable.
+    let same = with_metadata(
+        &bytes,
+        "lasr.ctc_prior",
+        &serde_json::to_string(&prior).unwrap(),
+    );
+    assert_eq!(
+        ModelFile::from_bytes(&same).unwrap().ctc_prior,
+        Some(prior.clone())
+    );
 
     // A prior over another vocabulary is refused, naming what is wrong.
     let mut wrong = ens.clone();
@@ -163,12 +219,13 @@ fn decoding_searches_the_output_with_the_letters_prior_divided_out() {
     // A prior equal over the letters corrects nothing: the same list, the same scores.
     let mut flat = ens.clone();
     let mut probs = vec![0.0f32; v];
-    probs[0] = 0.46;
+    probs[0] = 0.38;
     probs[4] = 0.08;
     for p in &mut probs[5..] {
         *p = 0.02;
     }
     flat.ctc_prior = Some(CtcPrior { probs, frames: 1 });
+    flat.validate().unwrap();
     let flat_got = decode(scale, &flat).unwrap();
     for (a, b) in flat_got.nbest.iter().zip(&plain.nbest) {
         assert_eq!(a.text, b.text);
@@ -227,9 +284,42 @@ fn changing_the_mixture_drops_the_prior_and_its_scale() {
         &ens.clone().with_main(model(1, 4)).unwrap(),
         "a new main model",
     );
-    // Leaving out no member changes nothing.
+    dropped(
+        &ModelFile::average(&[model(1, 4), model(1, 4)].map(|mut m| {
+            m.ctc_prior = ens.ctc_prior.clone();
+            m.decode = ens.decode.clone();
+            m
+        }))
+        .unwrap(),
+        "averaged",
+    );
+    let mut member = ModelFile::ensemble(
+        ens.clone(),
+        vec![ModelFile::new(
+            Las::new(
+                ModelConfig {
+                    ctc_weight: 1.0,
+                    ..model(6, 4).las.config
+                },
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(6),
+            )
+            .unwrap(),
+            FrontEndConfig::default(),
+            Vocab::librispeech(),
+        )],
+        &[0.4, 0.3, 0.3],
+    )
+    .unwrap();
+    // (Joining dropped the prior; one measured on the three-model mixture.)
+    member.ctc_prior = ens.ctc_prior.clone();
+    let taken = member.take_member(2).unwrap();
+    assert!(taken.ctc_prior.is_none() && taken.decode.is_none());
+    // Leaving out no member, or "re-weighting" to the same shares, changes nothing.
     let mut kept = ens.clone();
     kept.drop_members(&[]).unwrap();
     assert_eq!(kept.ctc_prior, ens.ctc_prior);
     assert_eq!(kept.decode, ens.decode);
+    let same = ModelFile::ensemble(ens.clone(), vec![], &[0.7, 0.3]).unwrap();
+    assert_eq!(same.ctc_prior, ens.ctc_prior);
+    assert_eq!(same.decode, ens.decode);
 }
