@@ -145,6 +145,17 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The committed tiny model and its two recordings: (tiny.safetensors, low.wav,
+/// high.wav), which it reads as "hi" and "yo".
+fn tiny_fixtures() -> (PathBuf, PathBuf, PathBuf) {
+    let f = repo().join("tests/fixtures");
+    (
+        f.join("tiny.safetensors"),
+        f.join("low.wav"),
+        f.join("high.wav"),
+    )
+}
+
 #[test]
 fn features_writes_the_same_npy_the_library_computes() {
     let dir = tempfile::tempdir().unwrap();
@@ -1465,9 +1476,7 @@ fn average_writes_the_mean_of_one_runs_checkpoints_and_refuses_others() {
 
 #[test]
 fn ensemble_joins_models_that_read_alike() {
-    let fixtures = repo().join("tests/fixtures");
-    let tiny = fixtures.join("tiny.safetensors");
-    let high = fixtures.join("high.wav");
+    let (tiny, _, high) = tiny_fixtures();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ens.safetensors");
     let (tiny_s, out_s) = (tiny.to_str().unwrap(), out.to_str().unwrap());
@@ -1741,9 +1750,7 @@ fn ensemble_take_writes_a_member_as_a_model_of_its_own() {
 #[test]
 fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = repo().join("tests/fixtures");
-    let model = fixtures.join("tiny.safetensors");
-    let high = fixtures.join("high.wav");
+    let (model, _, high) = tiny_fixtures();
     let (train, valid) = hi_yo_text(dir.path());
     let lm = dir.path().join("lm.safetensors");
     let log = dir.path().join("log.jsonl");
@@ -1908,9 +1915,7 @@ fn rnnlm_trains_from_text_and_reranks_the_ctc_n_best() {
 #[test]
 fn speller_trains_an_ensemble_speller_that_reranks_the_ctc_n_best() {
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = repo().join("tests/fixtures");
-    let tiny = fixtures.join("tiny.safetensors");
-    let (low, high) = (fixtures.join("low.wav"), fixtures.join("high.wav"));
+    let (tiny, low, high) = tiny_fixtures();
     // The tiny model twice: a main model and one member.
     let ens = dir.path().join("ens.safetensors");
     let out = ensemble_with(&[&tiny, &tiny], &["--weights", "0.5,0.5"], &ens);
@@ -2027,9 +2032,7 @@ fn speller_trains_an_ensemble_speller_that_reranks_the_ctc_n_best() {
 #[test]
 fn a_backward_lstm_lm_reranks_beside_the_forward_one() {
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = repo().join("tests/fixtures");
-    let model = fixtures.join("tiny.safetensors");
-    let high = fixtures.join("high.wav");
+    let (model, _, high) = tiny_fixtures();
     let (train, valid) = hi_yo_text(dir.path());
     let make = |out: &Path, extra: &[&str]| {
         let o = tiny_rnnlm(&train, &valid, "10", out, extra);
@@ -2104,9 +2107,7 @@ fn a_backward_lstm_lm_reranks_beside_the_forward_one() {
 #[test]
 fn prior_measures_a_corpus_and_decoding_divides_it_out() {
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = repo().join("tests/fixtures");
-    let tiny = fixtures.join("tiny.safetensors");
-    let (low, high) = (fixtures.join("low.wav"), fixtures.join("high.wav"));
+    let (tiny, low, high) = tiny_fixtures();
     let bad = dir.path().join("bad.wav");
     std::fs::write(&bad, b"RIFF but not audio").unwrap();
     let manifest = dir.path().join("corpus.tsv");

@@ -14,6 +14,9 @@ use ndarray::{Array2, Array3, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::with_metadata;
+
 fn config(listener_hidden: usize, ctc_weight: f32) -> ModelConfig {
     ModelConfig {
         input_dim: 80,
@@ -389,33 +392,25 @@ fn the_model_file_carries_it_and_decoding_uses_it() {
     };
     let mut meta = meta_of(&bytes);
     meta["model_config"]["embedding_dim"] = serde_json::json!(1_000_000_000usize);
-    let err =
-        ModelFile::from_bytes(&with_metadata(&bytes, "lasr.ensemble_speller", &meta)).unwrap_err();
+    let err = ModelFile::from_bytes(&with_metadata(
+        &bytes,
+        "lasr.ensemble_speller",
+        &meta.to_string(),
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("values"), "{err}");
     let mut meta = meta_of(&bytes);
     meta["model_config"]["vocab_size"] = serde_json::json!(40);
-    let err =
-        ModelFile::from_bytes(&with_metadata(&bytes, "lasr.ensemble_speller", &meta)).unwrap_err();
+    let err = ModelFile::from_bytes(&with_metadata(
+        &bytes,
+        "lasr.ensemble_speller",
+        &meta.to_string(),
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("40 symbols"), "{err}");
     // A file whose speller reads another width than its listeners make is refused.
     let mut wrong = file.clone();
     wrong.ensemble_speller = Some(EnsembleSpeller::from_file(&model(1, config(4, 0.5))));
     let err = wrong.to_bytes().unwrap_err();
     assert!(err.to_string().contains("reads 8 listener states"), "{err}");
-}
-
-/// `bytes` (a safetensors file) with metadata `key` replaced by `value`'s JSON.
-fn with_metadata(bytes: &[u8], key: &str, value: &serde_json::Value) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    header["__metadata__"][key] = serde_json::Value::String(value.to_string());
-    let mut h = serde_json::to_vec(&header).unwrap();
-    // safetensors pads the header with spaces to a multiple of 8.
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend(h);
-    out.extend(&bytes[8 + n..]);
-    out
 }

@@ -7,6 +7,9 @@ use lasr_model::{CtcPrior, DecodeOptions, Las, ModelConfig, ModelFile, PriorSums
 use ndarray::Array2;
 use rand::SeedableRng;
 
+mod common;
+use common::with_metadata;
+
 fn model(seed: u64, listener_hidden: usize) -> ModelFile {
     let config = ModelConfig {
         input_dim: 80,
@@ -23,22 +26,6 @@ fn model(seed: u64, listener_hidden: usize) -> ModelFile {
         FrontEndConfig::default(),
         Vocab::librispeech(),
     )
-}
-
-/// A safetensors file's bytes with metadata `key` set to `value` (the header
-/// rewritten; tensor offsets are relative to the data, which stays as it was).
-fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    header["__metadata__"][key] = serde_json::Value::String(value.into());
-    let mut text = serde_json::to_vec(&header).unwrap();
-    while !text.len().is_multiple_of(8) {
-        text.push(b' ');
-    }
-    let mut out = (text.len() as u64).to_le_bytes().to_vec();
-    out.extend(text);
-    out.extend(&bytes[8 + n..]);
-    out
 }
 
 fn feats(seed: u64, frames: usize) -> Array2<f32> {
