@@ -341,7 +341,7 @@ mod tests {
         for k in [0usize, 1, 2, 3, 4, 8, 31] {
             assert_eq!(shift[k], 0.0, "symbol {k}");
         }
-        // Centred: no change to the letters' weight as a whole under the prior.
+        // Centred: the shift's prior-weighted mean over the letters is 0.
         let weighted: f64 = [5usize, 6, 7]
             .into_iter()
             .zip(q)
