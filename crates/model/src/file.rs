@@ -81,9 +81,10 @@ pub struct ModelFile {
     /// for re-ranking ([`crate::ensemble_speller`]); usually none.
     pub ensemble_speller: Option<EnsembleSpeller>,
     /// How often the CTC output (an ensemble's mixture) puts its probability on each
-    /// symbol, measured on a corpus ([`crate::prior`]); usually none. Anything that
-    /// changes the output (other members, weights or main model, averaging) drops
-    /// it, with the recommended decoding's scale ([`ModelFile::drop_ctc_prior`]).
+    /// symbol, measured on a corpus ([`crate::prior`]); usually none. A change of the
+    /// models (other members, weights or main model, averaging) drops it, with the
+    /// recommended decoding's scale ([`ModelFile::drop_ctc_prior`]); a change of
+    /// storage or front end keeps it (the output moves little; `lasr pack` says so).
     pub ctc_prior: Option<CtcPrior>,
 }
 
@@ -296,8 +297,8 @@ impl ModelFile {
     /// head, and the training record that goes with them); the members, their weights,
     /// the recommended decoding and the storage stay; an ensemble speller, which heard
     /// the old main listener, is dropped ([`ModelFile::drop_ensemble_speller`]), and
-    /// so is the CTC prior of the old mixture ([`ModelFile::drop_ctc_prior`]). The members were folded to this
-    /// file's CMVN statistics, so `main` must read exactly its front end (statistics
+    /// so is the CTC prior of the old mixture ([`ModelFile::drop_ctc_prior`]). The
+    /// members were folded to this file's CMVN statistics, so `main` must read exactly its front end (statistics
     /// included) and spell with its vocabulary: a later phase of the main model
     /// (`lasr train --init`) does. The decoding was tuned for the old main model: tune
     /// it again (`lasr pack --decode`).
@@ -372,8 +373,8 @@ impl ModelFile {
     /// `member.1`, `member.2`, ... and `lasr info`'s list number them); the others keep
     /// their order and weights, and the main model's share (the rest of 1) takes up the
     /// dropped weights until [`ModelFile::ensemble`] gives new ones; an ensemble speller
-    /// and the CTC prior are dropped with them. Refuses a number that is not a member or is given twice,
-    /// leaving `self` as it was.
+    /// and the CTC prior are dropped with them. Refuses a number that is not a member
+    /// or is given twice, leaving `self` as it was.
     pub fn drop_members(&mut self, numbers: &[usize]) -> Result<()> {
         let n = self.members.len();
         let mut keep = vec![true; n];
