@@ -1531,16 +1531,7 @@ fn attention_search(
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     let (model, builtin) = load_model(args.model.as_deref())?;
     let model = args.decode.front_end(model)?;
-    let corpus = lasr_data::corpus(&args.corpus)?;
-    print_warnings("skipped", &corpus.warnings);
-    let mut entries = corpus.entries;
-    entries.sort_by(|a, b| a.id.cmp(&b.id));
-    if let Some(n) = args.limit {
-        entries.truncate(n);
-    }
-    if entries.is_empty() {
-        bail!("{}: no utterances", args.corpus.display());
-    }
+    let entries = first_entries(std::slice::from_ref(&args.corpus), args.limit)?;
     let beam = args.decode.options(&model, builtin)?;
     // How the CTC beam settings name their word list, if one was given.
     let lexicon_note = match (&beam.word_lm, &beam.lexicon) {
@@ -1859,19 +1850,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
 
 fn prior(args: PriorArgs) -> Result<ExitCode> {
     let (mut model, _) = load_model(args.model.as_deref())?;
-    let mut entries = Vec::new();
-    for c in &args.corpora {
-        let corpus = lasr_data::corpus(c)?;
-        print_warnings("skipped", &corpus.warnings);
-        entries.extend(corpus.entries);
-    }
-    entries.sort_by(|a, b| a.id.cmp(&b.id));
-    if let Some(n) = args.limit {
-        entries.truncate(n);
-    }
-    if entries.is_empty() {
-        bail!("no utterances in {}", paths_list(&args.corpora));
-    }
+    let entries = first_entries(&args.corpora, args.limit)?;
     let format = args
         .weights
         .or_else(|| model.decode.as_ref().map(|d| d.weights))
@@ -1884,10 +1863,10 @@ fn prior(args: PriorArgs) -> Result<ExitCode> {
     }
     let symbols = model.vocab.symbols();
     let blank = model.las.config.blank;
-    let shift = m.prior.letter_shift(&model.vocab, blank);
     model.ctc_prior = Some(m.prior.clone());
     model.save(&args.out)?;
     if args.json {
+        let shift = m.prior.letter_shift(&model.vocab, blank);
         let v = serde_json::json!({
             "out": args.out.display().to_string(),
             "utterances": m.utterances,
@@ -1945,12 +1924,31 @@ fn by_symbol(symbols: &[String], values: &[f32]) -> serde_json::Value {
         .into()
 }
 
-fn paths_list(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The entries of every corpus in `paths`, in the order read (each corpus's skipped
+/// files reported).
+fn corpus_entries(paths: &[PathBuf]) -> Result<Vec<lasr_data::Entry>> {
+    let mut entries = Vec::new();
+    for p in paths {
+        let corpus = lasr_data::corpus(p)?;
+        print_warnings("skipped", &corpus.warnings);
+        entries.extend(corpus.entries);
+    }
+    Ok(entries)
+}
+
+/// The first `limit` entries by id of the corpora in `paths` (all without a limit),
+/// as `bench --limit N` and `prior --limit N` take them; none is an error.
+fn first_entries(paths: &[PathBuf], limit: Option<usize>) -> Result<Vec<lasr_data::Entry>> {
+    let mut entries = corpus_entries(paths)?;
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(n) = limit {
+        entries.truncate(n);
+    }
+    if entries.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        bail!("{}: no utterances", names.join(", "));
+    }
+    Ok(entries)
 }
 
 fn info(path: Option<&Path>) -> Result<ExitCode> {
@@ -2515,12 +2513,7 @@ fn load_corpus(
     options: &lasr_data::LoadOptions,
     what: &str,
 ) -> Result<lasr_data::Dataset> {
-    let mut entries = Vec::new();
-    for p in paths {
-        let corpus = lasr_data::corpus(p)?;
-        print_warnings("skipped", &corpus.warnings);
-        entries.extend(corpus.entries);
-    }
+    let entries = corpus_entries(paths)?;
     let bar = progress(entries.len(), what);
     let (data, report) = lasr_data::Dataset::load_with(entries, options, &|| bar.inc(1))?;
     bar.finish_and_clear();
