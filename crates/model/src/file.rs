@@ -117,6 +117,16 @@ fn member_prefixes(n: usize) -> Vec<String> {
     (1..=n).map(|k| format!("member.{k}")).collect()
 }
 
+/// Metadata `key` read as JSON of a `T`, if the file has it; errors name the key.
+fn optional_meta<T: serde::de::DeserializeOwned>(
+    meta: &HashMap<String, String>,
+    key: &str,
+) -> Result<Option<T>> {
+    meta.get(key)
+        .map(|s| serde_json::from_str(s).map_err(|e| Error::Model(format!("{key}: {e}"))))
+        .transpose()
+}
+
 fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Model(format!("{}: {reason}", path.display()))
 }
@@ -709,25 +719,9 @@ impl ModelFile {
             .map_err(|e| Error::Model(format!("lasr.front_end: {e}")))?;
         let vocab: Vocab = serde_json::from_value(parse("lasr.vocab")?)
             .map_err(|e| Error::Model(format!("lasr.vocab: {e}")))?;
-        let info = meta
-            .get("lasr.info")
-            .map_or(Ok(serde_json::Value::Null), |s| {
-                serde_json::from_str(s).map_err(|e| Error::Model(format!("lasr.info: {e}")))
-            })?;
-        let decode = meta
-            .get("lasr.decode")
-            .map(|s| {
-                serde_json::from_str::<DecodeOptions>(s)
-                    .map_err(|e| Error::Model(format!("lasr.decode: {e}")))
-            })
-            .transpose()?;
-        let ctc_prior = meta
-            .get("lasr.ctc_prior")
-            .map(|s| {
-                serde_json::from_str::<CtcPrior>(s)
-                    .map_err(|e| Error::Model(format!("lasr.ctc_prior: {e}")))
-            })
-            .transpose()?;
+        let info = optional_meta(&meta, "lasr.info")?.unwrap_or(serde_json::Value::Null);
+        let decode: Option<DecodeOptions> = optional_meta(&meta, "lasr.decode")?;
+        let ctc_prior: Option<CtcPrior> = optional_meta(&meta, "lasr.ctc_prior")?;
         let described: Vec<MemberMeta> = match meta.get("lasr.members") {
             None => Vec::new(),
             Some(_) if version < 2 => {
