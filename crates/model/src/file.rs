@@ -127,6 +127,20 @@ fn optional_meta<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
+/// Metadata `key` read as JSON of a `T`; a file without it is not a lasr model file.
+fn required_meta<T: serde::de::DeserializeOwned>(
+    meta: &HashMap<String, String>,
+    key: &str,
+) -> Result<T> {
+    optional_meta(meta, key)?.ok_or_else(|| missing_meta(key))
+}
+
+fn missing_meta(key: &str) -> Error {
+    Error::Model(format!(
+        "not a lasr model file: no \"{key}\" in its metadata"
+    ))
+}
+
 fn bad(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Model(format!("{}: {reason}", path.display()))
 }
@@ -695,14 +709,9 @@ impl ModelFile {
             lasr_nn::Error::Checkpoint { reason, .. } => Error::Model(reason),
             other => Error::Model(other.to_string()),
         })?;
-        let get = |key: &str| {
-            meta.get(key).ok_or_else(|| {
-                Error::Model(format!(
-                    "not a lasr model file: no \"{key}\" in its metadata"
-                ))
-            })
-        };
-        let version: u32 = get("lasr.format")?
+        let version: u32 = meta
+            .get("lasr.format")
+            .ok_or_else(|| missing_meta("lasr.format"))?
             .parse()
             .map_err(|_| Error::Model("lasr.format is not a number".into()))?;
         if !(1..=FORMAT_VERSION).contains(&version) {
@@ -710,15 +719,9 @@ impl ModelFile {
                 "model file format {version}; this lasr reads formats 1 to {FORMAT_VERSION}"
             )));
         }
-        let parse = |key: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(get(key)?).map_err(|e| Error::Model(format!("{key}: {e}")))
-        };
-        let config: ModelConfig = serde_json::from_value(parse("lasr.model_config")?)
-            .map_err(|e| Error::Model(format!("lasr.model_config: {e}")))?;
-        let front_end: FrontEndConfig = serde_json::from_value(parse("lasr.front_end")?)
-            .map_err(|e| Error::Model(format!("lasr.front_end: {e}")))?;
-        let vocab: Vocab = serde_json::from_value(parse("lasr.vocab")?)
-            .map_err(|e| Error::Model(format!("lasr.vocab: {e}")))?;
+        let config: ModelConfig = required_meta(&meta, "lasr.model_config")?;
+        let front_end: FrontEndConfig = required_meta(&meta, "lasr.front_end")?;
+        let vocab: Vocab = required_meta(&meta, "lasr.vocab")?;
         let info = optional_meta(&meta, "lasr.info")?.unwrap_or(serde_json::Value::Null);
         let decode: Option<DecodeOptions> = optional_meta(&meta, "lasr.decode")?;
         let ctc_prior: Option<CtcPrior> = optional_meta(&meta, "lasr.ctc_prior")?;
@@ -729,9 +732,7 @@ impl ModelFile {
                     "lasr.members in a format 1 file (ensembles are format 2 or later)".into(),
                 ))
             }
-            Some(s) => {
-                serde_json::from_str(s).map_err(|e| Error::Model(format!("lasr.members: {e}")))?
-            }
+            Some(_) => required_meta(&meta, "lasr.members")?,
         };
         if described.len() > MAX_MEMBERS {
             return Err(Error::Model(format!(
@@ -746,10 +747,7 @@ impl ModelFile {
                 "lasr.ensemble_speller in a format {version} file (ensemble spellers are format 5)"
             )))
             }
-            Some(s) => Some(
-                serde_json::from_str(s)
-                    .map_err(|e| Error::Model(format!("lasr.ensemble_speller: {e}")))?,
-            ),
+            Some(_) => optional_meta(&meta, "lasr.ensemble_speller")?,
         };
         if let Some(m) = &speller_meta {
             m.model_config
