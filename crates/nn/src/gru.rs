@@ -128,15 +128,62 @@ fn gru_step(g: &mut [f32], hg: &[f32], h_prev: &[f32], h: &mut [f32]) {
         &hg[2 * hd..3 * hd],
         &h_prev[..hd],
     );
-    for j in 0..hd {
-        let r = act::sigmoid(gr[j] + hr[j]);
-        let z = act::sigmoid(gz[j] + hz[j]);
-        let n = act::tanh(gn[j] + r * hn[j]);
-        gr[j] = r;
-        gz[j] = z;
-        gn[j] = n;
-        h[j] = (1.0 - z) * n + z * h_prev[j];
+    let h = &mut h[..hd];
+    // Fixed-width blocks, as the LSTM's `cell_forward`: the index loop's vector body
+    // sat behind run-time overlap checks and the scalar one ran.
+    const W: usize = 16;
+    let whole = hd - hd % W;
+    let blocks = gr[..whole]
+        .chunks_exact_mut(W)
+        .zip(gz[..whole].chunks_exact_mut(W))
+        .zip(gn[..whole].chunks_exact_mut(W))
+        .zip(hr[..whole].chunks_exact(W))
+        .zip(hz[..whole].chunks_exact(W))
+        .zip(hn[..whole].chunks_exact(W))
+        .zip(h_prev[..whole].chunks_exact(W))
+        .zip(h[..whole].chunks_exact_mut(W));
+    for (((((((gr, gz), gn), hr), hz), hn), hp), h) in blocks {
+        let gr: &mut [f32; W] = gr.try_into().expect("block of W");
+        let gz: &mut [f32; W] = gz.try_into().expect("block of W");
+        let gn: &mut [f32; W] = gn.try_into().expect("block of W");
+        let hr: &[f32; W] = hr.try_into().expect("block of W");
+        let hz: &[f32; W] = hz.try_into().expect("block of W");
+        let hn: &[f32; W] = hn.try_into().expect("block of W");
+        let hp: &[f32; W] = hp.try_into().expect("block of W");
+        let h: &mut [f32; W] = h.try_into().expect("block of W");
+        for j in 0..W {
+            gru_unit(
+                &mut gr[j],
+                &mut gz[j],
+                &mut gn[j],
+                [hr[j], hz[j], hn[j]],
+                hp[j],
+                &mut h[j],
+            );
+        }
     }
+    for j in whole..hd {
+        gru_unit(
+            &mut gr[j],
+            &mut gz[j],
+            &mut gn[j],
+            [hr[j], hz[j], hn[j]],
+            h_prev[j],
+            &mut h[j],
+        );
+    }
+}
+
+/// One hidden unit of [`gru_step`]: `hg` holds its `r, z, n` hidden projections.
+#[inline(always)]
+fn gru_unit(gr: &mut f32, gz: &mut f32, gn: &mut f32, hg: [f32; 3], h_prev: f32, h: &mut f32) {
+    let r = act::sigmoid(*gr + hg[0]);
+    let z = act::sigmoid(*gz + hg[1]);
+    let n = act::tanh(*gn + r * hg[2]);
+    *gr = r;
+    *gz = z;
+    *gn = n;
+    *h = (1.0 - z) * n + z * h_prev;
 }
 
 /// Gradients of one live GRU step: from the activations `g` `[3H]`, the hidden
@@ -276,10 +323,11 @@ impl Gru {
         let w_hh = &w.hh;
         let mut h = Array2::<f32>::zeros((steps, hd));
         let (mut h_prev, mut hg) = (vec![0f32; hd], vec![0f32; 3 * hd]);
+        // A slice, once: ndarray's element iterator copied it one checked element at
+        // a time, every step.
+        let bias_hh = self.bias_hh.to_vec();
         for (t, prev) in order(self.reverse, steps) {
-            for (v, &b) in hg.iter_mut().zip(&self.bias_hh) {
-                *v = b;
-            }
+            hg.copy_from_slice(&bias_hh);
             if prev.is_some() {
                 w_hh.gemv_acc(&mut hg, &h_prev);
             }

@@ -384,19 +384,63 @@ fn cell_forward(g: &mut [f32], c_prev: &[f32], c: &mut [f32], h: &mut [f32]) {
     let (gf, rest) = rest.split_at_mut(hd);
     let (gg, go) = rest.split_at_mut(hd);
     let (go, c_prev, h) = (&mut go[..hd], &c_prev[..hd], &mut h[..hd]);
-    for j in 0..hd {
-        let i = act::sigmoid(gi[j]);
-        let f = act::sigmoid(gf[j]);
-        let gc = act::tanh(gg[j]);
-        let o = act::sigmoid(go[j]);
-        gi[j] = i;
-        gf[j] = f;
-        gg[j] = gc;
-        go[j] = o;
-        let cn = f * c_prev[j] + i * gc;
-        c[j] = cn;
-        h[j] = o * act::tanh(cn);
+    // Fixed-width blocks: with the plain index loop LLVM kept a vector body behind
+    // run-time overlap checks of the seven slices and ran the scalar one (the speller's
+    // and the LSTM LM's steps spent 14% of decoding there). A block of known length
+    // is vectorised as a whole, with nothing to check.
+    const W: usize = 16;
+    let whole = hd - hd % W;
+    let blocks = gi[..whole]
+        .chunks_exact_mut(W)
+        .zip(gf[..whole].chunks_exact_mut(W))
+        .zip(gg[..whole].chunks_exact_mut(W))
+        .zip(go[..whole].chunks_exact_mut(W))
+        .zip(c_prev[..whole].chunks_exact(W))
+        .zip(c[..whole].chunks_exact_mut(W))
+        .zip(h[..whole].chunks_exact_mut(W));
+    for ((((((gi, gf), gg), go), cp), c), h) in blocks {
+        let gi: &mut [f32; W] = gi.try_into().expect("block of W");
+        let gf: &mut [f32; W] = gf.try_into().expect("block of W");
+        let gg: &mut [f32; W] = gg.try_into().expect("block of W");
+        let go: &mut [f32; W] = go.try_into().expect("block of W");
+        let cp: &[f32; W] = cp.try_into().expect("block of W");
+        let c: &mut [f32; W] = c.try_into().expect("block of W");
+        let h: &mut [f32; W] = h.try_into().expect("block of W");
+        for j in 0..W {
+            cell_unit(
+                &mut gi[j], &mut gf[j], &mut gg[j], &mut go[j], cp[j], &mut c[j], &mut h[j],
+            );
+        }
     }
+    for j in whole..hd {
+        cell_unit(
+            &mut gi[j], &mut gf[j], &mut gg[j], &mut go[j], c_prev[j], &mut c[j], &mut h[j],
+        );
+    }
+}
+
+/// One hidden unit of [`cell_forward`].
+#[inline(always)]
+fn cell_unit(
+    gi: &mut f32,
+    gf: &mut f32,
+    gg: &mut f32,
+    go: &mut f32,
+    c_prev: f32,
+    c: &mut f32,
+    h: &mut f32,
+) {
+    let i = act::sigmoid(*gi);
+    let f = act::sigmoid(*gf);
+    let gc = act::tanh(*gg);
+    let o = act::sigmoid(*go);
+    *gi = i;
+    *gf = f;
+    *gg = gc;
+    *go = o;
+    let cn = f * c_prev + i * gc;
+    *c = cn;
+    *h = o * act::tanh(cn);
 }
 
 /// Gradients of one live step: from the activations `g` `[4H]`, cell states `c` and

@@ -593,10 +593,17 @@ fn to_f64(v: ndarray::ArrayView1<f32>) -> Vec<f64> {
 /// applied the reset gate before `W_hn` (the other published form) would fail here.
 #[test]
 fn gru_and_elman_follow_pytorch_equations() {
-    let (steps, input, hidden) = (4, 5, 6);
-    let x = random2((steps, input), 500);
+    // 6 runs the gate loop's remainder alone; 35 its 16-unit blocks and a remainder.
+    for (hidden, seed) in [(6, 500), (35, 510)] {
+        gru_and_elman_case(hidden, seed);
+    }
+}
+
+fn gru_and_elman_case(hidden: usize, seed: u64) {
+    let (steps, input) = (4, 5);
+    let x = random2((steps, input), seed);
     for reverse in [false, true] {
-        let gru = Gru::new(input, hidden, reverse, "_l0", &mut rng(501));
+        let gru = Gru::new(input, hidden, reverse, "_l0", &mut rng(seed + 1));
         let cell = GruCell {
             weight_ih: gru.weight_ih.clone(),
             weight_hh: gru.weight_hh.clone(),
@@ -605,7 +612,7 @@ fn gru_and_elman_follow_pytorch_equations() {
         };
         let (y, _) = gru.forward(x.view().insert_axis(Axis(1)), None).unwrap();
         let y = y.index_axis_move(Axis(1), 0);
-        let elman = Elman::new(input, hidden, reverse, "_l0", &mut rng(502));
+        let elman = Elman::new(input, hidden, reverse, "_l0", &mut rng(seed + 2));
         let ecell = ElmanCell {
             weight_ih: elman.weight_ih.clone(),
             weight_hh: elman.weight_hh.clone(),
@@ -641,6 +648,66 @@ fn gru_and_elman_follow_pytorch_equations() {
                     assert!(
                         (f64::from(got) - want).abs() < 1e-5,
                         "{what} reverse={reverse} step {t} unit {j}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// PyTorch's `nn.LSTMCell` in f64, written from its documentation (gates packed
+/// `i, f, g, o`): returns the new `h` and `c`.
+fn lstm_reference(lstm: &Lstm, x: &[f64], h: &[f64], c: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let hd = lstm.hidden();
+    let gate = |k: usize, j: usize| {
+        affine(&lstm.weight_ih, &lstm.bias_ih, k * hd + j, x)
+            + affine(&lstm.weight_hh, &lstm.bias_hh, k * hd + j, h)
+    };
+    (0..hd)
+        .map(|j| {
+            let (i, f) = (sigmoid(gate(0, j)), sigmoid(gate(1, j)));
+            let (g, o) = (gate(2, j).tanh(), sigmoid(gate(3, j)));
+            let cn = f * c[j] + i * g;
+            (o * cn.tanh(), cn)
+        })
+        .unzip()
+}
+
+/// The LSTM layer's training forward, its inference path and the decoder's cell step
+/// all follow PyTorch's equations, at widths whose gate loop runs in 16-unit blocks,
+/// in the remainder after them, or both.
+#[test]
+fn lstm_follows_pytorch_equations() {
+    let (steps, input) = (4, 5);
+    for (hidden, seed) in [(6, 520), (16, 530), (35, 540)] {
+        let x = random2((steps, input), seed);
+        let lstm = Lstm::new(input, hidden, false, "_l0", &mut rng(seed + 1));
+        let cell = lasr_nn::LstmCell {
+            weight_ih: lstm.weight_ih.clone(),
+            weight_hh: lstm.weight_hh.clone(),
+            bias_ih: lstm.bias_ih.clone(),
+            bias_hh: lstm.bias_hh.clone(),
+        };
+        let (y, _) = lstm.forward(x.view().insert_axis(Axis(1)), None).unwrap();
+        let y = y.index_axis_move(Axis(1), 0);
+        let fast = lstm.infer(x.view()).unwrap();
+        let (mut h, mut c) = (vec![0.0; hidden], vec![0.0; hidden]);
+        let (mut hs, mut cs) = (Array2::zeros((1, hidden)), Array2::zeros((1, hidden)));
+        for t in 0..steps {
+            (h, c) = lstm_reference(&lstm, &to_f64(x.row(t)), &h, &c);
+            (hs, cs) = cell
+                .step(None, x.slice(s![t..t + 1, ..]), hs.view(), cs.view())
+                .unwrap();
+            for j in 0..hidden {
+                for (got, want, what) in [
+                    (y[(t, j)], h[j], "LSTM"),
+                    (fast[(t, j)], h[j], "LSTM inference"),
+                    (hs[(0, j)], h[j], "LSTMCell h"),
+                    (cs[(0, j)], c[j], "LSTMCell c"),
+                ] {
+                    assert!(
+                        (f64::from(got) - want).abs() < 1e-5,
+                        "{what} H={hidden} step {t} unit {j}: {got} vs {want}"
                     );
                 }
             }
