@@ -416,12 +416,23 @@ impl AdditiveAttention {
             let qb = q.row(b);
             let qb = qb.as_slice().expect("fresh arrays are row-major");
             let mut e = alpha.row_mut(b);
-            for u in 0..units {
-                let loc = match &loc {
-                    Some(l) => l.slice(s![b, u, ..]).to_slice().expect("row-major"),
-                    None => &zero[..],
-                };
-                e[u] = score(&keys[u * a..(u + 1) * a], qb, v, loc);
+            let loc_of = |u: usize| match &loc {
+                Some(l) => l.slice(s![b, u, ..]).to_slice().expect("row-major"),
+                None => &zero[..],
+            };
+            // Two positions at a time: their two accumulator chains overlap, where one
+            // position's exposed its latency; each score is computed exactly as
+            // `score` computes it.
+            let mut u = 0;
+            while u + 1 < units {
+                let (k0, k1) = (&keys[u * a..(u + 1) * a], &keys[(u + 1) * a..(u + 2) * a]);
+                let (s0, s1) = score_pair(k0, k1, qb, v, loc_of(u), loc_of(u + 1));
+                e[u] = s0;
+                e[u + 1] = s1;
+                u += 2;
+            }
+            if u < units {
+                e[u] = score(&keys[u * a..(u + 1) * a], qb, v, loc_of(u));
             }
             softmax_live(e, units);
         }
@@ -891,6 +902,85 @@ with_avx2! {
         }
         dot
     }
+}
+
+/// [`score`] of two positions `k0`, `k1` (with their `loc0`, `loc1`) against the
+/// same `q` and `v`: each the same operations in the same order as `score`, so the
+/// same bits, in two independent chains; 16 lanes wide on AVX-512.
+fn score_pair(
+    k0: &[f32],
+    k1: &[f32],
+    q: &[f32],
+    v: &[f32],
+    loc0: &[f32],
+    loc1: &[f32],
+) -> (f32, f32) {
+    #[inline(always)]
+    fn imp(k0: &[f32], k1: &[f32], q: &[f32], v: &[f32], loc0: &[f32], loc1: &[f32]) -> (f32, f32) {
+        const L: usize = 16;
+        let n = k0.len();
+        let (k1, q, v, loc0, loc1) = (&k1[..n], &q[..n], &v[..n], &loc0[..n], &loc1[..n]);
+        let (mut acc0, mut acc1) = ([0f32; L], [0f32; L]);
+        let whole = n - n % L;
+        for i in (0..whole).step_by(L) {
+            let k0: &[f32; L] = k0[i..i + L].try_into().expect("block of L");
+            let k1: &[f32; L] = k1[i..i + L].try_into().expect("block of L");
+            let q: &[f32; L] = q[i..i + L].try_into().expect("block of L");
+            let v: &[f32; L] = v[i..i + L].try_into().expect("block of L");
+            let l0: &[f32; L] = loc0[i..i + L].try_into().expect("block of L");
+            let l1: &[f32; L] = loc1[i..i + L].try_into().expect("block of L");
+            for l in 0..L {
+                let y0 = crate::activation::tanh(k0[l] + q[l] + l0[l]);
+                let y1 = crate::activation::tanh(k1[l] + q[l] + l1[l]);
+                acc0[l] = v[l].mul_add(y0, acc0[l]);
+                acc1[l] = v[l].mul_add(y1, acc1[l]);
+            }
+        }
+        let mut dot0: f32 = acc0.iter().sum();
+        let mut dot1: f32 = acc1.iter().sum();
+        for i in whole..n {
+            let y0 = crate::activation::tanh(k0[i] + q[i] + loc0[i]);
+            let y1 = crate::activation::tanh(k1[i] + q[i] + loc1[i]);
+            dot0 = v[i].mul_add(y0, dot0);
+            dot1 = v[i].mul_add(y1, dot1);
+        }
+        (dot0, dot1)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512(
+        k0: &[f32],
+        k1: &[f32],
+        q: &[f32],
+        v: &[f32],
+        loc0: &[f32],
+        loc1: &[f32],
+    ) -> (f32, f32) {
+        imp(k0, k1, q, v, loc0, loc1)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(
+        k0: &[f32],
+        k1: &[f32],
+        q: &[f32],
+        v: &[f32],
+        loc0: &[f32],
+        loc1: &[f32],
+    ) -> (f32, f32) {
+        imp(k0, k1, q, v, loc0, loc1)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512() {
+        // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+        return unsafe { avx512(k0, k1, q, v, loc0, loc1) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2(k0, k1, q, v, loc0, loc1) };
+    }
+    imp(k0, k1, q, v, loc0, loc1)
 }
 
 with_avx2! {

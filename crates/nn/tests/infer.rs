@@ -170,9 +170,15 @@ fn attention_infer_step_equals_the_training_step_to_the_bit() {
     use rand::RngExt;
     let mut rng = ChaCha8Rng::seed_from_u64(77);
     let (units, n, d, s, a) = (13, 5, 6, 7, 9);
-    let content = AdditiveAttention::new(d, s, a, &mut rng);
-    let location = AdditiveAttention::new_location(d, s, a, 3, 5, &mut rng);
-    for att in [content, location] {
+    // Widths under the score loops' 16 lanes and over them with a remainder; an odd
+    // number of positions, so the decoder's two-at-a-time loop ends on a single one.
+    let mut layers = Vec::new();
+    for a in [a, 35] {
+        layers.push(AdditiveAttention::new(d, s, a, &mut rng));
+        layers.push(AdditiveAttention::new_location(d, s, a, 3, 5, &mut rng));
+    }
+    for att in layers {
+        let a = att.att_h.output_dim();
         let h = Array2::from_shape_fn((units, d), |_| rng.random_range(-1.0f32..1.0));
         let keys = att
             .keys(h.view().insert_axis(Axis(1)))
