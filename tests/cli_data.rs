@@ -345,6 +345,105 @@ fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
 }
 
 #[test]
+fn training_settings_are_set_by_flags_changed_by_init_and_kept_by_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = kaldi_dir(dir.path());
+    let cfg = dir.path().join("model.json");
+    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8, "ctc_weight": 0.5}"#).unwrap();
+    let config = |run: &str| {
+        lasr_model::ModelFile::load(&dir.path().join(run).join("model.safetensors"))
+            .unwrap()
+            .las
+            .config
+    };
+    // Flags override the config file.
+    let out = train(
+        &data,
+        &dir.path().join("run1"),
+        &cfg,
+        &[
+            "--seed",
+            "3",
+            "--dropout",
+            "0.2",
+            "--label-smoothing",
+            "0.1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = config("run1");
+    assert_eq!((first.dropout, first.label_smoothing), (0.2, 0.1));
+    assert_eq!(first.ctc_weight, 0.5);
+    let first_path = dir.path().join("run1/model.safetensors");
+    let phase = |run: &str, extra: &[&str]| {
+        let init = [
+            "--init",
+            first_path.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--lr",
+            "0.01",
+        ];
+        train_on(&data, &dir.path().join(run), &[&init[..], extra].concat())
+    };
+    // A later phase keeps them unless told otherwise...
+    let out = phase("run2", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kept = config("run2");
+    assert_eq!(
+        (kept.ctc_weight, kept.dropout, kept.label_smoothing),
+        (0.5, 0.2, 0.1)
+    );
+    // ...and takes new values when told.
+    let flags = [
+        "--ctc-weight",
+        "0.2",
+        "--dropout",
+        "0",
+        "--label-smoothing",
+        "0.05",
+        "--sampling-rate",
+        "0.1",
+    ];
+    let out = phase("run3", &flags);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let changed = config("run3");
+    assert_eq!(
+        (
+            changed.ctc_weight,
+            changed.dropout,
+            changed.label_smoothing,
+            changed.sampling_rate
+        ),
+        (0.2, 0.0, 0.05, 0.1)
+    );
+    // A phase cannot add or remove a head, nor take a value out of range.
+    for (weight, what) in [("1", "--ctc-weight 1"), ("0", "--ctc-weight 0")] {
+        let err = refused(&phase("run4", &["--ctc-weight", weight]));
+        assert!(
+            err.contains("keeps the model's heads") && err.contains(what),
+            "{err}"
+        );
+    }
+    let err = refused(&phase("run4", &["--dropout", "1.5"]));
+    assert!(err.contains("dropout"), "{err}");
+    // A resume goes on with the run's settings.
+    let err = refused(&train_on(
+        &data,
+        &dir.path().join("run3"),
+        &["--epochs", "2", "--resume", "--dropout", "0.3"],
+    ));
+    assert!(err.contains("trained with --dropout 0"), "{err}");
+    let out = train_on(
+        &data,
+        &dir.path().join("run3"),
+        &["--epochs", "2", "--resume", "--ctc-weight", "0.2"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(config("run3").ctc_weight, 0.2);
+}
+
+#[test]
 fn utterance_shape_is_set_by_init_kept_by_later_phases_and_a_resume_must_match() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _, first) = first_model(dir.path());

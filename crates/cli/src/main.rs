@@ -404,10 +404,32 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Weight of the CTC loss in `(1 - W) * attention + W * CTC` (the model's
+    /// `ctc_weight`; 0 builds no CTC head, 1 trains no speller). Overrides the preset
+    /// or --model-config; with --init it sets a later phase's weight, which must keep
+    /// the initial model's heads (stay inside (0, 1) for a joint model). A resume
+    /// keeps the run's.
+    #[arg(long, value_name = "W")]
+    ctc_weight: Option<f32>,
+    /// Label smoothing of the speller's cross-entropy (the model's `label_smoothing`,
+    /// 0 to 1). Overrides the preset or --model-config, or the initial model's with
+    /// --init; a resume keeps the run's.
+    #[arg(long, value_name = "S")]
+    label_smoothing: Option<f32>,
+    /// Dropout on the listener layers' outputs and the speller's output-layer input
+    /// (the model's `dropout`, 0 to 1). Overrides as --label-smoothing does.
+    #[arg(long, value_name = "P")]
+    dropout: Option<f32>,
+    /// Scheduled sampling: the chance that the speller is fed its own previous guess
+    /// instead of the true character (the model's `sampling_rate`, 0 to 1). Overrides
+    /// as --label-smoothing does.
+    #[arg(long, value_name = "R")]
+    sampling_rate: Option<f32>,
     /// Start from this trained model instead of random weights (fine-tuning, or a
     /// second phase with a new schedule or data): its sizes, feature settings and
-    /// normalisation statistics are kept; the optimiser, the learning-rate schedule
-    /// and the step count start afresh. Of an ensemble (the built-in model is one,
+    /// normalisation statistics are kept (its training settings too, unless
+    /// --ctc-weight, --label-smoothing, --dropout or --sampling-rate say otherwise);
+    /// the optimiser, the learning-rate schedule and the step count start afresh. Of an ensemble (the built-in model is one,
     /// assets/model.safetensors) only the main model is trained and written: one
     /// model, without the members or the file's recommended decoding.
     #[arg(long, value_name = "MODEL", conflicts_with_all = ["model_config", "resume", "utterance_mean"])]
@@ -2609,6 +2631,22 @@ impl lasr_model::Observer for Bars {
     }
 }
 
+/// The model config's training settings that `train`'s flags give.
+fn set_training_settings(config: &mut lasr_model::ModelConfig, args: &TrainArgs) {
+    if let Some(w) = args.ctc_weight {
+        config.ctc_weight = w;
+    }
+    if let Some(s) = args.label_smoothing {
+        config.label_smoothing = s;
+    }
+    if let Some(p) = args.dropout {
+        config.dropout = p;
+    }
+    if let Some(r) = args.sampling_rate {
+        config.sampling_rate = r;
+    }
+}
+
 /// `--resume` of the run whose model is `path`: an error if `--FLAG` gives another
 /// value than the run's `saved` one (which an `--init` phase could change).
 fn refuse_another_on_resume<T: PartialEq + std::fmt::Display>(
@@ -2647,11 +2685,32 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let config: lasr_model::ModelConfig = match (&init, &args.model_config) {
+    let mut init = init;
+    let mut config: lasr_model::ModelConfig = match (&init, &args.model_config) {
         (Some(m), _) => m.las.config.clone(),
         (None, Some(path)) => read_json(Some(path.as_path()))?,
         (None, None) => lasr_model::ModelConfig::preset(preset).expect("clap checked the name"),
     };
+    if !args.resume {
+        let was = config.clone();
+        set_training_settings(&mut config, &args);
+        config
+            .validate()
+            .context("the model's training settings (--ctc-weight, --label-smoothing, --dropout, --sampling-rate)")?;
+        if let (Some(m), Some(path)) = (init.as_mut(), &args.init) {
+            if was.has_ctc() != config.has_ctc() || was.trains_speller() != config.trains_speller()
+            {
+                bail!(
+                    "{}: trained with ctc_weight {}; a later phase keeps the model's heads, \
+                     so --ctc-weight {} is refused (a joint model's weight stays inside (0, 1))",
+                    path.display(),
+                    was.ctc_weight,
+                    config.ctc_weight
+                );
+            }
+            m.las.config = config.clone();
+        }
+    }
     let mut options: lasr_model::TrainOptions = match &args.options {
         Some(path) => read_json(Some(path.as_path()))?,
         None => lasr_model::TrainOptions::preset(preset).expect("clap checked the name"),
@@ -2745,6 +2804,16 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             args.pad_frames,
             saved.front_end.pad_frames,
         )?;
+        let c = &saved.las.config;
+        refuse_another_on_resume(&path, "ctc-weight", args.ctc_weight, c.ctc_weight)?;
+        refuse_another_on_resume(
+            &path,
+            "label-smoothing",
+            args.label_smoothing,
+            c.label_smoothing,
+        )?;
+        refuse_another_on_resume(&path, "dropout", args.dropout, c.dropout)?;
+        refuse_another_on_resume(&path, "sampling-rate", args.sampling_rate, c.sampling_rate)?;
         // `lasr_model::train` reloads the saved model on resume, masks included, so a
         // resumed run can only go on with the masks its file holds.
         let trained_with = saved.info["train_options"]["spec_augment"].as_bool();
