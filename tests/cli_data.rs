@@ -426,7 +426,7 @@ fn training_settings_are_set_by_flags_changed_by_init_and_kept_by_a_resume() {
         );
     }
     let err = refused(&phase("run4", &["--dropout", "1.5"]));
-    assert!(err.contains("dropout"), "{err}");
+    assert!(err.contains("dropout = 1.5 must lie in [0, 1)"), "{err}");
     // A resume goes on with the run's settings.
     let err = refused(&train_on(
         &data,

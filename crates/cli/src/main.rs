@@ -412,12 +412,13 @@ struct TrainArgs {
     #[arg(long, value_name = "W")]
     ctc_weight: Option<f32>,
     /// Label smoothing of the speller's cross-entropy (the model's `label_smoothing`,
-    /// 0 to 1). Overrides the preset or --model-config, or the initial model's with
-    /// --init; a resume keeps the run's.
+    /// at least 0 and below 1). Overrides the preset or --model-config, or the initial
+    /// model's with --init; a resume keeps the run's.
     #[arg(long, value_name = "S")]
     label_smoothing: Option<f32>,
     /// Dropout on the listener layers' outputs and the speller's output-layer input
-    /// (the model's `dropout`, 0 to 1). Overrides as --label-smoothing does.
+    /// (the model's `dropout`, at least 0 and below 1). Overrides as --label-smoothing
+    /// does.
     #[arg(long, value_name = "P")]
     dropout: Option<f32>,
     /// Scheduled sampling: the chance that the speller is fed its own previous guess
@@ -2691,12 +2692,25 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         (None, Some(path)) => read_json(Some(path.as_path()))?,
         (None, None) => lasr_model::ModelConfig::preset(preset).expect("clap checked the name"),
     };
-    if !args.resume {
+    let flagged = args.ctc_weight.is_some()
+        || args.label_smoothing.is_some()
+        || args.dropout.is_some()
+        || args.sampling_rate.is_some();
+    if !args.resume && flagged {
         let was = config.clone();
         set_training_settings(&mut config, &args);
-        config
-            .validate()
-            .context("the model's training settings (--ctc-weight, --label-smoothing, --dropout, --sampling-rate)")?;
+        config.validate().context(
+            "the model's training settings (--ctc-weight, --label-smoothing, --dropout, --sampling-rate)",
+        )?;
+        if !config.trains_speller()
+            && (args.label_smoothing.is_some() || args.sampling_rate.is_some())
+        {
+            eprintln!(
+                "note: ctc_weight {} trains no speller, so --label-smoothing and --sampling-rate \
+                 change nothing",
+                config.ctc_weight
+            );
+        }
         if let (Some(m), Some(path)) = (init.as_mut(), &args.init) {
             if was.has_ctc() != config.has_ctc() || was.trains_speller() != config.trains_speller()
             {

@@ -420,9 +420,9 @@ impl AdditiveAttention {
                 Some(l) => l.slice(s![b, u, ..]).to_slice().expect("row-major"),
                 None => &zero[..],
             };
-            // Two positions at a time: their two accumulator chains overlap, where one
-            // position's exposed its latency; each score is computed exactly as
-            // `score` computes it.
+            // Two positions at a time: two independent accumulator chains overlap,
+            // where one chain alone left the AVX-512 build waiting on its latency; each
+            // score is computed exactly as `score` computes it.
             let mut u = 0;
             while u + 1 < units {
                 let (k0, k1) = (&keys[u * a..(u + 1) * a], &keys[(u + 1) * a..(u + 2) * a]);
@@ -904,19 +904,53 @@ with_avx2! {
     }
 }
 
-/// [`score`] of two positions `k0`, `k1` (with their `loc0`, `loc1`) against the
-/// same `q` and `v`: each the same operations in the same order as `score`, so the
-/// same bits, in two independent chains; 16 lanes wide on AVX-512.
-fn score_pair(
-    k0: &[f32],
-    k1: &[f32],
-    q: &[f32],
-    v: &[f32],
-    loc0: &[f32],
-    loc1: &[f32],
-) -> (f32, f32) {
-    #[inline(always)]
-    fn imp(k0: &[f32], k1: &[f32], q: &[f32], v: &[f32], loc0: &[f32], loc1: &[f32]) -> (f32, f32) {
+/// Defines `fn $name` as [`with_avx2`] does, with an AVX-512 build tried first: for
+/// loops that keep two 16-lane chains in flight, whose latency one chain of 16 lanes
+/// would expose.
+macro_rules! with_avx512 {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                imp($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                imp($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::avx512() {
+                // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+                return unsafe { avx512($($arg),*) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA.
+                return unsafe { avx2($($arg),*) };
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+with_avx512! {
+    /// [`score`] of two positions `k0`, `k1` (with their `loc0`, `loc1`) against the
+    /// same `q` and `v`: each the same operations in the same order as `score`, so the
+    /// same bits, in two independent chains; 16 lanes wide on AVX-512.
+    fn score_pair(
+        k0: &[f32],
+        k1: &[f32],
+        q: &[f32],
+        v: &[f32],
+        loc0: &[f32],
+        loc1: &[f32],
+    ) -> (f32, f32) {
         const L: usize = 16;
         let n = k0.len();
         let (k1, q, v, loc0, loc1) = (&k1[..n], &q[..n], &v[..n], &loc0[..n], &loc1[..n]);
@@ -946,41 +980,6 @@ fn score_pair(
         }
         (dot0, dot1)
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn avx512(
-        k0: &[f32],
-        k1: &[f32],
-        q: &[f32],
-        v: &[f32],
-        loc0: &[f32],
-        loc1: &[f32],
-    ) -> (f32, f32) {
-        imp(k0, k1, q, v, loc0, loc1)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2(
-        k0: &[f32],
-        k1: &[f32],
-        q: &[f32],
-        v: &[f32],
-        loc0: &[f32],
-        loc1: &[f32],
-    ) -> (f32, f32) {
-        imp(k0, k1, q, v, loc0, loc1)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx512() {
-        // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-        return unsafe { avx512(k0, k1, q, v, loc0, loc1) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2(k0, k1, q, v, loc0, loc1) };
-    }
-    imp(k0, k1, q, v, loc0, loc1)
 }
 
 with_avx2! {

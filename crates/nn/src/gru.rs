@@ -1070,3 +1070,35 @@ impl ElmanCell {
         Ok((dx, dh_prev))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// The GRU step's 16-unit blocks give the bits of the plain per-unit formula, at
+    /// widths of blocks, remainder and both (in whichever build this CPU runs).
+    #[test]
+    fn gate_blocks_equal_the_per_unit_formula_to_the_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for hd in [5, 16, 35] {
+            let g = crate::init::uniform(3 * hd, 4.0, &mut rng).to_vec();
+            let hg = crate::init::uniform(3 * hd, 4.0, &mut rng).to_vec();
+            let h_prev = crate::init::uniform(hd, 1.0, &mut rng).to_vec();
+            let (mut fast, mut h) = (g.clone(), vec![0f32; hd]);
+            gru_step(&mut fast, &hg, &h_prev, &mut h);
+            for j in 0..hd {
+                let r = act::sigmoid(g[j] + hg[j]);
+                let z = act::sigmoid(g[hd + j] + hg[hd + j]);
+                let n = act::tanh(g[2 * hd + j] + r * hg[2 * hd + j]);
+                let want = [r, z, n, (1.0 - z) * n + z * h_prev[j]];
+                let got = [fast[j], fast[hd + j], fast[2 * hd + j], h[j]];
+                assert_eq!(
+                    got.map(f32::to_bits),
+                    want.map(f32::to_bits),
+                    "H={hd} j={j}"
+                );
+            }
+        }
+    }
+}

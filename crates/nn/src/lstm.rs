@@ -1131,4 +1131,39 @@ mod tests {
         }
         assert!(cell.prepare_packed(WeightFormat::F32).train.is_none());
     }
+
+    /// The gate loop's 16-unit blocks (as the CPU's widest build runs them) give the
+    /// bits of the plain per-unit formula, at widths of blocks, remainder and both.
+    #[test]
+    fn gate_blocks_equal_the_per_unit_formula_to_the_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        for hd in [5, 16, 35] {
+            let gates = crate::init::uniform((3, 4 * hd), 4.0, &mut rng);
+            let c_prev = crate::init::uniform((3, hd), 2.0, &mut rng);
+            let mut fast = gates.clone();
+            let (h, c) = activate(&mut fast, c_prev.view());
+            for b in 0..3 {
+                for j in 0..hd {
+                    let g = |k: usize| gates[(b, k * hd + j)];
+                    let (i, f) = (act::sigmoid(g(0)), act::sigmoid(g(1)));
+                    let (gc, o) = (act::tanh(g(2)), act::sigmoid(g(3)));
+                    let cn = f * c_prev[(b, j)] + i * gc;
+                    let want = [i, f, gc, o, cn, o * act::tanh(cn)];
+                    let got = [
+                        fast[(b, j)],
+                        fast[(b, hd + j)],
+                        fast[(b, 2 * hd + j)],
+                        fast[(b, 3 * hd + j)],
+                        c[(b, j)],
+                        h[(b, j)],
+                    ];
+                    assert_eq!(
+                        got.map(f32::to_bits),
+                        want.map(f32::to_bits),
+                        "H={hd} b={b} j={j}"
+                    );
+                }
+            }
+        }
+    }
 }
