@@ -803,16 +803,44 @@ fn softmax_live(mut e: ndarray::ArrayViewMut1<f32>, live: usize) {
 /// width (and makes each `mul_add` a library call, so only `score` uses it, as it
 /// did before this macro).
 macro_rules! with_avx2 {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($($item:tt)*) => {
+        with_simd! { false; $($item)* }
+    };
+}
+
+/// [`with_avx2`] with an AVX-512 build tried first: for loops that keep two 16-lane
+/// chains in flight, whose latency one chain of 16 lanes would expose.
+macro_rules! with_avx512 {
+    ($($item:tt)*) => {
+        with_simd! { true; $($item)* }
+    };
+}
+
+/// The dispatch behind [`with_avx2`] and [`with_avx512`]: `$wide` says whether the
+/// AVX-512 build is tried.
+macro_rules! with_simd {
+    ($wide:literal; $(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                imp($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                 imp($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            const WIDE: bool = $wide;
+            #[cfg(target_arch = "x86_64")]
+            if WIDE && crate::simd::avx512() {
+                // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+                return unsafe { avx512($($arg),*) };
             }
             #[cfg(target_arch = "x86_64")]
             if crate::simd::avx2_fma() {
@@ -902,41 +930,6 @@ with_avx2! {
         }
         dot
     }
-}
-
-/// Defines `fn $name` as [`with_avx2`] does, with an AVX-512 build tried first: for
-/// loops that keep two 16-lane chains in flight, whose latency one chain of 16 lanes
-/// would expose.
-macro_rules! with_avx512 {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$meta])*
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn imp($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
-                imp($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                imp($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if crate::simd::avx512() {
-                // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-                return unsafe { avx512($($arg),*) };
-            }
-            #[cfg(target_arch = "x86_64")]
-            if crate::simd::avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA.
-                return unsafe { avx2($($arg),*) };
-            }
-            imp($($arg),*)
-        }
-    };
 }
 
 with_avx512! {
