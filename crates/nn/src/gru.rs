@@ -1076,17 +1076,40 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// `gru_step` as `Gru::infer_avx512` compiles it.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn gru_step_avx512(g: &mut [f32], hg: &[f32], h_prev: &[f32], h: &mut [f32]) {
+        gru_step(g, hg, h_prev, h)
+    }
+
     /// The GRU step's 16-unit blocks give the bits of the plain per-unit formula, at
-    /// widths of blocks, remainder and both (in whichever build this CPU runs).
+    /// widths of blocks, remainder and both, in the baseline build and (on CPUs that
+    /// have it) the AVX-512 one the decoder runs.
     #[test]
     fn gate_blocks_equal_the_per_unit_formula_to_the_bit() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for hd in [5, 16, 35] {
+        #[cfg(target_arch = "x86_64")]
+        let wide = crate::simd::avx512();
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
+        for (hd, avx512) in [(5, false), (16, false), (35, false), (5, true), (35, true)] {
+            if avx512 && !wide {
+                continue;
+            }
             let g = crate::init::uniform(3 * hd, 4.0, &mut rng).to_vec();
             let hg = crate::init::uniform(3 * hd, 4.0, &mut rng).to_vec();
             let h_prev = crate::init::uniform(hd, 1.0, &mut rng).to_vec();
             let (mut fast, mut h) = (g.clone(), vec![0f32; hd]);
-            gru_step(&mut fast, &hg, &h_prev, &mut h);
+            if avx512 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
+                unsafe {
+                    gru_step_avx512(&mut fast, &hg, &h_prev, &mut h)
+                };
+            } else {
+                gru_step(&mut fast, &hg, &h_prev, &mut h);
+            }
             for j in 0..hd {
                 let r = act::sigmoid(g[j] + hg[j]);
                 let z = act::sigmoid(g[hd + j] + hg[hd + j]);
@@ -1096,7 +1119,7 @@ mod tests {
                 assert_eq!(
                     got.map(f32::to_bits),
                     want.map(f32::to_bits),
-                    "H={hd} j={j}"
+                    "H={hd} avx512={avx512} j={j}"
                 );
             }
         }

@@ -1132,8 +1132,9 @@ mod tests {
         assert!(cell.prepare_packed(WeightFormat::F32).train.is_none());
     }
 
-    /// The gate loop's 16-unit blocks (as the CPU's widest build runs them) give the
-    /// bits of the plain per-unit formula, at widths of blocks, remainder and both.
+    /// The gate loop's 16-unit blocks (in the build `activate` picks for this CPU, the
+    /// AVX-512 one on CI's) give the bits of the plain per-unit formula (computed here
+    /// in the baseline build), at widths of blocks, remainder and both.
     #[test]
     fn gate_blocks_equal_the_per_unit_formula_to_the_bit() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
