@@ -430,9 +430,10 @@ struct TrainArgs {
     /// second phase with a new schedule or data): its sizes, feature settings and
     /// normalisation statistics are kept (its training settings too, unless
     /// --ctc-weight, --label-smoothing, --dropout or --sampling-rate say otherwise);
-    /// the optimiser, the learning-rate schedule and the step count start afresh. Of an ensemble (the built-in model is one,
-    /// assets/model.safetensors) only the main model is trained and written: one
-    /// model, without the members or the file's recommended decoding.
+    /// the optimiser, the learning-rate schedule and the step count start afresh. Of
+    /// an ensemble (the built-in model is one, assets/model.safetensors) only the main
+    /// model is trained and written: one model, without the members or the file's
+    /// recommended decoding.
     #[arg(long, value_name = "MODEL", conflicts_with_all = ["model_config", "resume", "utterance_mean"])]
     init: Option<PathBuf>,
     /// Print the final validation as JSON.
@@ -2668,7 +2669,7 @@ fn refuse_another_on_resume<T: PartialEq + std::fmt::Display>(
 
 fn train(args: TrainArgs) -> Result<ExitCode> {
     let preset = args.preset.as_deref().unwrap_or("reference");
-    let init = match &args.init {
+    let mut init = match &args.init {
         Some(path) => {
             let mut m = lasr_model::ModelFile::load(path)?;
             if !m.members.is_empty() {
@@ -2686,7 +2687,6 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let mut init = init;
     let mut config: lasr_model::ModelConfig = match (&init, &args.model_config) {
         (Some(m), _) => m.las.config.clone(),
         (None, Some(path)) => read_json(Some(path.as_path()))?,
