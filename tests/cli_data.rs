@@ -165,10 +165,30 @@ fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
 
 /// [`kaldi_dir`] under `root` and a tiny model config beside it (`root/model.json`).
 fn tiny_inputs(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    tiny_inputs_with(root, "")
+}
+
+/// [`tiny_inputs`] with `extra` JSON fields (`, "name": value` ...) in the config.
+fn tiny_inputs_with(root: &Path, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let data = kaldi_dir(root);
     let cfg = root.join("model.json");
-    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8}"#).unwrap();
+    let sizes = r#""listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8"#;
+    std::fs::write(&cfg, format!("{{{sizes}{extra}}}")).unwrap();
     (data, cfg)
+}
+
+/// `lasr train --init from` for one epoch at learning rate 0.01 into `out`, with
+/// `extra` flags: a later phase.
+fn phase_from(data: &Path, out: &Path, from: &Path, extra: &[&str]) -> Output {
+    let init = [
+        "--init",
+        from.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--lr",
+        "0.01",
+    ];
+    train_on(data, out, &[&init[..], extra].concat())
 }
 
 /// A tiny model trained one epoch on [`kaldi_dir`] under `root`: the data directory,
@@ -253,10 +273,8 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
 #[test]
 fn train_init_from_an_ensemble_trains_its_main_model_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let data = kaldi_dir(dir.path());
     // Ensemble members need a CTC head.
-    let cfg = dir.path().join("model.json");
-    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8, "ctc_weight": 0.5}"#).unwrap();
+    let (data, cfg) = tiny_inputs_with(dir.path(), r#", "ctc_weight": 0.5"#);
     let out = train(&data, &dir.path().join("run1"), &cfg, &["--seed", "3"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let first = dir.path().join("run1/model.safetensors");
@@ -347,9 +365,7 @@ fn pad_frames_travels_in_the_model_and_a_resume_must_keep_it() {
 #[test]
 fn training_settings_are_set_by_flags_changed_by_init_and_kept_by_a_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let data = kaldi_dir(dir.path());
-    let cfg = dir.path().join("model.json");
-    std::fs::write(&cfg, r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 4, "speller_hidden": 8, "attention_dim": 8, "ctc_weight": 0.5}"#).unwrap();
+    let (data, cfg) = tiny_inputs_with(dir.path(), r#", "ctc_weight": 0.5"#);
     let config = |run: &str| {
         lasr_model::ModelFile::load(&dir.path().join(run).join("model.safetensors"))
             .unwrap()
@@ -375,17 +391,8 @@ fn training_settings_are_set_by_flags_changed_by_init_and_kept_by_a_resume() {
     assert_eq!((first.dropout, first.label_smoothing), (0.2, 0.1));
     assert_eq!(first.ctc_weight, 0.5);
     let first_path = dir.path().join("run1/model.safetensors");
-    let phase = |run: &str, extra: &[&str]| {
-        let init = [
-            "--init",
-            first_path.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--lr",
-            "0.01",
-        ];
-        train_on(&data, &dir.path().join(run), &[&init[..], extra].concat())
-    };
+    let phase =
+        |run: &str, extra: &[&str]| phase_from(&data, &dir.path().join(run), &first_path, extra);
     // A later phase keeps them unless told otherwise...
     let out = phase("run2", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -450,15 +457,7 @@ fn utterance_shape_is_set_by_init_kept_by_later_phases_and_a_resume_must_match()
     let a = lasr_model::ModelFile::load(&first).unwrap();
     assert!(!a.front_end.utterance_shape);
     let phase = |run: &str, from: &Path, extra: &[&str]| {
-        let init = [
-            "--init",
-            from.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--lr",
-            "0.01",
-        ];
-        let out = train_on(&data, &dir.path().join(run), &[&init[..], extra].concat());
+        let out = phase_from(&data, &dir.path().join(run), from, extra);
         assert!(out.status.success(), "{}", text(&out.stderr));
         lasr_model::ModelFile::load(&dir.path().join(run).join("model.safetensors")).unwrap()
     };

@@ -128,7 +128,6 @@ fn gru_step(g: &mut [f32], hg: &[f32], h_prev: &[f32], h: &mut [f32]) {
         &hg[2 * hd..3 * hd],
         &h_prev[..hd],
     );
-    let h = &mut h[..hd];
     // Fixed-width blocks, as the LSTM's `cell_forward`: the index loop's vector body
     // sat behind run-time overlap checks and the scalar one ran.
     const W: usize = 16;
