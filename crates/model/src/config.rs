@@ -41,6 +41,13 @@ pub struct ModelConfig {
     pub listener_hidden: usize,
     /// Pyramid bidirectional layers after the first one; time shrinks by 2 per layer.
     pub pyramid_layers: usize,
+    /// Feature frames joined into each input frame of the first layer (1: none; 4:
+    /// a first layer at 25 frames per second, reading 40 ms of features at a time).
+    /// Time shrinks by this too.
+    pub frame_stack: usize,
+    /// Bidirectional layers after the pyramid, at its frame rate (deepening the
+    /// listener without shrinking time further).
+    pub top_layers: usize,
     /// Recurrent cell of the listener and the speller (absent from older configs:
     /// LSTM).
     pub cell: CellType,
@@ -84,6 +91,8 @@ impl Default for ModelConfig {
             input_dim: 80,
             listener_hidden: 256,
             pyramid_layers: 3,
+            frame_stack: 1,
+            top_layers: 0,
             cell: CellType::Lstm,
             embedding_dim: 256,
             speller_hidden: 512,
@@ -129,9 +138,14 @@ impl ModelConfig {
         }
     }
 
-    /// Input frames per listener output frame: `2^pyramid_layers`.
+    /// Input frames per listener output frame: `frame_stack 2^pyramid_layers`.
+    /// Saturates rather than overflows, so an unvalidated config cannot panic here.
     pub fn reduction(&self) -> usize {
-        1 << self.pyramid_layers
+        let pyramid = u32::try_from(self.pyramid_layers)
+            .ok()
+            .and_then(|p| 1usize.checked_shl(p))
+            .unwrap_or(usize::MAX);
+        self.frame_stack.saturating_mul(pyramid)
     }
 
     /// Listener output width.
@@ -151,11 +165,23 @@ impl ModelConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("{name} must be positive")));
         }
-        if self.pyramid_layers > 8 {
+        if self.frame_stack == 0 {
+            return Err(Error::Config(
+                "frame_stack must be positive (1 joins no frames)".into(),
+            ));
+        }
+        if self.pyramid_layers > 8 || self.reduction() > 256 {
             return Err(Error::Config(format!(
-                "pyramid_layers = {} would shrink time {}-fold",
+                "frame_stack = {} with pyramid_layers = {} would shrink time {}-fold (at most 256)",
+                self.frame_stack,
                 self.pyramid_layers,
                 self.reduction()
+            )));
+        }
+        if self.top_layers > 16 {
+            return Err(Error::Config(format!(
+                "top_layers = {} (at most 16)",
+                self.top_layers
             )));
         }
         if self.vocab_size < 3
@@ -226,7 +252,10 @@ impl ModelConfig {
     pub fn min_member_params(&self) -> f64 {
         let h = self.listener_hidden as f64;
         let d = 2.0 * h;
-        let listener = d * (self.input_dim as f64 + h) + self.pyramid_layers as f64 * d * (5.0 * h);
+        let first = d * (self.frame_stack as f64 * self.input_dim as f64 + h);
+        let listener = first
+            + self.pyramid_layers as f64 * d * (5.0 * h)
+            + self.top_layers as f64 * d * (3.0 * h);
         let ctc = if self.has_ctc() {
             self.vocab_size as f64 * d
         } else {

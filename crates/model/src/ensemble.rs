@@ -32,12 +32,16 @@ use crate::las::{Las, Listener};
 /// `c = (m_given - m_own) / s_own`; the first layer's input weights of each
 /// direction become `W diag(a)` and its input bias `b + W c`.
 pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmvn>) -> Result<()> {
-    let mut dim = 0;
+    let mut width = 0;
     listener.l0.visit("", &mut |name, t| {
         if name.starts_with("weight_ih") {
-            dim = t.shape()[1];
+            width = t.shape()[1];
         }
     });
+    // A stacking first layer reads `stack` frames side by side: the same statistics
+    // repeat across its input.
+    let stack = listener.stack.max(1);
+    let dim = width / stack;
     let stats = |c: Option<&Cmvn>| -> Result<(Vec<f64>, Vec<f64>)> {
         match c {
             None => Ok((vec![0.0; dim], vec![1.0; dim])),
@@ -52,7 +56,10 @@ pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmv
             ))),
         }
     };
-    let ((m_own, s_own), (m_given, s_given)) = (stats(own)?, stats(given)?);
+    let tile = |v: Vec<f64>| v.repeat(stack);
+    let (m_own, s_own) = stats(own).map(|(m, s)| (tile(m), tile(s)))?;
+    let (m_given, s_given) = stats(given).map(|(m, s)| (tile(m), tile(s)))?;
+    let dim = width;
     let a: Vec<f64> = s_given.iter().zip(&s_own).map(|(g, o)| g / o).collect();
     let c: Vec<f64> = (0..dim)
         .map(|j| (m_given[j] - m_own[j]) / s_own[j])

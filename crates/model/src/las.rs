@@ -1,7 +1,10 @@
 //! Listen, Attend and Spell (Chan et al., 2016), as the PyTorch reference builds it:
 //!
 //! - listener: BiLSTM over features, then `pyramid_layers` x [join frame pairs ->
-//!   BiLSTM]; output `[U, B, 2H]` with `U = T / 2^pyramid_layers`;
+//!   BiLSTM]; output `[U, B, 2H]` with `U = T / 2^pyramid_layers`. Beyond the
+//!   reference, the features may be joined `frame_stack` at a time before the first
+//!   layer (a low-frame-rate input), and `top_layers` more BiLSTMs may follow the
+//!   pyramid at its rate: `U = T / (frame_stack 2^pyramid_layers)`;
 //! - speller, per output step: `LSTMCell0([embed(y_prev); context_prev])`,
 //!   `LSTMCell1`, additive attention queried by cell 1's output, and
 //!   `logits = Linear([s; context])`.
@@ -28,8 +31,9 @@ use rand::Rng;
 use lasr_nn::module::join;
 use lasr_nn::{
     ctc_loss, pyramid_lengths, pyramid_reduce, pyramid_reduce_backward,
-    softmax_cross_entropy_smoothed, AdditiveAttention, AttentionCache, Dropout, Embedding, Linear,
-    Module, PackedRecurrent, PreparedAttention, Team, TeamMember, WeightFormat,
+    softmax_cross_entropy_smoothed, stack_frames, stack_frames_backward, stacked_lengths,
+    AdditiveAttention, AttentionCache, Dropout, Embedding, Linear, Module, PackedRecurrent,
+    PreparedAttention, Team, TeamMember, WeightFormat,
 };
 
 use crate::cells::{
@@ -101,19 +105,26 @@ const SITE_SPELLER_OUT: u64 = 100;
 const SITE_SAMPLING: u64 = 200;
 
 /// The encoder: a bidirectional layer, then pyramid bidirectional layers (LSTM, GRU or
-/// RNN as the config's `cell` says).
+/// RNN as the config's `cell` says), then any top layers at the pyramid's rate. The
+/// first layer reads `stack` feature frames joined into one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
+    /// Feature frames joined into each of the first layer's input frames (1: none).
+    pub stack: usize,
     pub l0: ListenerLayer,
     pub pyr: Vec<ListenerLayer>,
+    pub top: Vec<ListenerLayer>,
 }
 
 /// What [`Listener::backward`] needs.
 #[derive(Debug, Clone)]
 pub struct ListenerCache {
+    /// Feature frames before the first layer's stacking.
+    steps: usize,
     l0: ListenerLayerCache,
     /// Frames before each reduction, and each pyramid layer's cache.
     pyr: Vec<(usize, ListenerLayerCache)>,
+    top: Vec<ListenerLayerCache>,
     /// Dropout masks on each layer's output, first layer first (empty without noise).
     masks: Vec<Array3<f32>>,
 }
@@ -122,9 +133,13 @@ impl Listener {
     pub(crate) fn new(c: &ModelConfig, rng: &mut impl Rng) -> Self {
         let h = c.listener_hidden;
         Listener {
-            l0: ListenerLayer::new(c.cell, c.input_dim, h, rng),
+            stack: c.frame_stack,
+            l0: ListenerLayer::new(c.cell, c.frame_stack * c.input_dim, h, rng),
             pyr: (0..c.pyramid_layers)
                 .map(|_| ListenerLayer::new(c.cell, 4 * h, h, rng))
+                .collect(),
+            top: (0..c.top_layers)
+                .map(|_| ListenerLayer::new(c.cell, 2 * h, h, rng))
                 .collect(),
         }
     }
@@ -147,9 +162,15 @@ impl Listener {
                 masks.push(mask);
             }
         };
-        let (mut h, l0) = self.l0.forward(x, Some(lengths))?;
+        let steps = x.dim().0;
+        let mut lengths = stacked_lengths(lengths, self.stack);
+        let (mut h, l0) = if self.stack == 1 {
+            self.l0.forward(x, Some(&lengths))?
+        } else {
+            self.l0
+                .forward(stack_frames(x, self.stack).view(), Some(&lengths))?
+        };
         dropout(&mut h);
-        let mut lengths = lengths.to_vec();
         let mut pyr = Vec::with_capacity(self.pyr.len());
         for layer in &self.pyr {
             let steps = h.dim().0;
@@ -160,7 +181,21 @@ impl Listener {
             pyr.push((steps, cache));
             h = y;
         }
-        Ok((h, lengths, ListenerCache { l0, pyr, masks }))
+        let mut top = Vec::with_capacity(self.top.len());
+        for layer in &self.top {
+            let (mut y, cache) = layer.forward(h.view(), Some(&lengths))?;
+            dropout(&mut y);
+            top.push(cache);
+            h = y;
+        }
+        let cache = ListenerCache {
+            steps,
+            l0,
+            pyr,
+            top,
+            masks,
+        };
+        Ok((h, lengths, cache))
     }
 
     /// Inference over one utterance: `x` `[T, F]` -> states `[U, 2H]` (no caches;
@@ -171,10 +206,7 @@ impl Listener {
 
     /// Every layer's weights packed for [`Listener::infer_packed`], bottom first.
     pub fn pack(&self, format: WeightFormat) -> Vec<[PackedRecurrent; 2]> {
-        std::iter::once(&self.l0)
-            .chain(&self.pyr)
-            .map(|l| l.pack(format))
-            .collect()
+        self.layers().map(|l| l.pack(format)).collect()
     }
 
     /// [`Listener::infer`] reusing `w`, this listener's [`Listener::pack`].
@@ -183,17 +215,26 @@ impl Listener {
         x: ArrayView2<f32>,
         w: &[[PackedRecurrent; 2]],
     ) -> Result<Array2<f32>> {
-        if w.len() != 1 + self.pyr.len() {
+        let layers = self.layers().count();
+        if w.len() != layers {
             return Err(Error::Config(format!(
-                "packed weights for {} listener layers given to a listener of {}",
+                "packed weights for {} listener layers given to a listener of {layers}",
                 w.len(),
-                1 + self.pyr.len()
             )));
         }
-        let mut h = self.l0.infer_packed(x, &w[0])?;
+        let mut h = if self.stack == 1 {
+            self.l0.infer_packed(x, &w[0])?
+        } else {
+            let stacked = stack_frames(x.insert_axis(Axis(1)), self.stack);
+            self.l0
+                .infer_packed(stacked.index_axis(Axis(1), 0), &w[0])?
+        };
         for (layer, w) in self.pyr.iter().zip(&w[1..]) {
             let joined = pyramid_reduce(h.view().insert_axis(Axis(1)));
             h = layer.infer_packed(joined.index_axis(Axis(1), 0), w)?;
+        }
+        for (layer, w) in self.top.iter().zip(&w[1 + self.pyr.len()..]) {
+            h = layer.infer_packed(h.view(), w)?;
         }
         Ok(h)
     }
@@ -210,6 +251,14 @@ impl Listener {
     ) -> Result<Option<Array3<f32>>> {
         let mut d = dy.to_owned();
         let mut masks = cache.masks.iter().rev();
+        for ((layer, c), g) in self.top.iter().zip(&cache.top).zip(&mut grads.top).rev() {
+            if let Some(m) = masks.next() {
+                d *= m;
+            }
+            d = layer
+                .backward(c, d.view(), g, true)?
+                .expect("the input gradient was asked for");
+        }
         for ((layer, (steps, c)), g) in self.pyr.iter().zip(&cache.pyr).zip(&mut grads.pyr).rev() {
             if let Some(m) = masks.next() {
                 d *= m;
@@ -222,8 +271,21 @@ impl Listener {
         if let Some(m) = masks.next() {
             d *= m;
         }
-        self.l0
-            .backward(&cache.l0, d.view(), &mut grads.l0, input_grad)
+        let dx = self
+            .l0
+            .backward(&cache.l0, d.view(), &mut grads.l0, input_grad)?;
+        Ok(dx.map(|dx| {
+            if self.stack == 1 {
+                dx
+            } else {
+                stack_frames_backward(dx.view(), cache.steps, self.stack)
+            }
+        }))
+    }
+
+    /// Every recurrent layer, bottom first.
+    pub fn layers(&self) -> impl Iterator<Item = &ListenerLayer> {
+        std::iter::once(&self.l0).chain(&self.pyr).chain(&self.top)
     }
 }
 
@@ -232,6 +294,9 @@ impl Module for Listener {
         self.l0.visit(&join(prefix, "l0"), f);
         for (i, l) in self.pyr.iter().enumerate() {
             l.visit(&join(prefix, &format!("pyr.{i}")), f);
+        }
+        for (i, l) in self.top.iter().enumerate() {
+            l.visit(&join(prefix, &format!("top.{i}")), f);
         }
     }
 
@@ -244,12 +309,17 @@ impl Module for Listener {
         for (i, l) in self.pyr.iter_mut().enumerate() {
             l.visit_mut(&join(prefix, &format!("pyr.{i}")), f);
         }
+        for (i, l) in self.top.iter_mut().enumerate() {
+            l.visit_mut(&join(prefix, &format!("top.{i}")), f);
+        }
     }
 
     fn zeros_like(&self) -> Self {
         Listener {
+            stack: self.stack,
             l0: self.l0.zeros_like(),
             pyr: self.pyr.iter().map(Module::zeros_like).collect(),
+            top: self.top.iter().map(Module::zeros_like).collect(),
         }
     }
 }

@@ -232,24 +232,46 @@ fn ensembles_round_trip_as_format_2_without_the_members_spellers() {
 fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let raw = lasr_nn::init::uniform((48, 80), 6.0, &mut rng);
-    for (cell, main_cmvn, member_cmvn) in [
+    // The last member joins 4 frames before its first layer (the same 4x as the main
+    // model's pyramid, by another road): its CMVN repeats across that layer's input.
+    for (cell, main_cmvn, member_cmvn, stack) in [
         (
             lasr_model::CellType::Lstm,
             Some(random_cmvn(&mut rng)),
             Some(random_cmvn(&mut rng)),
+            1,
         ),
-        (lasr_model::CellType::Gru, None, Some(random_cmvn(&mut rng))),
-        (lasr_model::CellType::Rnn, Some(random_cmvn(&mut rng)), None),
+        (
+            lasr_model::CellType::Gru,
+            None,
+            Some(random_cmvn(&mut rng)),
+            1,
+        ),
+        (
+            lasr_model::CellType::Rnn,
+            Some(random_cmvn(&mut rng)),
+            None,
+            1,
+        ),
+        (
+            lasr_model::CellType::Gru,
+            Some(random_cmvn(&mut rng)),
+            Some(random_cmvn(&mut rng)),
+            4,
+        ),
     ] {
         let mut main = model(1, config(2, 4));
         main.front_end.cmvn = main_cmvn;
-        let mut member = model(
-            2,
+        let shape = if stack == 1 {
+            config(2, 6)
+        } else {
             ModelConfig {
-                cell,
-                ..config(2, 6)
-            },
-        );
+                frame_stack: stack,
+                top_layers: 1,
+                ..config(0, 6)
+            }
+        };
+        let mut member = model(2, ModelConfig { cell, ..shape });
         member.front_end.cmvn = member_cmvn;
         let (xa, xb) = (
             normalised(&raw, main.front_end.cmvn.as_ref()),

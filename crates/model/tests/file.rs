@@ -216,12 +216,17 @@ fn int8_files_are_format_4_and_decode_in_int8_as_the_16_bit_file_does() {
 fn the_parameter_lower_bounds_never_exceed_a_real_models_count() {
     use lasr_model::CellType;
     for cell in [CellType::Lstm, CellType::Gru, CellType::Rnn] {
-        for pyramid_layers in 0..3 {
+        // With a stacking first layer and top layers too (the other shapes).
+        for (pyramid_layers, frame_stack, top_layers) in
+            [(0, 1, 0), (1, 1, 0), (2, 1, 0), (0, 4, 3), (1, 3, 1)]
+        {
             for (ctc_weight, location_channels) in [(0.0, 0), (0.5, 0), (0.3, 2)] {
                 let config = ModelConfig {
                     input_dim: 7,
                     listener_hidden: 3,
                     pyramid_layers,
+                    frame_stack,
+                    top_layers,
                     cell,
                     embedding_dim: 2,
                     speller_hidden: 4,

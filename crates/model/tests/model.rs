@@ -617,6 +617,74 @@ fn gru_and_rnn_models_keep_the_names_and_check_by_finite_differences() {
 }
 
 #[test]
+fn a_stacked_input_and_top_layers_check_by_finite_differences() {
+    // Frames joined 2 at a time before the first layer, one pyramid layer, then a top
+    // layer at the pyramid's rate: the same 4x as tiny()'s two pyramid layers.
+    let cfg = ModelConfig {
+        cell: CellType::Gru,
+        frame_stack: 2,
+        pyramid_layers: 1,
+        top_layers: 1,
+        ctc_weight: 0.4,
+        ..tiny()
+    };
+    assert_eq!(cfg.reduction(), tiny().reduction());
+    let las = Las::new(cfg.clone(), &mut rng(7)).unwrap();
+    let mut shapes = std::collections::HashMap::new();
+    las.visit("", &mut |n, t| {
+        shapes.insert(n, t.shape().to_vec());
+    });
+    assert_eq!(shapes["listener.l0.weight_ih_l0"], [9, 2 * 3]);
+    assert_eq!(shapes["listener.pyr.0.weight_ih_l0_reverse"], [9, 4 * 3]);
+    assert_eq!(shapes["listener.top.0.weight_ih_l0"], [9, 2 * 3]);
+    assert!(!shapes.contains_key("listener.pyr.1.weight_ih_l0"));
+    // 13 frames: the 13th is dropped by the stacking, so it gets no gradient.
+    let batch = tiny_batch(8);
+    let (stats, _) = las.forward(&batch).unwrap();
+    assert_eq!((stats.ctc_labels, stats.ctc_infeasible), (4, 0));
+    let checked = check_whole_model(&las, &batch);
+    assert_eq!(
+        checked.len(),
+        3 * 8 + 1 + 8 + 4 + 2 + 2,
+        "three listener layers, the CTC head"
+    );
+    assert!(checked
+        .iter()
+        .any(|t| t == "listener.top.0.weight_hh_l0_reverse"));
+    // Inference over one utterance agrees with the batched forward pass.
+    let (h, lengths, _) = las
+        .listener
+        .forward(batch.feats.view(), &batch.lengths, None)
+        .unwrap();
+    assert_eq!(lengths, [13 / 4, 9 / 4]);
+    let one = las
+        .listener
+        .infer(batch.feats.slice(s![..9, 1, ..]))
+        .unwrap();
+    assert_eq!(one.dim(), (2, 6));
+    let worst = one
+        .iter()
+        .zip(h.slice(s![..2, 1, ..]))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "{worst}");
+    // A stack of 0 and shrinking past 256x are refused.
+    for bad in [
+        ModelConfig {
+            frame_stack: 0,
+            ..cfg.clone()
+        },
+        ModelConfig {
+            frame_stack: 64,
+            pyramid_layers: 3,
+            ..cfg
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
 fn the_cell_type_changes_the_reference_size_by_the_gate_count() {
     let lstm = Las::new(ModelConfig::default(), &mut rng(0)).unwrap();
     let recurrent = |las: &Las| {

@@ -47,7 +47,10 @@ pub use lstm::{BiLstm, BiLstmCache, Lstm, LstmCache, LstmCell, LstmCellCache, Pr
 pub use module::Module;
 pub use optim::{clip_grad_norm, grad_norm, Adam, LrSchedule, Sgd};
 pub use packed::{PackedMatrix, PackedRecurrent, WeightFormat};
-pub use pyramid::{pyramid_lengths, pyramid_reduce, pyramid_reduce_backward};
+pub use pyramid::{
+    pyramid_lengths, pyramid_reduce, pyramid_reduce_backward, stack_frames, stack_frames_backward,
+    stacked_lengths,
+};
 pub use recurrent::{Bidirectional, BidirectionalCache, Recurrent};
 pub use team::{Team, TeamMember};
 pub mod activation;

@@ -230,6 +230,34 @@ fn pyramid_backward_is_the_adjoint_of_forward() {
 }
 
 #[test]
+fn frame_stacking_backward_is_the_adjoint_of_forward() {
+    // Every group size, with and without a partial trailing group: output frame t holds
+    // input frames kt..kt+k-1 in order, and the trailing frames get no gradient.
+    for k in [1usize, 3, 4] {
+        for steps in [8usize, 10, 11] {
+            let x = random3((steps, 2, 3), 72 + k as u64);
+            let y = lasr_nn::stack_frames(x.view(), k);
+            assert_eq!(y.dim(), (steps / k, 2, 3 * k));
+            if k == 4 {
+                assert_eq!(y[(1, 0, 3 * 2 + 1)], x[(4 + 2, 0, 1)]);
+            }
+            let dy = random3(y.dim(), 73);
+            let dx = lasr_nn::stack_frames_backward(dy.view(), steps, k);
+            let lhs = projection(dy.view().into_dyn(), y.view().into_dyn());
+            let rhs = projection(dx.view().into_dyn(), x.view().into_dyn());
+            assert!(
+                (lhs - rhs).abs() < 1e-9,
+                "k {k}, {steps} steps: {lhs} vs {rhs}"
+            );
+            for t in steps / k * k..steps {
+                assert!(dx.slice(ndarray::s![t, .., ..]).iter().all(|&v| v == 0.0));
+            }
+            assert_eq!(lasr_nn::stacked_lengths(&[steps, k - 1], k), [steps / k, 0]);
+        }
+    }
+}
+
+#[test]
 fn softmax_cross_entropy_gradient_and_value() {
     let logits = lasr_nn::init::uniform((4, 5), 3.0, &mut rng(80));
     let targets = [Some(1), None, Some(4), Some(0)];
