@@ -43,10 +43,13 @@ pub struct ModelConfig {
     pub pyramid_layers: usize,
     /// Feature frames joined into each input frame of the first layer (1: none; 4:
     /// a first layer at 25 frames per second, reading 40 ms of features at a time).
-    /// Time shrinks by this too.
+    /// Time shrinks by this too. Left out of a written config when 1, as `top_layers`
+    /// when 0, so a file of the reference's shape stays readable by builds before them.
+    #[serde(skip_serializing_if = "is_one")]
     pub frame_stack: usize,
     /// Bidirectional layers after the pyramid, at its frame rate (deepening the
     /// listener without shrinking time further).
+    #[serde(skip_serializing_if = "is_zero")]
     pub top_layers: usize,
     /// Recurrent cell of the listener and the speller (absent from older configs:
     /// LSTM).
@@ -282,6 +285,14 @@ impl ModelConfig {
         }
         self.min_member_params() + speller
     }
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// True when a CTC weight leaves the attention term nothing (weight 1): the one test

@@ -750,6 +750,22 @@ fn configs_name_their_cell_and_default_to_lstm() {
         "{err}"
     );
     assert!(parse(r#"{"cell":"GRU"}"#).is_err());
+    // The listener's shape fields are written only when they differ from the
+    // reference's, so such files read in builds before them; otherwise they round-trip.
+    let plain = serde_json::to_string(&ModelConfig::default()).unwrap();
+    assert!(
+        !plain.contains("frame_stack") && !plain.contains("top_layers"),
+        "{plain}"
+    );
+    let stacked = ModelConfig {
+        frame_stack: 4,
+        pyramid_layers: 0,
+        top_layers: 3,
+        ..ModelConfig::default()
+    };
+    let json = serde_json::to_string(&stacked).unwrap();
+    assert!(json.contains(r#""frame_stack":4"#) && json.contains(r#""top_layers":3"#));
+    assert_eq!(parse(&json).unwrap(), stacked);
 }
 
 #[test]
