@@ -2633,20 +2633,21 @@ impl lasr_model::Observer for Bars {
     }
 }
 
-/// The model config's training settings that `train`'s flags give.
-fn set_training_settings(config: &mut lasr_model::ModelConfig, args: &TrainArgs) {
-    if let Some(w) = args.ctc_weight {
-        config.ctc_weight = w;
-    }
-    if let Some(s) = args.label_smoothing {
-        config.label_smoothing = s;
-    }
-    if let Some(p) = args.dropout {
-        config.dropout = p;
-    }
-    if let Some(r) = args.sampling_rate {
-        config.sampling_rate = r;
-    }
+/// The model config's training settings that `train`'s flags give; false if no flag
+/// gives one.
+fn set_training_settings(config: &mut lasr_model::ModelConfig, args: &TrainArgs) -> bool {
+    let mut flagged = false;
+    let mut set = |field: &mut f32, flag: Option<f32>| {
+        if let Some(v) = flag {
+            *field = v;
+            flagged = true;
+        }
+    };
+    set(&mut config.ctc_weight, args.ctc_weight);
+    set(&mut config.label_smoothing, args.label_smoothing);
+    set(&mut config.dropout, args.dropout);
+    set(&mut config.sampling_rate, args.sampling_rate);
+    flagged
 }
 
 /// `--resume` of the run whose model is `path`: an error if `--FLAG` gives another
@@ -2692,13 +2693,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         (None, Some(path)) => read_json(Some(path.as_path()))?,
         (None, None) => lasr_model::ModelConfig::preset(preset).expect("clap checked the name"),
     };
-    let flagged = args.ctc_weight.is_some()
-        || args.label_smoothing.is_some()
-        || args.dropout.is_some()
-        || args.sampling_rate.is_some();
-    if !args.resume && flagged {
-        let was = config.clone();
-        set_training_settings(&mut config, &args);
+    let was = config.clone();
+    if !args.resume && set_training_settings(&mut config, &args) {
         config.validate().context(
             "the model's training settings (--ctc-weight, --label-smoothing, --dropout, --sampling-rate)",
         )?;
