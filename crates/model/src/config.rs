@@ -181,10 +181,18 @@ impl ModelConfig {
                 self.reduction()
             )));
         }
+        // Each listener layer draws its dropout masks from its own site number, and
+        // those must stay below the speller's (100): 1 + 8 + 16 layers at most.
         if self.top_layers > 16 {
             return Err(Error::Config(format!(
                 "top_layers = {} (at most 16)",
                 self.top_layers
+            )));
+        }
+        if self.frame_stack.checked_mul(self.input_dim).is_none() {
+            return Err(Error::Config(format!(
+                "frame_stack = {} joins {} features each: too wide",
+                self.frame_stack, self.input_dim
             )));
         }
         if self.vocab_size < 3

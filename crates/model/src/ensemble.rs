@@ -40,17 +40,22 @@ pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmv
     });
     // A stacking first layer reads `stack` frames side by side: the same statistics
     // repeat across its input.
-    let stack = listener.stack.max(1);
-    let dim = width / stack;
+    let stack = listener.stack;
+    if stack == 0 || width % stack != 0 {
+        return Err(Error::Model(format!(
+            "a first layer {width} wide cannot read {stack} stacked frames"
+        )));
+    }
+    let frame_dim = width / stack;
     let stats = |c: Option<&Cmvn>| -> Result<(Vec<f64>, Vec<f64>)> {
         match c {
-            None => Ok((vec![0.0; dim], vec![1.0; dim])),
-            Some(c) if c.mean.len() == dim && c.std.len() == dim => Ok((
+            None => Ok((vec![0.0; frame_dim], vec![1.0; frame_dim])),
+            Some(c) if c.mean.len() == frame_dim && c.std.len() == frame_dim => Ok((
                 c.mean.iter().map(|&v| f64::from(v)).collect(),
                 c.std.iter().map(|&v| f64::from(v)).collect(),
             )),
             Some(c) => Err(Error::Model(format!(
-                "CMVN statistics of {} means and {} deviations, the member's listener reads {dim} features",
+                "CMVN statistics of {} means and {} deviations, the member's listener reads {frame_dim} features",
                 c.mean.len(),
                 c.std.len()
             ))),
@@ -59,15 +64,18 @@ pub fn fold_cmvn(listener: &mut Listener, own: Option<&Cmvn>, given: Option<&Cmv
     let tile = |v: Vec<f64>| v.repeat(stack);
     let (m_own, s_own) = stats(own).map(|(m, s)| (tile(m), tile(s)))?;
     let (m_given, s_given) = stats(given).map(|(m, s)| (tile(m), tile(s)))?;
-    let dim = width;
     let a: Vec<f64> = s_given.iter().zip(&s_own).map(|(g, o)| g / o).collect();
-    let c: Vec<f64> = (0..dim)
+    let c: Vec<f64> = (0..width)
         .map(|j| (m_given[j] - m_own[j]) / s_own[j])
         .collect();
-    if let Some(j) = (0..dim).find(|&j| !(a[j].is_finite() && a[j] > 0.0 && c[j].is_finite())) {
+    if let Some(j) = (0..width).find(|&j| !(a[j].is_finite() && a[j] > 0.0 && c[j].is_finite())) {
         return Err(Error::Model(format!(
-            "CMVN dimension {j} cannot be folded (deviations {} and {}, means {} and {})",
-            s_own[j], s_given[j], m_own[j], m_given[j]
+            "CMVN dimension {} cannot be folded (deviations {} and {}, means {} and {})",
+            j % frame_dim,
+            s_own[j],
+            s_given[j],
+            m_own[j],
+            m_given[j]
         )));
     }
     // Each direction's `W c`, from the weights before they are scaled.

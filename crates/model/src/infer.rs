@@ -96,7 +96,7 @@ impl Las {
     }
 
     /// Runs the listener over one utterance's features `[T, F]` (at least
-    /// `2^pyramid_layers` frames); `weights` must be this model's
+    /// `config.reduction()` frames); `weights` must be this model's
     /// [`Las::inference_weights`], made since its weights last changed (only the
     /// config is checked: weights of another checkpoint of the same shape pass).
     pub fn encode<'a>(

@@ -124,6 +124,7 @@ pub struct ListenerCache {
     l0: ListenerLayerCache,
     /// Frames before each reduction, and each pyramid layer's cache.
     pyr: Vec<(usize, ListenerLayerCache)>,
+    /// Each top layer's cache, bottom first.
     top: Vec<ListenerLayerCache>,
     /// Dropout masks on each layer's output, first layer first (empty without noise).
     masks: Vec<Array3<f32>>,
@@ -156,7 +157,10 @@ impl Listener {
         let mut masks = Vec::new();
         let mut dropout = |h: &mut Array3<f32>| {
             if let Some(n) = drop {
+                // One site per listener layer; `validate`'s caps on the layer counts
+                // keep them below the speller's sites.
                 let site = masks.len() as u64;
+                debug_assert!(site < SITE_SPELLER_OUT);
                 let mask = Dropout { p: n.dropout }.mask(h.dim(), n.seeds, site);
                 *h *= &mask;
                 masks.push(mask);

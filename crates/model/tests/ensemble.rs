@@ -293,6 +293,34 @@ fn a_member_with_its_own_cmvn_reads_the_main_models_features_as_its_own() {
             .map(|(g, w)| (g - w).abs())
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{cell:?}: {worst}");
+        if stack > 1 {
+            // Written in 16 bits and then 8 (the shipped storage) and read back: the
+            // stacked member keeps its shape, its top layer's matrices are stored as
+            // 8-bit integers like every recurrent matrix, and the 8-bit file decodes in
+            // int8 as the 16-bit one does.
+            let mut half = ens.clone();
+            half.storage = lasr_nn::Storage::F16;
+            let half = ModelFile::from_bytes(&half.to_bytes().unwrap()).unwrap();
+            let mut int8 = half.clone();
+            int8.storage = lasr_nn::Storage::Int8;
+            let bytes = int8.to_bytes().unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let top = st
+                .tensor("member.1.listener.top.0.weight_hh_l0_reverse")
+                .unwrap();
+            assert_eq!(top.dtype(), safetensors::Dtype::I8);
+            let back = ModelFile::from_bytes(&bytes).unwrap();
+            assert_eq!(back.members[0].config.frame_stack, stack);
+            assert_eq!(back.members[0].listener.top.len(), 1);
+            let lp = |m: &ModelFile| {
+                m.ctc_log_probs(&m.inference_weights(WeightFormat::Int8), xa.view())
+                    .unwrap()
+            };
+            let (want, got) = (lp(&half), lp(&back));
+            for (w, g) in want.iter().zip(&got) {
+                assert!((w - g).abs() < 1e-5, "{w} vs {g}");
+            }
+        }
     }
     // A deviation of 0 cannot be divided by: refused, not folded into infinities.
     let mut main = model(1, config(2, 4));

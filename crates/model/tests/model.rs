@@ -626,6 +626,9 @@ fn a_stacked_input_and_top_layers_check_by_finite_differences() {
         pyramid_layers: 1,
         top_layers: 1,
         ctc_weight: 0.4,
+        // 4 wide, so that the first layer's input (2 x 3 features) differs from the
+        // top layer's (2 x 4).
+        listener_hidden: 4,
         ..tiny()
     };
     assert_eq!(cfg.reduction(), tiny().reduction());
@@ -634,11 +637,10 @@ fn a_stacked_input_and_top_layers_check_by_finite_differences() {
     las.visit("", &mut |n, t| {
         shapes.insert(n, t.shape().to_vec());
     });
-    assert_eq!(shapes["listener.l0.weight_ih_l0"], [9, 2 * 3]);
-    assert_eq!(shapes["listener.pyr.0.weight_ih_l0_reverse"], [9, 4 * 3]);
-    assert_eq!(shapes["listener.top.0.weight_ih_l0"], [9, 2 * 3]);
+    assert_eq!(shapes["listener.l0.weight_ih_l0"], [12, 2 * 3]);
+    assert_eq!(shapes["listener.pyr.0.weight_ih_l0_reverse"], [12, 4 * 4]);
+    assert_eq!(shapes["listener.top.0.weight_ih_l0"], [12, 2 * 4]);
     assert!(!shapes.contains_key("listener.pyr.1.weight_ih_l0"));
-    // 13 frames: the 13th is dropped by the stacking, so it gets no gradient.
     let batch = tiny_batch(8);
     let (stats, _) = las.forward(&batch).unwrap();
     assert_eq!((stats.ctc_labels, stats.ctc_infeasible), (4, 0));
@@ -651,6 +653,33 @@ fn a_stacked_input_and_top_layers_check_by_finite_differences() {
     assert!(checked
         .iter()
         .any(|t| t == "listener.top.0.weight_hh_l0_reverse"));
+    // The stacking drops each utterance's trailing odd frame (13 -> 6 pairs, 9 -> 4),
+    // which then gets no gradient though it lies inside the utterance.
+    let (_, cache) = las.forward(&batch).unwrap();
+    let dx = las.backward(&cache, &mut las.zeros_like()).unwrap();
+    assert!(dx.slice(s![..12, 0, ..]).iter().any(|&v| v != 0.0));
+    for (t, b) in [(12, 0), (8, 1)] {
+        assert!(
+            dx.slice(s![t, b, ..]).iter().all(|&v| v == 0.0),
+            "frame {t}"
+        );
+    }
+    // With dropout every layer's mask, the top layer's included, is differentiated
+    // in the right place (the last pyramid layer's and the top layer's outputs have
+    // the same shape, so a mask applied to the wrong one would only show here).
+    let noisy_las = Las::new(
+        ModelConfig {
+            dropout: 0.3,
+            ..cfg.clone()
+        },
+        &mut rng(7),
+    )
+    .unwrap();
+    let mut noisy = batch.clone();
+    noisy.seeds = Some(vec![11, 12]);
+    let quiet = noisy_las.forward(&batch).unwrap().0.objective();
+    assert!((noisy_las.forward(&noisy).unwrap().0.objective() - quiet).abs() > 1e-4);
+    check_whole_model(&noisy_las, &noisy);
     // Inference over one utterance agrees with the batched forward pass.
     let (h, lengths, _) = las
         .listener
@@ -661,7 +690,7 @@ fn a_stacked_input_and_top_layers_check_by_finite_differences() {
         .listener
         .infer(batch.feats.slice(s![..9, 1, ..]))
         .unwrap();
-    assert_eq!(one.dim(), (2, 6));
+    assert_eq!(one.dim(), (2, 8));
     let worst = one
         .iter()
         .zip(h.slice(s![..2, 1, ..]))

@@ -43,9 +43,10 @@ pub fn stack_frames_backward(dy: ArrayView3<f32>, steps: usize, k: usize) -> Arr
     dx
 }
 
-/// Sequence lengths after joining `k` frames at a time: a trailing partial group is
-/// dropped.
+/// Sequence lengths `[B]` after joining `k` frames at a time: a trailing partial group
+/// is dropped. `k` must be positive.
 pub fn stacked_lengths(lengths: &[usize], k: usize) -> Vec<usize> {
+    assert!(k > 0, "stacked_lengths: k must be positive");
     lengths.iter().map(|l| l / k).collect()
 }
 
