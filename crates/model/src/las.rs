@@ -168,12 +168,9 @@ impl Listener {
         };
         let steps = x.dim().0;
         let mut lengths = stacked_lengths(lengths, self.stack);
-        let (mut h, l0) = if self.stack == 1 {
-            self.l0.forward(x, Some(&lengths))?
-        } else {
-            self.l0
-                .forward(stack_frames(x, self.stack).view(), Some(&lengths))?
-        };
+        let (mut h, l0) = self
+            .l0
+            .forward(stack_frames(x, self.stack).view(), Some(&lengths))?;
         dropout(&mut h);
         let mut pyr = Vec::with_capacity(self.pyr.len());
         for layer in &self.pyr {
@@ -226,13 +223,10 @@ impl Listener {
                 w.len(),
             )));
         }
-        let mut h = if self.stack == 1 {
-            self.l0.infer_packed(x, &w[0])?
-        } else {
-            let stacked = stack_frames(x.insert_axis(Axis(1)), self.stack);
-            self.l0
-                .infer_packed(stacked.index_axis(Axis(1), 0), &w[0])?
-        };
+        let stacked = stack_frames(x.insert_axis(Axis(1)), self.stack);
+        let mut h = self
+            .l0
+            .infer_packed(stacked.index_axis(Axis(1), 0), &w[0])?;
         for (layer, w) in self.pyr.iter().zip(&w[1..]) {
             let joined = pyramid_reduce(h.view().insert_axis(Axis(1)));
             h = layer.infer_packed(joined.index_axis(Axis(1), 0), w)?;
@@ -278,13 +272,7 @@ impl Listener {
         let dx = self
             .l0
             .backward(&cache.l0, d.view(), &mut grads.l0, input_grad)?;
-        Ok(dx.map(|dx| {
-            if self.stack == 1 {
-                dx
-            } else {
-                stack_frames_backward(dx.view(), cache.steps, self.stack)
-            }
-        }))
+        Ok(dx.map(|dx| stack_frames_backward(dx.view(), cache.steps, self.stack)))
     }
 
     /// Every recurrent layer, bottom first.
