@@ -672,3 +672,80 @@ fn a_run_that_decodes_nothing_says_so_instead_of_printing_nan() {
         "{stdout}{stderr}"
     );
 }
+
+#[test]
+fn train_init_with_a_model_config_grows_a_speller_onto_a_ctc_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, cfg) = tiny_inputs_with(dir.path(), r#", "ctc_weight": 1"#);
+    let run1 = dir.path().join("run1");
+    let out = train(&data, &run1, &cfg, &["--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = run1.join("model.safetensors");
+
+    let joint = dir.path().join("joint.json");
+    std::fs::write(
+        &joint,
+        r#"{"listener_hidden": 8, "pyramid_layers": 1, "embedding_dim": 6, "speller_hidden": 10, "attention_dim": 8, "ctc_weight": 0.5}"#,
+    )
+    .unwrap();
+    let run2 = dir.path().join("run2");
+    let out = train_on(
+        &data,
+        &run2,
+        &[
+            "--init",
+            first.to_str().unwrap(),
+            "--model-config",
+            joint.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--lr",
+            "0",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("grown:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let grown = lasr_model::ModelFile::load(&run2.join("model.safetensors")).unwrap();
+    assert_eq!(grown.las.config.speller_hidden, 10);
+    assert!(grown.las.config.trains_speller());
+    // At learning rate 0 the listener and CTC head are still the initial model's.
+    let before: std::collections::HashMap<_, _> = tensors(&first).into_iter().collect();
+    let after = tensors(&run2.join("model.safetensors"));
+    let mut kept = 0;
+    for (name, t) in &after {
+        if !name.starts_with("speller.") {
+            assert_eq!(t, &before[name], "{name}");
+            kept += 1;
+        }
+    }
+    assert!(kept > 0 && after.len() > kept);
+    let a = lasr_model::ModelFile::load(&first).unwrap();
+    assert_eq!(
+        serde_json::to_value(&a.front_end).unwrap(),
+        serde_json::to_value(&grown.front_end).unwrap()
+    );
+
+    // A listener of another width cannot grow from it.
+    let wider = dir.path().join("wider.json");
+    std::fs::write(
+        &wider,
+        r#"{"listener_hidden": 9, "pyramid_layers": 1, "embedding_dim": 6, "speller_hidden": 10, "attention_dim": 8, "ctc_weight": 0.5}"#,
+    )
+    .unwrap();
+    let out = phase_from(
+        &data,
+        &dir.path().join("run3"),
+        &first,
+        &["--model-config", wider.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot grow") && err.contains("listener_hidden"),
+        "{err}"
+    );
+}

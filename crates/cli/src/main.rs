@@ -433,8 +433,11 @@ struct TrainArgs {
     /// the optimiser, the learning-rate schedule and the step count start afresh. Of
     /// an ensemble (the built-in model is one, assets/model.safetensors) only the main
     /// model is trained and written: one model, without the members or the file's
-    /// recommended decoding.
-    #[arg(long, value_name = "MODEL", conflicts_with_all = ["model_config", "resume", "utterance_mean"])]
+    /// recommended decoding. With --model-config, a model of that config grows from
+    /// it: the listener (whose fields must be the initial model's), the CTC head and a
+    /// trained speller start from its tensors where the names and shapes agree, the
+    /// rest fresh (a speller grown onto a listener trained with CTC alone).
+    #[arg(long, value_name = "MODEL", conflicts_with_all = ["resume", "utterance_mean"])]
     init: Option<PathBuf>,
     /// Print the final validation as JSON.
     #[arg(long)]
@@ -2688,9 +2691,11 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    // --init with --model-config: a model of that config grown from the initial one.
+    let grow = init.is_some() && args.model_config.is_some();
     let mut config: lasr_model::ModelConfig = match (&init, &args.model_config) {
-        (Some(m), _) => m.las.config.clone(),
-        (None, Some(path)) => read_json(Some(path.as_path()))?,
+        (_, Some(path)) => read_json(Some(path.as_path()))?,
+        (Some(m), None) => m.las.config.clone(),
         (None, None) => lasr_model::ModelConfig::preset(preset).expect("clap checked the name"),
     };
     let was = config.clone();
@@ -2707,7 +2712,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 config.ctc_weight
             );
         }
-        if let (Some(m), Some(path)) = (init.as_mut(), &args.init) {
+        if let (Some(m), Some(path), false) = (init.as_mut(), &args.init, grow) {
             if was.has_ctc() != config.has_ctc() || was.trains_speller() != config.trains_speller()
             {
                 bail!(
@@ -2889,6 +2894,45 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     train_set.normalize(&front)?;
     valid_set.normalize(&front)?;
     let model = match init {
+        Some(m) if grow => {
+            let grown = {
+                use rand::SeedableRng;
+                lasr_model::Las::grown_from(
+                    config,
+                    &m.las,
+                    &mut rand_chacha::ChaCha8Rng::seed_from_u64(options.seed),
+                )
+            }
+            .with_context(|| {
+                format!(
+                    "{}: cannot grow the model of {} from it",
+                    args.init.as_deref().unwrap_or(Path::new("")).display(),
+                    args.model_config
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                )
+            })?;
+            eprintln!(
+                "grown: {} tensors from the initial model, {} fresh{}",
+                grown.copied.len(),
+                grown.fresh.len(),
+                if grown.fresh.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", grown.fresh.join(", "))
+                }
+            );
+            lasr_model::ModelFile {
+                las: grown.las,
+                front_end: front,
+                info: serde_json::Value::Null,
+                decode: None,
+                ensemble_speller: None,
+                ctc_prior: None,
+                ..m
+            }
+        }
         // Decoding settings were tuned for the initial weights; the new ones are
         // tuned (and packed) again.
         Some(m) => lasr_model::ModelFile {

@@ -858,6 +858,17 @@ pub(crate) fn teacher_forcing(
     (inputs, scored)
 }
 
+/// A model built by [`Las::grown_from`] and what of it came from the trained one.
+#[derive(Debug, Clone)]
+pub struct Grown {
+    /// The model.
+    pub las: Las,
+    /// Names of the tensors copied from the trained model, in [`Module::visit`] order.
+    pub copied: Vec<String>,
+    /// Names of the tensors that start freshly initialised.
+    pub fresh: Vec<String>,
+}
+
 impl Las {
     /// A freshly initialised model (PyTorch's default initialisation for every layer).
     pub fn new(config: ModelConfig, rng: &mut impl Rng) -> Result<Self> {
@@ -870,6 +881,56 @@ impl Las {
                 .then(|| Linear::new(config.listener_dim(), config.vocab_size, true, rng)),
             config,
         })
+    }
+
+    /// A model of `config` whose parts `trained` has trained start from it: every
+    /// tensor of its listener, of its CTC head if it has one and of its speller if its
+    /// `ctc_weight` trained one, copied where this config has a tensor of that name and
+    /// shape; every other tensor is freshly initialised from `rng` (as [`Las::new`]).
+    /// For a later phase that adds a part, such as a speller grown onto a listener
+    /// trained with CTC alone. The listener must be copied whole (the initial model's
+    /// feature statistics go with it) and the vocabulary must be the same; otherwise
+    /// an error names what differs.
+    pub fn grown_from(config: ModelConfig, trained: &Las, rng: &mut impl Rng) -> Result<Grown> {
+        let (a, b) = (&config, &trained.config);
+        if (a.vocab_size, a.sos, a.eos, a.blank) != (b.vocab_size, b.sos, b.eos, b.blank) {
+            return Err(Error::Config(format!(
+                "the vocabulary differs from the initial model's: {} symbols (sos {}, eos {}, blank {}) against {} ({}, {}, {})",
+                a.vocab_size, a.sos, a.eos, a.blank, b.vocab_size, b.sos, b.eos, b.blank
+            )));
+        }
+        let mut las = Las::new(config, rng)?;
+        let mut source: std::collections::HashMap<String, ArrayViewD<'_, f32>> =
+            std::collections::HashMap::new();
+        trained.listener.visit("listener", &mut |name, t| {
+            source.insert(name, t);
+        });
+        if let Some(ctc) = &trained.ctc {
+            ctc.visit("ctc", &mut |name, t| {
+                source.insert(name, t);
+            });
+        }
+        if trained.config.trains_speller() {
+            trained.speller.visit("speller", &mut |name, t| {
+                source.insert(name, t);
+            });
+        }
+        let (mut copied, mut fresh) = (Vec::new(), Vec::new());
+        las.visit_mut("", &mut |name, mut t| match source.get(&name) {
+            Some(s) if s.shape() == t.shape() => {
+                t.assign(s);
+                copied.push(name);
+            }
+            _ => fresh.push(name),
+        });
+        if let Some(name) = fresh.iter().find(|n| n.starts_with("listener.")) {
+            return Err(Error::Config(format!(
+                "the listener must start whole from the initial model, but its {name} has no \
+                 trained tensor of that name and shape there: keep the listener's fields \
+                 (input_dim, listener_hidden, frame_stack, pyramid_layers, top_layers, cell)"
+            )));
+        }
+        Ok(Grown { las, copied, fresh })
     }
 
     fn check(&self, batch: &Batch) -> Result<()> {

@@ -30,7 +30,7 @@ pub use ensemble_speller::{
 pub use error::{Error, Result};
 pub use file::{ModelFile, FORMAT_VERSION};
 pub use infer::{InferenceWeights, SpellerState, UtteranceDecoder};
-pub use las::{Batch, Las, LasCache, Listener, Speller, StepStats};
+pub use las::{Batch, Grown, Las, LasCache, Listener, Speller, StepStats};
 pub use lasr_nn::{Storage, WeightFormat};
 pub use prior::{CtcPrior, PriorSums};
 pub use rnnlm::{

@@ -852,3 +852,78 @@ fn dropout_and_scheduled_sampling_are_differentiated_and_split_safely() {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff < 1e-5, "split gradients differ by {diff}");
 }
+
+fn params(las: &Las) -> Vec<(String, ArrayD<f32>)> {
+    let mut v = Vec::new();
+    las.visit("", &mut |n, t| v.push((n, t.to_owned())));
+    v
+}
+
+#[test]
+fn a_speller_grows_onto_a_listener_trained_with_ctc_alone() {
+    let ctc_only = ModelConfig {
+        ctc_weight: 1.0,
+        frame_stack: 2,
+        top_layers: 1,
+        pyramid_layers: 1,
+        ..tiny()
+    };
+    let trained = Las::new(ctc_only.clone(), &mut rng(1)).unwrap();
+    let joint = ModelConfig {
+        ctc_weight: 0.5,
+        speller_hidden: 6,
+        ..ctc_only.clone()
+    };
+    let grown = Las::grown_from(joint.clone(), &trained, &mut rng(2)).unwrap();
+    let fresh = Las::new(joint.clone(), &mut rng(2)).unwrap();
+    assert_eq!(grown.las.config, joint);
+    let (old, new, init) = (params(&trained), params(&grown.las), params(&fresh));
+    assert_eq!(new.len(), init.len());
+    let from_trained: std::collections::HashMap<_, _> = old.into_iter().collect();
+    for ((name, t), (_, f)) in new.iter().zip(&init) {
+        if name.starts_with("speller.") {
+            // A CTC-only model never trained its speller: nothing of it is taken.
+            assert_eq!(t, f, "{name} should start fresh");
+            assert!(grown.fresh.contains(name), "{name}");
+        } else {
+            assert_eq!(t, &from_trained[name], "{name} should be the trained one");
+            assert!(grown.copied.contains(name), "{name}");
+        }
+    }
+    assert!(grown.fresh.iter().all(|n| n.starts_with("speller.")));
+    assert_eq!(grown.copied.len() + grown.fresh.len(), new.len());
+
+    // A joint model grown into its own config is itself, tensor for tensor.
+    let again = Las::grown_from(joint.clone(), &grown.las, &mut rng(3)).unwrap();
+    assert!(again.fresh.is_empty());
+    assert_eq!(params(&again.las), new);
+
+    // A CTC-only config grown from the joint model keeps the listener and head.
+    let shrunk = Las::grown_from(ctc_only.clone(), &grown.las, &mut rng(4)).unwrap();
+    for (name, t) in params(&shrunk.las) {
+        if !name.starts_with("speller.") {
+            assert_eq!(t, from_trained[&name], "{name}");
+        }
+    }
+
+    // The listener must come whole, and the vocabulary must agree.
+    let wider = ModelConfig {
+        listener_hidden: 4,
+        ..joint.clone()
+    };
+    let err = Las::grown_from(wider, &trained, &mut rng(2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("listener") && err.contains("listener_hidden"),
+        "{err}"
+    );
+    let other_vocab = ModelConfig {
+        vocab_size: 8,
+        ..joint
+    };
+    let err = Las::grown_from(other_vocab, &trained, &mut rng(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("vocabulary"), "{err}");
+}
