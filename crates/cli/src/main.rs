@@ -312,6 +312,9 @@ impl From<StorageArg> for lasr_model::Storage {
     lasr train --train data/train-clean-5 --train data/train-clean-100 \\\n             \
     --valid ../shared/data/librispeech/test-clean-dev --out runs/las-small --preset small \\\n             \
     --feature-cache ~/.cache/lasr-features --speed-perturb 0.9,1.0,1.1\n\n\
+    A later phase from a model (--init), or a speller grown onto a CTC-only model's listener\n\
+    (--init with a --model-config of the same listener fields and a ctc_weight below 1):\n  \
+    lasr train ... --out runs/joint --init runs/ctc/model.safetensors --model-config joint.json\n\n\
     Writes OUT/model.safetensors (latest), OUT/best.safetensors (lowest validation CER),\n\
     OUT/optimizer.safetensors (to --resume), OUT/log.jsonl and, with keep_epochs,\n\
     OUT/epoch-N.safetensors (for lasr average). Checkpoints are written\n\
