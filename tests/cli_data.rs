@@ -261,13 +261,20 @@ fn train_init_starts_from_a_model_and_keeps_its_normalisation() {
         serde_json::to_value(&c.front_end).unwrap()
     );
 
-    // Sizes come from the model: a second description is refused.
+    // The model's own config as --model-config grows the model itself: every tensor
+    // taken, none fresh.
+    let run4 = dir.path().join("run4");
     let out = from_first(
-        &run3,
-        &["--lr", "0.01", "--model-config", cfg.to_str().unwrap()],
+        &run4,
+        &["--lr", "0", "--model-config", cfg.to_str().unwrap()],
     );
-    let err = refused(&out);
-    assert!(err.contains("--model-config"), "{err}");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(" 0 fresh"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(tensors(&first), tensors(&run4.join("model.safetensors")));
 }
 
 #[test]
@@ -701,6 +708,8 @@ fn train_init_with_a_model_config_grows_a_speller_onto_a_ctc_listener() {
             "1",
             "--lr",
             "0",
+            "--speed-perturb",
+            "0.8,1.0",
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -745,7 +754,7 @@ fn train_init_with_a_model_config_grows_a_speller_onto_a_ctc_listener() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("cannot grow") && err.contains("listener_hidden"),
+        err.contains("cannot grow") && err.contains("listener_hidden 9 (the initial model's 8)"),
         "{err}"
     );
 }

@@ -409,8 +409,8 @@ struct TrainArgs {
     resume: bool,
     /// Weight of the CTC loss in `(1 - W) * attention + W * CTC` (the model's
     /// `ctc_weight`; 0 builds no CTC head, 1 trains no speller). Overrides the preset
-    /// or --model-config; with --init it sets a later phase's weight, which must keep
-    /// the initial model's heads (stay inside (0, 1) for a joint model). A resume
+    /// or --model-config; with --init alone it sets a later phase's weight, which must
+    /// keep the initial model's heads (stay inside (0, 1) for a joint model). A resume
     /// keeps the run's.
     #[arg(long, value_name = "W")]
     ctc_weight: Option<f32>,
@@ -436,10 +436,12 @@ struct TrainArgs {
     /// the optimiser, the learning-rate schedule and the step count start afresh. Of
     /// an ensemble (the built-in model is one, assets/model.safetensors) only the main
     /// model is trained and written: one model, without the members or the file's
-    /// recommended decoding. With --model-config, a model of that config grows from
-    /// it: the listener (whose fields must be the initial model's), the CTC head and a
-    /// trained speller start from its tensors where the names and shapes agree, the
-    /// rest fresh (a speller grown onto a listener trained with CTC alone).
+    /// recommended decoding. With --model-config, a model of that config (every field
+    /// from the JSON, missing ones at the reference's defaults, training settings
+    /// included) grows from it: the listener (whose fields must be the initial
+    /// model's), the CTC head and a trained speller start from its tensors where the
+    /// names and shapes agree, the rest fresh (a speller grown onto a listener trained
+    /// with CTC alone); what was left out of it is listed.
     #[arg(long, value_name = "MODEL", conflicts_with_all = ["resume", "utterance_mean"])]
     init: Option<PathBuf>,
     /// Print the final validation as JSON.
@@ -2751,6 +2753,44 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     if args.no_spec_augment {
         options.spec_augment = false;
     }
+    // Grown before any audio is read, so a config that cannot grow from the initial
+    // model is refused at once.
+    if let (true, Some(m), Some(path)) = (grow, init.as_mut(), &args.init) {
+        let grown = {
+            use rand::SeedableRng;
+            lasr_model::Las::grown_from(
+                config.clone(),
+                &m.las,
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(options.seed),
+            )
+        }
+        .with_context(|| {
+            format!(
+                "{}: cannot grow the model of {} from it",
+                path.display(),
+                args.model_config
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+            )
+        })?;
+        let list = |names: &[String]| {
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", names.join(", "))
+            }
+        };
+        eprintln!(
+            "grown: {} tensors from the initial model, {} fresh{}, {} of its trained tensors left out{}",
+            grown.copied.len(),
+            grown.fresh.len(),
+            list(&grown.fresh),
+            grown.dropped.len(),
+            list(&grown.dropped)
+        );
+        m.las = grown.las;
+    }
     // Features are loaded raw, then normalised with the training set's own statistics,
     // which travel inside every checkpoint.
     let mut front = FrontEndConfig::default();
@@ -2897,45 +2937,6 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     train_set.normalize(&front)?;
     valid_set.normalize(&front)?;
     let model = match init {
-        Some(m) if grow => {
-            let grown = {
-                use rand::SeedableRng;
-                lasr_model::Las::grown_from(
-                    config,
-                    &m.las,
-                    &mut rand_chacha::ChaCha8Rng::seed_from_u64(options.seed),
-                )
-            }
-            .with_context(|| {
-                format!(
-                    "{}: cannot grow the model of {} from it",
-                    args.init.as_deref().unwrap_or(Path::new("")).display(),
-                    args.model_config
-                        .as_deref()
-                        .unwrap_or(Path::new(""))
-                        .display()
-                )
-            })?;
-            eprintln!(
-                "grown: {} tensors from the initial model, {} fresh{}",
-                grown.copied.len(),
-                grown.fresh.len(),
-                if grown.fresh.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", grown.fresh.join(", "))
-                }
-            );
-            lasr_model::ModelFile {
-                las: grown.las,
-                front_end: front,
-                info: serde_json::Value::Null,
-                decode: None,
-                ensemble_speller: None,
-                ctc_prior: None,
-                ..m
-            }
-        }
         // Decoding settings were tuned for the initial weights; the new ones are
         // tuned (and packed) again.
         Some(m) => lasr_model::ModelFile {

@@ -867,6 +867,8 @@ pub struct Grown {
     pub copied: Vec<String>,
     /// Names of the tensors that start freshly initialised.
     pub fresh: Vec<String>,
+    /// Names of the trained model's trained tensors that the new one has no place for.
+    pub dropped: Vec<String>,
 }
 
 impl Las {
@@ -888,49 +890,81 @@ impl Las {
     /// `ctc_weight` trained one, copied where this config has a tensor of that name and
     /// shape; every other tensor is freshly initialised from `rng` (as [`Las::new`]).
     /// For a later phase that adds a part, such as a speller grown onto a listener
-    /// trained with CTC alone. The listener must be copied whole (the initial model's
-    /// feature statistics go with it) and the vocabulary must be the same; otherwise
-    /// an error names what differs.
+    /// trained with CTC alone. The listener's fields (`input_dim`, `listener_hidden`,
+    /// `frame_stack`, `pyramid_layers`, `top_layers`, `cell`) and the vocabulary must be
+    /// `trained`'s, so the listener comes whole (the initial model's feature statistics
+    /// go with it); otherwise an error names the fields that differ. What of `trained`
+    /// is left out (a speller of other sizes, a CTC head `config` does not have) is
+    /// listed in [`Grown::dropped`].
     pub fn grown_from(config: ModelConfig, trained: &Las, rng: &mut impl Rng) -> Result<Grown> {
         let (a, b) = (&config, &trained.config);
-        if (a.vocab_size, a.sos, a.eos, a.blank) != (b.vocab_size, b.sos, b.eos, b.blank) {
+        let field = |name: &'static str, x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| {
+            (name, format!("{x:?}"), format!("{y:?}"))
+        };
+        let fields = [
+            field("input_dim", &a.input_dim, &b.input_dim),
+            field("listener_hidden", &a.listener_hidden, &b.listener_hidden),
+            field("frame_stack", &a.frame_stack, &b.frame_stack),
+            field("pyramid_layers", &a.pyramid_layers, &b.pyramid_layers),
+            field("top_layers", &a.top_layers, &b.top_layers),
+            field("cell", &a.cell, &b.cell),
+            field("vocab_size", &a.vocab_size, &b.vocab_size),
+            field("sos", &a.sos, &b.sos),
+            field("eos", &a.eos, &b.eos),
+            field("blank", &a.blank, &b.blank),
+        ];
+        let differ: Vec<String> = fields
+            .iter()
+            .filter(|(_, x, y)| x != y)
+            .map(|(name, x, y)| format!("{name} {x} (the initial model's {y})"))
+            .collect();
+        if !differ.is_empty() {
             return Err(Error::Config(format!(
-                "the vocabulary differs from the initial model's: {} symbols (sos {}, eos {}, blank {}) against {} ({}, {}, {})",
-                a.vocab_size, a.sos, a.eos, a.blank, b.vocab_size, b.sos, b.eos, b.blank
+                "the listener and the vocabulary must be the initial model's, but {}",
+                differ.join(", ")
             )));
         }
         let mut las = Las::new(config, rng)?;
-        let mut source: std::collections::HashMap<String, ArrayViewD<'_, f32>> =
-            std::collections::HashMap::new();
+        let mut source: Vec<(String, ArrayViewD<'_, f32>)> = Vec::new();
         trained.listener.visit("listener", &mut |name, t| {
-            source.insert(name, t);
+            source.push((name, t));
         });
         if let Some(ctc) = &trained.ctc {
-            ctc.visit("ctc", &mut |name, t| {
-                source.insert(name, t);
-            });
+            ctc.visit("ctc", &mut |name, t| source.push((name, t)));
         }
         if trained.config.trains_speller() {
-            trained.speller.visit("speller", &mut |name, t| {
-                source.insert(name, t);
-            });
+            trained
+                .speller
+                .visit("speller", &mut |name, t| source.push((name, t)));
         }
+        let by_name: std::collections::HashMap<&str, &ArrayViewD<'_, f32>> =
+            source.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let (mut copied, mut fresh) = (Vec::new(), Vec::new());
-        las.visit_mut("", &mut |name, mut t| match source.get(&name) {
+        las.visit_mut("", &mut |name, mut t| match by_name.get(name.as_str()) {
             Some(s) if s.shape() == t.shape() => {
-                t.assign(s);
+                t.assign(*s);
                 copied.push(name);
             }
             _ => fresh.push(name),
         });
+        // Equal fields give equal listeners; a mismatch here is a bug, not bad input.
         if let Some(name) = fresh.iter().find(|n| n.starts_with("listener.")) {
-            return Err(Error::Config(format!(
-                "the listener must start whole from the initial model, but its {name} has no \
-                 trained tensor of that name and shape there: keep the listener's fields \
-                 (input_dim, listener_hidden, frame_stack, pyramid_layers, top_layers, cell)"
+            return Err(Error::Model(format!(
+                "the listener's {name} has no trained tensor of its name and shape"
             )));
         }
-        Ok(Grown { las, copied, fresh })
+        let dropped = source
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| !copied.contains(n))
+            .cloned()
+            .collect();
+        Ok(Grown {
+            las,
+            copied,
+            fresh,
+            dropped,
+        })
     }
 
     fn check(&self, batch: &Batch) -> Result<()> {

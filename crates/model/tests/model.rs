@@ -892,38 +892,66 @@ fn a_speller_grows_onto_a_listener_trained_with_ctc_alone() {
     }
     assert!(grown.fresh.iter().all(|n| n.starts_with("speller.")));
     assert_eq!(grown.copied.len() + grown.fresh.len(), new.len());
+    assert!(grown.dropped.is_empty(), "{:?}", grown.dropped);
 
     // A joint model grown into its own config is itself, tensor for tensor.
     let again = Las::grown_from(joint.clone(), &grown.las, &mut rng(3)).unwrap();
     assert!(again.fresh.is_empty());
     assert_eq!(params(&again.las), new);
 
-    // A CTC-only config grown from the joint model keeps the listener and head.
+    // A CTC-only config grown from the joint model keeps the listener and head; the
+    // trained speller's cells, of another width, are listed as left out.
     let shrunk = Las::grown_from(ctc_only.clone(), &grown.las, &mut rng(4)).unwrap();
     for (name, t) in params(&shrunk.las) {
         if !name.starts_with("speller.") {
             assert_eq!(t, from_trained[&name], "{name}");
         }
     }
+    assert!(!shrunk.dropped.is_empty());
+    assert!(
+        shrunk.dropped.iter().all(|n| n.starts_with("speller.")),
+        "{:?}",
+        shrunk.dropped
+    );
 
-    // The listener must come whole, and the vocabulary must agree.
-    let wider = ModelConfig {
+    // The listener must come whole (not wider, not shallower: a listener with fewer
+    // layers has tensors of the same names and shapes), and the vocabulary must agree.
+    let refused = |c: ModelConfig| {
+        Las::grown_from(c, &trained, &mut rng(2))
+            .unwrap_err()
+            .to_string()
+    };
+    let err = refused(ModelConfig {
         listener_hidden: 4,
         ..joint.clone()
-    };
-    let err = Las::grown_from(wider, &trained, &mut rng(2))
-        .unwrap_err()
-        .to_string();
+    });
     assert!(
-        err.contains("listener") && err.contains("listener_hidden"),
+        err.contains("listener_hidden 4 (the initial model's 3)"),
         "{err}"
     );
-    let other_vocab = ModelConfig {
+    let err = refused(ModelConfig {
+        top_layers: 0,
+        ..joint.clone()
+    });
+    assert!(
+        err.contains("top_layers 0 (the initial model's 1)") && !err.contains("hidden"),
+        "{err}"
+    );
+    let err = refused(ModelConfig {
+        frame_stack: 1,
+        input_dim: 6,
+        ..joint.clone()
+    });
+    assert!(
+        err.contains("input_dim 6") && err.contains("frame_stack 1"),
+        "{err}"
+    );
+    let err = refused(ModelConfig {
         vocab_size: 8,
         ..joint
-    };
-    let err = Las::grown_from(other_vocab, &trained, &mut rng(2))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("vocabulary"), "{err}");
+    });
+    assert!(
+        err.contains("vocab_size 8 (the initial model's 7)"),
+        "{err}"
+    );
 }
