@@ -35,6 +35,13 @@ fn tiny_batch(seed: u64) -> Batch {
     }
 }
 
+/// Every parameter of `las`, by name, in visiting order.
+fn params(las: &Las) -> Vec<(String, ArrayD<f32>)> {
+    let mut v = Vec::new();
+    las.visit("", &mut |n, t| v.push((n, t.to_owned())));
+    v
+}
+
 #[test]
 fn presets_build_the_models_they_describe() {
     let reference = ModelConfig::preset("reference").unwrap();
@@ -215,8 +222,7 @@ fn a_batch_split_over_threads_gives_the_same_loss_and_gradients() {
             let b = las.train_step_parallel(&batch, &mut split, parts).unwrap();
             assert_eq!((a.tokens, a.ctc_labels), (b.tokens, b.ctc_labels));
             assert!((a.objective() - b.objective()).abs() < 1e-6);
-            let mut ga = Vec::new();
-            whole.visit("", &mut |n, t| ga.push((n, t.to_owned())));
+            let ga = params(&whole);
             let mut k = 0;
             split.visit("", &mut |n, t| {
                 let (name, expected) = &ga[k];
@@ -851,12 +857,6 @@ fn dropout_and_scheduled_sampling_are_differentiated_and_split_safely() {
         .zip(&gb)
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff < 1e-5, "split gradients differ by {diff}");
-}
-
-fn params(las: &Las) -> Vec<(String, ArrayD<f32>)> {
-    let mut v = Vec::new();
-    las.visit("", &mut |n, t| v.push((n, t.to_owned())));
-    v
 }
 
 #[test]
